@@ -1,0 +1,22 @@
+# Two entry points for a fresh machine: `make demo` and `make test`. Both create .venv and install first.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+export HF_HUB_OFFLINE ?= 1
+export HF_DATASETS_OFFLINE ?= 1
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	# torch first and pinned: a CPU wheel here; an unpinned torch pulls a multi-GB CUDA build.
+	$(VENV)/bin/pip install -q torch==2.13.0
+	$(VENV)/bin/pip install -q -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed
+
+test: $(VENV)/.installed
+	$(VENV)/bin/python -m pytest -q -p no:cacheprovider
+
+demo: $(VENV)/.installed
+	$(VENV)/bin/narvl-pipe demo --out runs/demo
+
+.PHONY: install test demo

@@ -1,0 +1,6 @@
+"""Placeholder: filled in by the issue that owns this command."""
+
+
+def push() -> None:
+    """Not built yet."""
+    raise SystemExit("narvl-pipe: this command is not built yet")

@@ -1,0 +1,11 @@
+"""Placeholder: filled in by the issue that owns this command."""
+
+
+def run() -> None:
+    """Not built yet."""
+    raise SystemExit("narvl-pipe: this command is not built yet")
+
+
+def demo() -> None:
+    """Not built yet."""
+    raise SystemExit("narvl-pipe: this command is not built yet")
