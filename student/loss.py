@@ -1,0 +1,112 @@
+"""Query-CTC: the CTC loss of NARVL, taken over the decoder's N query outputs instead of a time axis.
+
+The maths follows the official NARVL criterion (amazon-science/NARVL, `criterions/ofa_nat_loss.py`, loss type
+`ctc`): `F.ctc_loss` over the query axis with `reduction='mean'` and `zero_infinity=True`, and fairseq-NAT label
+smoothing `(1 - eps) * ctc - eps * mean(log_probs)`. Two deliberate differences, both documented below:
+
+* infeasible samples (a target that cannot fit in N queries) are counted and excluded from *every* term, the
+  smoothing term included (the official keeps their smoothing term); the batch mean still divides by B, exactly as
+  `F.ctc_loss(reduction='mean')` does after `zero_infinity` has zeroed them;
+* VQA soft scores weight each sample's loss. The official multiplies the log-probs by the score *before* CTC, which
+  is not a weighting: CTC then computes `-log sum_a prod_n p^c = -log sum_a p(a)^c`, a tempered marginal over
+  alignments (equal to `c * loss` only when a single alignment exists, e.g. grounding with N = target length and no
+  repeats). A score of 0 there still gives a non-zero loss `log(#alignments)` with zero gradient. Weighting the
+  per-sample loss is the weighted likelihood the soft score stands for, and is what we implement.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["ctc_required_length", "query_ctc_loss"]
+
+
+def ctc_required_length(targets: torch.Tensor, target_lengths: torch.Tensor) -> torch.Tensor:
+    """Minimum number of CTC frames (queries) a target needs: its length plus one blank per adjacent repeat.
+
+    Args:
+        targets (torch.Tensor): padded label ids, shape ``(B, L)``; values past ``target_lengths`` are ignored.
+        target_lengths (torch.Tensor): real length of each target, shape ``(B,)``.
+
+    Returns:
+        torch.Tensor: shape ``(B,)``, int64.
+    """
+    lengths = target_lengths.to(device=targets.device, dtype=torch.long)
+    if targets.size(1) < 2:
+        return lengths.clone()
+    # A repeat at (i-1, i) counts only when both positions lie inside the target.
+    pos = torch.arange(1, targets.size(1), device=targets.device)
+    inside = pos.unsqueeze(0) < lengths.unsqueeze(1)
+    repeats = ((targets[:, 1:] == targets[:, :-1]) & inside).sum(1)
+    return lengths + repeats
+
+
+def query_ctc_loss(
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    target_lengths: torch.Tensor,
+    blank_id: int,
+    label_smoothing: float = 0.0,
+    weights: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Query-CTC loss over the N query outputs of a NARVL decoder.
+
+    Per sample ``b`` with target length ``L_b`` (clamped to at least 1, as in ``F.ctc_loss``)::
+
+        l_b = (1 - eps) * ctc_b / L_b + eps * mean_{n, v}(-log p[b, n, v])
+        loss = sum_b w_b * l_b * feasible_b / B
+
+    With ``eps = 0`` and no weights this is exactly ``F.ctc_loss(log_softmax(logits).transpose(0, 1), targets,
+    N, target_lengths, blank=blank_id, reduction='mean', zero_infinity=True)``: infeasible samples add 0 but still
+    count in the divisor B. With ``eps > 0`` and all samples feasible it equals the official NARVL
+    ``(1 - eps) * ctc - eps * mean(log_probs)``.
+
+    Args:
+        logits (torch.Tensor): unnormalised scores over the vocabulary plus the blank, shape ``(B, N, V + 1)``.
+            Any float dtype; the loss is computed in float32.
+        targets (torch.Tensor): padded target ids ending with EOS, shape ``(B, L)``. The pad value is free (it is
+            never read); targets must not contain ``blank_id``.
+        target_lengths (torch.Tensor): real length of each target (EOS included), shape ``(B,)``.
+        blank_id (int): index of the blank in the last axis of ``logits``.
+        label_smoothing (float): ``eps`` above, in [0, 1).
+        weights (torch.Tensor | None): per-sample loss weights (e.g. VQA soft scores), shape ``(B,)``.
+
+    Returns:
+        tuple[torch.Tensor, torch.Tensor]: the scalar loss, and the number of infeasible samples (int64 scalar
+        tensor, left on the device so that training does not synchronise; ``.item()`` it when logging). A sample is
+        infeasible when ``L_b`` plus its number of adjacent repeated labels exceeds N.
+    """
+    if logits.dim() != 3:
+        raise ValueError(f"logits must be (B, N, V+1), got shape {tuple(logits.shape)}")
+    batch, num_queries, _ = logits.shape
+    if targets.dim() != 2 or targets.size(0) != batch or target_lengths.shape != (batch,):
+        raise ValueError(
+            f"targets must be (B, L) and target_lengths (B,) with B={batch}, "
+            f"got {tuple(targets.shape)} and {tuple(target_lengths.shape)}"
+        )
+    if not 0.0 <= label_smoothing < 1.0:
+        raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
+
+    log_probs = logits.float().log_softmax(-1)
+    target_lengths = target_lengths.to(device=logits.device, dtype=torch.long)
+    targets = targets.to(logits.device)
+    # Padding may hold any value (-100, pad id, ...): make it a valid class so no CTC kernel ever reads it as one.
+    in_target = torch.arange(targets.size(1), device=targets.device).unsqueeze(0) < target_lengths.unsqueeze(1)
+    targets = targets.masked_fill(~in_target, 0)
+    feasible = ctc_required_length(targets, target_lengths) <= num_queries
+    input_lengths = torch.full((batch,), num_queries, dtype=torch.long, device=logits.device)
+
+    # Per-sample negative log-likelihood (summed over the target), infinite ones zeroed with their gradient.
+    nll = F.ctc_loss(
+        log_probs.transpose(0, 1), targets, input_lengths, target_lengths,
+        blank=blank_id, reduction="none", zero_infinity=True,
+    )
+    per_sample = nll / target_lengths.clamp(min=1)
+    if label_smoothing > 0:
+        smooth = -log_probs.mean(dim=(1, 2))
+        per_sample = (1.0 - label_smoothing) * per_sample + label_smoothing * smooth
+    if weights is not None:
+        per_sample = per_sample * weights.to(device=logits.device, dtype=per_sample.dtype)
+    # where() rather than a product, so that an infeasible sample's gradient is exactly zero in every term.
+    per_sample = torch.where(feasible, per_sample, torch.zeros_like(per_sample))
+    return per_sample.sum() / batch, (~feasible).sum()
