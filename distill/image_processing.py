@@ -1,0 +1,165 @@
+"""OFA's image preprocessing: RGB, bicubic square resize to the task resolution, normalise with mean/std 0.5.
+
+This is what OFA's data pipeline does (`Image.convert("RGB")`, torchvision `Resize((s, s), BICUBIC)` on the PIL
+image, `ToTensor`, `Normalize(0.5, 0.5)`), written against PIL directly so no torchvision is needed.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+from transformers.image_processing_base import BatchFeature
+from transformers.image_processing_utils import BaseImageProcessor
+
+from distill.errors import UserError
+
+ImageSource = Any  # path | bytes | base64 str | {"bytes": .., "path": ..} | PIL.Image.Image
+
+_RESAMPLE = {
+    "bicubic": Image.Resampling.BICUBIC,
+    "bilinear": Image.Resampling.BILINEAR,
+    "nearest": Image.Resampling.NEAREST,
+    "lanczos": Image.Resampling.LANCZOS,
+}
+# Modes holding more than 8 bits per sample: PIL's convert("RGB") would clip them at 255, so rescale first.
+_WIDE_MODES = {"I;16", "I;16L", "I;16B", "I;16N", "I", "F"}
+
+
+class ImageLoadError(UserError):
+    """An image could not be read: missing, truncated or undecodable. The message names the file."""
+
+
+def _open(src: ImageSource, name: str | None) -> tuple[Image.Image, str]:
+    if isinstance(src, Image.Image):
+        return src, name or "<PIL image>"
+    if isinstance(src, dict):  # datasets.Image() storage: bytes win over path, as in datasets.
+        data, path = src.get("bytes"), src.get("path")
+        if data is not None:
+            return _open(bytes(data), name or path or "<bytes>")
+        if path:
+            return _open(path, name or path)
+        raise ImageLoadError(f"image {name or '<dict>'} has neither bytes nor path")
+    if isinstance(src, (bytes, bytearray, memoryview)):
+        label = name or "<bytes>"
+        try:
+            return Image.open(io.BytesIO(bytes(src))), label
+        except (UnidentifiedImageError, OSError, ValueError) as exc:
+            raise ImageLoadError(f"cannot decode image {label}: {exc}") from exc
+    if isinstance(src, (str, os.PathLike)):
+        text = os.fspath(src)
+        if os.path.isfile(text):
+            label = name or text
+            try:
+                return Image.open(text), label
+            except (UnidentifiedImageError, OSError, ValueError) as exc:
+                raise ImageLoadError(f"cannot decode image {label}: {exc}") from exc
+        decoded = _maybe_base64(text)
+        if decoded is not None:  # OFA's TSV files store images as base64 strings
+            return _open(decoded, name or "<base64 image>")
+        raise ImageLoadError(f"image file not found: {name or text}")
+    raise ImageLoadError(f"unsupported image type {type(src).__name__} for {name or 'image'}")
+
+
+def _maybe_base64(text: str) -> bytes | None:
+    if len(text) < 64 or Path(text).suffix:
+        return None  # too short to be an encoded image, or a path with an extension
+    try:
+        return base64.b64decode(text.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        return None
+
+
+def load_image(src: ImageSource, name: str | None = None) -> Image.Image:
+    """Decode `src` fully into a PIL image (mode unchanged). `name` labels error messages.
+
+    Accepts a path, raw bytes, a base64 string (OFA TSV), a datasets `{"bytes", "path"}` dict, or a PIL image.
+    Raises `ImageLoadError` naming the file for a missing, truncated or undecodable image: the full decode
+    (`img.load()`) is forced here so truncation surfaces now, not inside a model batch.
+    """
+    img, label = _open(src, name)
+    try:
+        img.load()
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        raise ImageLoadError(f"cannot decode image {label}: {exc}") from exc
+    return img
+
+
+def image_size(src: ImageSource, name: str | None = None) -> tuple[int, int]:
+    """(width, height) of an image, reading only its header when it is a file or bytes."""
+    img, _ = _open(src, name)
+    return img.size
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """RGB version of any PIL mode (L, P, RGBA, CMYK, 16-bit, float). Alpha is dropped, as OFA's convert("RGB") does."""
+    if img.mode == "RGB":
+        return img
+    if img.mode in _WIDE_MODES:
+        arr = np.asarray(img, dtype=np.float64)
+        if img.mode == "F":
+            scale = 255.0 if arr.size and arr.max() <= 1.0 else 1.0
+        else:  # 16-bit (or 32-bit int holding 16-bit data): 65535 -> 255
+            scale = 255.0 / 65535.0
+        arr = np.clip(np.rint(arr * scale), 0, 255).astype(np.uint8)
+        return Image.fromarray(arr, mode="L").convert("RGB")
+    return img.convert("RGB")
+
+
+class OFAImageProcessor(BaseImageProcessor):
+    """Image processor for OFA and NARVL: `processor(images, return_tensors="pt")["pixel_values"]` is (B, 3, size, size).
+
+    Images may be anything `load_image` accepts. Saved and loaded with `save_pretrained`/`from_pretrained`.
+    """
+
+    model_input_names = ["pixel_values"]
+
+    def __init__(
+        self,
+        size: int = 480,
+        mean: float | Sequence[float] = 0.5,
+        std: float | Sequence[float] = 0.5,
+        resample: str = "bicubic",
+        **kwargs: Any,
+    ):
+        super().__init__(**kwargs)
+        if isinstance(size, dict):  # tolerate transformers' {"height", "width"} style for a square size
+            size = size.get("height", size.get("shortest_edge"))
+        if resample not in _RESAMPLE:
+            raise UserError(f"resample must be one of {sorted(_RESAMPLE)}, got {resample!r}")
+        self.size = int(size)
+        """Square side in pixels after resizing (OFA: 480 caption/VQA/SNLI-VE, 512 RefCOCO)."""
+        self.mean = [float(m) for m in mean] if isinstance(mean, (list, tuple)) else float(mean)
+        """Per-channel (or shared) mean subtracted after scaling to [0, 1]."""
+        self.std = [float(s) for s in std] if isinstance(std, (list, tuple)) else float(std)
+        """Per-channel (or shared) std divided by after the mean."""
+        self.resample = resample
+        """PIL resampling filter name for the square resize."""
+
+    def process_image(self, image: ImageSource, size: int | None = None) -> np.ndarray:
+        """One image -> (3, size, size) float32 array, normalised."""
+        size = int(size or self.size)
+        img = to_rgb(load_image(image))
+        img = img.resize((size, size), resample=_RESAMPLE[self.resample])
+        arr = np.asarray(img, dtype=np.float32) / 255.0
+        mean = np.asarray(self.mean, dtype=np.float32).reshape(-1)
+        std = np.asarray(self.std, dtype=np.float32).reshape(-1)
+        arr = (arr - mean) / std
+        return arr.transpose(2, 0, 1).copy()
+
+    def preprocess(
+        self, images: ImageSource | Sequence[ImageSource], return_tensors: str | None = "pt", size: int | None = None, **_: Any
+    ) -> BatchFeature:
+        """Batch of images -> `{"pixel_values": (B, 3, size, size)}`; a single image gives B = 1."""
+        if not isinstance(images, (list, tuple)):
+            images = [images]
+        pixels = np.stack([self.process_image(img, size=size) for img in images]) if images else np.zeros((0, 3, size or self.size, size or self.size), np.float32)
+        return BatchFeature(data={"pixel_values": pixels}, tensor_type=return_tensors)
+
+    def __call__(self, images: ImageSource | Sequence[ImageSource], **kwargs: Any) -> BatchFeature:
+        return self.preprocess(images, **kwargs)
