@@ -1,0 +1,361 @@
+"""One Accelerate training loop, shared by `train-student` (Query-CTC) and `train-teacher` (cross-entropy).
+
+Exact resume is a design goal: a run killed with SIGKILL and resumed ends with the same weights as an uninterrupted
+run. Three choices make that hold:
+
+* the data order is a pure function of (seed, global step): `StepBatchSampler` cuts an endless stream of seeded
+  per-epoch permutations into global batches, so a resumed run starts at the restored step without replaying the
+  data (no `skip_first_batches` walk) and the order does not depend on the number of processes;
+* `accelerator.save_state` stores model, optimizer, scheduler and every process's RNG states; it is written to a
+  temporary folder and renamed, so a checkpoint folder either is complete or does not exist;
+* the DataLoader gets its own `torch.Generator`, because creating a DataLoader iterator otherwise draws from the
+  global RNG, which would shift dropout masks after a resume.
+
+`batch_size` is the GLOBAL batch of one optimizer step (all processes and accumulation steps together), so runs on 1
+or several processes see the same samples per step and give the same loss curve.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import shutil
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Protocol
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from distill.errors import UserError
+
+__all__ = ["TrainConfig", "TrainResult", "StepBatchSampler", "train", "latest_checkpoint"]
+
+CHECKPOINT_DIR = "checkpoints"
+LOG_FILE = "log.jsonl"
+STATE_FILE = "trainer_state.json"
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation and bookkeeping settings of one training run (NARVL/OFA fine-tuning recipe as defaults)."""
+
+    output_dir: str
+    """Run folder: `checkpoints/`, `log.jsonl` and tracker logs go here."""
+    max_steps: int = 1000
+    """Number of optimizer steps."""
+    batch_size: int = 32
+    """Global batch per optimizer step, summed over processes and accumulation steps."""
+    grad_accum: int = 1
+    """Gradient accumulation steps; `batch_size` must divide by `grad_accum * num_processes`."""
+    lr: float = 5e-5
+    """Peak learning rate (NARVL: 1e-5 caption, 5e-5 VQA/grounding/entailment)."""
+    lr_end: float = 2e-7
+    """Learning rate reached at `max_steps` by the polynomial decay (OFA's end-learning-rate)."""
+    lr_power: float = 1.0
+    """Power of the polynomial decay (1 = linear)."""
+    warmup_ratio: float = 0.06
+    """Fraction of `max_steps` spent in linear warmup (OFA's recipe)."""
+    weight_decay: float = 0.01
+    """AdamW weight decay (not applied to biases and norm weights)."""
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    """AdamW betas."""
+    adam_eps: float = 1e-8
+    """AdamW epsilon."""
+    max_grad_norm: float = 1.0
+    """Gradient clipping norm; 0 disables clipping."""
+    mixed_precision: str = "no"
+    """Accelerate mixed precision: `no`, `fp16` or `bf16`."""
+    seed: int = 0
+    """Seed of initialisation, data order and dropout."""
+    eval_every: int = 0
+    """Evaluate with the task metric every this many steps (0: only at the end)."""
+    save_every: int = 0
+    """Write a resumable checkpoint every this many steps (0: never)."""
+    keep_checkpoints: int = 2
+    """Number of most recent checkpoints kept on disk."""
+    log_every: int = 10
+    """Send metrics to the trackers every this many steps (`log.jsonl` gets every step)."""
+    resume: bool = False
+    """Continue from the latest complete checkpoint in `output_dir/checkpoints`, if any."""
+    num_workers: int = 0
+    """DataLoader worker processes."""
+    report_to: str = "auto"
+    """Accelerate tracker: `auto` (tensorboard when installed, else none), `none`, or a tracker name."""
+    project_name: str = "narvl"
+    """Run name shown by the trackers."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class TrainResult:
+    """What `train` returns."""
+
+    model: torch.nn.Module
+    """The trained model, unwrapped from DDP (on the accelerator's device)."""
+    step: int
+    """Last optimizer step done."""
+    history: list[dict[str, float]] = field(default_factory=list)
+    """Per-step logs of THIS process's run (resumed runs start after the checkpoint); `log.jsonl` has them all."""
+    eval_metrics: dict[str, float] = field(default_factory=dict)
+    """Task metrics of the final evaluation (empty without `eval_fn`)."""
+    is_main_process: bool = True
+    """True on the process that should write files."""
+
+
+class LossFn(Protocol):
+    def __call__(self, model: torch.nn.Module, batch: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Return the mean loss of `batch` and counts to SUM over micro-batches and processes (e.g. `n_infeasible`)."""
+
+
+EvalFn = Callable[[torch.nn.Module, Any], dict[str, float]]
+"""`eval_fn(model, accelerator) -> metrics`, called on every process (so it may shard its work)."""
+
+
+class StepBatchSampler(Sampler):
+    """Micro-batches of one process for global steps `start_step .. max_steps-1`, as `(row, draw)` pairs.
+
+    The stream is the concatenation of per-epoch permutations `randperm(num_rows, seed + epoch)`; global step `s` owns
+    stream positions `[s*B, (s+1)*B)`. Within a step, micro-batch `m` of process `r` takes the chunk
+    `(m * world + r) * b` of size `b = B / (world * accum)`. `draw` is the stream position, a per-sample seed that
+    stays the same whatever the number of processes or a resume (used e.g. to pick a random reference caption).
+    """
+
+    def __init__(self, num_rows: int, batch_size: int, num_processes: int, process_index: int, grad_accum: int,
+                 seed: int, start_step: int, max_steps: int):
+        if num_rows <= 0:
+            raise UserError("the training set is empty")
+        per = num_processes * grad_accum
+        if batch_size % per:
+            raise UserError(f"batch size {batch_size} must be divisible by processes x grad_accum = {per}")
+        self.num_rows, self.batch_size, self.micro = num_rows, batch_size, batch_size // per
+        self.world, self.rank, self.accum = num_processes, process_index, grad_accum
+        self.seed, self.start_step, self.max_steps = seed, start_step, max_steps
+        self._perm_epoch, self._perm = -1, None
+
+    def _row(self, pos: int) -> int:
+        epoch = pos // self.num_rows
+        if epoch != self._perm_epoch:
+            gen = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+            self._perm, self._perm_epoch = torch.randperm(self.num_rows, generator=gen).tolist(), epoch
+        return self._perm[pos % self.num_rows]
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        for step in range(self.start_step, self.max_steps):
+            for m in range(self.accum):
+                start = step * self.batch_size + (m * self.world + self.rank) * self.micro
+                yield [(self._row(p), p) for p in range(start, start + self.micro)]
+
+    def __len__(self) -> int:
+        return max(0, self.max_steps - self.start_step) * self.accum
+
+
+class _DrawDataset(Dataset):
+    """Fetch `(row, draw)`: datasets that define `example(row, draw)` receive the draw, others are indexed by row."""
+
+    def __init__(self, ds: Any):
+        self.ds = ds
+        self._with_draw = hasattr(ds, "example")
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitem__(self, key: tuple[int, int]) -> Any:
+        row, draw = key
+        return self.ds.example(row, draw) if self._with_draw else self.ds[row]
+
+
+def latest_checkpoint(output_dir: str | os.PathLike) -> Path | None:
+    """The most recent complete checkpoint folder (`checkpoints/step_XXXXXXXX`), or None."""
+    root = Path(output_dir) / CHECKPOINT_DIR
+    done = sorted(p for p in root.glob("step_*") if p.is_dir() and not p.name.endswith(".tmp")
+                  and (p / STATE_FILE).exists())
+    return done[-1] if done else None
+
+
+def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    # No decay on biases, norms and 1-D gains, as in fairseq/transformers recipes.
+    decay, no_decay = [], []
+    for _, p in model.named_parameters():
+        if p.requires_grad:
+            (decay if p.dim() >= 2 else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def _tracker(report_to: str) -> str | None:
+    if report_to == "none":
+        return None
+    if report_to == "auto":
+        try:
+            import tensorboard  # noqa: F401
+        except ImportError:
+            return None
+        return "tensorboard"
+    return report_to
+
+
+def _flat_config(config: dict[str, Any]) -> dict[str, Any]:
+    # Trackers (tensorboard hparams) only take scalars and strings.
+    return {k: (v if isinstance(v, (int, float, str, bool)) else json.dumps(v)) for k, v in config.items()}
+
+
+def _save_checkpoint(accelerator, cfg: TrainConfig, step: int, extra: dict[str, Any]) -> None:
+    root = Path(cfg.output_dir) / CHECKPOINT_DIR
+    final = root / f"step_{step:08d}"
+    tmp = root / f"step_{step:08d}.tmp"
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))  # every process writes its own RNG state
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        (tmp / STATE_FILE).write_text(json.dumps({"step": step, **extra}, indent=1))
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)  # atomic: a checkpoint folder is complete or absent
+        olds = sorted(p for p in root.glob("step_*") if not p.name.endswith(".tmp"))
+        for old in olds[: max(0, len(olds) - cfg.keep_checkpoints)]:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+
+
+def _truncate_log(path: Path, step: int) -> None:
+    """Drop log lines past `step` (written by a killed run after its last checkpoint)."""
+    if not path.exists():
+        return
+    keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln).get("step", 0) <= step]
+    path.write_text("".join(ln + "\n" for ln in keep))
+
+
+def train(model: torch.nn.Module, loss_fn: LossFn, train_ds: Any, config: TrainConfig,
+          collate_fn: Callable[[list[Any]], Any] | None = None, eval_fn: EvalFn | None = None,
+          run_config: dict[str, Any] | None = None) -> TrainResult:
+    """Train `model` on `train_ds` with AdamW, warmup + polynomial decay, clipping and periodic checkpoints.
+
+    Args:
+        model: any `nn.Module`; `loss_fn(model, batch)` calls it.
+        loss_fn: returns `(mean loss, counts)`; counts are summed over micro-batches and processes and logged
+            (e.g. `n_infeasible` CTC samples, never silently dropped).
+        train_ds: map-style dataset (`len` + `[row]`, or `example(row, draw)` to receive a per-sample seed).
+        config: `TrainConfig`.
+        collate_fn: turns a list of items into a batch (tensors are moved to the device by the trainer).
+        eval_fn: `eval_fn(unwrapped_model, accelerator) -> metrics`, run every `eval_every` steps and at the end.
+        run_config: the caller's resolved config, sent to the trackers.
+    """
+    from accelerate import Accelerator
+    from accelerate.utils import ProjectConfiguration, send_to_device, set_seed
+    from tqdm.auto import tqdm
+    from transformers import get_polynomial_decay_schedule_with_warmup
+
+    cfg = config
+    out = Path(cfg.output_dir)
+    tracker = _tracker(cfg.report_to)
+    accelerator = Accelerator(
+        mixed_precision=cfg.mixed_precision,
+        log_with=tracker,
+        project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "logs")),
+        step_scheduler_with_optimizer=False,  # one scheduler step per optimizer step, whatever the world size
+    )
+    set_seed(cfg.seed)
+    ckpt = latest_checkpoint(out) if cfg.resume else None
+
+    optimizer = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=tuple(cfg.adam_betas),
+                                  eps=cfg.adam_eps)
+    warmup = int(math.ceil(cfg.warmup_ratio * cfg.max_steps))
+    scheduler = get_polynomial_decay_schedule_with_warmup(
+        optimizer, num_warmup_steps=warmup, num_training_steps=cfg.max_steps,
+        lr_end=min(cfg.lr_end, cfg.lr * 0.999), power=cfg.lr_power)
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+
+    start_step, extra = 0, {}
+    if ckpt is not None:
+        accelerator.load_state(str(ckpt))  # weights, optimizer, scheduler and this process's RNG states
+        extra = json.loads((ckpt / STATE_FILE).read_text())
+        start_step = int(extra.pop("step"))
+    log_path = out / LOG_FILE
+    if accelerator.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        if ckpt is None:
+            log_path.unlink(missing_ok=True)
+        else:
+            _truncate_log(log_path, start_step)
+    if tracker:
+        accelerator.init_trackers(cfg.project_name, config=_flat_config(run_config or cfg.to_dict()))
+
+    sampler = StepBatchSampler(len(train_ds), cfg.batch_size, accelerator.num_processes, accelerator.process_index,
+                               cfg.grad_accum, cfg.seed, start_step, cfg.max_steps)
+    loader = DataLoader(_DrawDataset(train_ds), batch_sampler=sampler, collate_fn=collate_fn,
+                        num_workers=cfg.num_workers, generator=torch.Generator().manual_seed(cfg.seed))
+    batches = iter(loader)
+    totals = {k: float(v) for k, v in extra.get("totals", {}).items()}
+    history: list[dict[str, float]] = []
+    eval_metrics: dict[str, float] = {}
+    bar = tqdm(total=cfg.max_steps, initial=start_step, desc="train", disable=not accelerator.is_main_process)
+    model.train()
+    step = start_step
+    for step in range(start_step + 1, cfg.max_steps + 1):
+        t0 = time.perf_counter()
+        step_loss = torch.zeros((), device=accelerator.device)
+        counts: dict[str, torch.Tensor] = {}
+        for micro in range(cfg.grad_accum):
+            batch = send_to_device(next(batches), accelerator.device)
+            # Gradients are all-reduced only on the last micro-batch.
+            sync = micro == cfg.grad_accum - 1
+            with accelerator.no_sync(model) if not sync else nullcontext():
+                with accelerator.autocast():
+                    loss, c = loss_fn(model, batch)
+                accelerator.backward(loss / cfg.grad_accum)
+            step_loss += loss.detach().float() / cfg.grad_accum
+            for k, v in c.items():
+                counts[k] = counts.get(k, 0) + torch.as_tensor(v, device=accelerator.device).detach().float()
+        grad_norm = (accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+                     if cfg.max_grad_norm > 0 else torch.zeros(()))
+        lr = scheduler.get_last_lr()[0]  # the rate this step used
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+
+        # One all-reduce for the logs: mean loss over processes, summed counts.
+        keys = sorted(counts)
+        packed = torch.stack([step_loss] + [counts[k] for k in keys])
+        packed = accelerator.reduce(packed, reduction="sum")
+        log = {"step": step, "loss": packed[0].item() / accelerator.num_processes,
+               "lr": lr, "grad_norm": float(grad_norm),
+               "sec_per_step": time.perf_counter() - t0}
+        for k, v in zip(keys, packed[1:].tolist()):
+            log[k] = v
+            totals[k] = totals.get(k, 0.0) + v
+            log[f"total_{k}"] = totals[k]
+        evaluated = eval_fn is not None and cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.max_steps
+        if evaluated:
+            model.eval()
+            eval_metrics = eval_fn(accelerator.unwrap_model(model), accelerator)
+            model.train()
+            log.update({f"eval/{k}": v for k, v in eval_metrics.items()})
+        history.append(log)
+        if accelerator.is_main_process:
+            with log_path.open("a") as f:
+                f.write(json.dumps(log) + "\n")
+            bar.set_postfix(loss=f"{log['loss']:.4f}", lr=f"{log['lr']:.2e}")
+            bar.update(1)
+        if tracker and (step % cfg.log_every == 0 or evaluated):
+            accelerator.log({k: v for k, v in log.items() if k != "step"}, step=step)
+        if cfg.save_every and step % cfg.save_every == 0:
+            _save_checkpoint(accelerator, cfg, step, {"totals": totals})
+    bar.close()
+
+    if eval_fn is not None:
+        model.eval()
+        eval_metrics = eval_fn(accelerator.unwrap_model(model), accelerator)
+        if tracker:
+            accelerator.log({f"eval/{k}": v for k, v in eval_metrics.items()}, step=step)
+    if tracker:
+        accelerator.end_training()
+    accelerator.wait_for_everyone()
+    return TrainResult(model=accelerator.unwrap_model(model), step=step, history=history,
+                       eval_metrics=eval_metrics, is_main_process=accelerator.is_main_process)

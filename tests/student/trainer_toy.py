@@ -1,0 +1,84 @@
+"""A toy run of `student.trainer.train`, launched by the trainer tests as a subprocess (plain or under torchrun).
+
+The model has a tied embedding/output matrix (like OFA), dropout, and the dataset uses the per-sample `draw` seed, so
+the resume test covers weights, optimizer, scheduler, RNG and data order.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import save_file
+
+from student.trainer import TrainConfig, train
+
+
+class Toy(torch.nn.Module):
+    def __init__(self, vocab: int = 11, dim: int = 16, dropout: float = 0.1):
+        super().__init__()
+        self.embed = torch.nn.Embedding(vocab, dim)
+        self.hidden = torch.nn.Linear(dim, dim)
+        self.drop = torch.nn.Dropout(dropout)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        h = self.drop(torch.tanh(self.hidden(self.embed(ids).mean(1))))
+        return h @ self.embed.weight.T  # tied output projection
+
+
+class ToyData:
+    """Row r: 4 token ids and a label; the draw adds a seeded random token (data augmentation stand-in)."""
+
+    def __init__(self, n: int = 40):
+        g = torch.Generator().manual_seed(123)
+        self.ids = torch.randint(0, 11, (n, 4), generator=g)
+        self.labels = (self.ids.sum(1) % 11)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def example(self, row: int, draw: int) -> dict:
+        extra = torch.randint(0, 11, (1,), generator=torch.Generator().manual_seed(draw))
+        return {"ids": torch.cat([self.ids[row], extra]), "label": self.labels[row]}
+
+
+def collate(items: list[dict]) -> dict:
+    return {"ids": torch.stack([i["ids"] for i in items]), "label": torch.stack([i["label"] for i in items])}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--grad-accum", type=int, default=1)
+    ap.add_argument("--save-every", type=int, default=0)
+    ap.add_argument("--dropout", type=float, default=0.1)
+    ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--kill-at-call", type=int, default=0, help="SIGKILL this process at the N-th loss call")
+    args = ap.parse_args()
+
+    torch.manual_seed(0)
+    model = Toy(dropout=args.dropout)
+    calls = {"n": 0}
+
+    def loss_fn(m, batch):
+        calls["n"] += 1
+        if args.kill_at_call and calls["n"] == args.kill_at_call:
+            os.kill(os.getpid(), signal.SIGKILL)
+        logits = m(batch["ids"])
+        return F.cross_entropy(logits, batch["label"]), {"n_samples": torch.tensor(len(batch["label"]))}
+
+    cfg = TrainConfig(output_dir=args.out, max_steps=args.steps, batch_size=args.batch_size,
+                      grad_accum=args.grad_accum, lr=1e-2, save_every=args.save_every, resume=args.resume,
+                      keep_checkpoints=2, report_to="none")
+    result = train(model, loss_fn, ToyData(), cfg, collate_fn=collate)
+    if result.is_main_process:
+        save_file({k: v.contiguous() for k, v in result.model.state_dict().items()},
+                  os.path.join(args.out, "final.safetensors"))
+
+
+if __name__ == "__main__":
+    main()
