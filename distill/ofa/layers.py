@@ -1,0 +1,175 @@
+"""OFA transformer building blocks: biased multi-head attention with per-head gains, NormFormer pre-LN layers."""
+import torch
+from torch import nn
+from transformers.activations import ACT2FN
+from transformers.cache_utils import Cache, EncoderDecoderCache
+
+from .configuration_ofa import OFAConfig
+
+# OFA scales queries by (head_dim * 2) ** -0.5 in every attention, independently of `attn_scale_factor`.
+ATTENTION_SCALE_FACTOR = 2.0
+
+
+class DropPath(nn.Module):
+    """Stochastic depth: drop the whole residual branch per sample with probability `p` (training only)."""
+
+    def __init__(self, p: float = 0.0):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.p == 0.0 or not self.training:
+            return x
+        keep = 1.0 - self.p
+        mask = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(keep)
+        return x * mask / keep
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
+class OFAAttention(nn.Module):
+    """Multi-head attention with an additive per-head bias (position biases) and NormFormer head gains `c_attn`."""
+
+    def __init__(self, embed_dim: int, num_heads: int, dropout: float, scale_heads: bool, layer_idx: int | None = None):
+        super().__init__()
+        if embed_dim % num_heads:
+            raise ValueError(f"d_model {embed_dim} is not divisible by the number of heads {num_heads}")
+        self.num_heads = num_heads
+        self.head_dim = embed_dim // num_heads
+        self.scaling = (self.head_dim * ATTENTION_SCALE_FACTOR) ** -0.5
+        self.dropout = dropout
+        self.layer_idx = layer_idx
+        self.c_attn = nn.Parameter(torch.ones(num_heads)) if scale_heads else None
+        self.k_proj = nn.Linear(embed_dim, embed_dim)
+        self.v_proj = nn.Linear(embed_dim, embed_dim)
+        self.q_proj = nn.Linear(embed_dim, embed_dim)
+        self.out_proj = nn.Linear(embed_dim, embed_dim)
+
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, T, D) -> (B, H, T, head_dim)."""
+        return x.view(x.shape[0], x.shape[1], self.num_heads, self.head_dim).transpose(1, 2)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        key_value_states: torch.Tensor | None = None,
+        attn_bias: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        past_key_values: Cache | None = None,
+    ) -> torch.Tensor:
+        """hidden_states (B, T, D); key_value_states (B, S, D) for cross-attention; attn_bias (B, H, T, S);
+        attention_mask additive, broadcastable to (B, 1, T, S). Returns (B, T, D)."""
+        batch, tgt_len, embed_dim = hidden_states.shape
+        query = self._heads(self.q_proj(hidden_states) * self.scaling)
+        is_cross = key_value_states is not None
+        cache = past_key_values
+        if isinstance(cache, EncoderDecoderCache):
+            cache = past_key_values.cross_attention_cache if is_cross else past_key_values.self_attention_cache
+        if is_cross and cache is not None and past_key_values.is_updated.get(self.layer_idx):
+            # The encoder output does not change during generation: reuse its projected keys/values.
+            key, value = cache.layers[self.layer_idx].keys, cache.layers[self.layer_idx].values
+        else:
+            source = key_value_states if is_cross else hidden_states
+            key, value = self._heads(self.k_proj(source)), self._heads(self.v_proj(source))
+            if cache is not None:
+                key, value = cache.update(key, value, self.layer_idx)
+                if is_cross:
+                    past_key_values.is_updated[self.layer_idx] = True
+        weights = torch.matmul(query, key.transpose(2, 3))
+        if attn_bias is not None:
+            weights = weights + attn_bias
+        if attention_mask is not None:
+            weights = weights + attention_mask
+        weights = nn.functional.dropout(weights.softmax(dim=-1), p=self.dropout, training=self.training)
+        output = torch.matmul(weights, value)  # (B, H, T, head_dim)
+        if self.c_attn is not None:
+            output = output * self.c_attn[None, :, None, None]
+        output = output.transpose(1, 2).reshape(batch, tgt_len, embed_dim)
+        return self.out_proj(output)
+
+
+class _FeedForward(nn.Module):
+    """Mixin holding the NormFormer FFN sub-block: x + drop_path(fc2(ffn_LN(act(fc1(LN(x))))))."""
+
+    def _init_ffn(self, config: OFAConfig, ffn_dim: int):
+        d = config.d_model
+        self.dropout = config.dropout
+        self.activation_dropout = config.activation_dropout
+        self.activation_fn = ACT2FN[config.activation_function]
+        self.fc1 = nn.Linear(d, ffn_dim)
+        self.fc2 = nn.Linear(ffn_dim, d)
+        self.ffn_layer_norm = nn.LayerNorm(ffn_dim) if config.normformer else None
+        self.final_layer_norm = nn.LayerNorm(d)
+
+    def _residual(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        x = nn.functional.dropout(x, p=self.dropout, training=self.training)
+        return residual + self.drop_path(x)
+
+    def _ffn(self, x: torch.Tensor) -> torch.Tensor:
+        residual = x
+        if self.normalize_before:
+            x = self.final_layer_norm(x)
+        x = self.activation_fn(self.fc1(x))
+        x = nn.functional.dropout(x, p=self.activation_dropout, training=self.training)
+        if self.ffn_layer_norm is not None:
+            x = self.ffn_layer_norm(x)
+        x = self._residual(self.fc2(x), residual)
+        return x if self.normalize_before else self.final_layer_norm(x)
+
+    def _attend(self, name: str, x: torch.Tensor, **kwargs) -> torch.Tensor:
+        """Residual attention sub-block `name` ("self_attn" or "cross_attn") with its pre/mid/post layer norms."""
+        residual = x
+        norm = getattr(self, f"{name}_layer_norm")
+        if self.normalize_before:
+            x = norm(x)
+        x = getattr(self, name)(x, **kwargs)
+        mid_norm = getattr(self, f"{name}_mid_layer_norm")
+        if mid_norm is not None:
+            x = mid_norm(x)
+        x = self._residual(x, residual)
+        return x if self.normalize_before else norm(x)
+
+
+class OFAEncoderLayer(_FeedForward):
+    """Self-attention + FFN. hidden_states (B, S, D) -> (B, S, D)."""
+
+    def __init__(self, config: OFAConfig, drop_path_rate: float = 0.0):
+        super().__init__()
+        d = config.d_model
+        self.normalize_before = config.encoder_normalize_before
+        self.self_attn = OFAAttention(d, config.encoder_attention_heads, config.attention_dropout, config.normformer)
+        self.self_attn_layer_norm = nn.LayerNorm(d)
+        self.self_attn_mid_layer_norm = nn.LayerNorm(d) if config.normformer else None
+        self._init_ffn(config, config.encoder_ffn_dim)
+        self.drop_path = DropPath(drop_path_rate)
+
+    def forward(self, hidden_states, attention_mask=None, attn_bias=None):
+        x = self._attend("self_attn", hidden_states, attn_bias=attn_bias, attention_mask=attention_mask)
+        return self._ffn(x)
+
+
+class OFADecoderLayer(_FeedForward):
+    """Self-attention (causal or not) + cross-attention to the encoder + FFN. hidden_states (B, T, D) -> (B, T, D)."""
+
+    def __init__(self, config: OFAConfig, layer_idx: int, drop_path_rate: float = 0.0):
+        super().__init__()
+        d, heads = config.d_model, config.decoder_attention_heads
+        self.normalize_before = config.decoder_normalize_before
+        self.self_attn = OFAAttention(d, heads, config.attention_dropout, config.normformer, layer_idx)
+        self.self_attn_layer_norm = nn.LayerNorm(d)
+        self.self_attn_mid_layer_norm = nn.LayerNorm(d) if config.normformer else None
+        self.cross_attn = OFAAttention(d, heads, config.attention_dropout, config.normformer, layer_idx)
+        self.cross_attn_layer_norm = nn.LayerNorm(d)
+        self.cross_attn_mid_layer_norm = nn.LayerNorm(d) if config.normformer else None
+        self._init_ffn(config, config.decoder_ffn_dim)
+        self.drop_path = DropPath(drop_path_rate)
+
+    def forward(self, hidden_states, attention_mask=None, self_attn_bias=None, encoder_hidden_states=None,
+                encoder_attention_mask=None, cross_attn_bias=None, past_key_values=None):
+        x = self._attend("self_attn", hidden_states, attn_bias=self_attn_bias, attention_mask=attention_mask,
+                         past_key_values=past_key_values)
+        if encoder_hidden_states is not None:
+            x = self._attend("cross_attn", x, key_value_states=encoder_hidden_states, attn_bias=cross_attn_bias,
+                             attention_mask=encoder_attention_mask, past_key_values=past_key_values)
+        return self._ffn(x)
