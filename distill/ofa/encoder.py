@@ -38,6 +38,8 @@ def padding_bias(padding_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor
 class OFAEncoder(nn.Module):
     """Encodes (B, L) text ids and optional (B, 3, H, W) images into (B, (H/16)*(W/16) + L, D) states."""
 
+    main_input_name = "input_ids"
+
     def __init__(self, config: OFAConfig, embed_tokens: nn.Embedding):
         super().__init__()
         d, heads = config.d_model, config.encoder_attention_heads

@@ -72,6 +72,9 @@ class OFAModel(OFAPreTrainedModel, GenerationMixin):
         self.encoder = OFAEncoder(config, shared)
         self.decoder = OFADecoder(config, shared)
         self.post_init()
+        # OFA-Sys configs say `use_cache: false`; the KV cache gives the same tokens and is much faster.
+        if self.generation_config is not None:
+            self.generation_config.use_cache = True
 
     def get_input_embeddings(self) -> nn.Embedding:
         return self.encoder.embed_tokens
