@@ -1,0 +1,353 @@
+"""Cached pipelines: stage kinds, fingerprints, the stage cache and the YAML runner behind `narvl-pipe run`.
+
+A pipeline YAML lists stages in order; each has a `name`, a `kind` (a registered `StageKind`) and a `config` (the
+fields of that kind's config dataclass). A config value may reference an earlier stage's artifact folder as
+`${stages.NAME}` (optionally followed by a sub-path, e.g. `${stages.shapes}/tokenizer`):
+
+    name: example
+    stages:
+      - name: shapes
+        kind: data
+        config: {n_train: 200, seed: 0}
+      - name: teacher
+        kind: train-teacher
+        config: {task: caption, data: "${stages.shapes}", max_steps: 100}
+
+Cache rules:
+- A stage's artifact lives in `OUT/<name>-<fingerprint>/`. The fingerprint hashes the stage's kind and its resolved
+  config (YAML values over the dataclass defaults), where each reference is replaced by the referenced stage's
+  folder name, which holds *its* fingerprint. So changing a stage's config re-runs it and every stage downstream of
+  it, and no other; the output folder's location is not part of any fingerprint.
+- A stage is complete when `OUT/<name>-<fingerprint>/stage_complete.json` exists; it is written last, atomically.
+  Complete stages are skipped. An incomplete folder of a resumable kind (trainers, distill) is handed back to the
+  stage function, which resumes from its own checkpoints/shards; other kinds restart from an empty folder.
+- `--force NAME` re-runs NAME from scratch and, because its fingerprint does not change, every stage downstream of it.
+- `stage_config.json` (the resolved config, with real paths) is written next to the artifact when the stage ends
+  (some stage functions require an empty output folder), just before the completion marker.
+- `OUT/<name>` is a symlink to the stage's current folder, for humans; nothing reads it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import fcntl
+import hashlib
+import json
+import os
+import re
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping
+
+from distill.errors import UserError
+
+FINGERPRINT_VERSION = 1  # bump when the artifact layout of any stage changes incompatibly
+COMPLETE_MARKER = "stage_complete.json"
+STAGE_CONFIG = "stage_config.json"
+LOCK_FILE = ".narvl-run.lock"
+_REF = re.compile(r"\$\{stages\.([A-Za-z0-9_.-]+?)\}")
+_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+@dataclass(frozen=True)
+class StageKind:
+    """A kind of stage: its config dataclass and the function that writes its artifact."""
+
+    name: str
+    """The `kind:` value in a pipeline YAML."""
+    config_cls: type
+    """Config dataclass; the YAML `config:` mapping holds (some of) its fields."""
+    run: Callable[[Any, Path], Any]
+    """`run(config, artifact_dir)`: writes the artifact into `artifact_dir` (which exists)."""
+    out_field: str | None = None
+    """Config field that receives the artifact folder (not settable from YAML, not fingerprinted)."""
+    fixed: Mapping[str, Any] = field(default_factory=dict)
+    """Fields the runner always sets (e.g. `resume=True`); not settable from YAML, not fingerprinted."""
+    resumable: bool = False
+    """True: an interrupted folder is given back to `run` to resume. False: it is emptied first."""
+
+
+_KINDS: dict[str, StageKind] = {}
+
+
+def register_stage_kind(kind: StageKind) -> None:
+    """Make `kind` usable in pipeline YAMLs (later registrations of a name replace earlier ones)."""
+    _KINDS[kind.name] = kind
+
+
+def stage_kinds() -> dict[str, StageKind]:
+    """All registered kinds; the built-in ones (data, train-teacher, distill, ...) are registered on first use."""
+    from pipelines import stage_kinds as builtin  # noqa: F401  (registers the built-in kinds on import)
+
+    return _KINDS
+
+
+@dataclass
+class StageSpec:
+    """One stage as written in the pipeline YAML."""
+
+    name: str
+    kind: str
+    config: dict[str, Any]
+
+    @property
+    def deps(self) -> list[str]:
+        """Names of the stages this one references, in order of first appearance."""
+        found: list[str] = []
+        for value in _walk_strings(self.config):
+            for name in _REF.findall(value):
+                if name not in found:
+                    found.append(name)
+        return found
+
+
+@dataclass
+class Pipeline:
+    """A parsed pipeline YAML."""
+
+    name: str
+    stages: list[StageSpec]
+    source: Path | None = None
+
+
+@dataclass
+class PlannedStage:
+    """A stage with its fingerprint, folder and resolved config (paths filled in)."""
+
+    spec: StageSpec
+    kind: StageKind
+    fingerprint: str
+    dir: Path
+    config: dict[str, Any]
+
+    @property
+    def complete(self) -> bool:
+        return (self.dir / COMPLETE_MARKER).exists()
+
+
+@dataclass
+class StageOutcome:
+    """What the runner did with one stage."""
+
+    name: str
+    status: str
+    """`skipped` (cached), `ran`, `resumed` or `forced`."""
+    dir: Path
+    seconds: float
+
+
+def _walk_strings(value: Any) -> Iterable[str]:
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, Mapping):
+        for v in value.values():
+            yield from _walk_strings(v)
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            yield from _walk_strings(v)
+
+
+def _substitute(value: Any, targets: Mapping[str, str]) -> Any:
+    """Replace every `${stages.NAME}` in strings (also nested in lists/mappings) with `targets[NAME]`."""
+    if isinstance(value, str):
+        return _REF.sub(lambda m: targets[m.group(1)], value)
+    if isinstance(value, Mapping):
+        return {k: _substitute(v, targets) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_substitute(v, targets) for v in value]
+    return value
+
+
+def load_pipeline(path: str | Path) -> Pipeline:
+    """Parse and validate a pipeline YAML (kinds exist, names unique, references point at earlier stages)."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"pipeline file {path} does not exist")
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise UserError(f"{path} is not valid YAML: {str(err).splitlines()[0]}") from None
+    pipe = parse_pipeline(doc, default_name=path.stem)
+    pipe.source = path
+    return pipe
+
+
+def parse_pipeline(doc: Any, default_name: str = "pipeline") -> Pipeline:
+    """Validate a pipeline given as a mapping (the parsed YAML)."""
+    if not isinstance(doc, Mapping) or not isinstance(doc.get("stages"), list) or not doc["stages"]:
+        raise UserError("a pipeline needs a non-empty `stages:` list of {name, kind, config} mappings")
+    kinds = stage_kinds()
+    stages: list[StageSpec] = []
+    for i, raw in enumerate(doc["stages"]):
+        if not isinstance(raw, Mapping) or set(raw) - {"name", "kind", "config"} or "kind" not in raw:
+            raise UserError(f"stage #{i + 1} must be a mapping with keys name, kind and config; got {raw!r}")
+        name = str(raw.get("name", raw["kind"]))
+        if not _NAME.match(name):
+            raise UserError(f"stage name {name!r} may only hold letters, digits, '_' and '-'")
+        if any(s.name == name for s in stages):
+            raise UserError(f"two stages are named {name!r}; stage names must be unique")
+        if raw["kind"] not in kinds:
+            raise UserError(f"stage {name!r}: unknown kind {raw['kind']!r}; known kinds: {', '.join(sorted(kinds))}")
+        config = raw.get("config") or {}
+        if not isinstance(config, Mapping):
+            raise UserError(f"stage {name!r}: `config` must be a mapping of config fields, got {config!r}")
+        spec = StageSpec(name, raw["kind"], dict(config))
+        earlier = {s.name for s in stages}
+        for dep in spec.deps:
+            if dep not in earlier:
+                where = "a later stage" if any(r.get("name") == dep for r in doc["stages"]) else "no stage"
+                raise UserError(f"stage {name!r} references ${{stages.{dep}}}, which is {where}; "
+                                f"references must name an earlier stage ({', '.join(earlier) or 'none here'})")
+        stages.append(spec)
+    return Pipeline(str(doc.get("name", default_name)), stages)
+
+
+def _defaults(cls: type) -> dict[str, Any]:
+    out = {}
+    for f in dataclasses.fields(cls):
+        if f.default is not dataclasses.MISSING:
+            out[f.name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+            out[f.name] = f.default_factory()  # type: ignore[misc]
+    return out
+
+
+def _jsonable(value: Any) -> Any:
+    return json.loads(json.dumps(value, sort_keys=True, default=str))
+
+
+def fingerprint(kind: str, config: Mapping[str, Any]) -> str:
+    """16 hex digits of sha256 over the kind and the resolved config (references already replaced by folder names)."""
+    payload = json.dumps({"v": FINGERPRINT_VERSION, "kind": kind, "config": _jsonable(config)}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def plan(pipe: Pipeline, out: str | Path) -> list[PlannedStage]:
+    """Resolve every stage's config and fingerprint (no compute): all config errors surface here, before any stage runs."""
+    out = Path(out).resolve()
+    kinds = stage_kinds()
+    dir_names: dict[str, str] = {}
+    planned: list[PlannedStage] = []
+    for spec in pipe.stages:
+        kind = kinds[spec.kind]
+        names = {f.name for f in dataclasses.fields(kind.config_cls)}
+        reserved = set(kind.fixed) | ({kind.out_field} if kind.out_field else set())
+        bad = sorted(set(spec.config) - (names - reserved))
+        if bad:
+            allowed = ", ".join(sorted(names - reserved))
+            raise UserError(f"stage {spec.name!r} ({spec.kind}): unknown config field(s) {', '.join(bad)}; "
+                            f"allowed: {allowed}")
+        resolved = {k: v for k, v in _defaults(kind.config_cls).items() if k not in reserved}
+        resolved.update(spec.config)
+        missing = sorted(names - reserved - set(resolved))
+        if missing:
+            raise UserError(f"stage {spec.name!r} ({spec.kind}): missing required config field(s) {', '.join(missing)}")
+        fp = fingerprint(spec.kind, _substitute(resolved, dir_names))
+        dir_names[spec.name] = f"{spec.name}-{fp}"
+        config = _jsonable(_substitute(resolved, {n: str(out / d) for n, d in dir_names.items()}))
+        stage = PlannedStage(spec, kind, fp, out / dir_names[spec.name], config)
+        validate = getattr(make_config(stage), "validate", None)
+        if callable(validate):
+            validate()
+        planned.append(stage)
+    return planned
+
+
+def make_config(stage: PlannedStage) -> Any:
+    """The stage's config dataclass instance, with the artifact folder and the runner's fixed fields set."""
+    extra = dict(stage.kind.fixed)
+    if stage.kind.out_field:
+        extra[stage.kind.out_field] = str(stage.dir)
+    return stage.kind.config_cls(**stage.config, **extra)
+
+
+def downstream(pipe: Pipeline, names: Iterable[str]) -> set[str]:
+    """`names` and every stage that depends on them, directly or not."""
+    hit = set(names)
+    for spec in pipe.stages:  # stages are in dependency order, so one pass suffices
+        if hit.intersection(spec.deps):
+            hit.add(spec.name)
+    return hit
+
+
+def _write_json_atomic(path: Path, data: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as fh:
+        json.dump(data, fh, indent=2, sort_keys=True, default=str)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def _link(out: Path, stage: PlannedStage) -> None:
+    link = out / stage.spec.name
+    tmp = out / f".{stage.spec.name}.link.tmp"
+    if tmp.is_symlink() or tmp.exists():
+        tmp.unlink()
+    os.symlink(stage.dir.name, tmp)
+    if link.exists() and not link.is_symlink():
+        return  # never replace a real folder a user put there
+    os.replace(tmp, link)
+
+
+def run_pipeline(
+    pipe: Pipeline | str | Path,
+    out: str | Path,
+    force: Iterable[str] = (),
+    log: Callable[[str], None] = print,
+) -> list[StageOutcome]:
+    """Run every stage whose artifact is not complete, in order; see the module docstring for the rules."""
+    if not isinstance(pipe, Pipeline):
+        pipe = load_pipeline(pipe)
+    force = list(force)
+    unknown = [n for n in force if n not in {s.name for s in pipe.stages}]
+    if unknown:
+        raise UserError(f"--force {', '.join(unknown)}: no such stage; stages: {', '.join(s.name for s in pipe.stages)}")
+    out = Path(out).resolve()
+    stages = plan(pipe, out)
+    rerun = downstream(pipe, force)
+    out.mkdir(parents=True, exist_ok=True)
+    lock = open(out / LOCK_FILE, "w")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.close()
+        raise UserError(f"another `narvl-pipe run` is using {out}; wait for it or pick another --out") from None
+    outcomes: list[StageOutcome] = []
+    try:
+        width = max(len(s.spec.name) for s in stages)
+        for i, stage in enumerate(stages, 1):
+            head = f"[{i}/{len(stages)}] {stage.spec.name:<{width}}"
+            if stage.complete and stage.spec.name not in rerun:
+                outcomes.append(StageOutcome(stage.spec.name, "skipped", stage.dir, 0.0))
+                log(f"{head} cached   {stage.dir.name}")
+                _link(out, stage)
+                continue
+            status = "ran"
+            if stage.spec.name in rerun and stage.dir.exists():
+                shutil.rmtree(stage.dir)
+                status = "forced"
+            elif stage.dir.exists() and not stage.kind.resumable:
+                shutil.rmtree(stage.dir)  # a partial artifact this kind cannot resume from
+            elif stage.dir.exists():
+                status = "resumed"
+            stage.dir.mkdir(parents=True, exist_ok=True)
+            log(f"{head} {'resuming' if status == 'resumed' else 'running'}  {stage.dir.name}")
+            start = time.perf_counter()
+            stage.kind.run(make_config(stage), stage.dir)
+            seconds = time.perf_counter() - start
+            # Written after the run: several stage functions insist on an empty (or their own) output folder.
+            _write_json_atomic(stage.dir / STAGE_CONFIG, {"name": stage.spec.name, "kind": stage.spec.kind,
+                                                          "fingerprint": stage.fingerprint, "config": stage.config})
+            _write_json_atomic(stage.dir / COMPLETE_MARKER, {"fingerprint": stage.fingerprint, "seconds": seconds,
+                                                             "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+            _link(out, stage)
+            outcomes.append(StageOutcome(stage.spec.name, status, stage.dir, seconds))
+            log(f"{head} done     in {seconds:.1f} s")
+    finally:
+        fcntl.flock(lock, fcntl.LOCK_UN)
+        lock.close()
+    return outcomes
