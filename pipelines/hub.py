@@ -32,7 +32,8 @@ COLUMN_MEANINGS = {
     "task": "narvl-pipe task name",
     "prompt": "the OFA instruction given to the teacher",
     "image": "the input image",
-    "image_path": "reference to the input image (written with `--no-images`)",
+    "image_path": "the source's image file path (None when the image came embedded)",
+    "source_index": "row index in the source split",
     "target": "the teacher's best output text (the student's training target)",
     "target_ids": "the teacher tokenizer's ids of `target`, ending with EOS",
     "teacher_logprob": "the teacher's sequence log-probability of `target`",
@@ -189,7 +190,7 @@ def render_card(dsd, manifest: dict, repo_id: str, source_license: str | None = 
     first = next(iter(dsd.values()))
     task = _get(manifest, ("task",), default=(first[0]["task"] if "task" in first.column_names and len(first) else "caption"))
     license_ = source_license or _get(manifest, ("source", "license"), ("source_license",), default="unknown")
-    source_name = _get(manifest, ("source", "name"), ("source", "path"), ("source",), default="unknown")
+    source_name = _get(manifest, ("source", "name"), ("source", "data"), ("source",), default="unknown")
     if isinstance(source_name, dict):
         source_name = json.dumps(source_name)
     total = sum(len(ds) for ds in dsd.values())
@@ -212,7 +213,9 @@ def render_card(dsd, manifest: dict, repo_id: str, source_license: str | None = 
     DatasetInfosDict({"default": info}).to_dataset_card_data(card_data)
 
     generation = _get(manifest, ("generation_config",), ("generation",), ("teacher", "generation_config"), default={})
-    counts = _get(manifest, ("counts",), default={})
+    counts = _get(manifest, ("counts",), default=None) or {
+        k: manifest[k] for k in ("rows", "failures", "shards") if isinstance(manifest.get(k), (int, float))
+    }
     wall = _get(manifest, ("wall_time_s",), ("wall_time",), default=None)
     return DatasetCard.from_template(
         card_data,
@@ -220,7 +223,8 @@ def render_card(dsd, manifest: dict, repo_id: str, source_license: str | None = 
         task=task,
         repo_id=repo_id,
         teacher_id=_get(manifest, ("teacher", "id"), ("teacher_id",), ("teacher",), default="unknown"),
-        teacher_revision=_get(manifest, ("teacher", "revision"), ("teacher_revision",), ("teacher", "hash"), default="unknown"),
+        teacher_revision=_get(manifest, ("teacher", "revision"), ("teacher_revision",), default=None)
+        or (f"sha256:{manifest['teacher']['sha256']}" if _get(manifest, ("teacher", "sha256")) else "unknown"),
         generation_config_json=json.dumps(generation, indent=2, sort_keys=True),
         source_name=source_name,
         source_split=_get(manifest, ("source", "split"), ("split",), default="/".join(dsd)),

@@ -56,12 +56,14 @@ def _write_distilled(path, n: int, seed: int = 0) -> datasets.Dataset:
         features=features,
     )
     ds.save_to_disk(str(path))
-    manifest = {
+    manifest = {  # the layout `distill.run` writes
         "task": "caption",
-        "teacher": {"id": "runs/teacher", "revision": "sha256:abc123"},
-        "generation_config": {"num_beams": 5, "max_new_tokens": 16, "no_repeat_ngram_size": 3},
-        "source": {"name": "shapes-world", "split": "train", "fingerprint": "f00d", "license": "apache-2.0"},
-        "counts": {"rows": n, "failed": 0, "shards": 1},
+        "teacher": {"id": "runs/teacher", "sha256": "abc123"},
+        "generation": {"num_beams": 5, "max_new_tokens": 16, "no_repeat_ngram_size": 3},
+        "source": {"data": "shapes-world", "split": "train", "fingerprint": "f00d"},
+        "rows": n,
+        "failures": 0,
+        "shards": 1,
         "wall_time_s": 12.5,
     }
     (path / "manifest.json").write_text(json.dumps(manifest))
@@ -87,7 +89,7 @@ def distilled(tmp_path):
 def test_dry_run_folder_is_a_loadable_hub_dataset(distilled, tmp_path):
     path, ds = distilled
     out = tmp_path / "upload"
-    result = hub.push(path, REPO, dry_run_dir=out)
+    result = hub.push(path, REPO, dry_run_dir=out, source_license="apache-2.0")
     assert result.url is None and (out / "README.md").exists()
 
     # The card's YAML parses with huggingface_hub and its metadata round-trips through DatasetCardData.
@@ -115,11 +117,12 @@ def test_dry_run_folder_is_a_loadable_hub_dataset(distilled, tmp_path):
 def test_card_body_holds_provenance_stats_schema_usage_and_citations(distilled, tmp_path):
     path, ds = distilled
     out = tmp_path / "upload"
-    hub.push(path, REPO, dry_run_dir=out)
+    hub.push(path, REPO, dry_run_dir=out, source_license="apache-2.0")
     body = DatasetCard.load(out / "README.md").text
     for needle in [
         "`runs/teacher`",
         "sha256:abc123",
+        "rows = 23, failures = 0, shards = 1",
         '"num_beams": 5',
         "shapes-world",
         "apache-2.0",
@@ -144,7 +147,7 @@ def test_card_body_holds_provenance_stats_schema_usage_and_citations(distilled, 
 def test_repush_regenerates_card_and_drops_stale_shards(distilled, tmp_path):
     path, _ = distilled
     out = tmp_path / "upload"
-    hub.push(path, REPO, dry_run_dir=out)
+    hub.push(path, REPO, dry_run_dir=out, source_license="apache-2.0")
     first = (out / "README.md").read_text()
 
     other = tmp_path / "distilled2"
@@ -152,6 +155,7 @@ def test_repush_regenerates_card_and_drops_stale_shards(distilled, tmp_path):
     hub.push(other, REPO, dry_run_dir=out)
     second = (out / "README.md").read_text()
     assert first != second and "| train | 7 |" in second
+    assert "license: unknown" in second  # the distill manifest holds no license: unknown unless --source-license
     assert f"{statistics.fmean(ds2['teacher_logprob']):.3f}" in second
     assert len(datasets.load_dataset(str(out))["train"]) == 7
 
