@@ -4,7 +4,7 @@ State-dict names follow OFA-Sys's transformers port, so its `pytorch_model.bin` 
 """
 import torch
 from torch import nn
-from transformers import GenerationMixin, PreTrainedModel
+from transformers import GenerationConfig, GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.cache_utils import Cache
 from transformers.modeling_outputs import Seq2SeqLMOutput
@@ -72,9 +72,20 @@ class OFAModel(OFAPreTrainedModel, GenerationMixin):
         self.encoder = OFAEncoder(config, shared)
         self.decoder = OFADecoder(config, shared)
         self.post_init()
-        # OFA-Sys configs say `use_cache: false`; the KV cache gives the same tokens and is much faster.
-        if self.generation_config is not None:
-            self.generation_config.use_cache = True
+        self._default_generation_config()
+
+    def _default_generation_config(self):
+        """Generation defaults from the model config (incl. OFA's forced `</s>`), with the KV cache on: OFA-Sys
+        configs say `use_cache: false`, but the cache yields the same tokens much faster."""
+        self.generation_config = GenerationConfig.from_model_config(self.config)
+        self.generation_config.use_cache = True
+
+    def adjust_generation_fn(self, *args, **kwargs):
+        super().adjust_generation_fn(*args, **kwargs)
+        # Without a generation_config.json (OFA-Sys folders), transformers reads only the keys present in
+        # config.json; use the full config with its OFA defaults instead.
+        if getattr(self.generation_config, "_from_model_config", False):
+            self._default_generation_config()
 
     def get_input_embeddings(self) -> nn.Embedding:
         return self.encoder.embed_tokens
