@@ -1,0 +1,152 @@
+"""The report stage: quality vs latency of evaluated systems, as a printed table, `report.md`, `report.json` and a PNG.
+
+Inputs are evaluate-stage folders, each holding `metrics.json` (written by `pipelines.stage_kinds`):
+`{"task", "metric", "score", "ms_per_sample", "num_samples", "model", "decoding", "metrics": {...}}`.
+Speed-ups are relative to the `reference` system (teacher beam search, the paper's AR baseline).
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+METRICS_FILE = "metrics.json"
+REPORT_FILES = ("report.md", "report.json", "report.png")
+
+
+@dataclass
+class ReportConfig:
+    """What the report compares."""
+
+    results: dict[str, str] = field(default_factory=dict)
+    """System label -> evaluate-stage folder holding metrics.json; the table keeps this order."""
+    reference: str = "teacher-beam5"
+    """Label of the baseline for speed-ups and for the student-quality ratio."""
+    kd: str = "student-kd"
+    """Label of the student trained on teacher targets (for the claim checks; skipped when absent)."""
+    raw: str = "student-raw"
+    """Label of the student trained on raw references (for the claim checks; skipped when absent)."""
+    kd_quality_ratio: float = 0.9
+    """The claim 'student-KD is close to the teacher' holds when kd score >= this ratio x reference score."""
+    title: str = "narvl-pipe report"
+    """Heading of report.md and of the plot."""
+
+
+def load_results(results: dict[str, str]) -> list[dict[str, Any]]:
+    """One entry per system: its label plus the fields of its metrics.json."""
+    from distill.errors import UserError
+
+    entries = []
+    for label, folder in results.items():
+        path = Path(folder) / METRICS_FILE
+        if not path.is_file():
+            raise UserError(f"report: {label!r} has no {METRICS_FILE} in {folder}")
+        entries.append({"label": label, **json.loads(path.read_text())})
+    return entries
+
+
+def build_report(entries: list[dict[str, Any]], cfg: ReportConfig) -> dict[str, Any]:
+    """Rows with speed-ups over the reference, and the paper's three claims checked on these numbers."""
+    ref = next((e for e in entries if e["label"] == cfg.reference), None)
+    rows = []
+    for e in entries:
+        speedup = ref["ms_per_sample"] / e["ms_per_sample"] if ref and e["ms_per_sample"] > 0 else None
+        rows.append({**e, "speedup": speedup})
+    by = {r["label"]: r for r in rows}
+    checks = []
+    kd, raw = by.get(cfg.kd), by.get(cfg.raw)
+    if kd and ref:
+        ratio = kd["score"] / ref["score"] if ref["score"] else float("inf")
+        checks.append({"claim": f"{cfg.kd} {kd['metric']} >= {cfg.kd_quality_ratio:g} x {cfg.reference}",
+                       "passed": ratio >= cfg.kd_quality_ratio, "detail": f"{ratio:.2f}x"})
+        checks.append({"claim": f"{cfg.kd} faster than {cfg.reference}", "passed": kd["speedup"] > 1.0,
+                       "detail": f"{kd['speedup']:.1f}x speed-up"})
+    if kd and raw:
+        checks.append({"claim": f"{cfg.kd} {kd['metric']} > {cfg.raw}", "passed": kd["score"] > raw["score"],
+                       "detail": f"{kd['score']:.1f} vs {raw['score']:.1f}"})
+    return {"title": cfg.title, "reference": cfg.reference, "rows": rows, "checks": checks,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+
+
+def _metric_name(report: dict[str, Any]) -> str:
+    """The shared metric's display name ("CIDEr" for cider)."""
+    names = {r["metric"] for r in report["rows"]}
+    name = names.pop() if len(names) == 1 else "score"
+    return {"cider": "CIDEr"}.get(name, name)
+
+
+def format_table(report: dict[str, Any], markdown: bool = False) -> str:
+    """The comparison table (plain aligned text for the terminal, or Markdown)."""
+    metric = _metric_name(report)
+    head = ["system", "decoding", metric, "ms/sample", f"speed-up vs {report['reference']}"]
+    body = [
+        [r["label"], r.get("decoding", ""), f"{r['score']:.1f}", f"{r['ms_per_sample']:.1f}",
+         f"{r['speedup']:.1f}x" if r["speedup"] is not None else "-"]
+        for r in report["rows"]
+    ]
+    if markdown:
+        lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+        return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in body])
+    widths = [max(len(str(x)) for x in col) for col in zip(head, *body)]
+    fmt = lambda row: "  ".join(str(x).ljust(w) if i < 2 else str(x).rjust(w) for i, (x, w) in enumerate(zip(row, widths)))  # noqa: E731
+    return "\n".join([fmt(head), "  ".join("-" * w for w in widths)] + [fmt(row) for row in body])
+
+
+def format_checks(report: dict[str, Any]) -> str:
+    return "\n".join(f"[{'x' if c['passed'] else ' '}] {c['claim']}: {'yes' if c['passed'] else 'NO'} ({c['detail']})"
+                     for c in report["checks"])
+
+
+def plot(report: dict[str, Any], path: Path) -> None:
+    """Quality (y) against latency (x, log scale) with one labelled point per system."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4.2), dpi=120)
+    for r in report["rows"]:
+        student = r.get("model_type") == "narvl"
+        ax.scatter(r["ms_per_sample"], r["score"], s=60, marker="o" if student else "s",
+                   color="tab:orange" if student else "tab:blue", zorder=3)
+        ax.annotate(r["label"], (r["ms_per_sample"], r["score"]), textcoords="offset points", xytext=(6, 5), fontsize=9)
+    from matplotlib.lines import Line2D
+
+    ax.legend(handles=[Line2D([], [], marker="s", color="tab:blue", ls="", label="AR teacher (OFA)"),
+                       Line2D([], [], marker="o", color="tab:orange", ls="", label="NAR student (NARVL)")],
+              loc="lower right", fontsize=8)
+    ax.set_xscale("log")
+    ax.set_xlabel("latency (ms / sample, log scale; left is faster)")
+    ax.set_ylabel(_metric_name(report))
+    ax.set_title(report["title"], fontsize=10)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.margins(x=0.25, y=0.15)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def write_report(report: dict[str, Any], out_dir: str | Path) -> list[Path]:
+    """Write report.md, report.json and report.png into `out_dir`; return their paths."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    md, js, png = (out_dir / name for name in REPORT_FILES)
+    js.write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
+    plot(report, png)
+    text = [f"# {report['title']}", "", format_table(report, markdown=True), ""]
+    if report["checks"]:
+        text += ["Claims of the paper, checked on these numbers:", ""]
+        text += [f"- {'PASS' if c['passed'] else 'FAIL'}: {c['claim']} ({c['detail']})" for c in report["checks"]]
+        text.append("")
+    text += [f"![quality vs latency]({png.name})", ""]
+    md.write_text("\n".join(text))
+    return [md, js, png]
+
+
+def run_report(cfg: ReportConfig, out_dir: Path) -> dict[str, Any]:
+    """The report stage function."""
+    report = build_report(load_results(cfg.results), cfg)
+    write_report(report, out_dir)
+    return report
