@@ -355,11 +355,14 @@ def world_texts(rows: "datasets.Dataset | list[dict]") -> list[str]:
     return texts + [f" {t.lstrip()}" for t in texts]
 
 
+# Words of the templates above that no constant lists.
+_TEMPLATE_WORDS = ("a", "the", "at", "there", "is", "are", "and", "shape", "shapes", "what", "color", "how", "many", "of")
+
+
 def _vocabulary_texts() -> list[str]:
     """Every word the world can produce, so a tokenizer trained on a small sample still holds them all."""
-    words = [*COLORS, *KINDS, *map(_plural, KINDS), *SIZES, *NUMBER_WORDS, *NEUTRAL_PROPERTIES, *RELATIONS]
-    words += [*POSITIONS.values(), "a the at there is are shape shapes what color how many is there",
-              "what is the ?", "how many are there?", ", and"]  # fmt: skip
+    words = [*COLORS, *KINDS, *map(_plural, KINDS), *SIZES, *NUMBER_WORDS, *NEUTRAL_PROPERTIES, *_TEMPLATE_WORDS]
+    words += [w for phrase in (*RELATIONS, *POSITIONS.values()) for w in phrase.split()]
     return words + [f" {w}" for w in words]
 
 
