@@ -1,0 +1,45 @@
+"""Image captioning (COCO): prompt `" what does the image describe?"`, metric CIDEr-D."""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from distill.errors import UserError
+from distill.tasks.base import Row, Task, clean_caption, ids_to_text, pick
+from distill.tasks.metrics import cider_d
+
+CAPTION_PROMPT = " what does the image describe?"
+
+
+@dataclass(frozen=True)
+class CaptionTask(Task):
+    """Captioning. Target: one reference caption, cleaned as OFA's training data (no punctuation, <= 20 words)."""
+
+    name: str = "caption"
+    input_columns: tuple[str, ...] = ("id", "image", "captions")
+    resolution: int = 480
+    num_queries: int = 20
+    label_smoothing: float = 0.1
+    generation: Mapping[str, Any] = field(
+        default_factory=lambda: {"num_beams": 5, "max_new_tokens": 16, "no_repeat_ngram_size": 3}
+    )
+    max_target_words: int | None = 20
+
+    def prompt(self, row: Row) -> str:
+        return CAPTION_PROMPT
+
+    def reference(self, row: Row, rng: random.Random | np.random.Generator | None = None, tokenizer: Any = None) -> str:
+        captions = [c for c in (row.get("captions") or []) if c and c.strip()]
+        if not captions:
+            raise UserError(f"row {row.get('id')!r} has no reference caption")
+        return clean_caption(pick(captions, rng), self.max_target_words)
+
+    def decode(self, text_or_ids: str | Sequence[int], row: Row, tokenizer: Any = None) -> str:
+        # OFA strips punctuation from hypotheses before scoring too.
+        return clean_caption(ids_to_text(text_or_ids, tokenizer))
+
+    def evaluate(self, predictions: Sequence[str], rows: Sequence[Row]) -> dict[str, float]:
+        return {"cider": cider_d(list(predictions), [list(r["captions"]) for r in rows])}

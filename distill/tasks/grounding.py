@@ -1,0 +1,120 @@
+"""Visual grounding (RefCOCO): prompt `' which region does the text " {text} " describe?'`, target 4 bin tokens.
+
+A box in original pixels is scaled to the square `resolution` image (OFA resizes RefCOCO images to 512x512), divided
+by `max_image_size` (512, i.e. the resolution) and quantised to `num_bins - 1` steps, in the order x0 y0 x1 y1.
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from distill.errors import UserError
+from distill.image_processing import image_size
+from distill.tasks.base import Row, Task, pre_caption
+from distill.tasks.metrics import grounding_accuracy
+from distill.tokenizer import (
+    bin_token_ids,
+    bins_to_text,
+    bins_to_token_ids,
+    num_bins as tokenizer_num_bins,
+    text_to_bins,
+    token_ids_to_bins,
+)
+
+OFA_NUM_BINS = 1000
+
+
+def box_to_bins(
+    box: Sequence[float], orig_w: float, orig_h: float, num_bins: int, resolution: int, max_image_size: int | None = None
+) -> list[int]:
+    """[x0, y0, x1, y1] in original pixels -> 4 bin indices (round half to even, as torch.round; clamped)."""
+    if len(box) != 4:
+        raise UserError(f"a box needs 4 coordinates x0,y0,x1,y1, got {list(box)}")
+    max_image_size = max_image_size or resolution
+    scale = (resolution / orig_w, resolution / orig_h, resolution / orig_w, resolution / orig_h)
+    bins = []
+    for coord, s in zip(box, scale):
+        k = round(float(coord) * s / max_image_size * (num_bins - 1))
+        bins.append(min(max(int(k), 0), num_bins - 1))
+    return bins
+
+
+def bins_to_box(
+    bins: Sequence[int], orig_w: float, orig_h: float, num_bins: int, resolution: int, max_image_size: int | None = None
+) -> list[float]:
+    """4 bin indices -> [x0, y0, x1, y1] in original pixels (inverse of `box_to_bins`, undoing the resize ratio)."""
+    max_image_size = max_image_size or resolution
+    scale = (resolution / orig_w, resolution / orig_h, resolution / orig_w, resolution / orig_h)
+    return [int(k) / (num_bins - 1) * max_image_size / s for k, s in zip(bins, scale)]
+
+
+def original_size(row: Row) -> tuple[int, int]:
+    """(width, height) of the row's original image: `width`/`height` columns if present, else the image header."""
+    if row.get("width") and row.get("height"):
+        return int(row["width"]), int(row["height"])
+    return image_size(row["image"], name=str(row.get("id", "image")))
+
+
+@dataclass(frozen=True)
+class GroundingTask(Task):
+    """Grounding. Target: 4 bin tokens without spaces; prediction: a box in original pixels, or None."""
+
+    name: str = "grounding"
+    input_columns: tuple[str, ...] = ("id", "image", "region_text", "box")
+    resolution: int = 512
+    num_queries: int = 5
+    label_smoothing: float = 0.1
+    generation: Mapping[str, Any] = field(
+        default_factory=lambda: {"num_beams": 5, "min_new_tokens": 4, "max_new_tokens": 4}
+    )
+    max_prompt_words: int | None = 80
+    max_image_size: int | None = None
+    """Divisor of resized coordinates (OFA: 512 for RefCOCO); None means the resolution."""
+
+    def prompt(self, row: Row) -> str:
+        return f' which region does the text " {pre_caption(row["region_text"], self.max_prompt_words)} " describe?'
+
+    def _num_bins(self, tokenizer: Any) -> int:
+        return tokenizer_num_bins(tokenizer) if tokenizer is not None else OFA_NUM_BINS
+
+    def reference(self, row: Row, rng: random.Random | np.random.Generator | None = None, tokenizer: Any = None) -> str:
+        """`"<bin_x0><bin_y0><bin_x1><bin_y1>"`; the bin count comes from `tokenizer` (OFA's 1000 without one)."""
+        w, h = original_size(row)
+        return bins_to_text(box_to_bins(row["box"], w, h, self._num_bins(tokenizer), self.resolution, self.max_image_size))
+
+    def encode_target(self, text: str, tokenizer: Any) -> list[int]:
+        """Bin ids straight from the vocabulary (no BPE pass, so no space tokens), then EOS."""
+        bins = text_to_bins(text)
+        if bins is None or len(bins) != 4:
+            raise UserError(f"a grounding target must be 4 bin tokens, got {text!r}")
+        return bins_to_token_ids(bins, tokenizer) + [tokenizer.eos_token_id]
+
+    def decode(self, text_or_ids: str | Sequence[int], row: Row, tokenizer: Any = None) -> list[float] | None:
+        if isinstance(text_or_ids, str):
+            bins = text_to_bins(text_or_ids)
+        else:
+            if tokenizer is None:
+                raise ValueError("decoding token ids needs the tokenizer")
+            ids = [int(t) for t in (text_or_ids.tolist() if hasattr(text_or_ids, "tolist") else text_or_ids)]
+            specials = {tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id}
+            if tokenizer.eos_token_id in ids:
+                ids = ids[: ids.index(tokenizer.eos_token_id)]
+            found = token_ids_to_bins([t for t in ids if t not in specials], tokenizer)
+            bins = None if any(b is None for b in found) else found
+        if bins is None or len(bins) != 4:
+            return None  # NARVL: anything but exactly 4 bins is a miss
+        w, h = original_size(row)
+        return bins_to_box(bins, w, h, self._num_bins(tokenizer), self.resolution, self.max_image_size)
+
+    def evaluate(self, predictions: Sequence[list[float] | None], rows: Sequence[Row]) -> dict[str, float]:
+        return {"acc@0.5": grounding_accuracy(list(predictions), [list(r["box"]) for r in rows])}
+
+    def generate_kwargs(self, tokenizer: Any, candidates: Sequence[str] | None = None) -> dict[str, Any]:
+        """Exactly 4 new tokens, each restricted to the bin tokens."""
+        bins = bin_token_ids(tokenizer)
+        if not bins:
+            raise UserError("grounding needs a tokenizer with <bin_k> tokens")
+        return {**self.generation, "prefix_allowed_tokens_fn": lambda batch_id, input_ids: bins}
