@@ -1,0 +1,366 @@
+"""The resumable, sharded teacher run behind `narvl-pipe distill`: `run_distill(DistillConfig(...))`.
+
+Order of work (each rank of a `torchrun`/`accelerate launch` job, or one plain process):
+1. open and validate the source, resolve the teacher folder and its revision, resolve the generation config;
+   nothing here loads the model, so a bad split/column/teacher fails in seconds with a one-line `UserError`;
+2. rank 0 takes `DIR/.lock` (a second run on the same `--out` is refused), compares the run identity with an existing
+   `manifest.json` (a different teacher/task/generation/source is refused unless `--overwrite`), and broadcasts the
+   verdict so every rank of this run agrees; ranks of one run never refuse each other;
+3. every rank lists the complete shards, then a barrier (so all ranks see the same set); if all are complete the run
+   only (re)assembles the folder and returns, without loading the model;
+4. the pending shards are dealt round robin to the ranks (`distill.shards.assign_shards`); each rank loads the frozen
+   teacher (`model.to(device).eval()`, no DDP), decodes images and tokenises prompts in DataLoader workers, runs
+   `generate()` under `torch.inference_mode()` and writes its own shards; generations are never gathered;
+5. barrier, then rank 0 assembles `DIR` (see `distill.shards` for the layout) and finalises the manifest.
+
+Row schema of the output: `id, task, prompt`, the task inputs, `target` (teacher's best text), `target_ids` (ids
+after the decoder start token, ending with EOS), `teacher_logprob` (sum of the per-token log-probs of `target_ids`
+under the generation's logits processors, NOT length-normalised; divide by `target_len` for a per-token score),
+`target_len` (= len(target_ids)), the source's references (`captions`/`answers`/`box`/`label` when present),
+`source_index`, `image_path` (the source's file path, or None), `image` (the original encoded image, `datasets.Image`;
+omitted with `images=False`) and `nbest` (list of {text, logprob}, only when `num_return_sequences > 1`).
+Batches never cross shards, so a row's batch (hence its padding and result) does not depend on the process count.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from distill import shards as sh
+from distill.errors import UserError
+from distill.sources import REFERENCE_COLUMNS, ids_fingerprint, open_source, prompt_columns
+
+_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+
+
+@dataclass
+class DistillConfig:
+    """Everything `narvl-pipe distill` takes. `None` generation fields mean the task's OFA evaluation default."""
+
+    task: str
+    """One of caption, vqa, grounding, entailment."""
+    teacher: str
+    """Teacher folder (model + tokenizer + image processor, `save_pretrained` layout) or a Hub model id."""
+    data: str
+    """Data source (see `distill.sources`)."""
+    out: str
+    """Output folder; `datasets.load_from_disk(out)` opens it when the run is complete."""
+    split: str = "train"
+    """Split of the source to distil."""
+    batch_size: int = 32
+    """Rows per generate() call (per process)."""
+    num_beams: int | None = None
+    """Beam size (task default: 5)."""
+    max_new_tokens: int | None = None
+    """Longest generated target, EOS included (task default)."""
+    no_repeat_ngram_size: int | None = None
+    """Forbid repeating n-grams of this size (task default; 0 = off)."""
+    num_return_sequences: int = 1
+    """Keep the n best beams as `nbest` (1 = only the best, no `nbest` column)."""
+    answers: str | None = None
+    """VQA candidate answers file (one per line, or a JSON list): generation is constrained to them by a trie."""
+    limit: int | None = None
+    """Distil only the first N rows of the split."""
+    shard_size: int = 1000
+    """Source rows per output shard (the unit of resume and of work sharing between processes)."""
+    images: bool = True
+    """Store the encoded image in each row; with False only `image_path`/`source_index` refer to it."""
+    columns: dict[str, str] = field(default_factory=dict)
+    """Column mapping canonical -> source column, e.g. {"captions": "text"}."""
+    resolution: int | None = None
+    """Square image size fed to the teacher (default: the teacher's image processor, else the task's)."""
+    overwrite: bool = False
+    """Discard an existing output made with another configuration instead of refusing."""
+    num_workers: int = 2
+    """DataLoader worker processes decoding images and tokenising prompts (0 = in the main process)."""
+    image_root: str | None = None
+    """Root folder for relative image paths (COCO-Karpathy JSON, path columns); default: the source's folder."""
+    revision: str | None = None
+    """Hub revision of the teacher (ignored for a local folder)."""
+    flush_every: int = 256
+    """Flush the shard in progress every ~N rows (rounded up to whole batches): the most a crash can lose."""
+    progress: bool = True
+    """Show a tqdm bar on the main process."""
+
+
+@dataclass
+class DistillSummary:
+    """What a run did (the CLI prints `line()`)."""
+
+    out: str
+    rows: int
+    failures: int
+    shards: int
+    new_rows: int
+    wall_time_s: float
+    noop: bool
+
+    def line(self) -> str:
+        rate = self.new_rows / self.wall_time_s if self.wall_time_s > 0 else 0.0
+        what = "already complete, nothing to do" if self.noop else f"{self.new_rows} rows generated this run"
+        return (f"distill: {self.rows} rows, {self.failures} quarantined, {self.shards} shards in {self.out} "
+                f"({what}; {self.wall_time_s:.1f} s, {rate:.1f} rows/s)")
+
+
+# ---------------------------------------------------------------------------------------------------- teacher
+def resolve_teacher(teacher: str, revision: str | None) -> tuple[Path, dict]:
+    """The teacher folder and its identity ({"id", "revision"} for the Hub, {"id", "sha256"} for a folder).
+
+    Checks that the folder holds a config and tokenizer files, without loading anything.
+    """
+    path = Path(teacher)
+    if path.is_dir():
+        folder, ident = path, {"id": str(path.resolve())}
+    elif path.exists():
+        raise UserError(f"--teacher {teacher} is a file; expected a folder (save_pretrained) or a Hub model id")
+    else:
+        from huggingface_hub import snapshot_download
+
+        try:
+            folder = Path(snapshot_download(teacher, revision=revision))
+        except Exception as exc:  # noqa: BLE001 (offline, unknown id: one user-facing line)
+            raise UserError(f"--teacher {teacher}: not a local folder, and the Hub download failed ({type(exc).__name__})") from exc
+        ident = {"id": teacher, "revision": folder.name}  # snapshots/<commit sha>
+    if not (folder / "config.json").is_file():
+        raise UserError(f"teacher {teacher} has no config.json (expected a save_pretrained folder)")
+    if not ((folder / "tokenizer.json").is_file() or ((folder / "vocab.json").is_file() and (folder / "merges.txt").is_file())):
+        raise UserError(f"teacher {teacher} has no tokenizer files (tokenizer.json, or vocab.json + merges.txt)")
+    if "revision" not in ident:
+        h = hashlib.sha256()
+        for name in ("config.json", *_WEIGHT_FILES):
+            f = folder / name
+            if f.is_file():
+                h.update(name.encode())
+                with open(f, "rb") as fh:
+                    for chunk in iter(lambda: fh.read(1 << 24), b""):
+                        h.update(chunk)
+        ident["sha256"] = h.hexdigest()
+    return folder, ident
+
+
+def _teacher_resolution(folder: Path) -> int | None:
+    f = folder / "preprocessor_config.json"
+    if f.is_file():
+        size = json.loads(f.read_text()).get("size")
+        return int(size["height"]) if isinstance(size, dict) else (int(size) if size else None)
+    return None
+
+
+def read_answers(path: str) -> list[str]:
+    """Candidate answers: a JSON list, or one answer per line."""
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"--answers {path}: file not found")
+    text = p.read_text(encoding="utf-8")
+    if p.suffix == ".json":
+        data = json.loads(text)
+        answers = list(data if isinstance(data, list) else data.keys())
+    else:
+        answers = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    if not answers:
+        raise UserError(f"--answers {path} holds no answers")
+    return answers
+
+
+def generation_settings(config: DistillConfig, task, tokenizer, candidates: list[str] | None) -> tuple[dict, dict]:
+    """(`generate()` kwargs, their JSON record for the manifest): the task's OFA evaluation settings with its
+    decoding constraint (`Task.generate_kwargs`), overridden by the config's explicit values."""
+    gen = dict(task.generate_kwargs(tokenizer, candidates)) if candidates is not None else dict(task.generate_kwargs(tokenizer))
+    for name in ("num_beams", "max_new_tokens", "no_repeat_ngram_size"):
+        value = getattr(config, name)
+        if value is not None:
+            gen[name] = value
+    limit = len(task.candidates) if task.name == "entailment" else gen.get("num_beams", 1)  # entailment: scored
+    if config.num_return_sequences > limit:
+        raise UserError(f"--num-return-sequences {config.num_return_sequences} exceeds --num-beams {limit}")
+    gen["num_return_sequences"] = config.num_return_sequences
+    if task.name == "grounding":  # exactly 4 bins: the model's forced EOS at the last step would replace the 4th bin
+        gen.setdefault("forced_eos_token_id", None)
+    record = {k: (v if isinstance(v, (int, float, str, bool, type(None), list)) else f"<{type(v).__name__}>")
+              for k, v in gen.items()}
+    if "prefix_allowed_tokens_fn" in gen:
+        record["prefix_allowed_tokens_fn"] = (
+            f"answer trie over {len(candidates)} answers" if candidates is not None else f"{task.name} constraint")
+    return gen, record
+
+
+def vqa_candidates(config: DistillConfig, task, ds) -> list[str] | None:
+    """VQA's answer list: `--answers`, else the split's own answers (most common answer per row, most frequent first)."""
+    if config.answers:
+        if task.name != "vqa":
+            raise UserError("--answers applies to --task vqa only")
+        return read_answers(config.answers)
+    if task.name != "vqa":
+        return None
+    if "answers" not in ds.column_names:
+        raise UserError("--task vqa needs --answers FILE (the candidate answer list) or an 'answers' column to build it")
+    from distill.tasks.vqa import candidate_answers
+
+    return candidate_answers(r for r in ds.select_columns(["answers"]) if r["answers"])
+
+
+# ---------------------------------------------------------------------------------------------------- schema
+def output_features(source_features, task, images: bool, nbest: bool):
+    from datasets import Features, Image, List, Value
+
+    feats = {"id": Value("string"), "task": Value("string"), "prompt": Value("string")}
+    for col in prompt_columns(task):
+        feats[col] = Value("string")
+    feats.update({
+        "target": Value("string"), "target_ids": List(Value("int32")), "teacher_logprob": Value("float32"),
+        "target_len": Value("int32"),
+    })
+    for col in REFERENCE_COLUMNS:
+        if col in source_features:
+            feats[col] = source_features[col]
+    feats["source_index"] = Value("int64")
+    feats["image_path"] = Value("string")
+    if images:
+        feats["image"] = Image()
+    if nbest:
+        feats["nbest"] = List({"text": Value("string"), "logprob": Value("float32")})
+    return Features(feats)
+
+
+# ---------------------------------------------------------------------------------------------------- the run
+def _broadcast(state, value):
+    if state.num_processes == 1:
+        return value
+    from accelerate.utils import broadcast_object_list
+
+    box = [value]
+    broadcast_object_list(box, from_process=0)
+    return box[0]
+
+
+def _check_manifest(out: Path, key: dict, overwrite: bool) -> None:
+    manifest_file = out / sh.MANIFEST
+    if not manifest_file.is_file():
+        if (out / sh.SHARDS_DIR).is_dir() and not overwrite:
+            raise UserError(f"{out} holds shards but no manifest.json; pass --overwrite to start over")
+        return
+    old = sh.read_json(manifest_file).get("key", {})
+    new = json.loads(json.dumps(key, default=str))
+    if old != new:
+        if overwrite:
+            sh.clear_output(out)
+            return
+        diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+        detail = "; ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in diff[:3])
+        raise UserError(f"{out} was made by a different run ({detail}); pass --overwrite to replace it, or use another --out")
+
+
+def run_distill(config: DistillConfig) -> DistillSummary:
+    """Run (or resume, or no-op) the teacher over the source; see the module docstring."""
+    from accelerate import PartialState
+
+    from distill.tasks import get_task
+
+    t0 = time.time()
+    state = PartialState()
+    task = get_task(config.task)
+    if config.batch_size < 1:
+        raise UserError(f"--batch-size must be >= 1, got {config.batch_size}")
+    ds = open_source(config.data, config.split, config.columns, task, config.image_root, config.limit)
+    folder, teacher_id = resolve_teacher(config.teacher, config.revision)
+    from distill.tokenizer import load_ofa_tokenizer
+
+    tokenizer = load_ofa_tokenizer(folder)
+    candidates = vqa_candidates(config, task, ds)
+    gen, gen_record = generation_settings(config, task, tokenizer, candidates)
+    resolution = config.resolution or _teacher_resolution(folder) or task.resolution
+    plan = sh.plan_shards(len(ds), config.shard_size)
+    out = Path(config.out)
+    key = {
+        "task": task.name, "teacher": teacher_id, "generation": gen_record, "resolution": resolution,
+        "answers_sha256": hashlib.sha256("\n".join(candidates).encode()).hexdigest() if candidates else None,
+        "data": str(config.data), "split": config.split, "columns": dict(config.columns), "limit": config.limit,
+        "source_ids_sha256": ids_fingerprint(ds), "num_rows": len(ds), "shard_size": config.shard_size,
+        "images": config.images,
+    }
+    features = output_features(ds.features, task, config.images, config.num_return_sequences > 1)
+
+    lock = sh.RunLock(out)
+    verdict = None
+    if state.is_main_process:
+        try:
+            if not lock.acquire():
+                raise UserError(f"another distill run is writing {out} (it holds {lock.path}); wait for it, or use another --out")
+            _check_manifest(out, key, config.overwrite)
+            (out / sh.SHARDS_DIR).mkdir(parents=True, exist_ok=True)
+            manifest = sh.read_json(out / sh.MANIFEST) if (out / sh.MANIFEST).is_file() else {"wall_time_s": 0.0}
+            manifest.update(_manifest_static(key, ds, config, len(plan)))
+            sh.write_json(out / sh.MANIFEST, manifest)
+        except UserError as err:
+            verdict = str(err)
+    verdict = _broadcast(state, verdict)
+    if verdict is not None:
+        lock.release()
+        raise UserError(verdict)
+
+    done = sh.completed_shards(out, len(plan))
+    state.wait_for_everyone()  # every rank has listed the same complete shards before anyone writes
+    pending = [i for i in range(len(plan)) if i not in done]
+    mine = sh.assign_shards(pending, state.process_index, state.num_processes)
+    new_rows = 0
+    if pending:
+        from distill.teacher_loop import generate_shards
+
+        new_rows = generate_shards(config, task, ds, plan, mine, features, folder, tokenizer, gen, resolution, state)
+    state.wait_for_everyone()
+    new_rows = _sum_over_ranks(state, new_rows)
+    summary = None
+    if state.is_main_process:
+        rows, failures = sh.assemble(out, len(plan), features, key["source_ids_sha256"][:16], config.split)
+        manifest = sh.read_json(out / sh.MANIFEST)
+        wall = time.time() - t0
+        manifest.update({
+            "status": "complete", "rows": rows, "failures": failures, "shards": len(plan),
+            "shards_complete": len(plan), "wall_time_s": round(manifest.get("wall_time_s", 0.0) + wall, 3),
+            "last_run": {"wall_time_s": round(wall, 3), "new_rows": new_rows, "world_size": state.num_processes},
+        })
+        sh.write_json(out / sh.MANIFEST, manifest)
+        summary = DistillSummary(str(out), rows, failures, len(plan), new_rows, wall, noop=not pending)
+        lock.release()
+    return _broadcast(state, summary)
+
+
+def _sum_over_ranks(state, value: int) -> int:
+    if state.num_processes == 1:
+        return value
+    import torch
+    import torch.distributed as dist
+
+    t = torch.tensor([value], dtype=torch.int64, device=state.device)
+    dist.all_reduce(t)
+    return int(t.item())
+
+
+def _manifest_static(key: dict, ds, config: DistillConfig, num_shards: int) -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        pkg_version = version("narvl-pipe")
+    except PackageNotFoundError:
+        pkg_version = "unknown"
+    return {
+        "key": json.loads(json.dumps(key, default=str)),
+        "narvl_pipe_version": pkg_version,
+        "task": key["task"],
+        "teacher": key["teacher"],
+        "generation": key["generation"],
+        "source": {"data": key["data"], "split": key["split"], "columns": key["columns"], "limit": key["limit"],
+                   "fingerprint": getattr(ds, "_fingerprint", None), "ids_sha256": key["source_ids_sha256"],
+                   "num_rows": key["num_rows"]},
+        "shard_size": config.shard_size,
+        "shards": num_shards,
+        "images": config.images,
+        "load": "datasets.load_from_disk(<this folder>)",
+        "status": "running",
+        "config": {k: v for k, v in asdict(config).items() if k not in ("progress",)},
+    }

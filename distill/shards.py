@@ -1,0 +1,262 @@
+"""Crash-safe sharded output of a distillation run: shard plan, atomic shard writer, run lock, manifest, assembly.
+
+Layout of an output folder `DIR` (opened with `datasets.load_from_disk(DIR)` once the run is complete):
+
+    DIR/manifest.json                    run identity (teacher, generation config, source) + counts, wall time
+    DIR/state.json, DIR/dataset_info.json written last, when every shard is complete: they make DIR itself a
+                                         `save_to_disk` folder whose data files are the shards (no copy)
+    DIR/quarantine.jsonl                 every skipped row: {"id", "index", "reason"} (merged from the shards)
+    DIR/shards/shard-00012.arrow         shard 12 = source rows [12*S, 13*S), an Arrow IPC stream (the format of
+                                         `datasets` cache files: `Dataset.from_file` opens one shard)
+    DIR/shards/shard-00012.quarantine.jsonl   its skipped rows (written before the shard is renamed complete)
+    DIR/shards/shard-00012.arrow.partial + .progress.json   a shard in progress (only while running/after a crash)
+    DIR/.lock                            `fcntl.flock`-ed by rank 0 of the run that owns DIR
+
+Crash safety: a shard is written to `.partial`; every flush appends one record batch and then atomically replaces
+`.progress.json` ({rows, source_done, quarantine}), so the progress file never claims more than the stream holds.
+A resume copies the first `rows` rows of the partial stream into a fresh partial (a torn tail batch is dropped)
+and continues at source row `source_done`. Completion is `os.replace(partial, final)`: a shard file under its
+final name is always whole, and is never rewritten.
+"""
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from distill.errors import UserError
+
+SHARDS_DIR = "shards"
+MANIFEST = "manifest.json"
+QUARANTINE = "quarantine.jsonl"
+LOCK = ".lock"
+
+
+def plan_shards(num_rows: int, shard_size: int) -> list[tuple[int, int]]:
+    """Shard i holds source rows [i*S, min((i+1)*S, num_rows))."""
+    if shard_size < 1:
+        raise UserError(f"--shard-size must be >= 1, got {shard_size}")
+    return [(s, min(s + shard_size, num_rows)) for s in range(0, num_rows, shard_size)]
+
+
+def assign_shards(pending: list[int], rank: int, world_size: int) -> list[int]:
+    """This rank's shards: the pending shards dealt round robin (pending[k] -> rank k % world_size).
+
+    With nothing done yet this is shard i -> rank i % world_size. Dealing only the *pending* shards keeps ranks
+    balanced when a resumed run (maybe with another process count) finds some shards already complete.
+    """
+    return [s for k, s in enumerate(sorted(pending)) if k % world_size == rank]
+
+
+def shard_path(out: Path, index: int) -> Path:
+    return Path(out) / SHARDS_DIR / f"shard-{index:05d}.arrow"
+
+
+def completed_shards(out: Path, num_shards: int) -> set[int]:
+    return {i for i in range(num_shards) if shard_path(out, i).is_file()}
+
+
+def _atomic_write_text(path: Path, text: str, fsync: bool = False) -> None:
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(text)
+        if fsync:
+            fh.flush()
+            os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def write_json(path: Path, data: Any) -> None:
+    _atomic_write_text(Path(path), json.dumps(data, indent=2, sort_keys=True, default=str) + "\n", fsync=True)
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+class ShardWriter:
+    """Writes one shard: `resume()`, then `add(rows)`/`quarantine(...)`, `flush(source_done)`, finally `complete()`.
+
+    Rows are dicts in the Arrow storage form of `schema` (an image is `{"bytes", "path"}`).
+    """
+
+    def __init__(self, out: Path, index: int, schema: pa.Schema):
+        self.final = shard_path(out, index)
+        self.partial = self.final.with_name(self.final.name + ".partial")
+        self.progress_file = self.final.with_name(self.final.name + ".progress.json")
+        self.quarantine_file = self.final.with_name(f"shard-{index:05d}.quarantine.jsonl")
+        self.schema = schema
+        self.rows = 0
+        """Rows written to the stream so far (flushed or buffered)."""
+        self.source_done = 0
+        """Source rows of this shard consumed up to the last flush (written or quarantined)."""
+        self.bad: list[dict] = []
+        self._buffer: list[dict] = []
+        self._fh = None
+        self._writer = None
+
+    def _recover(self) -> tuple[list[pa.RecordBatch], int, list[dict]]:
+        """The batches, source rows done and quarantine a crashed partial vouches for (nothing if unusable)."""
+        if not (self.partial.is_file() and self.progress_file.is_file()):
+            return [], 0, []
+        try:
+            progress = read_json(self.progress_file)
+            want, got, batches = int(progress["rows"]), 0, []
+            with pa.OSFile(str(self.partial), "rb") as src:
+                reader = pa.ipc.open_stream(src)
+                if not reader.schema.equals(self.schema):
+                    return [], 0, []
+                try:
+                    for batch in reader:
+                        if got >= want:
+                            break
+                        batch = batch.slice(0, want - got)
+                        batches.append(batch)
+                        got += batch.num_rows
+                except (pa.ArrowInvalid, OSError):
+                    pass  # a torn tail batch: everything the progress file vouches for was read before it
+            if got != want:
+                return [], 0, []
+            return batches, int(progress["source_done"]), list(progress["quarantine"])
+        except (pa.ArrowInvalid, OSError, ValueError, KeyError):
+            return [], 0, []
+
+    def probe(self) -> int:
+        """Source rows of this shard a resume will skip (0 without a usable partial); reads, never writes."""
+        return self._recover()[1]
+
+    def resume(self) -> int:
+        """Recover a crashed partial (if any) and open the stream; returns the number of source rows already done."""
+        self.final.parent.mkdir(parents=True, exist_ok=True)
+        recovered, self.source_done, self.bad = self._recover()
+        self.rows = 0
+        self._open()
+        for batch in recovered:
+            self._writer.write_batch(batch)
+            self.rows += batch.num_rows
+        self._fh.flush()
+        return self.source_done
+
+    def _open(self) -> None:
+        tmp = self.partial.with_name(self.partial.name + ".new")
+        # Copy into a new file, then swap it in, so a crash during the copy leaves the old partial usable.
+        self._fh = open(tmp, "wb")
+        self._writer = pa.ipc.new_stream(self._fh, self.schema)
+        self._tmp = tmp
+
+    def add(self, rows: list[dict]) -> None:
+        self._buffer.extend(rows)
+
+    def quarantine(self, row_id: str, index: int, reason: str) -> None:
+        self.bad.append({"id": row_id, "index": int(index), "reason": reason})
+
+    def flush(self, source_done: int) -> None:
+        """Append buffered rows as one record batch, then record progress (in that order: see the module doc)."""
+        if self._buffer:
+            self._writer.write_batch(pa.RecordBatch.from_pylist(self._buffer, schema=self.schema))
+            self.rows += len(self._buffer)
+            self._buffer = []
+        self._fh.flush()
+        if self._tmp is not None:  # first flush after resume: the new partial now holds all recovered rows
+            os.replace(self._tmp, self.partial)
+            self._tmp = None
+        self.source_done = source_done
+        write_json(self.progress_file, {"rows": self.rows, "source_done": source_done, "quarantine": self.bad})
+
+    def complete(self, source_done: int) -> None:
+        """Flush, close the stream, write the quarantine sidecar, then rename the shard to its final name."""
+        self.flush(source_done)
+        self._writer.close()
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
+        self._fh.close()
+        _atomic_write_text(self.quarantine_file, "".join(json.dumps(b) + "\n" for b in self.bad), fsync=True)
+        os.replace(self.partial, self.final)
+        self.progress_file.unlink(missing_ok=True)
+
+    def close(self) -> None:
+        """Release the file without completing (the partial stays resumable)."""
+        if self._fh is not None and not self._fh.closed:
+            self._fh.close()
+
+
+class RunLock:
+    """An exclusive, non-blocking `fcntl.flock` on `DIR/.lock`, held by rank 0 for the whole run.
+
+    The kernel drops it when the process dies (even by SIGKILL), so a crashed run never leaves a stale lock.
+    """
+
+    def __init__(self, out: Path):
+        self.path = Path(out) / LOCK
+        self._fh = None
+
+    def acquire(self) -> bool:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fh = open(self.path, "a+")
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.close()
+            return False
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"{os.getpid()}\n")
+        fh.flush()
+        self._fh = fh
+        return True
+
+    def release(self) -> None:
+        if self._fh is not None:
+            fcntl.flock(self._fh.fileno(), fcntl.LOCK_UN)
+            self._fh.close()
+            self._fh = None
+
+
+def is_assembled(out: Path) -> bool:
+    return (Path(out) / "state.json").is_file() and (Path(out) / "dataset_info.json").is_file()
+
+
+def clear_output(out: Path) -> None:
+    """Remove what a run wrote in `out` (for `--overwrite`), leaving the lock file and foreign files alone."""
+    out = Path(out)
+    for name in ("state.json", "dataset_info.json", MANIFEST, QUARANTINE):
+        (out / name).unlink(missing_ok=True)
+    shards = out / SHARDS_DIR
+    if shards.is_dir():
+        for f in shards.iterdir():
+            f.unlink()
+        shards.rmdir()
+
+
+def assemble(out: Path, num_shards: int, features, fingerprint: str, split: str | None) -> tuple[int, int]:
+    """Make `out` a `load_from_disk` folder over the complete shards; merge quarantine. Returns (rows, failures)."""
+    from dataclasses import asdict
+
+    from datasets import DatasetInfo
+
+    out = Path(out)
+    rows = 0
+    for i in range(num_shards):
+        with pa.memory_map(str(shard_path(out, i))) as src:
+            rows += pa.ipc.open_stream(src).read_all().num_rows
+    bad_lines = []
+    for i in range(num_shards):
+        side = shard_path(out, i).with_name(f"shard-{i:05d}.quarantine.jsonl")
+        if side.is_file():
+            bad_lines += [ln for ln in side.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    _atomic_write_text(out / QUARANTINE, "".join(ln + "\n" for ln in bad_lines), fsync=True)
+    write_json(out / "dataset_info.json", asdict(DatasetInfo(features=features)))
+    write_json(out / "state.json", {
+        "_data_files": [{"filename": f"{SHARDS_DIR}/{shard_path(out, i).name}"} for i in range(num_shards)],
+        "_fingerprint": fingerprint,
+        "_format_columns": None,
+        "_format_kwargs": {},
+        "_format_type": None,
+        "_output_all_columns": False,
+        "_split": split,
+    })
+    return rows, len(bad_lines)

@@ -1,0 +1,338 @@
+"""Open a data source as a `datasets.Dataset` in the canonical row schema (docs/ARCHITECTURE.md), and validate it.
+
+`open_source(src, split, columns_map, task)` accepts, in this order of detection:
+- a `save_to_disk` folder: a `DatasetDict` (the split is chosen) or a `Dataset` (taken as the split asked for);
+- a COCO-Karpathy `dataset_coco.json` (or a folder holding one): splits `train`, `val`, `test`, `restval`; images
+  are `image_root/filepath/filename` (`image_root` defaults to the JSON's folder); `captions` = the raw sentences;
+  `id` = `cocoid` (else `imgid`);
+- OFA's TSV files (a `.tsv` file, or a folder of them named `<anything>_<split>.tsv`), one layout per task, as in
+  OFA-Sys's `run_scripts` (`selected_cols` checked against their eval scripts):
+  - caption: `uniq-id, image-id, caption, predicted object labels, image base64`; `caption` may join several
+    references with `&&`;
+  - vqa: `question-id, image-id, question, answers, predicted labels, image base64`; answers are
+    `conf|!+answer&&conf|!+answer...` and become `answers` with each answer repeated `max(1, round(3*conf))` times,
+    so the VQA score min(#match/3, 1) of the canonical schema gives back OFA's confidence;
+  - grounding (RefCOCO): `uniq-id, image-id, text, region-coord "x0,y0,x1,y1", image base64`;
+  - entailment (SNLI-VE): `uniq-id, image-id, image base64, hypothesis, caption (premise), label`;
+- an imagefolder with metadata (`metadata.jsonl/.csv/.parquet` anywhere in the folder): `load_dataset("imagefolder")`;
+- parquet/arrow files, or a folder of them: `load_dataset("parquet"|"arrow")`; a folder uses the `datasets` split
+  naming rules (`train-*.parquet`, `validation/…`); a single file is taken as the split asked for;
+- otherwise a Hub dataset id (`load_dataset(src)`, offline-aware).
+
+Then `columns_map` (`{canonical: source}`) renames columns, the canonical columns are kept (others dropped), and
+types are normalised: `id` -> str (a source without `id` gets `"<split>-<row index>"`), a single-string `captions`
+/`answers` -> a one-element list, `box` "x0,y0,x1,y1" -> floats, `image` -> `datasets.Image(decode=False)` so that
+images are decoded later (in DataLoader workers), a missing `premise` -> "".
+
+Validation (split, mapped columns, the task's input columns) raises `UserError` with one line naming what exists,
+and never needs the model.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import os
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+from distill.errors import UserError
+
+CANONICAL_COLUMNS = (
+    "id", "image", "captions", "question", "answers", "region_text", "box", "premise", "hypothesis", "label",
+)
+"""Every column of the canonical schema, in output order."""
+REFERENCE_COLUMNS = ("captions", "answers", "box", "label")
+"""Source references/labels: carried through to the distilled rows when present, never required."""
+PROMPT_COLUMNS = ("question", "region_text", "premise", "hypothesis")
+"""Text inputs that enter a task's prompt."""
+
+
+def prompt_columns(task) -> list[str]:
+    """The task's text inputs (its `input_columns` that enter the prompt); `premise` may be missing or empty."""
+    return [c for c in task.input_columns if c in PROMPT_COLUMNS]
+
+TSV_LAYOUTS: dict[str, tuple[str, ...]] = {
+    "caption": ("id", "image_id", "caption", "object_labels", "image"),
+    "vqa": ("id", "image_id", "question", "answers", "object_labels", "image"),
+    "grounding": ("id", "image_id", "region_text", "box", "image"),
+    "entailment": ("id", "image_id", "image", "hypothesis", "premise", "label"),
+}
+"""OFA-Sys TSV column order per task (the names are ours)."""
+
+_METADATA_FILES = ("metadata.jsonl", "metadata.csv", "metadata.parquet")
+
+
+def _available(names) -> str:
+    return ", ".join(sorted(str(n) for n in names)) or "(none)"
+
+
+def _pick_split(dd, split: str, src: str):
+    if split not in dd:
+        raise UserError(f"split '{split}' not found in {src}; available: {_available(dd.keys())}")
+    return dd[split]
+
+
+# ---------------------------------------------------------------------------------------------------- raw loaders
+def _file_stamp(path: Path) -> list:
+    """Size and mtime: part of a generator's cache key, so an edited file is re-read."""
+    st = path.stat()
+    return [str(path.resolve()), st.st_size, st.st_mtime_ns]
+
+
+def _decode_b64(text: str) -> bytes:
+    try:
+        return base64.b64decode(text.strip(), validate=False)
+    except (binascii.Error, ValueError):
+        return b""  # an empty image: quarantined later as undecodable
+
+
+def _tsv_rows(files: list, task: str) -> Iterator[dict]:
+    layout = TSV_LAYOUTS[task]
+    for stamp in files:
+        path = Path(stamp[0])
+        with open(path, encoding="utf-8") as fh:
+            for lineno, line in enumerate(fh, 1):
+                fields = line.rstrip("\n").split("\t")
+                row: dict[str, Any] = {"id": f"{path.name}:{lineno}", "image": {"bytes": b"", "path": None}}
+                if len(fields) == len(layout):  # a malformed line keeps an empty image: quarantined, not fatal
+                    raw = dict(zip(layout, fields))
+                    row["id"] = raw["id"]
+                    row["image"] = {"bytes": _decode_b64(raw["image"]), "path": None}
+                    _tsv_fields(task, raw, row)
+                else:
+                    _tsv_fields(task, {}, row)
+                yield row
+
+
+def _tsv_fields(task: str, raw: dict, row: dict) -> None:
+    if task == "caption":
+        row["captions"] = [c.strip() for c in raw.get("caption", "").split("&&") if c.strip()]
+    elif task == "vqa":
+        row["question"] = raw.get("question", "")
+        answers = []
+        for item in filter(None, raw.get("answers", "").split("&&")):
+            conf, _, ans = item.partition("|!+")
+            try:
+                reps = max(1, round(3 * float(conf)))
+            except ValueError:
+                conf, ans, reps = "", item, 1
+            answers += [ans] * min(reps, 3)
+        row["answers"] = answers
+    elif task == "grounding":
+        row["region_text"] = raw.get("region_text", "")
+        try:
+            row["box"] = [float(v) for v in raw.get("box", "").split(",")]
+        except ValueError:
+            row["box"] = None
+    else:
+        row["hypothesis"], row["premise"], row["label"] = (raw.get(k, "") for k in ("hypothesis", "premise", "label"))
+
+
+def _tsv_features(task: str):
+    from datasets import Features, Image, List, Value
+
+    feats = {"id": Value("string"), "image": Image(decode=False)}
+    feats.update({
+        "caption": {"captions": List(Value("string"))},
+        "vqa": {"question": Value("string"), "answers": List(Value("string"))},
+        "grounding": {"region_text": Value("string"), "box": List(Value("float64"))},
+        "entailment": {"hypothesis": Value("string"), "premise": Value("string"), "label": Value("string")},
+    }[task])
+    return Features(feats)
+
+
+def _open_tsv(path: Path, split: str, task: str):
+    from datasets import Dataset
+
+    if path.is_dir():
+        by_split: dict[str, list[Path]] = {}
+        for f in sorted(path.glob("*.tsv")):
+            by_split.setdefault(f.stem.rsplit("_", 1)[-1], []).append(f)
+        if split not in by_split:
+            raise UserError(f"split '{split}' not found in {path} (files <name>_<split>.tsv); available: {_available(by_split)}")
+        files = by_split[split]
+    else:
+        files = [path]
+    first = files[0].open(encoding="utf-8").readline().rstrip("\n").split("\t")
+    layout = TSV_LAYOUTS[task]
+    if len(first) != len(layout):
+        raise UserError(
+            f"{files[0].name} has {len(first)} tab-separated fields; OFA's {task} TSV has {len(layout)}: {', '.join(layout)}"
+        )
+    return Dataset.from_generator(
+        _tsv_rows, gen_kwargs={"files": [_file_stamp(f) for f in files], "task": task}, features=_tsv_features(task)
+    )
+
+
+def _karpathy_rows(json_file: list, image_root: str, split: str) -> Iterator[dict]:
+    data = json.loads(Path(json_file[0]).read_text(encoding="utf-8"))
+    for img in data["images"]:
+        if img.get("split") != split:
+            continue
+        path = os.path.join(image_root, img.get("filepath", ""), img["filename"])
+        yield {
+            "id": str(img.get("cocoid", img.get("imgid"))),
+            "image": {"bytes": None, "path": path},
+            "captions": [s.get("raw", " ".join(s.get("tokens", []))) for s in img.get("sentences", [])],
+        }
+
+
+def _open_karpathy(json_path: Path, split: str, image_root: str | None):
+    from datasets import Dataset, Features, Image, List, Value
+
+    data = json.loads(json_path.read_text(encoding="utf-8"))
+    if not isinstance(data, dict) or "images" not in data:
+        raise UserError(f"{json_path} is not a COCO-Karpathy file (no 'images' list)")
+    splits = {img.get("split") for img in data["images"]}
+    if split not in splits:
+        raise UserError(f"split '{split}' not found in {json_path}; available: {_available(splits)}")
+    root = str(Path(image_root) if image_root else json_path.parent)
+    feats = Features({"id": Value("string"), "image": Image(decode=False), "captions": List(Value("string"))})
+    return Dataset.from_generator(
+        _karpathy_rows, gen_kwargs={"json_file": _file_stamp(json_path), "image_root": root, "split": split},
+        features=feats,
+    )
+
+
+def _load_raw(src: str, split: str, task: str, image_root: str | None):
+    """The source as a `Dataset` (columns not yet canonical)."""
+    import datasets
+
+    path = Path(src)
+    if path.is_dir():
+        if (path / "dataset_dict.json").is_file():
+            return _pick_split(datasets.load_from_disk(str(path)), split, src)
+        if (path / "state.json").is_file():
+            return datasets.load_from_disk(str(path))
+        if (path / "dataset_coco.json").is_file():
+            return _open_karpathy(path / "dataset_coco.json", split, image_root)
+        if any(path.glob("*.tsv")):
+            return _open_tsv(path, split, task)
+        if any(p.name in _METADATA_FILES for p in path.rglob("metadata.*")):
+            return _pick_split(datasets.load_dataset("imagefolder", data_dir=str(path)), split, src)
+        for ext, builder in (("parquet", "parquet"), ("arrow", "arrow")):
+            if any(path.rglob(f"*.{ext}")):
+                return _pick_split(datasets.load_dataset(builder, data_dir=str(path)), split, src)
+        raise UserError(f"{src} is a folder but holds no dataset (save_to_disk, TSV, parquet/arrow, imagefolder metadata)")
+    if path.is_file():
+        suffix = path.suffix.lower()
+        if suffix == ".json":
+            return _open_karpathy(path, split, image_root)
+        if suffix == ".tsv":
+            return _open_tsv(path, split, task)
+        if suffix in (".parquet", ".arrow"):
+            return datasets.load_dataset(suffix[1:], data_files={split: str(path)}, split=split)
+        raise UserError(f"{src}: unsupported file type '{suffix}' (expected .parquet, .arrow, .tsv or dataset_coco .json)")
+    try:  # a Hub dataset id
+        dd = datasets.load_dataset(src)
+    except Exception as exc:  # noqa: BLE001 (offline, unknown id, bad config: one user-facing message)
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"cannot open data source '{src}': not a local path, and loading it from the Hub failed ({first})") from exc
+    return _pick_split(dd, split, src)
+
+
+# ---------------------------------------------------------------------------------------------------- normalisation
+def _to_list(batch: dict, col: str) -> dict:
+    return {col: [[v] if isinstance(v, str) else (v or []) for v in batch[col]]}
+
+
+def _parse_box(batch: dict) -> dict:
+    out = []
+    for v in batch["box"]:
+        if isinstance(v, str):
+            try:
+                v = [float(x) for x in v.replace(" ", ",").split(",") if x]
+            except ValueError:
+                v = None
+        out.append(v)
+    return {"box": out}
+
+
+def _canonicalise(ds, split: str, columns_map: Mapping[str, str], task, src: str, image_root: str | None):
+    from datasets import Image, Value
+
+    for canonical, source in columns_map.items():
+        if canonical not in CANONICAL_COLUMNS:
+            raise UserError(f"--column {canonical}={source}: '{canonical}' is not a canonical column; choose from {', '.join(CANONICAL_COLUMNS)}")
+        if source not in ds.column_names:
+            raise UserError(f"--column {canonical}={source}: column '{source}' not found; columns: {', '.join(ds.column_names)}")
+    renames = {s: c for c, s in columns_map.items() if s != c}
+    clash = [c for c in renames.values() if c in ds.column_names and c not in renames]
+    ds = ds.remove_columns(clash).rename_columns(renames) if renames else ds
+
+    required = ["image", *[c for c in prompt_columns(task) if c != "premise"]]
+    for col in required:
+        if col not in ds.column_names:
+            raise UserError(f"column '{col}' missing for task {task.name}; columns: {', '.join(ds.column_names)}")
+    ds = ds.select_columns([c for c in CANONICAL_COLUMNS if c in ds.column_names])
+
+    if "id" not in ds.column_names:  # stable as long as the source and its order are: the row index
+        ds = ds.add_column("id", [f"{split}-{i}" for i in range(len(ds))])
+    elif ds.features["id"] != Value("string"):
+        ds = ds.cast_column("id", Value("string"))
+    if "premise" in prompt_columns(task) and "premise" not in ds.column_names:
+        ds = ds.add_column("premise", [""] * len(ds))
+    for col in ("captions", "answers"):
+        if col in ds.column_names and isinstance(ds.features[col], Value):
+            ds = ds.map(_to_list, batched=True, fn_kwargs={"col": col}, desc=f"{col} -> list")
+    if "box" in ds.column_names and isinstance(ds.features["box"], Value):
+        ds = ds.map(_parse_box, batched=True, desc="box -> floats")
+    feat = ds.features["image"]
+    if isinstance(feat, Image):
+        if feat.decode:
+            ds = ds.cast_column("image", Image(decode=False))
+    elif isinstance(feat, Value) and feat.dtype in ("string", "large_string"):
+        root = Path(image_root) if image_root else (Path(src) if Path(src).is_dir() else Path(src).parent)
+        ds = ds.map(lambda b: {"image": [p if p is None or os.path.isabs(p) else str(root / p) for p in b["image"]]},
+                    batched=True, desc="image paths")
+        ds = ds.cast_column("image", Image(decode=False))
+    else:
+        raise UserError(f"column 'image' has type {feat}; expected an image, or a string path")
+    return ds.select_columns([c for c in CANONICAL_COLUMNS if c in ds.column_names])
+
+
+def open_source(
+    src: str | os.PathLike,
+    split: str,
+    columns_map: Mapping[str, str] | None,
+    task,
+    image_root: str | os.PathLike | None = None,
+    limit: int | None = None,
+):
+    """`src` opened as a `datasets.Dataset` in canonical columns, validated for `task` (a `distill.tasks.Task`).
+
+    `limit` keeps the first N rows. Raises `UserError` (one line) for a bad split, column or source.
+    """
+    src = os.fspath(src)
+    image_root = os.fspath(image_root) if image_root is not None else None
+    ds = _load_raw(src, split, task.name, image_root)
+    ds = _canonicalise(ds, split, dict(columns_map or {}), task, src, image_root)
+    if limit is not None:
+        ds = ds.select(range(min(int(limit), len(ds))))
+    if len(ds) == 0:
+        raise UserError(f"split '{split}' of {src} has no rows")
+    return ds
+
+
+def ids_fingerprint(ds) -> str:
+    """sha256 of the row ids in order: identifies the rows of a source independently of how it was opened."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for batch in ds.select_columns(["id"]).with_format("arrow").iter(batch_size=65536):
+        for v in batch.column("id").to_pylist():
+            h.update(v.encode("utf-8"))
+            h.update(b"\0")
+    return h.hexdigest()
+
+
+def parse_columns(items: list[str] | None) -> dict[str, str]:
+    """`["captions=text", ...]` (repeated `--column canonical=source`) -> `{"captions": "text"}`."""
+    out = {}
+    for item in items or []:
+        canonical, sep, source = item.partition("=")
+        if not sep or not canonical.strip() or not source.strip():
+            raise UserError(f"--column {item!r}: expected canonical=source, e.g. --column captions=text")
+        out[canonical.strip()] = source.strip()
+    return out
