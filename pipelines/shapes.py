@@ -83,6 +83,8 @@ class ShapesConfig:
     """World seed: the same seed gives byte-identical images and rows."""
     size: int = 64
     """Image side in pixels (square RGB images); at least 24."""
+    max_shapes: int = 3
+    """Shapes per image are drawn uniformly from 1..max_shapes (at most 3)."""
     num_captions: int = 5
     """Caption references per image (fewer when the image has fewer valid phrasings)."""
     tokenizer_vocab_size: int = 1000
@@ -98,6 +100,8 @@ class ShapesConfig:
             raise UserError("the shapes world needs at least one row (n_train + n_val + n_test is 0)")
         if self.size < 24:
             raise UserError(f"size must be at least 24 px (shapes need a few pixels per grid cell), got {self.size}")
+        if not 1 <= self.max_shapes <= GRID:
+            raise UserError(f"max_shapes must be in 1..{GRID}, got {self.max_shapes}")
         if self.num_captions < 1:
             raise UserError(f"num_captions must be >= 1, got {self.num_captions}")
         if self.num_bins < 2:
@@ -152,9 +156,9 @@ def _draw_mask(kind: str, x0: int, y0: int, side: int, size: int) -> Image.Image
     return mask
 
 
-def sample_scene(rng: random.Random, size: int) -> tuple[list[Shape], Image.Image]:
-    """Draw 1-3 shapes in distinct cells with unique (colour, kind) pairs; return them and the rendered image."""
-    n = rng.randint(1, GRID)
+def sample_scene(rng: random.Random, size: int, max_shapes: int = GRID) -> tuple[list[Shape], Image.Image]:
+    """Draw 1..max_shapes shapes in distinct cells with unique (colour, kind) pairs; return them and the image."""
+    n = rng.randint(1, max_shapes)
     cells = rng.sample(range(GRID * GRID), n)
     pairs = rng.sample([(c, k) for c in COLORS for k in KINDS], n)
     edges = _cell_edges(size)
@@ -281,9 +285,9 @@ def _hypothesis(shapes: list[Shape], label: str, rng: random.Random) -> str:
 
 
 def generate_example(config: ShapesConfig, split: str, index: int) -> ShapesExample:
-    """Row `index` of `split`: a pure function of (seed, split, index, size, num_captions)."""
+    """Row `index` of `split`: a pure function of the config (split sizes aside), `split` and `index`."""
     rng = random.Random(f"{config.seed}/{split}/{index}")
-    shapes, image = sample_scene(rng, config.size)
+    shapes, image = sample_scene(rng, config.size, config.max_shapes)
     candidates = caption_candidates(shapes)
     captions = rng.sample(candidates, min(config.num_captions, len(candidates)))
     question, answer = _question(shapes, rng)

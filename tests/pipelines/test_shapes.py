@@ -239,3 +239,13 @@ def test_bad_input_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="not a shapes world"):
         write_shapes(tmp_path / "mine", ShapesConfig(n_train=1, n_val=0, n_test=0), overwrite=True)
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
+
+
+def test_max_shapes_bounds_the_scene():
+    world = build_shapes_dataset(ShapesConfig(n_train=40, n_val=0, n_test=0, max_shapes=1))
+    assert len(world["validation"]) == len(world["test"]) == 0
+    for row in world["train"]:
+        assert len(_components(row["image"])) == 1
+        assert not row["question"].startswith("what is")  # relation questions need two shapes
+    with pytest.raises(UserError, match="max_shapes"):
+        build_shapes_dataset(ShapesConfig(max_shapes=4))
