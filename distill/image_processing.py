@@ -28,6 +28,9 @@ _RESAMPLE = {
     "lanczos": Image.Resampling.LANCZOS,
 }
 # Modes holding more than 8 bits per sample: PIL's convert("RGB") would clip them at 255, so rescale first.
+_URLSAFE = str.maketrans("-_", "+/")
+# Everything PIL raises for a file it cannot open or decode (truncation is an OSError).
+_DECODE_ERRORS = (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 _WIDE_MODES = {"I;16", "I;16L", "I;16B", "I;16N", "I", "F"}
 
 
@@ -49,7 +52,7 @@ def _open(src: ImageSource, name: str | None) -> tuple[Image.Image, str]:
         label = name or "<bytes>"
         try:
             return Image.open(io.BytesIO(bytes(src))), label
-        except (UnidentifiedImageError, OSError, ValueError) as exc:
+        except _DECODE_ERRORS as exc:
             raise ImageLoadError(f"cannot decode image {label}: {exc}") from exc
     if isinstance(src, (str, os.PathLike)):
         text = os.fspath(src)
@@ -57,7 +60,7 @@ def _open(src: ImageSource, name: str | None) -> tuple[Image.Image, str]:
             label = name or text
             try:
                 return Image.open(text), label
-            except (UnidentifiedImageError, OSError, ValueError) as exc:
+            except _DECODE_ERRORS as exc:
                 raise ImageLoadError(f"cannot decode image {label}: {exc}") from exc
         decoded = _maybe_base64(text)
         if decoded is not None:  # OFA's TSV files store images as base64 strings
@@ -69,8 +72,8 @@ def _open(src: ImageSource, name: str | None) -> tuple[Image.Image, str]:
 def _maybe_base64(text: str) -> bytes | None:
     if len(text) < 64 or Path(text).suffix:
         return None  # too short to be an encoded image, or a path with an extension
-    try:
-        return base64.b64decode(text.strip(), validate=True)
+    try:  # OFA writes its TSVs with urlsafe_b64encode: map "-_" back so both alphabets decode
+        return base64.b64decode(text.strip().translate(_URLSAFE), validate=True)
     except (binascii.Error, ValueError):
         return None
 
@@ -85,7 +88,7 @@ def load_image(src: ImageSource, name: str | None = None) -> Image.Image:
     img, label = _open(src, name)
     try:
         img.load()
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+    except _DECODE_ERRORS as exc:
         raise ImageLoadError(f"cannot decode image {label}: {exc}") from exc
     return img
 
@@ -93,7 +96,10 @@ def load_image(src: ImageSource, name: str | None = None) -> Image.Image:
 def image_size(src: ImageSource, name: str | None = None) -> tuple[int, int]:
     """(width, height) of an image, reading only its header when it is a file or bytes."""
     img, _ = _open(src, name)
-    return img.size
+    size = img.size
+    if img is not src:  # opened here: release the file handle now rather than at garbage collection
+        img.close()
+    return size
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
