@@ -18,6 +18,7 @@ _CLITIC = re.compile(r"(?i)(\w)(n't|'s|'re|'ve|'ll|'d|'m)\b")
 _PTB_TOKEN = re.compile(
     r"n't|'(?:s|re|ve|ll|d|m)\b"  # split-off clitics
     r"|\d+(?:[.,]\d+)+"  # numbers with decimal / thousands separators: 3.5, 1,000
+    r"|(?:[a-z]\.){2,}"  # abbreviations keep their periods: u.s.
     r"|\w+(?:[-'&/]\w+)*"  # words, keeping inner hyphens, apostrophes, slashes, ampersands (t-shirt, o'clock, w/o)
     r"|\.\.\.|--|``|''"
     r"|\S"  # any other single symbol

@@ -31,6 +31,7 @@ def test_ptb_tokenize_cases():
     assert ptb_tokenize("Don't stop!") == "do n't stop"
     assert ptb_tokenize('a "big" dog (brown), sitting; here: now...') == "a big dog brown sitting here now"
     assert ptb_tokenize("a t-shirt costs 3.5 dollars") == "a t-shirt costs 3.5 dollars"
+    assert ptb_tokenize("The U.S. flag at 5 o'clock, by the dogs' bowls") == "the u.s. flag at 5 o'clock by the dogs bowls"
 
 
 def test_cider_matches_pycocoevalcap_on_pretokenised_input():
