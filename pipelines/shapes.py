@@ -61,14 +61,6 @@ SHAPES_ANSWERS: tuple[str, ...] = (
     *COLORS, *(str(i) for i in range(GRID + 1)), "yes", "no", *(f"{c} {k}" for c in COLORS for k in KINDS)
 )
 
-# OFA's task prompts (DESIGN.md section 3), used only to give the world's tokenizer every word it will see.
-_CAPTION_PROMPT = " what does the image describe?"
-_GROUNDING_PROMPT = ' which region does the text " {} " describe?'
-_ENTAILMENT_PROMPT = ' can image and text1 " {} " imply text2 " {} "?'
-_ENTAILMENT_PROMPT_NO_PREMISE = ' does the image describe " {} "?'
-_ENTAILMENT_ANSWERS = ("yes", "no", "maybe")
-
-
 @dataclass
 class ShapesConfig:
     """How much of the shapes world to write, and how."""
@@ -349,14 +341,17 @@ def build_shapes_dataset(config: ShapesConfig) -> "datasets.DatasetDict":
 
 
 def world_texts(rows: "datasets.Dataset | list[dict]") -> list[str]:
-    """Every text a model sees in this world: OFA prompts, references, answers, with and without a leading space."""
-    texts = [_CAPTION_PROMPT, *SHAPES_ANSWERS, *_ENTAILMENT_ANSWERS]
+    """Every text a model sees in this world: each task's OFA prompt (from `distill.tasks`) and target texts."""
+    from distill.tasks import get_task
+
+    tasks = [get_task(name) for name in ("caption", "vqa", "grounding", "entailment")]
+    caption, entailment = tasks[0], tasks[-1]
+    texts = [f" {answer}" for answer in (*SHAPES_ANSWERS, *entailment.candidates)]  # targets are OFA's " {text}"
     for row in rows:
-        texts += row["captions"] + [f" {row['question']}", row["answers"][0]]
-        texts.append(_GROUNDING_PROMPT.format(row["region_text"]))
-        texts.append(_ENTAILMENT_PROMPT.format(row["premise"], row["hypothesis"]))
-        texts.append(_ENTAILMENT_PROMPT_NO_PREMISE.format(row["hypothesis"]))
-    return texts + [f" {t.lstrip()}" for t in texts]
+        texts += [task.prompt(row) for task in tasks]
+        texts.append(entailment.prompt({**row, "premise": ""}))  # the no-premise prompt, whatever the row holds
+        texts += [" " + caption.reference({"captions": [c]}) for c in row["captions"]]  # each reference, cleaned
+    return texts
 
 
 # Words of the templates above that no constant lists.
