@@ -8,7 +8,7 @@ from transformers.utils import ModelOutput
 
 from .configuration_ofa import OFAConfig
 from .encoder import padding_bias
-from .layers import OFADecoderLayer
+from .layers import OFADecoderLayer, linear_rates
 from .positions import code_position_ids, image_bucket_position, token_bucket_position
 
 
@@ -42,7 +42,7 @@ class OFADecoder(nn.Module):
         self.register_buffer("image_rp_bucket", image_bucket_position(config.image_bucket_size))
         self.register_buffer("image_position_idx", code_position_ids(config.code_image_size, config.image_bucket_size))
         self.embed_tokens = embed_tokens
-        rates = torch.linspace(0, config.decoder_drop_path_rate, config.decoder_layers).tolist()
+        rates = linear_rates(config.decoder_drop_path_rate, config.decoder_layers)
         self.layers = nn.ModuleList([OFADecoderLayer(config, i, rate) for i, rate in enumerate(rates)])
         self.layernorm_embedding = nn.LayerNorm(d) if config.layernorm_embedding else None
         self.embed_positions = nn.Embedding(config.max_position_embeddings + 2, d)

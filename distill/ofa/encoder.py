@@ -6,7 +6,7 @@ from torch import nn
 from transformers.utils import ModelOutput
 
 from .configuration_ofa import OFAConfig
-from .layers import OFAEncoderLayer
+from .layers import OFAEncoderLayer, linear_rates
 from .positions import image_bucket_position, image_position_ids, token_bucket_position
 from .resnet import RESNET_DEPTHS, RESNET_OUT_CHANNELS, ResNet
 
@@ -64,7 +64,7 @@ class OFAEncoder(nn.Module):
         self.image_pos_ln = nn.LayerNorm(d)
         self.pos_q_linear = nn.Linear(d, d)
         self.pos_k_linear = nn.Linear(d, d)
-        rates = torch.linspace(0, config.encoder_drop_path_rate, config.encoder_layers).tolist()
+        rates = linear_rates(config.encoder_drop_path_rate, config.encoder_layers)
         self.layers = nn.ModuleList([OFAEncoderLayer(config, rate) for rate in rates])
         self.layer_norm = nn.LayerNorm(d) if config.encoder_normalize_before else None
         num_token_rel = 2 * config.token_bucket_size - 1

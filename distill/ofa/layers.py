@@ -10,6 +10,11 @@ from .configuration_ofa import OFAConfig
 ATTENTION_SCALE_FACTOR = 2.0
 
 
+def linear_rates(max_rate: float, count: int) -> list[float]:
+    """Drop-path rates growing linearly from 0 to max_rate over `count` blocks (plain floats: works on `meta`)."""
+    return [max_rate * i / (count - 1) if count > 1 else 0.0 for i in range(count)]
+
+
 class DropPath(nn.Module):
     """Stochastic depth: drop the whole residual branch per sample with probability `p` (training only)."""
 

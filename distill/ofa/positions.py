@@ -4,6 +4,7 @@ All of these are fixed functions of the config. They are stored as int64 buffers
 hold them, but they can always be recomputed (a checkpoint without them still loads correctly).
 """
 import math
+from functools import lru_cache
 
 import torch
 
@@ -18,9 +19,16 @@ def token_bucket_position(bucket_size: int, max_position: int = TOKEN_BUCKET_POS
 
     Offsets with |offset| <= bucket_size // 2 keep their own bucket; longer offsets share log-spaced buckets.
     Values lie in [0, 2 * bucket_size - 2] (the row count of the token relative-position table).
+    Returned on the default device (e.g. `meta` inside `with torch.device("meta")`).
     """
-    query = torch.arange(max_position, dtype=torch.long)[:, None]
-    key = torch.arange(max_position, dtype=torch.long)[None, :]
+    return _token_bucket_position_cpu(bucket_size, max_position).to(torch.get_default_device(), copy=True)
+
+
+@lru_cache(maxsize=8)
+def _token_bucket_position_cpu(bucket_size: int, max_position: int) -> torch.Tensor:
+    # A million log()s take ~0.5 s on a busy CPU, and every model builds this table 2-4 times: compute it once.
+    query = torch.arange(max_position, dtype=torch.long, device="cpu")[:, None]
+    key = torch.arange(max_position, dtype=torch.long, device="cpu")[None, :]
     relative = query - key
     sign = torch.sign(relative)
     mid = bucket_size // 2

@@ -6,7 +6,7 @@ checkpoints load unchanged.
 import torch
 from torch import nn
 
-from .layers import DropPath
+from .layers import DropPath, linear_rates
 
 # Blocks per stage for OFA's `resnet_type`; every variant uses Bottleneck blocks and stops after layer3.
 RESNET_DEPTHS = {
@@ -55,7 +55,7 @@ class ResNet(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
         # Drop-path grows linearly over all blocks of the three stages, as in OFA.
-        rates = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        rates = linear_rates(drop_path_rate, sum(depths))
         self.layer1 = self._make_layer(64, depths[0], 1, rates[: depths[0]])
         self.layer2 = self._make_layer(128, depths[1], 2, rates[depths[0]: depths[0] + depths[1]])
         self.layer3 = self._make_layer(256, depths[2], 2, rates[depths[0] + depths[1]:])
