@@ -34,12 +34,7 @@ if TYPE_CHECKING:
     import datasets
     from transformers import PreTrainedTokenizerFast
 
-COLORS: dict[str, tuple[int, int, int]] = {
-    "red": (220, 40, 40),
-    "green": (40, 160, 60),
-    "blue": (40, 80, 220),
-    "yellow": (240, 200, 20),
-}
+COLORS = {"red": (220, 40, 40), "green": (40, 160, 60), "blue": (40, 80, 220), "yellow": (240, 200, 20)}  # exact RGB
 BACKGROUND = (235, 235, 235)
 KINDS = ("circle", "square", "triangle")
 SIZES = ("small", "large")
@@ -60,6 +55,7 @@ NUM_VQA_ANSWERS = 10  # VQAv2 rows hold 10 human answers; here all 10 are the ex
 SHAPES_ANSWERS: tuple[str, ...] = (
     *COLORS, *(str(i) for i in range(GRID + 1)), "yes", "no", *(f"{c} {k}" for c in COLORS for k in KINDS)
 )
+
 
 @dataclass
 class ShapesConfig:
@@ -228,15 +224,14 @@ def _question(shapes: list[Shape], rng: random.Random) -> tuple[str, str]:
         for a in shapes
         if relation_holds(a, b, rel) and sum(relation_holds(t, b, rel) for t in shapes) == 1
     ]
-    kinds = ["count", "exist"] + ["color"] * bool(color_refs) + ["relation"] * bool(relation_refs)
-    kind = rng.choice(kinds)
-    if kind == "color":
+    qtype = rng.choice(["count", "exist"] + ["color"] * bool(color_refs) + ["relation"] * bool(relation_refs))
+    if qtype == "color":
         s, ref = rng.choice(color_refs)
         return f"what color is the {ref}?", s.color
-    if kind == "relation":
+    if qtype == "relation":
         a, rel, b = rng.choice(relation_refs)
         return f"what is {rel} the {b.name}?", a.name
-    if kind == "exist":
+    if qtype == "exist":
         present = rng.random() < 0.5
         pool = sorted(names) if present else [f"{c} {k}" for c in COLORS for k in KINDS if f"{c} {k}" not in names]
         return f"is there a {rng.choice(pool)}?", "yes" if present else "no"
@@ -324,7 +319,7 @@ def build_shapes_dataset(config: ShapesConfig) -> "datasets.DatasetDict":
     from tqdm.auto import tqdm
 
     config.validate()
-    sizes = {"train": config.n_train, "validation": config.n_val, "test": config.n_test}
+    sizes = dict(zip(SPLITS, (config.n_train, config.n_val, config.n_test)))
     features = shapes_features()
     splits = {}
     with tqdm(total=sum(sizes.values()), desc="shapes world", unit="img") as bar:
