@@ -118,7 +118,7 @@ def to_rgb(img: Image.Image) -> Image.Image:
 
 
 class OFAImageProcessor(BaseImageProcessor):
-    """Image processor for OFA and NARVL: `processor(images, return_tensors="pt")["pixel_values"]` is (B, 3, size, size).
+    """OFA / NARVL image processor: `processor(images, return_tensors="pt")["pixel_values"]` is (B, 3, size, size).
 
     Images may be anything `load_image` accepts. Saved and loaded with `save_pretrained`/`from_pretrained`.
     """
@@ -159,12 +159,18 @@ class OFAImageProcessor(BaseImageProcessor):
         return arr.transpose(2, 0, 1).copy()
 
     def preprocess(
-        self, images: ImageSource | Sequence[ImageSource], return_tensors: str | None = "pt", size: int | None = None, **_: Any
+        self,
+        images: ImageSource | Sequence[ImageSource],
+        return_tensors: str | None = "pt",
+        size: int | None = None,
+        **_: Any,
     ) -> BatchFeature:
         """Batch of images -> `{"pixel_values": (B, 3, size, size)}`; a single image gives B = 1."""
         if not isinstance(images, (list, tuple)):
             images = [images]
-        pixels = np.stack([self.process_image(img, size=size) for img in images]) if images else np.zeros((0, 3, size or self.size, size or self.size), np.float32)
+        side = int(size or self.size)
+        arrays = [self.process_image(img, size=side) for img in images]
+        pixels = np.stack(arrays) if arrays else np.zeros((0, 3, side, side), np.float32)
         return BatchFeature(data={"pixel_values": pixels}, tensor_type=return_tensors)
 
     def __call__(self, images: ImageSource | Sequence[ImageSource], **kwargs: Any) -> BatchFeature:

@@ -57,7 +57,7 @@ def _add_codes_and_bins(tokenizer: PreTrainedTokenizerFast, num_codes: int, num_
 def build_ofa_tokenizer(
     vocab: dict[str, int], merges: Sequence[tuple[str, str]], num_codes: int = 8192, num_bins: int = 1000
 ) -> PreTrainedTokenizerFast:
-    """A BART tokenizer over `vocab`/`merges` (fairseq order, `<mask>` last), plus `num_codes` codes and `num_bins` bins.
+    """A BART tokenizer over `vocab`/`merges` (fairseq order, `<mask>` last), then `num_codes` codes, `num_bins` bins.
 
     The BPE vocabulary must hold `<s> <pad> </s> <unk>` at ids 0-3 and end with `<mask>`, as OFA-Sys's vocab.json does.
     """
@@ -65,7 +65,8 @@ def build_ofa_tokenizer(
         if vocab.get(tok) != i:
             raise UserError(f"OFA vocabulary must map {tok} to id {i}, found {vocab.get(tok)}")
     if vocab.get(MASK_TOKEN) != len(vocab) - 1:
-        raise UserError(f"OFA vocabulary must end with {MASK_TOKEN} (id {len(vocab) - 1}), found {vocab.get(MASK_TOKEN)}")
+        found = vocab.get(MASK_TOKEN)
+        raise UserError(f"OFA vocabulary must end with {MASK_TOKEN} (id {len(vocab) - 1}), found {found}")
     # transformers 5: `vocab_file=` is silently ignored (empty vocabulary); pass the dict and merges directly.
     tokenizer = BartTokenizerFast(vocab=dict(vocab), merges=[tuple(m) for m in merges])
     _add_codes_and_bins(tokenizer, num_codes, num_bins)
@@ -94,7 +95,9 @@ def _resolve_folder(path_or_hub_id: str | Path) -> Path:
     try:
         return Path(snapshot_download(str(path_or_hub_id), allow_patterns=_TOKENIZER_FILES))
     except Exception as exc:  # noqa: BLE001  (offline, missing repo, bad id: all one user-facing message)
-        raise UserError(f"cannot find a tokenizer at {path_or_hub_id}: not a local folder, and Hub download failed ({exc})") from exc
+        raise UserError(
+            f"cannot find a tokenizer at {path_or_hub_id}: not a local folder, and Hub download failed ({exc})"
+        ) from exc
 
 
 def load_ofa_tokenizer(

@@ -129,7 +129,7 @@ class Task:
     """NARVL decoder queries (caption 20, VQA 6, grounding 5, entailment 3)."""
     label_smoothing: float
     """Label smoothing of the training loss (0.1; entailment 0.0)."""
-    generation: Mapping[str, Any] = field(default_factory=dict)
+    generation: Mapping[str, Any] = field(default_factory=dict, hash=False)
     """OFA's evaluation settings as static `generate()` kwargs; `generate_kwargs()` adds the constraints."""
     max_prompt_words: int | None = None
     """Words kept by OFA's prompt normalisation (OFA's `max_src_length`)."""

@@ -24,7 +24,7 @@ class CaptionTask(Task):
     num_queries: int = 20
     label_smoothing: float = 0.1
     generation: Mapping[str, Any] = field(
-        default_factory=lambda: {"num_beams": 5, "max_new_tokens": 16, "no_repeat_ngram_size": 3}
+        default_factory=lambda: {"num_beams": 5, "max_new_tokens": 16, "no_repeat_ngram_size": 3}, hash=False
     )
     max_target_words: int | None = 20
 

@@ -13,7 +13,9 @@ from distill.tasks.base import Row, Task, ids_to_text, pre_caption, text_target_
 from distill.tasks.metrics import accuracy
 
 CANDIDATES = ("yes", "no", "maybe")
-LABEL_TO_ANSWER = {"entailment": "yes", "contradiction": "no", "neutral": "maybe", "yes": "yes", "no": "no", "maybe": "maybe"}
+LABEL_TO_ANSWER = {
+    "entailment": "yes", "contradiction": "no", "neutral": "maybe", "yes": "yes", "no": "no", "maybe": "maybe"
+}
 
 
 def label_to_answer(label: str) -> str:
@@ -70,7 +72,7 @@ class EntailmentTask(Task):
     resolution: int = 480
     num_queries: int = 3
     label_smoothing: float = 0.0
-    generation: Mapping[str, Any] = field(default_factory=lambda: {"num_beams": 1})
+    generation: Mapping[str, Any] = field(default_factory=lambda: {"num_beams": 1}, hash=False)
     max_prompt_words: int | None = 80
     candidates: tuple[str, ...] = CANDIDATES
     """Answers OFA's evaluation scores (`candidate_log_probs`); generation is restricted to them as well."""

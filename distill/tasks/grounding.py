@@ -28,7 +28,12 @@ OFA_NUM_BINS = 1000
 
 
 def box_to_bins(
-    box: Sequence[float], orig_w: float, orig_h: float, num_bins: int, resolution: int, max_image_size: int | None = None
+    box: Sequence[float],
+    orig_w: float,
+    orig_h: float,
+    num_bins: int,
+    resolution: int,
+    max_image_size: int | None = None,
 ) -> list[int]:
     """[x0, y0, x1, y1] in original pixels -> 4 bin indices (round half to even, as torch.round; clamped)."""
     if len(box) != 4:
@@ -43,7 +48,12 @@ def box_to_bins(
 
 
 def bins_to_box(
-    bins: Sequence[int], orig_w: float, orig_h: float, num_bins: int, resolution: int, max_image_size: int | None = None
+    bins: Sequence[int],
+    orig_w: float,
+    orig_h: float,
+    num_bins: int,
+    resolution: int,
+    max_image_size: int | None = None,
 ) -> list[float]:
     """4 bin indices -> [x0, y0, x1, y1] in original pixels (inverse of `box_to_bins`, undoing the resize ratio)."""
     max_image_size = max_image_size or resolution
@@ -68,7 +78,7 @@ class GroundingTask(Task):
     num_queries: int = 5
     label_smoothing: float = 0.1
     generation: Mapping[str, Any] = field(
-        default_factory=lambda: {"num_beams": 5, "min_new_tokens": 4, "max_new_tokens": 4}
+        default_factory=lambda: {"num_beams": 5, "min_new_tokens": 4, "max_new_tokens": 4}, hash=False
     )
     max_prompt_words: int | None = 80
     max_image_size: int | None = None
@@ -83,7 +93,8 @@ class GroundingTask(Task):
     def reference(self, row: Row, rng: random.Random | np.random.Generator | None = None, tokenizer: Any = None) -> str:
         """`"<bin_x0><bin_y0><bin_x1><bin_y1>"`; the bin count comes from `tokenizer` (OFA's 1000 without one)."""
         w, h = original_size(row)
-        return bins_to_text(box_to_bins(row["box"], w, h, self._num_bins(tokenizer), self.resolution, self.max_image_size))
+        bins = box_to_bins(row["box"], w, h, self._num_bins(tokenizer), self.resolution, self.max_image_size)
+        return bins_to_text(bins)
 
     def encode_target(self, text: str, tokenizer: Any) -> list[int]:
         """Bin ids straight from the vocabulary (no BPE pass, so no space tokens), then EOS."""

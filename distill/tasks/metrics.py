@@ -115,7 +115,7 @@ def _process_digit_article(text: str) -> str:
 
 
 def normalize_vqa_answer(answer: str) -> str:
-    """The official VQA answer normalisation: whitespace, punctuation, number words -> digits, articles, contractions."""
+    """Official VQA answer normalisation: whitespace, punctuation, number words -> digits, articles, contractions."""
     answer = answer.replace("\n", " ").replace("\t", " ").strip()
     return _process_digit_article(_process_punctuation(answer))
 

@@ -47,7 +47,7 @@ class VQATask(Task):
     resolution: int = 480
     num_queries: int = 6
     label_smoothing: float = 0.1
-    generation: Mapping[str, Any] = field(default_factory=lambda: {"num_beams": 5})
+    generation: Mapping[str, Any] = field(default_factory=lambda: {"num_beams": 5}, hash=False)
     max_prompt_words: int | None = 128
 
     def prompt(self, row: Row) -> str:
@@ -70,4 +70,5 @@ class VQATask(Task):
         if not candidates:
             raise UserError("VQA generation needs the candidate answer list (see distill.tasks.vqa.candidate_answers)")
         longest = max(len(text_target_ids(a, tokenizer)) for a in candidates)
-        return {**self.generation, "max_new_tokens": longest, "prefix_allowed_tokens_fn": allowed_tokens_fn(candidates, tokenizer)}
+        constraint = allowed_tokens_fn(candidates, tokenizer)
+        return {**self.generation, "max_new_tokens": longest, "prefix_allowed_tokens_fn": constraint}

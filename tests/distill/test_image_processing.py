@@ -73,7 +73,10 @@ def test_batching_and_equivalent_sources(proc, tmp_path):
     path = tmp_path / "a.png"
     img.save(path)
     raw = path.read_bytes()
-    sources = [img, str(path), path, raw, base64.b64encode(raw).decode(), base64.urlsafe_b64encode(raw).decode(), {"bytes": raw, "path": None}, {"bytes": None, "path": str(path)}]
+    sources = [
+        img, str(path), path, raw, base64.b64encode(raw).decode(), base64.urlsafe_b64encode(raw).decode(),
+        {"bytes": raw, "path": None}, {"bytes": None, "path": str(path)},
+    ]  # fmt: skip
     px = proc(sources, return_tensors="pt")["pixel_values"]
     assert px.shape == (len(sources), 3, SIZE, SIZE)
     for i in range(1, len(sources)):

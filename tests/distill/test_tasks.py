@@ -73,8 +73,10 @@ def test_prompts_reproduce_ofa_encodings(ofa_tok, reference):
     rows_and_prompts = [
         (get_task("caption"), {}, " what does the image describe?"),
         (get_task("vqa"), {"question": "What color is the car"}, " what color is the car?"),
-        (get_task("grounding"), {"region_text": "A man in a red shirt"}, ' which region does the text " a man in a red shirt " describe?'),
-        (get_task("entailment"), {"premise": "", "hypothesis": "Two dogs playing"}, ' does the image describe " two dogs playing "?'),
+        (get_task("grounding"), {"region_text": "A man in a red shirt"},
+         ' which region does the text " a man in a red shirt " describe?'),
+        (get_task("entailment"), {"premise": "", "hypothesis": "Two dogs playing"},
+         ' does the image describe " two dogs playing "?'),
     ]  # fmt: skip
     for task, row, prompt in rows_and_prompts:
         assert task.prompt(row) == prompt
@@ -112,7 +114,8 @@ def test_references_and_targets(ofa_tok, reference):
     assert vqa.reference({"answers": ["a dog", "cat", "dog"]}) == "dog"
 
     ent = get_task("entailment")
-    assert [ent.reference({"label": l}) for l in ("entailment", "contradiction", "neutral", "Yes")] == ["yes", "no", "maybe", "yes"]
+    labels = ("entailment", "contradiction", "neutral", "Yes")
+    assert [ent.reference({"label": label}) for label in labels] == ["yes", "no", "maybe", "yes"]
     with pytest.raises(UserError):
         ent.reference({"label": "unknown"})
 
@@ -155,7 +158,8 @@ def test_grounding_reference_and_decode_with_images(tiny_tok):
 
     task = get_task("grounding", resolution=64)
     img = Image.new("RGB", (80, 40))
-    ds = datasets.Dataset.from_dict({"id": ["a"], "image": [img], "region_text": ["red circle"], "box": [[8.0, 4.0, 40.0, 20.0]]})
+    data = {"id": ["a"], "image": [img], "region_text": ["red circle"], "box": [[8.0, 4.0, 40.0, 20.0]]}
+    ds = datasets.Dataset.from_dict(data)
     ds = ds.cast_column("image", datasets.Image())
     row = ds[0]
     text = task.reference(row, tokenizer=tiny_tok)
@@ -217,7 +221,9 @@ def test_candidate_scoring_matches_brute_force(tiny_tok, tiny_model):
     n = len(targets)
     with torch.no_grad():
         logits = tiny_model(
-            input_ids=enc.input_ids.expand(n, -1), attention_mask=enc.attention_mask.expand(n, -1), decoder_input_ids=dec
+            input_ids=enc.input_ids.expand(n, -1),
+            attention_mask=enc.attention_mask.expand(n, -1),
+            decoder_input_ids=dec,
         ).logits
         brute = []
         for tgt in targets:  # one candidate at a time, log-probs summed step by step
@@ -235,7 +241,7 @@ def test_decode_and_evaluate(tiny_tok):
     caption = get_task("caption")
     ids = [0] + tiny_tok(" A red circle, left.", add_special_tokens=False).input_ids + [2, 1, 1]
     assert caption.decode(ids, {}, tiny_tok) == "a red circle left"
-    rows = [{"captions": ["a red circle left of a blue square"]}, {"captions": ["two green squares above one yellow circle"]}]
+    rows = [{"captions": ["a red circle left of a blue square"]}, {"captions": ["two green squares above one circle"]}]
     assert caption.evaluate([r["captions"][0] for r in rows], rows)["cider"] == pytest.approx(1000.0)
 
     vqa = get_task("vqa")
