@@ -74,20 +74,21 @@ def _pick_split(dd, split: str, src: str):
 
 
 # ---------------------------------------------------------------------------------------------------- raw loaders
-def _file_stamp(path: Path) -> list:
-    """Size and mtime: part of a generator's cache key, so an edited file is re-read."""
+def _file_stamp(path: Path) -> tuple:
+    """Size and mtime: part of a generator's cache key, so an edited file is re-read. (Tuples, because
+    `from_generator` would shard list-valued kwargs.)"""
     st = path.stat()
-    return [str(path.resolve()), st.st_size, st.st_mtime_ns]
+    return (str(path.resolve()), st.st_size, st.st_mtime_ns)
 
 
 def _decode_b64(text: str) -> bytes:
     try:
-        return base64.b64decode(text.strip(), validate=False)
+        return base64.urlsafe_b64decode(text.strip())  # OFA's decoder; it accepts the standard alphabet too
     except (binascii.Error, ValueError):
         return b""  # an empty image: quarantined later as undecodable
 
 
-def _tsv_rows(files: list, task: str) -> Iterator[dict]:
+def _tsv_rows(files: tuple, task: str) -> Iterator[dict]:
     layout = TSV_LAYOUTS[task]
     for stamp in files:
         path = Path(stamp[0])
@@ -161,11 +162,11 @@ def _open_tsv(path: Path, split: str, task: str):
             f"{files[0].name} has {len(first)} tab-separated fields; OFA's {task} TSV has {len(layout)}: {', '.join(layout)}"
         )
     return Dataset.from_generator(
-        _tsv_rows, gen_kwargs={"files": [_file_stamp(f) for f in files], "task": task}, features=_tsv_features(task)
+        _tsv_rows, gen_kwargs={"files": tuple(_file_stamp(f) for f in files), "task": task}, features=_tsv_features(task)
     )
 
 
-def _karpathy_rows(json_file: list, image_root: str, split: str) -> Iterator[dict]:
+def _karpathy_rows(json_file: tuple, image_root: str, split: str) -> Iterator[dict]:
     data = json.loads(Path(json_file[0]).read_text(encoding="utf-8"))
     for img in data["images"]:
         if img.get("split") != split:

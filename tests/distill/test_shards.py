@@ -1,0 +1,129 @@
+"""distill.shards: shard plan, crash-safe shard writer, run lock, assembly into a load_from_disk folder."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pyarrow as pa
+import pytest
+from datasets import Dataset, Features, List, Value, load_from_disk
+
+from distill import shards as sh
+
+
+def test_plan_covers_every_row_once_and_assignment_partitions_pending():
+    for n, size in [(0, 3), (1, 3), (10, 3), (12, 4), (7, 100)]:
+        plan = sh.plan_shards(n, size)
+        covered = [i for lo, hi in plan for i in range(lo, hi)]
+        assert covered == list(range(n))
+        assert all(lo == k * size for k, (lo, _) in enumerate(plan))
+    pending = [0, 2, 3, 5, 8, 9, 11]
+    for world in (1, 2, 3, 5):
+        parts = [sh.assign_shards(pending, r, world) for r in range(world)]
+        assert sorted(s for p in parts for s in p) == pending
+        assert max(map(len, parts)) - min(map(len, parts)) <= 1  # balanced
+    assert sh.assign_shards(list(range(6)), 1, 2) == [1, 3, 5]  # fresh run: shard i -> rank i % world
+
+
+FEATS = Features({"id": Value("string"), "x": List(Value("int32"))})
+
+
+def _rows(lo, hi):
+    return [{"id": f"r{i}", "x": [i, i + 1]} for i in range(lo, hi)]
+
+
+def test_writer_flush_crash_resume_complete(tmp_path):
+    schema = FEATS.arrow_schema
+    w = sh.ShardWriter(tmp_path, 3, schema)
+    assert w.resume() == 0
+    w.add(_rows(0, 4)); w.quarantine("bad4", 4, "corrupt image"); w.flush(5)
+    w.add(_rows(5, 8)); w.flush(8)
+    w.add(_rows(8, 10))  # buffered, never flushed: lost by the "crash"
+    w.close()
+    # A torn tail: bytes of a batch that the progress file does not vouch for.
+    with open(w.partial, "ab") as fh:
+        fh.write(b"\xff\xff\xff\xff\x10\x00\x00\x00garbage")
+    assert not w.final.exists()
+
+    w2 = sh.ShardWriter(tmp_path, 3, schema)
+    assert w2.probe() == 8
+    assert w2.resume() == 8
+    assert w2.bad == [{"id": "bad4", "index": 4, "reason": "corrupt image"}]
+    w2.add(_rows(8, 12)); w2.complete(12)
+    assert w2.final.is_file() and not w2.partial.exists() and not w2.progress_file.exists()
+    got = Dataset.from_file(str(w2.final))
+    expected = _rows(0, 4) + _rows(5, 12)
+    assert got.to_list() == expected
+    assert [json.loads(l) for l in w2.quarantine_file.read_text().splitlines()] == [
+        {"id": "bad4", "index": 4, "reason": "corrupt image"}]
+
+
+def test_progress_claiming_more_than_the_stream_holds_restarts_the_shard(tmp_path):
+    schema = FEATS.arrow_schema
+    w = sh.ShardWriter(tmp_path, 0, schema)
+    w.resume(); w.add(_rows(0, 2)); w.flush(2); w.close()
+    sh.write_json(w.progress_file, {"rows": 5, "source_done": 5, "quarantine": []})
+    assert sh.ShardWriter(tmp_path, 0, schema).probe() == 0
+    # A partial with another schema (another run's leftovers) is not reused either.
+    other = Features({"id": Value("string")}).arrow_schema
+    assert sh.ShardWriter(tmp_path, 0, other).probe() == 0
+
+
+def test_crash_before_first_flush_after_resume_keeps_old_partial(tmp_path):
+    schema = FEATS.arrow_schema
+    w = sh.ShardWriter(tmp_path, 0, schema)
+    w.resume(); w.add(_rows(0, 3)); w.flush(3); w.close()
+    w2 = sh.ShardWriter(tmp_path, 0, schema)
+    w2.resume(); w2.add(_rows(3, 4)); w2.close()  # crashed before flushing: the copy is never swapped in
+    w3 = sh.ShardWriter(tmp_path, 0, schema)
+    assert w3.resume() == 3
+    w3.add(_rows(3, 6)); w3.complete(6)
+    assert Dataset.from_file(str(w3.final)).to_list() == _rows(0, 6)
+
+
+def test_assemble_makes_a_load_from_disk_folder(tmp_path):
+    schema = FEATS.arrow_schema
+    for i, (lo, hi) in enumerate(sh.plan_shards(7, 3)):
+        w = sh.ShardWriter(tmp_path, i, schema)
+        w.resume()
+        w.add(_rows(lo, hi) if i != 1 else [])
+        if i == 1:
+            for j in range(lo, hi):
+                w.quarantine(f"r{j}", j, "empty question")
+        w.complete(hi - lo)
+    assert sh.completed_shards(tmp_path, 3) == {0, 1, 2}
+    rows, failures = sh.assemble(tmp_path, 3, FEATS, "abc", "train")
+    assert (rows, failures) == (4, 3)
+    ds = load_from_disk(str(tmp_path))
+    assert ds.to_list() == _rows(0, 3) + _rows(6, 7)
+    assert ds.features == FEATS
+    assert [json.loads(l)["id"] for l in (tmp_path / sh.QUARANTINE).read_text().splitlines()] == ["r3", "r4", "r5"]
+
+
+_HOLDER = """
+import sys, time
+from distill.shards import RunLock
+lock = RunLock(sys.argv[1])
+assert lock.acquire()
+print("locked", flush=True)
+time.sleep(60)
+"""
+
+
+def test_lock_is_exclusive_and_dies_with_its_process(tmp_path):
+    proc = subprocess.Popen([sys.executable, "-c", _HOLDER, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "locked"
+        assert not sh.RunLock(tmp_path).acquire()
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+        lock = sh.RunLock(tmp_path)
+        assert lock.acquire()  # the kernel released the dead holder's flock: no stale lock
+        lock.release()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
