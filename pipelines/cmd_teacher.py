@@ -1,6 +1,61 @@
-"""Placeholder: filled in by the issue that owns this command."""
+"""`narvl-pipe train-teacher`: a thin layer over `pipelines.teacher.train_teacher`."""
+from __future__ import annotations
+
+from typing import Optional
+
+import typer
 
 
-def train_teacher() -> None:
-    """Not built yet."""
-    raise SystemExit("narvl-pipe: this command is not built yet")
+def train_teacher(
+    task: str = typer.Option(..., "--task", help="caption, vqa, grounding or entailment."),
+    data: str = typer.Option(..., "--data", help="Training source (save_to_disk folder, parquet, TSV, ... or Hub id)."),
+    out: str = typer.Option(..., "--out", help="Output folder: the teacher (save_pretrained + tokenizer + image processor)."),
+    init: Optional[str] = typer.Option(None, "--init", help="OFA checkpoint to fine-tune (exclusive with --arch)."),
+    arch: Optional[str] = typer.Option(None, "--arch", help="Build a new OFA: tiny, medium, base, large or huge."),
+    d_model: Optional[int] = typer.Option(None, "--d-model", help="Override the arch's width."),
+    layers: Optional[int] = typer.Option(None, "--layers", help="Override the encoder and decoder depth."),
+    heads: Optional[int] = typer.Option(None, "--heads", help="Override the attention heads."),
+    ffn_dim: Optional[int] = typer.Option(None, "--ffn-dim", help="Override the FFN width (default 4 x d_model)."),
+    resnet_type: Optional[str] = typer.Option(None, "--resnet-type", help="resnet18, resnet50, resnet101, resnet152."),
+    config_json: Optional[str] = typer.Option(None, "--config-json", help="JSON file of OFAConfig fields, applied last."),
+    tokenizer: Optional[str] = typer.Option(None, "--tokenizer", help="Tokenizer folder for --arch (default DATA/tokenizer)."),
+    resolution: Optional[int] = typer.Option(None, "--resolution", help="Image side (default: init's, else the task's)."),
+    split: str = typer.Option("train", "--split", help="Training split."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="Train on the first N rows."),
+    max_steps: int = typer.Option(1000, "--max-steps", help="Optimizer steps."),
+    batch_size: int = typer.Option(32, "--batch-size", help="Global batch per step (all processes and accumulation)."),
+    grad_accum: int = typer.Option(1, "--grad-accum", help="Gradient accumulation steps."),
+    lr: float = typer.Option(5e-5, "--lr", help="Peak learning rate."),
+    warmup_ratio: float = typer.Option(0.06, "--warmup-ratio", help="Fraction of steps in linear warmup."),
+    weight_decay: float = typer.Option(0.01, "--weight-decay", help="AdamW weight decay."),
+    label_smoothing: Optional[float] = typer.Option(None, "--label-smoothing", help="Default: the task's (0.1, entailment 0)."),
+    mixed_precision: str = typer.Option("no", "--mixed-precision", help="no, fp16 or bf16."),
+    seed: int = typer.Option(0, "--seed", help="Seed of init, data order and dropout."),
+    eval_data: Optional[str] = typer.Option(None, "--eval-data", help="Evaluation source (default: --data)."),
+    eval_split: str = typer.Option("validation", "--eval-split", help="Evaluation split."),
+    eval_limit: Optional[int] = typer.Option(200, "--eval-limit", help="Rows per evaluation."),
+    eval_every: int = typer.Option(0, "--eval-every", help="Evaluate every N steps (0: at the end only)."),
+    eval_num_beams: Optional[int] = typer.Option(None, "--eval-num-beams", help="Beam size of evaluation (task default)."),
+    save_every: int = typer.Option(0, "--save-every", help="Checkpoint every N steps (0: never)."),
+    keep_checkpoints: int = typer.Option(2, "--keep-checkpoints", help="Checkpoints kept."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the latest checkpoint in --out."),
+    num_workers: int = typer.Option(0, "--num-workers", help="DataLoader workers."),
+    report_to: str = typer.Option("auto", "--report-to", help="auto (tensorboard if installed), none, or a tracker."),
+) -> None:
+    """Fine-tune (or train from scratch with --arch) the autoregressive OFA teacher with label-smoothed CE."""
+    from pipelines.teacher import TeacherTrainConfig, train_teacher as run
+
+    cfg = TeacherTrainConfig(
+        output_dir=out, task=task, data=data, init=init, arch=arch, d_model=d_model, layers=layers, heads=heads,
+        ffn_dim=ffn_dim, resnet_type=resnet_type, config_json=config_json, tokenizer=tokenizer, resolution=resolution,
+        split=split, limit=limit, max_steps=max_steps, batch_size=batch_size, grad_accum=grad_accum, lr=lr,
+        warmup_ratio=warmup_ratio, weight_decay=weight_decay, label_smoothing=label_smoothing,
+        mixed_precision=mixed_precision, seed=seed, eval_data=eval_data, eval_split=eval_split, eval_limit=eval_limit,
+        eval_every=eval_every, eval_num_beams=eval_num_beams, save_every=save_every, keep_checkpoints=keep_checkpoints,
+        resume=resume, num_workers=num_workers, report_to=report_to,
+    )
+    result = run(cfg)
+    if result.is_main_process:
+        metrics = " ".join(f"{k}={v:.4g}" for k, v in result.eval_metrics.items()) or "no evaluation"
+        last = result.history[-1]["loss"] if result.history else float("nan")
+        typer.echo(f"teacher {task}: step {result.step}, last loss {last:.4f}, {metrics} -> {out}")

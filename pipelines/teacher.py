@@ -1,0 +1,197 @@
+"""`train-teacher`: fine-tune (or train from scratch) the autoregressive OFA teacher with label-smoothed
+cross-entropy, OFA's recipe, on the shared Accelerate trainer (`student.trainer`).
+
+This is how one makes a teacher for a new task, and how the offline demo gets its teacher on the shapes world:
+`--arch` builds an OFA of one of the published sizes (DESIGN.md section 3) from scratch, with optional overrides for
+a tiny custom size (`--d-model 64 --layers 2 ...`, or a whole `--config-json`); the tokenizer then comes from
+`--tokenizer` or the data folder's `tokenizer/`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from distill.errors import UserError
+from student.trainer import TrainConfig, TrainResult
+
+__all__ = ["ARCHS", "TeacherTrainConfig", "build_ofa_config", "teacher_loss", "train_teacher"]
+
+ARCHS: dict[str, dict[str, Any]] = {
+    "tiny": dict(encoder_layers=4, decoder_layers=4, d_model=256, heads=4, resnet_type="resnet50"),
+    "medium": dict(encoder_layers=4, decoder_layers=4, d_model=512, heads=8, resnet_type="resnet101"),
+    "base": dict(encoder_layers=6, decoder_layers=6, d_model=768, heads=12, resnet_type="resnet101"),
+    "large": dict(encoder_layers=12, decoder_layers=12, d_model=1024, heads=16, resnet_type="resnet152"),
+    "huge": dict(encoder_layers=24, decoder_layers=12, d_model=1280, heads=16, resnet_type="resnet152"),
+}
+"""OFA sizes (DESIGN.md section 3); the FFN is 4 x d_model."""
+
+
+@dataclass(kw_only=True)
+class TeacherTrainConfig(TrainConfig):
+    """`narvl-pipe train-teacher` settings; the optimisation fields are those of `TrainConfig`."""
+
+    task: str
+    """caption, vqa, grounding or entailment."""
+    data: str
+    """Training source (any `distill.sources` SRC; a distilled dataset's references are used too)."""
+    init: str | None = None
+    """OFA checkpoint folder to fine-tune (with its tokenizer and image processor); exclusive with `arch`."""
+    arch: str | None = None
+    """Build a fresh OFA of this size: tiny, medium, base, large or huge (default tiny when no `init`)."""
+    d_model: int | None = None
+    """Override the arch's width (FFN becomes 4 x d_model unless `ffn_dim`)."""
+    layers: int | None = None
+    """Override the arch's encoder and decoder depth."""
+    heads: int | None = None
+    """Override the arch's attention heads."""
+    ffn_dim: int | None = None
+    """Override the FFN width."""
+    resnet_type: str | None = None
+    """Override the image stem: resnet18, resnet50, resnet101 or resnet152."""
+    config_json: str | None = None
+    """A JSON file of `OFAConfig` fields, applied last (any field)."""
+    tokenizer: str | None = None
+    """Tokenizer folder for `arch` (default: DATA/tokenizer)."""
+    resolution: int | None = None
+    """Image side (default: the init's image processor, else the task's OFA resolution)."""
+    split: str = "train"
+    """Training split."""
+    limit: int | None = None
+    """Train on the first N rows only."""
+    eval_data: str | None = None
+    """Evaluation source (default: `data`)."""
+    eval_split: str = "validation"
+    """Evaluation split; skipped with a note when the source lacks it."""
+    eval_limit: int | None = 200
+    """Rows scored per evaluation."""
+    eval_batch_size: int = 16
+    """Batch size of evaluation."""
+    eval_num_beams: int | None = None
+    """Beam size of the evaluation (default: the task's OFA setting)."""
+    label_smoothing: float | None = None
+    """Label smoothing of the cross-entropy (default: the task's, 0.1; entailment 0)."""
+
+
+def build_ofa_config(cfg: TeacherTrainConfig, vocab_size: int, resolution: int):
+    """An `OFAConfig` for `cfg.arch` with the overrides; the image grid is sized to the resolution."""
+    from distill.ofa import OFAConfig
+
+    arch = cfg.arch or "tiny"
+    if arch not in ARCHS:
+        raise UserError(f"--arch must be one of {', '.join(ARCHS)}, got {arch!r}")
+    a = dict(ARCHS[arch])
+    layers = cfg.layers
+    d_model = cfg.d_model or a["d_model"]
+    heads = cfg.heads or a["heads"]
+    if d_model % heads:
+        raise UserError(f"--d-model {d_model} must be divisible by --heads {heads}")
+    fields = dict(
+        vocab_size=vocab_size, d_model=d_model, encoder_attention_heads=heads, decoder_attention_heads=heads,
+        encoder_layers=layers or a["encoder_layers"], decoder_layers=layers or a["decoder_layers"],
+        encoder_ffn_dim=cfg.ffn_dim or 4 * d_model, decoder_ffn_dim=cfg.ffn_dim or 4 * d_model,
+        resnet_type=cfg.resnet_type or a["resnet_type"],
+        image_bucket_size=max(42, -(-resolution // 16)),  # the patch grid must fit the position tables
+    )
+    if cfg.config_json:
+        p = Path(cfg.config_json)
+        if not p.is_file():
+            raise UserError(f"--config-json {p}: file not found")
+        fields.update(json.loads(p.read_text()))
+    try:
+        return OFAConfig(**fields)
+    except (TypeError, ValueError) as exc:
+        raise UserError(f"invalid OFA configuration: {exc}") from exc
+
+
+def teacher_loss(label_smoothing: float):
+    """OFA's criterion: token-level cross-entropy with label smoothing, averaged over target tokens."""
+
+    def loss_fn(model, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        out = model(input_ids=batch["input_ids"], patch_images=batch["patch_images"],
+                    patch_masks=batch["patch_masks"], decoder_input_ids=batch["decoder_input_ids"])
+        loss = F.cross_entropy(out.logits.flatten(0, 1).float(), batch["labels"].flatten(), ignore_index=-100,
+                               label_smoothing=label_smoothing)
+        return loss, {"n_tokens": (batch["labels"] != -100).sum()}
+
+    return loss_fn
+
+
+def _eval_rows(cfg: TeacherTrainConfig, task) -> list[dict] | None:
+    from distill.sources import open_source
+
+    src = cfg.eval_data or cfg.data
+    try:
+        ds = open_source(src, cfg.eval_split, None, task, limit=cfg.eval_limit)
+    except UserError as exc:
+        if cfg.eval_data:  # asked for explicitly: a bad split is an error
+            raise
+        print(f"note: no evaluation ({exc})")
+        return None
+    return [dict(r) for r in ds]
+
+
+def train_teacher(cfg: TeacherTrainConfig) -> TrainResult:
+    """Train the AR OFA teacher and write `cfg.output_dir` as a save_pretrained folder (+ tokenizer, image
+    processor, `train_config.json`)."""
+    from accelerate.utils import set_seed
+
+    from distill.image_processing import OFAImageProcessor
+    from distill.ofa import OFAModel
+    from distill.tasks import get_task
+    from distill.tokenizer import load_ofa_tokenizer
+    from student.data import TaskRows, collate, load_training_data
+    from student.evaluate import make_eval_fn, save_model_folder
+    from student.trainer import train
+
+    if cfg.init and (cfg.arch or cfg.config_json):
+        raise UserError("--init and --arch/--config-json are exclusive: fine-tune a checkpoint or build a new model")
+    task = get_task(cfg.task)
+    set_seed(cfg.seed)
+    if cfg.init:
+        model = OFAModel.from_pretrained(cfg.init)
+        tokenizer = load_ofa_tokenizer(cfg.tokenizer or cfg.init)
+        proc_file = Path(cfg.init) / "preprocessor_config.json"
+        processor = (OFAImageProcessor.from_pretrained(cfg.init) if proc_file.is_file()
+                     else OFAImageProcessor(size=task.resolution))
+        if cfg.resolution:
+            processor.size = cfg.resolution
+    else:
+        tok_src = cfg.tokenizer or os.path.join(cfg.data, "tokenizer")
+        if not Path(tok_src).is_dir():
+            raise UserError(f"no tokenizer at {tok_src}: pass --tokenizer DIR to build a teacher with --arch")
+        tokenizer = load_ofa_tokenizer(tok_src)
+        processor = OFAImageProcessor(size=cfg.resolution or task.resolution)
+        model = OFAModel(build_ofa_config(cfg, len(tokenizer), processor.size))
+    if len(tokenizer) > model.config.vocab_size:
+        raise UserError(f"tokenizer has {len(tokenizer)} tokens but the model only {model.config.vocab_size}")
+
+    ds = load_training_data(cfg.data, cfg.split, task, cfg.limit)
+    train_rows = TaskRows(ds, task, tokenizer, processor, target_column="references", seed=cfg.seed)
+    eval_fn = None
+    rows = _eval_rows(cfg, task)
+    if rows:
+        from distill.tasks.vqa import candidate_answers
+
+        cands = candidate_answers(r for r in ds.select_columns(["answers"])) if task.name == "vqa" else None
+        eval_fn = make_eval_fn(task, rows, tokenizer, processor, "ofa", cfg.eval_batch_size, cfg.eval_num_beams, cands)
+    eps = task.label_smoothing if cfg.label_smoothing is None else cfg.label_smoothing
+    pad, bos = tokenizer.pad_token_id, tokenizer.bos_token_id
+    resolved = dataclasses.replace(cfg, label_smoothing=eps, resolution=processor.size)
+    result = train(model, teacher_loss(eps), train_rows, resolved,
+                   collate_fn=lambda items: collate(items, pad, bos), eval_fn=eval_fn, run_config=_jsonable(resolved))
+    if result.is_main_process:
+        record = {**_jsonable(resolved), "final_step": result.step, "eval": result.eval_metrics,
+                  "num_train_rows": len(ds)}
+        save_model_folder(result.model, tokenizer, processor, cfg.output_dir, record)
+    return result
+
+
+def _jsonable(cfg) -> dict[str, Any]:
+    return json.loads(json.dumps(dataclasses.asdict(cfg), default=str))

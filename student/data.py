@@ -1,0 +1,212 @@
+"""Training and evaluation rows -> model inputs, shared by the student (Query-CTC) and the teacher (cross-entropy).
+
+A row is either canonical (docs/ARCHITECTURE.md) or distilled (canonical prompt columns + `target`, `target_ids`,
+`teacher_logprob`, `target_len`, and the source references). `TaskRows` encodes one row on access: OFA's prompt
+tokenised as `<s> prompt </s>`, the image through `OFAImageProcessor`, and the target ids (ending with EOS) taken from
+the teacher (`target`) or from the references (`references`, a seeded random one per draw for captions).
+"""
+from __future__ import annotations
+
+import os
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from distill.errors import UserError
+
+__all__ = ["TARGET_COLUMNS", "FilterReport", "load_training_data", "is_distilled", "filter_rows", "TaskRows",
+           "collate", "encode_prompts"]
+
+TARGET_COLUMNS = ("target", "references")
+"""`target`: the teacher's output (KD, columns `target_ids`/`target`); `references`: the raw dataset labels."""
+
+
+def is_distilled(ds) -> bool:
+    """A distilled dataset carries the teacher's targets."""
+    return "target_ids" in ds.column_names or "target" in ds.column_names
+
+
+def load_training_data(src: str | os.PathLike, split: str = "train", task=None, limit: int | None = None):
+    """Open `src` as a `datasets.Dataset`, keeping every column (the teacher metadata included).
+
+    `src` is a `save_to_disk` folder (a `Dataset`, such as the output of `narvl-pipe distill`, is taken whatever
+    `split` says; a `DatasetDict` gives `split`), a `load_dataset`-able folder (parquet/arrow, e.g. a dataset pushed
+    with `narvl-pipe push`) or a Hub id. A source without teacher targets is opened through
+    `distill.sources.open_source` (TSV, COCO-Karpathy JSON, imagefolder...) into the canonical schema, which needs
+    `task`.
+    """
+    import datasets
+
+    src = os.fspath(src)
+    path = Path(src)
+    ds = None
+    if path.is_dir() and ((path / "dataset_dict.json").is_file() or (path / "state.json").is_file()):
+        loaded = datasets.load_from_disk(src)
+        if isinstance(loaded, datasets.DatasetDict):
+            if split not in loaded:
+                raise UserError(f"split '{split}' not found in {src}; available: {', '.join(loaded)}")
+            loaded = loaded[split]
+        ds = loaded
+    elif path.is_dir() or not path.exists():
+        try:
+            dd = datasets.load_dataset(src)
+        except Exception:  # noqa: BLE001 (not a plain datasets folder/id: let open_source detect the format)
+            dd = None
+        if dd is not None:
+            if split not in dd:
+                raise UserError(f"split '{split}' not found in {src}; available: {', '.join(dd)}")
+            ds = dd[split]
+    if ds is None or not is_distilled(ds):
+        if task is None:
+            raise UserError(f"{src} holds no teacher targets; opening it as a canonical source needs the task")
+        from distill.sources import open_source
+
+        ds = open_source(src, split, None, task)
+    if task is not None and "task" in ds.column_names and len(ds) and ds[0]["task"] != task.name:
+        raise UserError(f"{src} was distilled for task {ds[0]['task']!r}, not {task.name!r}")
+    if limit is not None:
+        ds = ds.select(range(min(int(limit), len(ds))))
+    if len(ds) == 0:
+        raise UserError(f"{src} ({split}) has no rows")
+    return ds
+
+
+@dataclass
+class FilterReport:
+    """How many rows the train-time filters removed."""
+
+    total: int
+    """Rows before filtering."""
+    removed_logprob: int = 0
+    """Rows whose teacher log-prob was below `min_teacher_logprob`."""
+    removed_length: int = 0
+    """Rows whose teacher target (EOS included) was longer than `max_target_len`."""
+
+    @property
+    def kept(self) -> int:
+        return self.total - self.removed_logprob - self.removed_length
+
+
+def filter_rows(ds, min_teacher_logprob: float | None = None, max_target_len: int | None = None):
+    """Drop distilled rows by teacher metadata (a train-time choice, as in distil-whisper). Returns (ds, report)."""
+    report = FilterReport(total=len(ds))
+    if min_teacher_logprob is not None:
+        if "teacher_logprob" not in ds.column_names:
+            raise UserError("--min-teacher-logprob needs a distilled dataset (column teacher_logprob)")
+        before = len(ds)
+        ds = ds.filter(lambda lp: [v is not None and v >= min_teacher_logprob for v in lp],
+                       input_columns=["teacher_logprob"], batched=True, desc="filter teacher log-prob")
+        report.removed_logprob = before - len(ds)
+    if max_target_len is not None:
+        col = "target_len" if "target_len" in ds.column_names else "target_ids" if "target_ids" in ds.column_names else None
+        if col is None:
+            raise UserError("--max-target-len needs a distilled dataset (column target_len or target_ids)")
+        before = len(ds)
+        ds = ds.filter(lambda v: [(x if col == "target_len" else len(x)) <= max_target_len for x in v],
+                       input_columns=[col], batched=True, desc="filter target length")
+        report.removed_length = before - len(ds)
+    if len(ds) == 0:
+        raise UserError(f"the train-time filters removed all {report.total} rows")
+    return ds, report
+
+
+def _row_seed(seed: int, draw: int) -> int:
+    return (seed * 1_000_003 + draw) & 0x7FFFFFFF
+
+
+class TaskRows:
+    """A map-style training set: `example(row, draw)` -> dict of `input_ids`, `pixels`, `target`, `weight`.
+
+    `draw` (see `student.trainer.StepBatchSampler`) seeds the random reference choice, so the chosen caption of a
+    given sample is the same on any number of processes and after a resume.
+    """
+
+    def __init__(self, ds, task, tokenizer, image_processor, target_column: str = "target", seed: int = 0,
+                 resolution: int | None = None):
+        if target_column not in TARGET_COLUMNS:
+            raise UserError(f"--target-column must be one of {', '.join(TARGET_COLUMNS)}, got {target_column!r}")
+        if target_column == "target" and not is_distilled(ds):
+            raise UserError("--target-column target needs a distilled dataset (columns target_ids/target); "
+                            "use --target-column references to train on the raw labels")
+        if target_column == "references":
+            missing = [c for c in task.input_columns if c not in ds.column_names and c != "premise"]
+            if missing:
+                raise UserError(f"--target-column references: the data lacks {missing} for task {task.name}")
+        self.ds, self.task, self.tokenizer, self.processor = ds, task, tokenizer, image_processor
+        self.target_column, self.seed = target_column, seed
+        self.resolution = resolution or getattr(image_processor, "size", None)
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitem__(self, row: int) -> dict[str, Any]:
+        return self.example(row, row)
+
+    def target_ids(self, row: dict, draw: int) -> tuple[list[int], float]:
+        """(target ids ending with EOS, per-sample loss weight)."""
+        if self.target_column == "target":
+            ids = row.get("target_ids")
+            if ids is None:
+                ids = self.task.encode_target(row["target"], self.tokenizer)
+            return list(ids), 1.0
+        rng = random.Random(_row_seed(self.seed, draw))
+        text = self.task.reference(row, rng=rng, tokenizer=self.tokenizer)
+        weight = 1.0
+        if self.task.name == "vqa":  # NARVL weights VQA samples by the answer's soft score
+            from distill.tasks.metrics import vqa_score
+
+            weight = vqa_score(text, list(row["answers"]))
+        return self.task.encode_target(text, self.tokenizer), weight
+
+    def example(self, row: int, draw: int) -> dict[str, Any]:
+        r = self.ds[int(row)]
+        ids, weight = self.target_ids(r, draw)
+        return {
+            "input_ids": self.tokenizer(self.task.prompt(r))["input_ids"],
+            "pixels": self.processor.process_image(r["image"], size=self.resolution),
+            "target": ids,
+            "weight": weight,
+        }
+
+
+def _pad(seqs: list[list[int]], value: int) -> torch.Tensor:
+    out = torch.full((len(seqs), max(len(s) for s in seqs)), value, dtype=torch.long)
+    for i, s in enumerate(seqs):
+        out[i, : len(s)] = torch.tensor(s, dtype=torch.long)
+    return out
+
+
+def collate(items: list[dict[str, Any]], pad_id: int = 1, bos_id: int = 0) -> dict[str, torch.Tensor]:
+    """Pad a list of `TaskRows` examples into a batch.
+
+    Returns:
+        `input_ids` (B, S) padded with `pad_id`; `patch_images` (B, 3, H, W); `patch_masks` (B,) all True;
+        `targets` (B, L) padded with `pad_id`; `target_lengths` (B,); `weights` (B,); and for teacher forcing
+        `decoder_input_ids` (B, L) = `<s>` + target[:-1] and `labels` (B, L) = target with -100 on padding.
+    """
+    targets = [it["target"] for it in items]
+    labels = _pad(targets, -100)
+    return {
+        "input_ids": _pad([list(it["input_ids"]) for it in items], pad_id),
+        "patch_images": torch.from_numpy(np.stack([it["pixels"] for it in items])),
+        "patch_masks": torch.ones(len(items), dtype=torch.bool),
+        "targets": _pad(targets, pad_id),
+        "target_lengths": torch.tensor([len(t) for t in targets], dtype=torch.long),
+        "weights": torch.tensor([float(it["weight"]) for it in items], dtype=torch.float32),
+        "decoder_input_ids": _pad([[bos_id] + list(t[:-1]) for t in targets], pad_id),
+        "labels": labels,
+    }
+
+
+def encode_prompts(rows: list[dict], task, tokenizer, image_processor, resolution: int | None = None) -> dict:
+    """Model inputs for inference on canonical rows: `input_ids`, `patch_images`, `patch_masks`."""
+    prompts = [task.prompt(r) for r in rows]
+    ids = [tokenizer(p)["input_ids"] for p in prompts]
+    size = resolution or getattr(image_processor, "size", None)
+    pixels = np.stack([image_processor.process_image(r["image"], size=size) for r in rows])
+    return {"input_ids": _pad(ids, tokenizer.pad_token_id), "patch_images": torch.from_numpy(pixels),
+            "patch_masks": torch.ones(len(rows), dtype=torch.bool)}

@@ -1,0 +1,277 @@
+"""Evaluate and predict with either model: the NARVL student (one pass + CTC collapse) or the AR OFA teacher
+(`generate()` with OFA's evaluation settings; entailment scores the candidates, as OFA does).
+
+A model folder is one `save_pretrained` folder holding the model, its tokenizer and its image processor; the kind is
+read from `config.json` (`model_type` `narvl` or `ofa`).
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from distill.errors import UserError
+
+__all__ = ["LoadedModel", "EvalResult", "Prediction", "model_kind", "load_model", "save_model_folder",
+           "decode_batch", "predict_rows", "make_eval_fn", "evaluate", "predict"]
+
+KINDS = ("narvl", "ofa")
+
+
+@dataclass
+class LoadedModel:
+    """A model with what it needs to read inputs."""
+
+    model: torch.nn.Module
+    """`NARVLModel` or `OFAModel`, in eval mode."""
+    tokenizer: Any
+    """OFA tokenizer saved with the model."""
+    image_processor: Any
+    """`OFAImageProcessor` saved with the model (its `size` is the input resolution)."""
+    kind: str
+    """`narvl` or `ofa`."""
+
+
+def model_kind(model_dir: str | os.PathLike) -> str:
+    """`narvl` or `ofa`, from the folder's `config.json`."""
+    cfg = Path(model_dir) / "config.json"
+    if not cfg.is_file():
+        raise UserError(f"{model_dir} is not a model folder (no config.json)")
+    kind = json.loads(cfg.read_text()).get("model_type")
+    if kind not in KINDS:
+        raise UserError(f"{model_dir}: model_type {kind!r} is neither narvl nor ofa")
+    return kind
+
+
+def load_model(model_dir: str | os.PathLike, device: str | torch.device | None = None) -> LoadedModel:
+    """Load a NARVL or OFA folder with its tokenizer and image processor (device: CUDA when available)."""
+    from distill.image_processing import OFAImageProcessor
+    from distill.tokenizer import load_ofa_tokenizer
+
+    kind = model_kind(model_dir)
+    if kind == "narvl":
+        from student.modeling_narvl import NARVLModel as cls
+    else:
+        from distill.ofa import OFAModel as cls
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model = cls.from_pretrained(str(model_dir)).to(device).eval()
+    if not (Path(model_dir) / "preprocessor_config.json").is_file():
+        raise UserError(f"{model_dir} has no image processor (preprocessor_config.json)")
+    return LoadedModel(model, load_ofa_tokenizer(model_dir), OFAImageProcessor.from_pretrained(str(model_dir)), kind)
+
+
+def save_model_folder(model, tokenizer, image_processor, out: str | os.PathLike,
+                      train_config: dict[str, Any] | None = None) -> Path:
+    """Write one usable folder: model (safetensors), tokenizer, image processor, and `train_config.json`."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(out))
+    tokenizer.save_pretrained(str(out))
+    image_processor.save_pretrained(str(out))
+    if train_config is not None:
+        (out / "train_config.json").write_text(json.dumps(train_config, indent=1, default=str))
+    return out
+
+
+def _generate_kwargs(model, task, tokenizer, num_beams: int | None, candidates: Sequence[str] | None) -> dict:
+    kwargs = dict(task.generate_kwargs(tokenizer, candidates) if candidates is not None
+                  else task.generate_kwargs(tokenizer))
+    if num_beams is not None:
+        kwargs["num_beams"] = num_beams
+    return kwargs
+
+
+@torch.inference_mode()
+def decode_batch(lm: LoadedModel, task, inputs: dict[str, torch.Tensor], num_beams: int | None = None,
+                 candidates: Sequence[str] | None = None) -> list[list[int]]:
+    """Output token ids per sample (no start token; for NARVL, CTC-collapsed and cut at EOS).
+
+    NARVL: one forward pass, greedy CTC (`num_beams` > 1: CTC prefix beam search). OFA: `generate()` with the task's
+    OFA settings (`num_beams` overrides), or candidate scoring for entailment.
+    """
+    model, tok = lm.model, lm.tokenizer
+    inputs = {k: v.to(model.device) for k, v in inputs.items()}
+    if lm.kind == "narvl":
+        return model.decode(**inputs, num_beams=num_beams or 1)
+    if task.name == "entailment":
+        from distill.teacher_loop import _score_candidates
+
+        return [best[0][0] for best in _score_candidates(model, task, tok, inputs, 1)]
+    out = model.generate(**inputs, **_generate_kwargs(model, task, tok, num_beams, candidates))
+    return out[:, 1:].tolist()
+
+
+def _output_text(ids: list[int], tokenizer) -> str:
+    ids = [t for t in ids if t not in (tokenizer.bos_token_id, tokenizer.pad_token_id)]
+    if tokenizer.eos_token_id in ids:
+        ids = ids[: ids.index(tokenizer.eos_token_id)]
+    return tokenizer.decode(ids, skip_special_tokens=True).strip()
+
+
+def predict_rows(lm: LoadedModel, task, rows: Sequence[dict], batch_size: int = 16, num_beams: int | None = None,
+                 candidates: Sequence[str] | None = None, progress: bool = False) -> tuple[list[Any], list[str], float]:
+    """(predictions as `task.decode` returns them, output texts, seconds spent in the model and decoding)."""
+    from tqdm.auto import tqdm
+
+    from student.data import encode_prompts
+
+    preds, texts, seconds = [], [], 0.0
+    sync = torch.cuda.synchronize if lm.model.device.type == "cuda" else (lambda: None)
+    for start in tqdm(range(0, len(rows), batch_size), desc=f"evaluate {lm.kind}", disable=not progress):
+        chunk = [dict(r) for r in rows[start: start + batch_size]]
+        inputs = encode_prompts(chunk, task, lm.tokenizer, lm.image_processor)
+        sync()
+        t0 = time.perf_counter()
+        outputs = decode_batch(lm, task, inputs, num_beams, candidates)
+        sync()
+        seconds += time.perf_counter() - t0
+        for ids, row in zip(outputs, chunk):
+            preds.append(task.decode(ids, row, lm.tokenizer))
+            texts.append(_output_text(ids, lm.tokenizer))
+    return preds, texts, seconds
+
+
+def make_eval_fn(task, rows: Sequence[dict], tokenizer, image_processor, kind: str, batch_size: int = 16,
+                 num_beams: int | None = None, candidates: Sequence[str] | None = None):
+    """An `eval_fn(model, accelerator)` for `student.trainer.train`: rows are split over processes (row i on process
+    i % world), predictions gathered as objects (exact on uneven splits), and the task metric computed on all."""
+
+    def eval_fn(model, accelerator) -> dict[str, float]:
+        from accelerate.utils import gather_object
+
+        lm = LoadedModel(model, tokenizer, image_processor, kind)
+        idx = list(range(accelerator.process_index, len(rows), accelerator.num_processes))
+        preds, _, _ = predict_rows(lm, task, [rows[i] for i in idx], batch_size, num_beams, candidates)
+        pairs = gather_object(list(zip(idx, preds))) if accelerator.num_processes > 1 else list(zip(idx, preds))
+        ordered = [p for _, p in sorted(pairs, key=lambda x: x[0])]
+        return task.evaluate(ordered, list(rows))
+
+    return eval_fn
+
+
+@dataclass
+class EvalResult:
+    """What `evaluate` returns (and `narvl-pipe evaluate` prints)."""
+
+    task: str
+    """Task name."""
+    model: str
+    """Model folder."""
+    kind: str
+    """`narvl` or `ofa`."""
+    metrics: dict[str, float]
+    """The task metric(s), e.g. `{"cider": ...}`."""
+    ms_per_sample: float
+    """Model + decoding time per sample (excludes image loading), at `batch_size`."""
+    num_samples: int
+    """Rows evaluated."""
+    batch_size: int
+    """Batch size the latency was measured at."""
+    num_beams: int | None
+    """Beam size used (None: the task's OFA setting for AR, greedy for NARVL)."""
+    predictions_path: str | None = None
+    """JSONL of predictions, when written."""
+    predictions: list[Any] = field(default_factory=list, repr=False)
+    """Predictions aligned with the rows."""
+
+    @property
+    def score(self) -> float:
+        """The (first) task metric."""
+        return next(iter(self.metrics.values()))
+
+    def line(self) -> str:
+        metrics = " ".join(f"{k}={v:.4g}" for k, v in self.metrics.items())
+        return (f"{self.task} {self.kind} {self.model}: {metrics} | {self.ms_per_sample:.2f} ms/sample "
+                f"(batch {self.batch_size}, {self.num_samples} samples)")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.pop("predictions")
+        return d
+
+
+def _candidates(task, rows: Sequence[dict], answers: str | None) -> list[str] | None:
+    if task.name != "vqa":
+        return None
+    if answers:
+        from distill.run import read_answers
+
+        return read_answers(answers)
+    from distill.tasks.vqa import candidate_answers
+
+    return candidate_answers(r for r in rows if r.get("answers"))
+
+
+def evaluate(model: str | os.PathLike, task: str, data: str | os.PathLike, split: str = "validation",
+             batch_size: int = 16, num_beams: int | None = None, limit: int | None = None,
+             out: str | os.PathLike | None = None, answers: str | None = None,
+             device: str | None = None, progress: bool = True) -> EvalResult:
+    """Score a NARVL or OFA folder on `split` of `data` with the task metric; optionally write predictions JSONL.
+
+    `answers`: VQA candidate list for the AR teacher's constrained decoding (default: the split's own answers, as
+    `narvl-pipe distill` does).
+    """
+    from distill.sources import open_source
+    from distill.tasks import get_task
+
+    t = get_task(task)
+    lm = load_model(model, device)
+    ds = open_source(data, split, None, t, limit=limit)
+    rows = [dict(r) for r in ds]
+    candidates = _candidates(t, rows, answers) if lm.kind == "ofa" else None
+    preds, texts, seconds = predict_rows(lm, t, rows, batch_size, num_beams, candidates, progress)
+    metrics = t.evaluate(preds, rows)
+    result = EvalResult(task=t.name, model=str(model), kind=lm.kind, metrics=metrics,
+                        ms_per_sample=1000.0 * seconds / max(1, len(rows)), num_samples=len(rows),
+                        batch_size=batch_size, num_beams=num_beams, predictions=preds)
+    if out is not None:
+        out = Path(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(out.name + ".tmp")
+        with tmp.open("w") as f:
+            for row, pred, text in zip(rows, preds, texts):
+                f.write(json.dumps({"id": row["id"], "output": text, "prediction": pred}) + "\n")
+        os.replace(tmp, out)
+        result.predictions_path = str(out)
+    return result
+
+
+@dataclass
+class Prediction:
+    """One prediction of `predict`."""
+
+    output: str
+    """The decoded text (bins for grounding)."""
+    prediction: Any
+    """What the task metric scores: caption/answer text, box [x0, y0, x1, y1] in image pixels (or None), label."""
+
+
+def predict(model: str | os.PathLike | LoadedModel, task: str, image: Any, text: str | None = None,
+            premise: str | None = None, num_beams: int | None = None, answers: str | None = None,
+            device: str | None = None) -> Prediction:
+    """Predict for one image: `text` is the question (vqa), the region text (grounding) or the hypothesis
+    (entailment, with an optional `premise`). VQA with the AR teacher needs `answers` (candidate list file)."""
+    from distill.tasks import get_task
+
+    t = get_task(task)
+    lm = model if isinstance(model, LoadedModel) else load_model(model, device)
+    row: dict[str, Any] = {"id": "predict", "image": image}
+    need = {"vqa": "question", "grounding": "region_text", "entailment": "hypothesis"}.get(t.name)
+    if need:
+        if not text:
+            raise UserError(f"--text is required for task {t.name} (the {need.replace('_', ' ')})")
+        row[need] = text
+    if t.name == "entailment":
+        row["premise"] = premise or ""
+    candidates = None
+    if t.name == "vqa" and lm.kind == "ofa":
+        if not answers:
+            raise UserError("VQA with the AR teacher needs --answers FILE (its candidate answer list)")
+        candidates = _candidates(t, [], answers)
+    preds, texts, _ = predict_rows(lm, t, [row], 1, num_beams, candidates)
+    return Prediction(output=texts[0], prediction=preds[0])

@@ -1,0 +1,175 @@
+"""`train-student`: train a NARVL student with Query-CTC on teacher targets (KD) or on raw references.
+
+The student starts from an OFA checkpoint (`NARVLModel.from_ofa`: every weight but the queries and the blank row)
+or continues a NARVL folder. The result is one usable folder: model, tokenizer, image processor and
+`train_config.json` (the resolved settings, the filter counts and the final metrics).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from distill.errors import UserError
+from student.trainer import TrainConfig, TrainResult
+
+__all__ = ["StudentTrainConfig", "student_loss", "default_lr", "train_student"]
+
+
+def default_lr(task: str) -> float:
+    """NARVL's recipe: 1e-5 for captioning, 5e-5 for VQA, grounding and entailment."""
+    return 1e-5 if task == "caption" else 5e-5
+
+
+@dataclass(kw_only=True)
+class StudentTrainConfig(TrainConfig):
+    """`narvl-pipe train-student` settings; the optimisation fields are those of `TrainConfig`."""
+
+    task: str
+    """caption, vqa, grounding or entailment."""
+    data: str
+    """Distilled dataset (`narvl-pipe distill` output, a pushed folder or Hub id), or a canonical source for raw."""
+    init: str
+    """OFA checkpoint folder (the student borrows its encoder and decoder), or a NARVL folder to continue."""
+    lr: float | None = None
+    """Peak learning rate (default: NARVL's, 1e-5 caption, 5e-5 others)."""
+    num_queries: int | None = None
+    """Decoder queries N (default: the task's, caption 20, vqa 6, grounding 5, entailment 3)."""
+    target_column: str = "target"
+    """`target`: the teacher's outputs (KD); `references`: the raw labels (a seeded random caption per draw)."""
+    min_teacher_logprob: float | None = None
+    """Drop rows whose teacher sequence log-prob (`teacher_logprob`, summed over tokens) is lower."""
+    max_target_len: int | None = None
+    """Drop rows whose teacher target (EOS included) is longer."""
+    split: str = "train"
+    """Split of `data` (ignored for a distilled folder, which is one split)."""
+    limit: int | None = None
+    """Train on the first N rows only."""
+    tokenizer: str | None = None
+    """Tokenizer folder (default: the one saved in `init`)."""
+    resolution: int | None = None
+    """Image side (default: the image processor saved in `init`, else the task's)."""
+    label_smoothing: float | None = None
+    """Query-CTC label smoothing (default: the task's, 0.1; entailment 0)."""
+    eval_data: str | None = None
+    """Evaluation source (default: the source recorded in the distill manifest, else `data` if it has the split)."""
+    eval_split: str = "validation"
+    """Evaluation split."""
+    eval_limit: int | None = 200
+    """Rows scored per evaluation."""
+    eval_batch_size: int = 32
+    """Batch size of evaluation."""
+    eval_num_beams: int | None = None
+    """CTC prefix beam size of evaluation (default: greedy, the paper's setting)."""
+
+
+def student_loss(model, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Query-CTC (inside `NARVLModel.forward`); infeasible targets are counted, not dropped silently."""
+    out = model(input_ids=batch["input_ids"], patch_images=batch["patch_images"], patch_masks=batch["patch_masks"],
+                targets=batch["targets"], target_lengths=batch["target_lengths"], weights=batch["weights"])
+    return out.loss, {"n_infeasible": out.n_infeasible, "n_samples": torch.tensor(batch["targets"].size(0))}
+
+
+def _eval_source(cfg: StudentTrainConfig) -> str | None:
+    if cfg.eval_data:
+        return cfg.eval_data
+    manifest = Path(cfg.data) / "manifest.json"
+    if manifest.is_file():  # a distill output: evaluate on the source it was distilled from
+        return json.loads(manifest.read_text()).get("source", {}).get("data")
+    if (Path(cfg.data) / "dataset_dict.json").is_file():
+        return cfg.data
+    return None
+
+
+def _eval_rows(cfg: StudentTrainConfig, task) -> list[dict] | None:
+    from distill.sources import open_source
+
+    src = _eval_source(cfg)
+    if src is None:
+        print("note: no evaluation source (pass --eval-data); training without periodic evaluation")
+        return None
+    try:
+        ds = open_source(src, cfg.eval_split, None, task, limit=cfg.eval_limit)
+    except UserError as exc:
+        if cfg.eval_data:
+            raise
+        print(f"note: no evaluation ({exc})")
+        return None
+    return [dict(r) for r in ds]
+
+
+def build_student(cfg: StudentTrainConfig, task):
+    """(NARVLModel, tokenizer, image processor) from `cfg.init` (an OFA or a NARVL folder)."""
+    from distill.image_processing import OFAImageProcessor
+    from distill.tokenizer import load_ofa_tokenizer
+    from student.evaluate import model_kind
+    from student.modeling_narvl import NARVLModel
+
+    init = Path(cfg.init)
+    if not (init / "config.json").is_file():
+        raise UserError(f"--init {cfg.init}: not a model folder (no config.json)")
+    eps = task.label_smoothing if cfg.label_smoothing is None else cfg.label_smoothing
+    if model_kind(init) == "narvl":
+        model = NARVLModel.from_pretrained(str(init))
+        if cfg.num_queries and cfg.num_queries != model.config.num_queries:
+            raise UserError(f"--num-queries {cfg.num_queries} differs from the NARVL init's {model.config.num_queries}")
+        model.config.label_smoothing = eps
+    else:
+        model = NARVLModel.from_ofa(str(init), num_queries=cfg.num_queries or task.num_queries, task=task.name,
+                                    label_smoothing=eps)
+    tokenizer = load_ofa_tokenizer(cfg.tokenizer or str(init))
+    if (init / "preprocessor_config.json").is_file():
+        processor = OFAImageProcessor.from_pretrained(str(init))
+    else:
+        processor = OFAImageProcessor(size=task.resolution)
+    if cfg.resolution:
+        processor.size = cfg.resolution
+    return model, tokenizer, processor
+
+
+def train_student(cfg: StudentTrainConfig) -> TrainResult:
+    """Train the student and write `cfg.output_dir` as one usable folder; returns the trainer's result."""
+    from accelerate.utils import set_seed
+
+    from distill.tasks import get_task
+    from student.data import TaskRows, collate, filter_rows, load_training_data
+    from student.evaluate import make_eval_fn, save_model_folder
+    from student.trainer import train
+
+    task = get_task(cfg.task)
+    set_seed(cfg.seed)  # the queries and blank row are drawn from it
+    model, tokenizer, processor = build_student(cfg, task)
+    ds = load_training_data(cfg.data, cfg.split, task, cfg.limit)
+    ds, report = filter_rows(ds, cfg.min_teacher_logprob, cfg.max_target_len)
+    print(f"training rows: {report.kept} of {report.total} (removed: {report.removed_logprob} below "
+          f"--min-teacher-logprob, {report.removed_length} above --max-target-len)")
+    rows = TaskRows(ds, task, tokenizer, processor, cfg.target_column, seed=cfg.seed)
+    eval_fn = None
+    eval_rows = _eval_rows(cfg, task)
+    if eval_rows:
+        eval_fn = make_eval_fn(task, eval_rows, tokenizer, processor, "narvl", cfg.eval_batch_size, cfg.eval_num_beams)
+    resolved = dataclasses.replace(
+        cfg, lr=cfg.lr if cfg.lr is not None else default_lr(task.name), num_queries=model.config.num_queries,
+        label_smoothing=model.config.label_smoothing, resolution=processor.size)
+    pad, bos = tokenizer.pad_token_id, tokenizer.bos_token_id
+    run_config = _jsonable(resolved)
+    result = train(model, student_loss, rows, resolved, collate_fn=lambda items: collate(items, pad, bos),
+                   eval_fn=eval_fn, run_config=run_config)
+    if result.is_main_process:
+        infeasible = result.history[-1].get("total_n_infeasible", 0) if result.history else 0
+        if infeasible:
+            print(f"warning: {int(infeasible)} training samples did not fit in {model.config.num_queries} queries "
+                  "(zero loss; see n_infeasible in log.jsonl)")
+        record = {**run_config, "final_step": result.step, "eval": result.eval_metrics,
+                  "filter": dataclasses.asdict(report) | {"kept": report.kept},
+                  "n_infeasible_total": infeasible}
+        save_model_folder(result.model, tokenizer, processor, cfg.output_dir, record)
+    return result
+
+
+def _jsonable(cfg) -> dict[str, Any]:
+    return json.loads(json.dumps(dataclasses.asdict(cfg), default=str))
