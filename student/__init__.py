@@ -1,8 +1,19 @@
-"""The NARVL student: Query-CTC loss and CTC decoding (model classes are added with `student.modeling_narvl`)."""
+"""The NARVL student: model, Query-CTC loss and CTC decoding."""
+from transformers import AutoConfig, AutoModel
+
+from student.configuration_narvl import NARVLConfig
 from student.decoding import collapse, ctc_greedy_decode, ctc_prefix_beam_search, ctc_sequence_log_prob
 from student.loss import ctc_required_length, query_ctc_loss
+from student.modeling_narvl import NARVLModel, NARVLOutput
+
+# A saved student folder then opens with AutoConfig / AutoModel too.
+AutoConfig.register("narvl", NARVLConfig, exist_ok=True)
+AutoModel.register(NARVLConfig, NARVLModel, exist_ok=True)
 
 __all__ = [
+    "NARVLConfig",
+    "NARVLModel",
+    "NARVLOutput",
     "collapse",
     "ctc_greedy_decode",
     "ctc_prefix_beam_search",
