@@ -76,7 +76,7 @@ def _logadd(a: float, b: float) -> float:
     return hi + math.log1p(math.exp(lo - hi))
 
 
-def _beam_search_one(lp: list[list[float]], beam_size: int, blank_id: int, eos_id: int, top: list[list[int]]):
+def _beam_search_one(lp, beam_size: int, blank_id: int, eos_id: int, top: list[list[int]]):
     # Open prefixes (no EOS yet) -> (log P ending in blank, log P ending in a label). Finished -> log P(first EOS).
     beams: dict[tuple[int, ...], tuple[float, float]] = {(): (0.0, _NEG_INF)}
     finished: dict[tuple[int, ...], float] = defaultdict(lambda: _NEG_INF)
@@ -176,16 +176,16 @@ def ctc_prefix_beam_search(
     """
     if beam_size < 1:
         raise ValueError(f"beam_size must be >= 1, got {beam_size}")
-    log_probs = log_probs.detach().double()
+    log_probs = log_probs.detach().to(torch.float64, copy=True)  # a copy: the pad merge below writes in place
     greedy = ctc_greedy_decode(log_probs, blank_id, eos_id, pad_id)
     if pad_id is not None:
-        log_probs = log_probs.clone()
         log_probs[..., blank_id] = torch.logaddexp(log_probs[..., blank_id], log_probs[..., pad_id])
         log_probs[..., pad_id] = _NEG_INF
     k = min(beam_size, log_probs.size(-1))
     top = log_probs.topk(k, dim=-1).indices.tolist()
     results = []
-    for b, (sample, sample_top) in enumerate(zip(log_probs.cpu().tolist(), top)):
+    # A NumPy view per sample, not a list: only a few entries per query are read, and V can be ~60k.
+    for b, (sample, sample_top) in enumerate(zip(log_probs.cpu().numpy(), top)):
         found = _beam_search_one(sample, beam_size, blank_id, eos_id, sample_top)
         candidates = [seq for seq, _ in found]
         if greedy[b] not in candidates:

@@ -85,7 +85,7 @@ def test_prefix_beam_search_exact_without_pruning(n, v):
 def test_prefix_beam_search_small_beam_never_below_greedy():
     torch.manual_seed(1)
     # Without the exact rescoring of the final hypotheses, 2 of 200 such cases fell below greedy at beam 3.
-    blank, eos, trials, better = 4, 0, 60, 0
+    blank, eos, trials, better = 4, 0, 40, 0
     for _ in range(trials):
         log_probs = (torch.randn(1, 5, 5, dtype=torch.float64) * 1.5).log_softmax(-1)
         dist = brute_force_distribution(log_probs[0], blank, eos)
