@@ -81,9 +81,10 @@ def randomized(model: OFAModel, seed: int = 0) -> OFAModel:
             elif name.endswith(("bias", "running_mean")):
                 tensor.copy_(0.05 * noise)
             elif tensor.dim() == 1:  # layer/batch-norm gains and per-head gains
-                tensor.copy_(1.0 + 0.1 * noise)
-            elif "embed" in name or "rel_pos" in name:
+                # Weak embedding norms (as in the fixture) keep a random decoder from copying its input token.
+                tensor.copy_((1.0 + 0.1 * noise) * (0.3 if "layernorm_embedding" in name else 1.0))
+            elif tensor.dim() == 2 and ("embed" in name or "rel_pos" in name):
                 tensor.copy_(0.5 * noise)
-            else:
-                tensor.copy_(noise * 1.5 / tensor[0].numel() ** 0.5)
+            else:  # linear 1.5 / sqrt(fan_in); convolutions smaller so that 13+ residual blocks stay bounded
+                tensor.copy_(noise * (0.7 if tensor.dim() == 4 else 1.5) / tensor[0].numel() ** 0.5)
     return model.eval()
