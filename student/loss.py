@@ -63,7 +63,7 @@ def query_ctc_loss(
 
     Args:
         logits (torch.Tensor): unnormalised scores over the vocabulary plus the blank, shape ``(B, N, V + 1)``.
-            Any float dtype; the loss is computed in float32.
+            Any float dtype; the loss is computed in float32 at least.
         targets (torch.Tensor): padded target ids ending with EOS, shape ``(B, L)``. The pad value is free (it is
             never read); targets must not contain ``blank_id``.
         target_lengths (torch.Tensor): real length of each target (EOS included), shape ``(B,)``.
@@ -87,7 +87,8 @@ def query_ctc_loss(
     if not 0.0 <= label_smoothing < 1.0:
         raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
 
-    log_probs = logits.float().log_softmax(-1)
+    # Half-precision logits are lifted to float32 (CTC's log-space sums need it); float64 stays float64.
+    log_probs = logits.to(torch.promote_types(logits.dtype, torch.float32)).log_softmax(-1)
     target_lengths = target_lengths.to(device=logits.device, dtype=torch.long)
     targets = targets.to(logits.device)
     # Padding may hold any value (-100, pad id, ...): make it a valid class so no CTC kernel ever reads it as one.
