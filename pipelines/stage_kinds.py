@@ -1,17 +1,89 @@
-"""The built-in stage kinds of pipeline YAMLs: thin adapters from a config dataclass to each stage's function.
+"""The built-in stage kinds of pipeline YAMLs: thin adapters from each stage's config dataclass to its function.
 
-Imported (and so registered) by `pipelines.stages.stage_kinds()`. Heavy imports stay inside the run functions.
+| kind            | config dataclass                         | function                              | resumes from        |
+|-----------------|------------------------------------------|---------------------------------------|---------------------|
+| `data`          | `pipelines.shapes.ShapesConfig`          | `write_shapes(dir, cfg)`              | - (restarts)        |
+| `train-teacher` | `pipelines.teacher.TeacherTrainConfig`   | `train_teacher(cfg)`                  | trainer checkpoints |
+| `distill`       | `distill.run.DistillConfig`              | `run_distill(cfg)`                    | complete shards     |
+| `train-student` | `student.train_student.StudentTrainConfig` | `train_student(cfg)`                | trainer checkpoints |
+| `evaluate`      | `EvaluateStageConfig` (below)            | `student.evaluate.evaluate(...)`      | - (restarts)        |
+| `report`        | `pipelines.report.ReportConfig`          | `pipelines.report.run_report`         | - (restarts)        |
+
+The artifact folder is passed as the config's output field (`out`/`output_dir`), and trainers always get
+`resume=True`, so a run killed inside a stage continues from that stage's own checkpoints or shards.
+Imported (and so registered) by `pipelines.stages.stage_kinds()`.
 """
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass
 from pathlib import Path
 
+from distill.run import DistillConfig, run_distill
+from pipelines.report import METRICS_FILE, ReportConfig, run_report
 from pipelines.shapes import ShapesConfig, write_shapes
 from pipelines.stages import StageKind, register_stage_kind
+from pipelines.teacher import TeacherTrainConfig, train_teacher
+from student.train_student import StudentTrainConfig, train_student
 
 
-def _run_data(config: ShapesConfig, out: Path) -> None:
-    write_shapes(out, config)
+@dataclass
+class EvaluateStageConfig:
+    """Score one model on a split: the task metric on every row (batched), latency at batch 1 on a subset."""
+
+    model: str
+    """Model folder (NARVL student or OFA teacher)."""
+    task: str
+    """caption, vqa, grounding or entailment."""
+    data: str
+    """Evaluation source (any `distill.sources` SRC)."""
+    split: str = "test"
+    """Split to score."""
+    num_beams: int | None = None
+    """Beam size (None: the task's OFA setting for the teacher, greedy CTC for the student)."""
+    batch_size: int = 32
+    """Batch size of the quality pass."""
+    limit: int | None = None
+    """Score only the first N rows."""
+    latency_batch_size: int = 1
+    """Batch size of the latency measurement (1, as in the paper's table)."""
+    latency_limit: int | None = 50
+    """Rows timed for latency (None: all; 0: report the quality pass's batched time instead)."""
 
 
-register_stage_kind(StageKind("data", ShapesConfig, _run_data))
+def _run_evaluate(cfg: EvaluateStageConfig, out: Path) -> None:
+    from student.evaluate import evaluate
+
+    quality = evaluate(cfg.model, cfg.task, cfg.data, split=cfg.split, batch_size=cfg.batch_size,
+                       num_beams=cfg.num_beams, limit=cfg.limit, out=out / "predictions.jsonl")
+    latency = quality
+    if cfg.latency_limit != 0:
+        latency = evaluate(cfg.model, cfg.task, cfg.data, split=cfg.split, batch_size=cfg.latency_batch_size,
+                           num_beams=cfg.num_beams, limit=cfg.latency_limit, progress=False)
+    from distill.tasks import get_task
+
+    metric = next(iter(quality.metrics))
+    if quality.kind == "narvl":
+        decoding = "one pass + CTC" if (cfg.num_beams or 1) == 1 else f"one pass + CTC beam {cfg.num_beams}"
+    else:
+        beams = cfg.num_beams or get_task(cfg.task).generation.get("num_beams", 1)
+        decoding = "AR greedy" if beams == 1 else f"AR beam {beams}"
+    record = {
+        "task": quality.task, "model": quality.model, "model_type": quality.kind, "decoding": decoding,
+        "metric": metric, "score": quality.metrics[metric], "metrics": quality.metrics,
+        "num_samples": quality.num_samples, "ms_per_sample": latency.ms_per_sample,
+        "latency_batch_size": latency.batch_size, "latency_samples": latency.num_samples,
+        "batched_ms_per_sample": quality.ms_per_sample, "batch_size": quality.batch_size,
+    }
+    (out / METRICS_FILE).write_text(json.dumps(record, indent=2) + "\n")
+
+
+register_stage_kind(StageKind("data", ShapesConfig, lambda cfg, out: write_shapes(out, cfg)))
+register_stage_kind(StageKind("train-teacher", TeacherTrainConfig, lambda cfg, out: train_teacher(cfg),
+                              out_field="output_dir", fixed={"resume": True}, resumable=True))
+register_stage_kind(StageKind("distill", DistillConfig, lambda cfg, out: run_distill(cfg), out_field="out",
+                              resumable=True))
+register_stage_kind(StageKind("train-student", StudentTrainConfig, lambda cfg, out: train_student(cfg),
+                              out_field="output_dir", fixed={"resume": True}, resumable=True))
+register_stage_kind(StageKind("evaluate", EvaluateStageConfig, _run_evaluate))
+register_stage_kind(StageKind("report", ReportConfig, run_report))
