@@ -13,7 +13,9 @@ Order of work (each rank of a `torchrun`/`accelerate launch` job, or one plain p
    `generate()` under `torch.inference_mode()` and writes its own shards; generations are never gathered;
 5. barrier, then rank 0 assembles `DIR` (see `distill.shards` for the layout) and finalises the manifest.
 
-Row schema of the output: `id, task, prompt`, the task inputs, `target` (teacher's best text), `target_ids` (ids
+Row schema of the output: `id, task, prompt`, the task inputs, `target` (the teacher's best text: the top beam, ranked
+by beam search's length-normalised score with length_penalty 1.0, as OFA ranks; for entailment the best-scoring
+candidate of yes/no/maybe, by teacher-forced log-prob, as OFA evaluates), `target_ids` (ids
 after the decoder start token, ending with EOS), `teacher_logprob` (sum of the per-token log-probs of `target_ids`
 under the generation's logits processors, NOT length-normalised; divide by `target_len` for a per-token score),
 `target_len` (= len(target_ids)), the source's references (`captions`/`answers`/`box`/`label` when present),
@@ -257,12 +259,10 @@ def _check_manifest(out: Path, key: dict, overwrite: bool) -> None:
 
 def run_distill(config: DistillConfig) -> DistillSummary:
     """Run (or resume, or no-op) the teacher over the source; see the module docstring."""
-    from accelerate import PartialState
-
     from distill.tasks import get_task
 
     t0 = time.time()
-    state = PartialState()
+    state = _process_state()
     task = get_task(config.task)
     if config.batch_size < 1:
         raise UserError(f"--batch-size must be >= 1, got {config.batch_size}")
@@ -328,6 +328,16 @@ def run_distill(config: DistillConfig) -> DistillSummary:
         summary = DistillSummary(str(out), rows, failures, len(plan), new_rows, wall, noop=not pending)
         lock.release()
     return _broadcast(state, summary)
+
+
+def _process_state():
+    """accelerate's process state. `PartialState` only treats a torchrun/accelerate CPU job as multi-process when
+    told `cpu=True`: do so when ACCELERATE_USE_CPU is set or no accelerator exists."""
+    import torch
+    from accelerate import PartialState
+    from accelerate.utils import parse_flag_from_env
+
+    return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU") or not torch.accelerator.is_available())
 
 
 def _sum_over_ranks(state, value: int) -> int:

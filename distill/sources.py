@@ -1,7 +1,8 @@
 """Open a data source as a `datasets.Dataset` in the canonical row schema (docs/ARCHITECTURE.md), and validate it.
 
 `open_source(src, split, columns_map, task)` accepts, in this order of detection:
-- a `save_to_disk` folder: a `DatasetDict` (the split is chosen) or a `Dataset` (taken as the split asked for);
+- a `save_to_disk` folder: a `DatasetDict` (the split is chosen) or a `Dataset` (taken as the split asked for,
+  unless it records another split name);
 - a COCO-Karpathy `dataset_coco.json` (or a folder holding one): splits `train`, `val`, `test`, `restval`; images
   are `image_root/filepath/filename` (`image_root` defaults to the JSON's folder); `captions` = the raw sentences;
   `id` = `cocoid` (else `imgid`);
@@ -204,8 +205,11 @@ def _load_raw(src: str, split: str, task: str, image_root: str | None):
     if path.is_dir():
         if (path / "dataset_dict.json").is_file():
             return _pick_split(datasets.load_from_disk(str(path)), split, src)
-        if (path / "state.json").is_file():
-            return datasets.load_from_disk(str(path))
+        if (path / "state.json").is_file():  # one Dataset: it is the split asked for, unless it names another
+            ds = datasets.load_from_disk(str(path))
+            if ds.split is not None and str(ds.split) != split:
+                raise UserError(f"split '{split}' not found in {src}; available: {ds.split}")
+            return ds
         if (path / "dataset_coco.json").is_file():
             return _open_karpathy(path / "dataset_coco.json", split, image_root)
         if any(path.glob("*.tsv")):

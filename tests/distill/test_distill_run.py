@@ -1,0 +1,279 @@
+"""`narvl-pipe distill` end to end with a tiny real teacher: output vs a bare generate(), SIGKILL + resume with another
+process count, 2 processes vs 1, quarantine, refusals, no-op re-run, every task."""
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from datasets import DatasetDict, Image, load_from_disk
+
+sys.path.insert(0, str(Path(__file__).parent))
+from distill_helpers import REPO, cli_env, make_dataset, make_teacher  # noqa: E402
+
+from distill import shards as sh  # noqa: E402
+from distill.errors import UserError  # noqa: E402
+from distill.run import DistillConfig, run_distill  # noqa: E402
+
+N_ROWS, SHARD, BATCH = 48, 8, 4
+BAD = {5: "corrupt", 17: "corrupt"}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # 2 shared cores: intra-op threads only contend (a 32 px ResNet stem goes from 25 ms to seconds). Also, the
+    # subprocess runs use OMP_NUM_THREADS=1, and bitwise-equal beams need the same kernels (thread count) everywhere.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("distill")
+    teacher = make_teacher(root / "teacher")
+    DatasetDict({"train": make_dataset(N_ROWS, "caption", bad=BAD)}).save_to_disk(str(root / "src"))
+    base = DistillConfig(task="caption", teacher=str(teacher), data=str(root / "src"), out=str(root / "baseline"),
+                         batch_size=BATCH, shard_size=SHARD, flush_every=BATCH, num_workers=2, progress=False)
+    summary = run_distill(base)
+    return {"root": root, "teacher": teacher, "src": root / "src", "base": base, "summary": summary}
+
+
+def _args(w, out, *extra):
+    return ["--task", "caption", "--teacher", str(w["teacher"]), "--data", str(w["src"]), "--out", str(out),
+            "--batch-size", str(BATCH), "--shard-size", str(SHARD), "--flush-every", str(BATCH), *extra]
+
+
+def _rows(out) -> list[dict]:
+    ds = load_from_disk(str(out)).cast_column("image", Image(decode=False))
+    return ds.to_list()
+
+
+def _stats(out) -> dict:
+    return {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in (Path(out) / sh.SHARDS_DIR).glob("shard-*.arrow")}
+
+
+def test_rows_match_a_bare_generate_on_the_same_batches(world):
+    from distill.image_processing import OFAImageProcessor, load_image
+    from distill.ofa import OFAModel
+    from distill.tokenizer import load_ofa_tokenizer
+
+    out, s = Path(world["base"].out), world["summary"]
+    assert (s.rows, s.failures, s.shards, s.noop) == (N_ROWS - len(BAD), len(BAD), N_ROWS // SHARD, False)
+    rows = _rows(out)
+    src = make_dataset(N_ROWS, "caption", bad=BAD).cast_column("image", Image(decode=False))
+    good = [i for i in range(N_ROWS) if i not in BAD]
+    assert [r["id"] for r in rows] == [src[i]["id"] for i in good]
+    bad = [json.loads(l) for l in (out / "quarantine.jsonl").read_text().splitlines()]
+    assert [(b["id"], b["index"]) for b in bad] == [(src[i]["id"], i) for i in sorted(BAD)]
+    assert all("cannot decode image" in b["reason"] for b in bad)
+
+    model = OFAModel.from_pretrained(str(world["teacher"])).eval()
+    tok = load_ofa_tokenizer(world["teacher"])
+    proc = OFAImageProcessor.from_pretrained(str(world["teacher"]))
+    by_id = {r["id"]: r for r in rows}
+    checked = 0
+    for lo in range(0, N_ROWS, BATCH):  # the same batches: BATCH rows of one shard, bad rows dropped
+        idx = [i for i in range(lo, lo + BATCH) if i not in BAD]
+        pix = torch.stack([torch.from_numpy(proc.process_image(load_image(src[i]["image"]))) for i in idx])
+        ids = tok([" what does the image describe?"] * len(idx), return_tensors="pt")["input_ids"]
+        with torch.inference_mode():
+            seqs = model.generate(input_ids=ids, patch_images=pix, num_beams=5, max_new_tokens=16,
+                                  no_repeat_ngram_size=3)
+            for k, i in enumerate(idx):
+                r = by_id[src[i]["id"]]
+                ref = [t for t in seqs[k, 1:].tolist() if t != tok.pad_token_id]
+                assert r["target_ids"] == ref and ref[-1] == tok.eos_token_id and 0 not in ref[:1]
+                assert r["target_len"] == len(ref)
+                assert r["target"] == tok.decode(ref, skip_special_tokens=True).strip()
+                # Independent log-prob: teacher forcing. generate() forces EOS at max length (16): it scores 0 there.
+                dec = torch.tensor([[0] + ref[:-1]])
+                logp = model(input_ids=ids[k:k + 1], patch_images=pix[k:k + 1], decoder_input_ids=dec).logits.log_softmax(-1)
+                tf = logp[0, torch.arange(len(ref)), torch.tensor(ref)]
+                expected = tf[:-1].sum() if len(ref) == 16 else tf.sum()
+                assert r["teacher_logprob"] == pytest.approx(float(expected), abs=1e-3)
+                assert r["captions"] == src[i]["captions"]
+                assert r["image"]["bytes"] == src[i]["image"]["bytes"] and r["source_index"] == i
+                checked += 1
+    assert checked == N_ROWS - len(BAD)
+
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["status"] == "complete" and (m["rows"], m["failures"], m["shards"]) == (s.rows, s.failures, s.shards)
+    assert m["generation"] == {"num_beams": 5, "max_new_tokens": 16, "no_repeat_ngram_size": 3, "num_return_sequences": 1}
+    assert len(m["teacher"]["sha256"]) == 64 and m["source"]["split"] == "train" and m["source"]["ids_sha256"]
+    assert m["narvl_pipe_version"] and m["wall_time_s"] > 0
+
+
+def _wait_for(cond, proc, what: str, timeout: float = 120.0) -> None:
+    t0 = time.time()
+    while not cond():
+        if proc.poll() is not None:
+            raise AssertionError(f"the run ended before {what}: {proc.stderr.read()[-2000:]}")
+        if time.time() - t0 > timeout:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.005)
+
+
+def test_sigkill_then_resume_on_two_processes_equals_uninterrupted(world, tmp_path):
+    out = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "distill", *_args(world, out)], cwd=REPO,
+                            env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        shards = out / sh.SHARDS_DIR
+        _wait_for(lambda: len(list(shards.glob("*.arrow"))) >= 1, proc, "a complete shard")
+        # A second run on the same --out is refused while the first holds the lock.
+        with pytest.raises(UserError, match="another distill run is writing"):
+            run_distill(DistillConfig(**{**world["base"].__dict__, "out": str(out)}))
+        _wait_for(lambda: len(list(shards.glob("*.arrow"))) >= 2 and any(shards.glob("*.progress.json")), proc,
+                  "a flush inside a shard")
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert not sh.is_assembled(out)
+    before = _stats(out)
+    assert 2 <= len(before) < N_ROWS // SHARD
+    resumed = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29731",
+         "-m", "pipelines.cli", "distill", *_args(world, out)],
+        cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"{N_ROWS - len(BAD)} rows, {len(BAD)} quarantined" in resumed.stdout
+    after = _stats(out)
+    assert {k: after[k] for k in before} == before  # completed shards were never rewritten
+    assert _rows(out) == _rows(world["base"].out)
+    quarantined = lambda o: [(b["id"], b["index"]) for b in map(json.loads, (Path(o) / "quarantine.jsonl").read_text().splitlines())]  # noqa: E731
+    assert quarantined(out) == quarantined(world["base"].out)
+    assert not list((out / sh.SHARDS_DIR).glob("*.partial*")) and not list((out / sh.SHARDS_DIR).glob("*.progress.json"))
+
+
+def test_two_processes_equal_one(world, tmp_path):
+    out = tmp_path / "two"
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29732",
+         "-m", "pipelines.cli", "distill", *_args(world, out)],
+        cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("distill: ") == 1  # one summary, from the main process
+    assert _rows(out) == _rows(world["base"].out)
+    assert json.loads((out / "manifest.json").read_text())["last_run"]["world_size"] == 2
+
+
+def test_finished_run_is_a_noop_without_loading_the_model(world, monkeypatch):
+    from distill.ofa import OFAModel
+
+    before = _stats(world["base"].out)
+
+    def boom(*a, **k):
+        raise AssertionError("the model must not be loaded for a finished run")
+
+    monkeypatch.setattr(OFAModel, "from_pretrained", boom)
+    summary = run_distill(world["base"])
+    assert summary.noop and summary.new_rows == 0 and summary.rows == N_ROWS - len(BAD)
+    assert _stats(world["base"].out) == before
+
+
+def _cli_main(argv, capsys) -> tuple[int, str]:
+    from pipelines import cli
+
+    old = sys.argv
+    sys.argv = ["narvl-pipe", "distill", *argv]
+    try:
+        with pytest.raises(SystemExit) as exc:
+            cli.main()
+    finally:
+        sys.argv = old
+    return exc.value.code, capsys.readouterr().err
+
+
+def test_bad_split_column_and_changed_config_fail_before_model_load(world, tmp_path, capsys):
+    broken = tmp_path / "broken_teacher"  # unloadable weights: any model load would fail differently
+    broken.mkdir()
+    for f in world["teacher"].iterdir():
+        (broken / f.name).write_bytes(f.read_bytes() if f.name != "model.safetensors" else b"garbage")
+    args = ["--task", "caption", "--teacher", str(broken), "--data", str(world["src"]), "--out", str(tmp_path / "o")]
+    code, err = _cli_main([*args, "--split", "trian"], capsys)
+    assert code == 2 and err.strip() == f"error: split 'trian' not found in {world['src']}; available: train"
+    code, err = _cli_main([*args, "--column", "captions=caption"], capsys)
+    assert code == 2 and err.strip() == ("error: --column captions=caption: column 'caption' not found; "
+                                         "columns: id, image, captions")
+    code, err = _cli_main(["--task", "vqa", *args[2:]], capsys)
+    assert code == 2 and err.strip() == "error: column 'question' missing for task vqa; columns: id, image, captions"
+    no_tok = tmp_path / "no_tok"
+    no_tok.mkdir()
+    (no_tok / "config.json").write_bytes((world["teacher"] / "config.json").read_bytes())
+    code, err = _cli_main(["--task", "caption", "--teacher", str(no_tok), *args[4:]], capsys)
+    assert code == 2 and "has no tokenizer files" in err and err.count("\n") == 1
+
+    base_args = _args(world, world["base"].out)
+    code, err = _cli_main([*base_args, "--num-beams", "3"], capsys)
+    assert code == 2 and "was made by a different run (generation:" in err and "--overwrite" in err
+    code, err = _cli_main([*base_args[:2], "--teacher", str(broken), *base_args[4:]], capsys)
+    assert code == 2 and "different run (teacher:" in err
+
+
+def test_overwrite_replaces_an_output_made_differently(world, tmp_path):
+    cfg = DistillConfig(**{**world["base"].__dict__, "out": str(tmp_path / "o"), "limit": 8, "num_workers": 0})
+    run_distill(cfg)
+    changed = DistillConfig(**{**cfg.__dict__, "num_beams": 2})
+    with pytest.raises(UserError, match="different run"):
+        run_distill(changed)
+    summary = run_distill(DistillConfig(**{**changed.__dict__, "overwrite": True}))
+    assert not summary.noop and summary.rows + summary.failures == 8
+    assert json.loads((tmp_path / "o" / "manifest.json").read_text())["generation"]["num_beams"] == 2
+
+
+def test_vqa_answers_trie_nbest_and_empty_question(world, tmp_path):
+    from distill.tokenizer import load_ofa_tokenizer
+
+    tok = load_ofa_tokenizer(world["teacher"])
+    make_dataset(6, "vqa", bad={2: "empty"}).save_to_disk(str(tmp_path / "vqa"))
+    answers = ["red", "blue", "green", "a red circle"]
+    (tmp_path / "answers.txt").write_text("\n".join(answers) + "\n")
+    cfg = DistillConfig(task="vqa", teacher=str(world["teacher"]), data=str(tmp_path / "vqa"), out=str(tmp_path / "o"),
+                        answers=str(tmp_path / "answers.txt"), num_return_sequences=3, batch_size=3, shard_size=3,
+                        num_workers=0, progress=False, images=False)
+    summary = run_distill(cfg)
+    assert (summary.rows, summary.failures) == (5, 1)
+    bad = json.loads((tmp_path / "o" / "quarantine.jsonl").read_text())
+    assert (bad["id"], bad["reason"]) == ("img0002", "empty question")
+    ds = load_from_disk(str(tmp_path / "o"))
+    assert "image" not in ds.column_names and ds[0]["source_index"] == 0
+    for r in ds:
+        assert r["target"] in answers and r["prompt"] == f" {r['question']}?"
+        assert [n["text"] for n in r["nbest"]][0] == r["target"] and len(r["nbest"]) == 3
+        assert len({n["text"] for n in r["nbest"]}) == 3 and all(n["text"] in answers for n in r["nbest"])
+        # Beams are ranked by the length-normalised score (length_penalty 1, as OFA); logprob is the raw sum.
+        normed = [n["logprob"] / (len(tok(" " + n["text"], add_special_tokens=False)["input_ids"]) + 1) for n in r["nbest"]]
+        assert normed == sorted(normed, reverse=True)
+        assert r["nbest"][0]["logprob"] == pytest.approx(r["teacher_logprob"])
+
+
+def test_grounding_and_entailment(world, tmp_path):
+    from distill.tokenizer import bin_token_ids, load_ofa_tokenizer
+
+    tok = load_ofa_tokenizer(world["teacher"])
+    for task in ("grounding", "entailment"):
+        make_dataset(4, task).save_to_disk(str(tmp_path / task))
+        run_distill(DistillConfig(task=task, teacher=str(world["teacher"]), data=str(tmp_path / task), batch_size=2,
+                                  out=str(tmp_path / f"o_{task}"), shard_size=2, num_workers=0, progress=False,
+                                  num_return_sequences=2))
+    g = load_from_disk(str(tmp_path / "o_grounding"))
+    for r in g:
+        assert len(r["target_ids"]) == 5 and set(r["target_ids"][:4]) <= set(bin_token_ids(tok))
+        assert r["target_ids"][-1] == tok.eos_token_id and r["target"].count("<bin_") == 4
+        assert r["box"] == [1.0, 2.0, 10.0, 12.0] and r["region_text"] == "the left shape"
+    e = load_from_disk(str(tmp_path / "o_entailment"))
+    for r in e:
+        assert r["target"] in ("yes", "no", "maybe") and r["label"] == "entailment"
+        assert r["target_ids"] == tok(" " + r["target"], add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+        assert r["nbest"][0]["logprob"] >= r["nbest"][1]["logprob"]
