@@ -1,16 +1,105 @@
-"""Placeholder: filled in by the issue that owns this command."""
+"""`narvl-pipe train-student`, `evaluate` and `predict`: thin layers over `student.train_student` and
+`student.evaluate`."""
+from __future__ import annotations
+
+from typing import Optional
+
+import typer
 
 
-def train_student() -> None:
-    """Not built yet."""
-    raise SystemExit("narvl-pipe: this command is not built yet")
+def train_student(
+    task: str = typer.Option(..., "--task", help="caption, vqa, grounding or entailment."),
+    data: str = typer.Option(..., "--data", help="Distilled dataset (folder or Hub id); a canonical source with --target-column references."),
+    init: str = typer.Option(..., "--init", help="OFA checkpoint folder (teacher), or a NARVL folder to continue."),
+    out: str = typer.Option(..., "--out", help="Output folder: the student (save_pretrained + tokenizer + image processor)."),
+    num_queries: Optional[int] = typer.Option(None, "--num-queries", help="Decoder queries N (task default)."),
+    target_column: str = typer.Option("target", "--target-column", help="target (teacher outputs, KD) or references (raw labels)."),
+    min_teacher_logprob: Optional[float] = typer.Option(None, "--min-teacher-logprob", help="Drop rows with a lower teacher log-prob."),
+    max_target_len: Optional[int] = typer.Option(None, "--max-target-len", help="Drop rows with a longer teacher target (EOS included)."),
+    split: str = typer.Option("train", "--split", help="Split of --data (a distilled folder is one split)."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="Train on the first N rows."),
+    tokenizer: Optional[str] = typer.Option(None, "--tokenizer", help="Tokenizer folder (default: --init's)."),
+    resolution: Optional[int] = typer.Option(None, "--resolution", help="Image side (default: --init's processor)."),
+    max_steps: int = typer.Option(1000, "--max-steps", help="Optimizer steps."),
+    batch_size: int = typer.Option(32, "--batch-size", help="Global batch per step (all processes and accumulation)."),
+    grad_accum: int = typer.Option(1, "--grad-accum", help="Gradient accumulation steps."),
+    lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate (default 1e-5 caption, 5e-5 others)."),
+    warmup_ratio: float = typer.Option(0.06, "--warmup-ratio", help="Fraction of steps in linear warmup."),
+    weight_decay: float = typer.Option(0.01, "--weight-decay", help="AdamW weight decay."),
+    label_smoothing: Optional[float] = typer.Option(None, "--label-smoothing", help="Default: the task's (0.1, entailment 0)."),
+    mixed_precision: str = typer.Option("no", "--mixed-precision", help="no, fp16 or bf16."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the new weights, data order, reference choice and dropout."),
+    eval_data: Optional[str] = typer.Option(None, "--eval-data", help="Evaluation source (default: the distill manifest's source)."),
+    eval_split: str = typer.Option("validation", "--eval-split", help="Evaluation split."),
+    eval_limit: Optional[int] = typer.Option(200, "--eval-limit", help="Rows per evaluation."),
+    eval_every: int = typer.Option(0, "--eval-every", help="Evaluate every N steps (0: at the end only)."),
+    save_every: int = typer.Option(0, "--save-every", help="Checkpoint every N steps (0: never)."),
+    keep_checkpoints: int = typer.Option(2, "--keep-checkpoints", help="Checkpoints kept."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the latest checkpoint in --out."),
+    num_workers: int = typer.Option(0, "--num-workers", help="DataLoader workers."),
+    report_to: str = typer.Option("auto", "--report-to", help="auto (tensorboard if installed), none, or a tracker."),
+) -> None:
+    """Train a NARVL student with Query-CTC on teacher targets (KD) or raw references."""
+    from student.train_student import StudentTrainConfig, train_student as run
+
+    cfg = StudentTrainConfig(
+        output_dir=out, task=task, data=data, init=init, num_queries=num_queries, target_column=target_column,
+        min_teacher_logprob=min_teacher_logprob, max_target_len=max_target_len, split=split, limit=limit,
+        tokenizer=tokenizer, resolution=resolution, max_steps=max_steps, batch_size=batch_size, grad_accum=grad_accum,
+        lr=lr, warmup_ratio=warmup_ratio, weight_decay=weight_decay, label_smoothing=label_smoothing,
+        mixed_precision=mixed_precision, seed=seed, eval_data=eval_data, eval_split=eval_split, eval_limit=eval_limit,
+        eval_every=eval_every, save_every=save_every, keep_checkpoints=keep_checkpoints, resume=resume,
+        num_workers=num_workers, report_to=report_to,
+    )
+    result = run(cfg)
+    if result.is_main_process:
+        metrics = " ".join(f"{k}={v:.4g}" for k, v in result.eval_metrics.items()) or "no evaluation"
+        last = result.history[-1] if result.history else {}
+        typer.echo(f"student {task}: step {result.step}, last loss {last.get('loss', float('nan')):.4f}, "
+                   f"infeasible samples {int(last.get('total_n_infeasible', 0))}, {metrics} -> {out}")
 
 
-def evaluate() -> None:
-    """Not built yet."""
-    raise SystemExit("narvl-pipe: this command is not built yet")
+def evaluate(
+    model: str = typer.Option(..., "--model", help="NARVL student or OFA teacher folder."),
+    task: str = typer.Option(..., "--task", help="caption, vqa, grounding or entailment."),
+    data: str = typer.Option(..., "--data", help="Evaluation source (any SRC)."),
+    split: str = typer.Option("validation", "--split", help="Split of --data."),
+    batch_size: int = typer.Option(16, "--batch-size", help="Batch size (latency is per sample at this size)."),
+    num_beams: Optional[int] = typer.Option(None, "--num-beams", help="AR: beams (task default); NARVL: CTC prefix beam (default greedy)."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="Only the first N rows."),
+    out: Optional[str] = typer.Option(None, "--out", help="Write predictions as JSONL."),
+    answers: Optional[str] = typer.Option(None, "--answers", help="VQA candidate answers for the AR teacher (default: the split's)."),
+    json_out: Optional[str] = typer.Option(None, "--json", help="Also write the result as JSON."),
+) -> None:
+    """Score a model with the task metric, print it with the latency per sample, and write predictions."""
+    import json
+
+    from student.evaluate import evaluate as run
+
+    result = run(model, task, data, split=split, batch_size=batch_size, num_beams=num_beams, limit=limit, out=out,
+                 answers=answers)
+    typer.echo(result.line())
+    if json_out:
+        with open(json_out, "w") as f:
+            json.dump(result.to_dict(), f, indent=1)
 
 
-def predict() -> None:
-    """Not built yet."""
-    raise SystemExit("narvl-pipe: this command is not built yet")
+def predict(
+    model: str = typer.Option(..., "--model", help="NARVL student or OFA teacher folder."),
+    task: str = typer.Option(..., "--task", help="caption, vqa, grounding or entailment."),
+    image: str = typer.Option(..., "--image", help="Image file."),
+    text: Optional[str] = typer.Option(None, "--text", help="Question (vqa), region text (grounding) or hypothesis (entailment)."),
+    premise: Optional[str] = typer.Option(None, "--premise", help="Entailment premise (optional)."),
+    num_beams: Optional[int] = typer.Option(None, "--num-beams", help="Beam size (see evaluate)."),
+    answers: Optional[str] = typer.Option(None, "--answers", help="VQA candidate answers (AR teacher)."),
+) -> None:
+    """Print the caption, answer, box or label for one image."""
+    from student.evaluate import predict as run
+
+    result = run(model, task, image, text=text, premise=premise, num_beams=num_beams, answers=answers)
+    if task == "grounding":
+        box = result.prediction
+        typer.echo("no box (the model did not output exactly 4 bins)" if box is None
+                   else " ".join(f"{v:.1f}" for v in box))
+    else:
+        typer.echo(result.prediction)
