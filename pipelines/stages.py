@@ -76,10 +76,11 @@ def register_stage_kind(kind: StageKind) -> None:
     _KINDS[kind.name] = kind
 
 
-def stage_kinds() -> dict[str, StageKind]:
-    """All registered kinds; the built-in ones (data, train-teacher, distill, ...) are registered on first use."""
-    from pipelines import stage_kinds as builtin  # noqa: F401  (registers the built-in kinds on import)
-
+def stage_kinds(needed: Iterable[str] | None = None) -> dict[str, StageKind]:
+    """Registered kinds. The built-in ones (data, train-teacher, ...) are imported (torch, transformers: seconds)
+    unless every kind in `needed` is registered already."""
+    if needed is None or any(k not in _KINDS for k in needed):
+        from pipelines import stage_kinds as builtin  # noqa: F401  (registers the built-in kinds on import)
     return _KINDS
 
 
@@ -179,7 +180,7 @@ def parse_pipeline(doc: Any, default_name: str = "pipeline") -> Pipeline:
     """Validate a pipeline given as a mapping (the parsed YAML)."""
     if not isinstance(doc, Mapping) or not isinstance(doc.get("stages"), list) or not doc["stages"]:
         raise UserError("a pipeline needs a non-empty `stages:` list of {name, kind, config} mappings")
-    kinds = stage_kinds()
+    kinds = stage_kinds(raw.get("kind") for raw in doc["stages"] if isinstance(raw, Mapping))
     stages: list[StageSpec] = []
     for i, raw in enumerate(doc["stages"]):
         if not isinstance(raw, Mapping) or set(raw) - {"name", "kind", "config"} or "kind" not in raw:
@@ -216,7 +217,8 @@ def _defaults(cls: type) -> dict[str, Any]:
 
 
 def _jsonable(value: Any) -> Any:
-    return json.loads(json.dumps(value, sort_keys=True, default=str))
+    """Plain JSON types (tuples -> lists, paths -> str); mapping order is kept (a report's rows follow it)."""
+    return json.loads(json.dumps(value, default=str))
 
 
 def fingerprint(kind: str, config: Mapping[str, Any]) -> str:
@@ -228,7 +230,7 @@ def fingerprint(kind: str, config: Mapping[str, Any]) -> str:
 def plan(pipe: Pipeline, out: str | Path) -> list[PlannedStage]:
     """Resolve every stage's config and fingerprint (no compute): all config errors surface here, before any stage runs."""
     out = Path(out).resolve()
-    kinds = stage_kinds()
+    kinds = stage_kinds([s.kind for s in pipe.stages])
     dir_names: dict[str, str] = {}
     planned: list[PlannedStage] = []
     for spec in pipe.stages:

@@ -53,3 +53,68 @@ def test_report_states_failed_claims(tmp_path):
     report = run_report(ReportConfig(results=results), out)
     assert [c["passed"] for c in report["checks"]] == [False, False, False]
     assert (out / "report.md").read_text().count("FAIL") == 3
+
+
+# ------------------------------------------------------------------------------------------------ end to end
+TINY_MODEL = {"arch": "tiny", "d_model": 32, "layers": 1, "heads": 2, "resnet_type": "resnet18", "resolution": 32}
+TRAIN = {"batch_size": 8, "lr": 1e-3, "eval_limit": 4, "report_to": "none", "seed": 0}
+
+
+def tiny_pipeline(student_steps: int = 2) -> dict:
+    """The demo's stage graph on a tiny world: 24 train rows, 32 px images, a 1-layer d=32 OFA, a few steps."""
+    student = {"task": "caption", "init": "${stages.teacher}", "max_steps": student_steps, **TRAIN}
+    evaluate = {"task": "caption", "data": "${stages.shapes}", "split": "test", "batch_size": 8, "latency_limit": 2}
+    return {"name": "tiny", "stages": [
+        {"name": "shapes", "kind": "data",
+         "config": {"n_train": 24, "n_val": 4, "n_test": 6, "size": 32, "seed": 0, "tokenizer_vocab_size": 300}},
+        {"name": "teacher", "kind": "train-teacher",
+         "config": {"task": "caption", "data": "${stages.shapes}", "max_steps": 3, "eval_num_beams": 1,
+                    **TINY_MODEL, **TRAIN}},
+        {"name": "distill", "kind": "distill",
+         "config": {"task": "caption", "teacher": "${stages.teacher}", "data": "${stages.shapes}", "num_beams": 2,
+                    "max_new_tokens": 8, "batch_size": 8, "shard_size": 16, "num_workers": 0, "progress": False}},
+        {"name": "student-kd", "kind": "train-student", "config": {"data": "${stages.distill}", **student}},
+        {"name": "student-raw", "kind": "train-student",
+         "config": {"data": "${stages.shapes}", "target_column": "references", **student}},
+        {"name": "eval-teacher-beam2", "kind": "evaluate",
+         "config": {"model": "${stages.teacher}", "num_beams": 2, **evaluate}},
+        {"name": "eval-student-kd", "kind": "evaluate", "config": {"model": "${stages.student-kd}", **evaluate}},
+        {"name": "eval-student-raw", "kind": "evaluate", "config": {"model": "${stages.student-raw}", **evaluate}},
+        {"name": "report", "kind": "report",
+         "config": {"reference": "teacher-beam2",
+                    "results": {"teacher-beam2": "${stages.eval-teacher-beam2}",
+                                "student-kd": "${stages.eval-student-kd}",
+                                "student-raw": "${stages.eval-student-raw}"}}},
+    ]}
+
+
+@pytest.mark.slow
+def test_run_end_to_end_with_real_stages(tmp_path):
+    import datasets
+
+    from pipelines import hub
+    from pipelines.stages import parse_pipeline, run_pipeline
+
+    out = tmp_path / "run"
+    first = run_pipeline(parse_pipeline(tiny_pipeline()), out, log=print)
+    assert [o.status for o in first] == ["ran"] * 9
+    report = json.loads((out / "report" / "report.json").read_text())
+    assert [r["label"] for r in report["rows"]] == ["teacher-beam2", "student-kd", "student-raw"]
+    assert all(r["num_samples"] == 6 and r["ms_per_sample"] > 0 for r in report["rows"])
+    assert {r["model_type"] for r in report["rows"]} == {"ofa", "narvl"}
+
+    # The distill artifact is a real distilled dataset: every train row, and push --dry-run serves the same rows.
+    distilled = datasets.load_from_disk(str(out / "distill"))
+    assert sorted(distilled["id"]) == sorted(datasets.load_from_disk(str(out / "shapes"))["train"]["id"])
+    hub.push(out / "distill", "me/tiny", dry_run_dir=tmp_path / "upload")
+    pushed = datasets.load_dataset(str(tmp_path / "upload"))["train"]
+    assert pushed.remove_columns("image").to_list() == distilled.remove_columns("image").to_list()
+
+    # Re-run: everything cached. A student config change re-runs that student, its evaluation and the report only.
+    assert {o.status for o in run_pipeline(parse_pipeline(tiny_pipeline()), out, log=print)} == {"skipped"}
+    third = {o.name: o.status for o in run_pipeline(parse_pipeline(tiny_pipeline(student_steps=3)), out, log=print)}
+    ran = {name for name, status in third.items() if status != "skipped"}
+    assert ran == {"student-kd", "student-raw", "eval-student-kd", "eval-student-raw", "report"}
+    config = json.loads((out / "student-kd" / "stage_config.json").read_text())["config"]
+    assert config["max_steps"] == 3 and config["data"] == str((out / "distill").resolve())
+    assert json.loads((out / "student-kd" / "train_config.json").read_text())["final_step"] == 3

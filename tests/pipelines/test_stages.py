@@ -72,7 +72,7 @@ def _sum(cfg: SumConfig, out: Path) -> None:
 
 @pytest.fixture(autouse=True)
 def fake_kinds(monkeypatch):
-    kinds = dict(stages.stage_kinds())
+    kinds = dict(stages._KINDS)  # the built-in kinds (torch imports) are loaded only if a test needs them
     kinds["make"] = StageKind("make", MakeConfig, _make, out_field="out", fixed={"resume": True}, resumable=True)
     kinds["sum"] = StageKind("sum", SumConfig, _sum)
     monkeypatch.setattr(stages, "_KINDS", kinds)
