@@ -70,6 +70,18 @@ class OFADecoder(nn.Module):
         """(..., T, D) -> (..., H, T, head_dim)."""
         return x.view(*x.shape[:-1], self.num_heads, -1).transpose(-3, -2)
 
+    def _cross_position_bias(self, query: torch.Tensor, encoder_position_embedding: torch.Tensor) -> torch.Tensor:
+        """query (H, T, hd) . cross_pos_k_linear(encoder positions (B, S, D)) per head -> (B, H, T, S).
+
+        Computed as (W_k^T q) . p + q . b_k: this costs B*H*T*S*D, where projecting all S encoder positions costs
+        B*S*D^2 at every generation step, which would dominate cached decoding at OFA-base size with beams.
+        """
+        weight = self.cross_pos_k_linear.weight.view(self.num_heads, -1, self.cross_pos_k_linear.in_features)
+        bias = self.cross_pos_k_linear.bias.view(self.num_heads, -1)
+        folded = torch.matmul(query, weight)  # (H, T, D)
+        offset = (query * bias[:, None, :]).sum(-1)  # (H, T)
+        return torch.matmul(folded[None], encoder_position_embedding.transpose(1, 2)[:, None]) + offset[None, :, :, None]
+
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -109,8 +121,7 @@ class OFADecoder(nn.Module):
         cross_bias = cross_mask = None
         if encoder_hidden_states is not None:
             cross_q = self._split_heads(self.cross_pos_q_linear(new_normed)) * self.pos_scaling  # (H, T, hd)
-            cross_k = self._split_heads(self.cross_pos_k_linear(encoder_position_embedding))  # (B, H, S, hd)
-            cross_bias = torch.matmul(cross_q[None], cross_k.transpose(2, 3))  # (B, H, T, S)
+            cross_bias = self._cross_position_bias(cross_q, encoder_position_embedding)
             if encoder_padding_mask is not None:
                 cross_mask = padding_bias(encoder_padding_mask, x.dtype)
         self_mask = None
