@@ -152,11 +152,13 @@ def _open_tsv(path: Path, split: str, task: str):
         for f in sorted(path.glob("*.tsv")):
             by_split.setdefault(f.stem.rsplit("_", 1)[-1], []).append(f)
         if split not in by_split:
-            raise UserError(f"split '{split}' not found in {path} (files <name>_<split>.tsv); available: {_available(by_split)}")
+            raise UserError(f"split '{split}' not found in {path} (files <name>_<split>.tsv); "
+                            f"available: {_available(by_split)}")
         files = by_split[split]
     else:
         files = [path]
-    first = files[0].open(encoding="utf-8").readline().rstrip("\n").split("\t")
+    with files[0].open(encoding="utf-8") as fh:
+        first = fh.readline().rstrip("\n").split("\t")
     layout = TSV_LAYOUTS[task]
     if len(first) != len(layout):
         raise UserError(
@@ -259,9 +261,11 @@ def _canonicalise(ds, split: str, columns_map: Mapping[str, str], task, src: str
 
     for canonical, source in columns_map.items():
         if canonical not in CANONICAL_COLUMNS:
-            raise UserError(f"--column {canonical}={source}: '{canonical}' is not a canonical column; choose from {', '.join(CANONICAL_COLUMNS)}")
+            raise UserError(f"--column {canonical}={source}: '{canonical}' is not a canonical column; "
+                            f"choose from {', '.join(CANONICAL_COLUMNS)}")
         if source not in ds.column_names:
-            raise UserError(f"--column {canonical}={source}: column '{source}' not found; columns: {', '.join(ds.column_names)}")
+            raise UserError(f"--column {canonical}={source}: column '{source}' not found; "
+                            f"columns: {', '.join(ds.column_names)}")
     renames = {s: c for c, s in columns_map.items() if s != c}
     clash = [c for c in renames.values() if c in ds.column_names and c not in renames]
     ds = ds.remove_columns(clash).rename_columns(renames) if renames else ds
@@ -289,8 +293,8 @@ def _canonicalise(ds, split: str, columns_map: Mapping[str, str], task, src: str
             ds = ds.cast_column("image", Image(decode=False))
     elif isinstance(feat, Value) and feat.dtype in ("string", "large_string"):
         root = Path(image_root) if image_root else (Path(src) if Path(src).is_dir() else Path(src).parent)
-        ds = ds.map(lambda b: {"image": [p if p is None or os.path.isabs(p) else str(root / p) for p in b["image"]]},
-                    batched=True, desc="image paths")
+        absolute = lambda b: {"image": [p if p is None or os.path.isabs(p) else str(root / p) for p in b["image"]]}  # noqa: E731
+        ds = ds.map(absolute, batched=True, desc="image paths")
         ds = ds.cast_column("image", Image(decode=False))
     else:
         raise UserError(f"column 'image' has type {feat}; expected an image, or a string path")

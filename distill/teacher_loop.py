@@ -159,6 +159,8 @@ def generate_shards(config, task, ds, plan, mine, features, folder, tokenizer, g
     from distill.image_processing import OFAImageProcessor
     from distill.ofa import OFAModel
 
+    if not mine:
+        return 0  # nothing pending for this rank: no model load
     out, schema = Path(config.out), features.arrow_schema
     writers = {s: sh.ShardWriter(out, s, schema) for s in mine}
     starts = {s: w.probe() for s, w in writers.items()}
@@ -182,14 +184,14 @@ def generate_shards(config, task, ds, plan, mine, features, folder, tokenizer, g
         num_workers=config.num_workers, persistent_workers=False, prefetch_factor=4 if config.num_workers else None,
     )
     total = sum(len(b) for b in batches)
-    bar = tqdm(total=total, unit="row", desc=f"distill {task.name}", disable=not (config.progress and state.is_main_process),
-               dynamic_ncols=True, smoothing=0.1)
+    bar = tqdm(total=total, unit="row", desc=f"distill {task.name}", dynamic_ncols=True, smoothing=0.1,
+               disable=not (config.progress and state.is_main_process))
     written, current, since_flush = 0, None, 0
     try:
         for batch in loader:
             s = batch["indices"][0] // config.shard_size
             lo, hi = plan[s]
-            if current is not s:
+            if current != s:
                 current = s
                 writers[s].resume()
                 since_flush = 0
@@ -200,7 +202,8 @@ def generate_shards(config, task, ds, plan, mine, features, folder, tokenizer, g
                 kwargs = dict(input_ids=batch["input_ids"].to(state.device),
                               patch_images=batch["patch_images"].to(state.device))
                 kwargs["patch_masks"] = torch.ones(len(batch["good"]), dtype=torch.bool, device=state.device)
-                with torch.inference_mode(), torch.autocast(state.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                amp = torch.autocast(state.device.type, dtype=amp_dtype, enabled=amp_dtype is not None)
+                with torch.inference_mode(), amp:
                     if task.name == "entailment":
                         nbests = _score_candidates(model, task, tokenizer, kwargs, nret)
                     else:

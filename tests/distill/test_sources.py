@@ -173,3 +173,14 @@ def test_hub_id_offline_is_one_line_error_and_fingerprint_is_stable(tmp_path, mo
     ds = make_dataset(3)
     assert ids_fingerprint(ds) == ids_fingerprint(make_dataset(3))
     assert ids_fingerprint(ds) != ids_fingerprint(make_dataset(4))
+
+
+def test_string_path_column_resolved_against_image_root(tmp_path):
+    (tmp_path / "pics").mkdir()
+    (tmp_path / "pics" / "a.png").write_bytes(png_bytes(7))
+    Dataset.from_dict({"id": ["a", "b"], "file": ["a.png", "missing.png"], "question": ["is it red", "why"]}).to_parquet(
+        str(tmp_path / "q.parquet"))
+    ds = open_source(tmp_path / "q.parquet", "train", {"image": "file"}, get_task("vqa"), image_root=tmp_path / "pics")
+    assert ds.features["image"] == Image(decode=False)
+    assert [r["path"] for r in ds["image"]] == [str(tmp_path / "pics" / "a.png"), str(tmp_path / "pics" / "missing.png")]
+    assert _pixels(ds[0]["image"]) == _ref_pixels(7)  # the missing file fails later, per row (quarantined)
