@@ -46,6 +46,8 @@ class OFAPreTrainedModel(PreTrainedModel):
         elif isinstance(module, OFAAttention):
             if module.c_attn is not None:
                 init.ones_(module.c_attn)
+        elif isinstance(module, nn.Linear) and module.weight is self.get_input_embeddings().weight:
+            return  # the tied output projection is initialised as the embedding (whose <pad> row stays zero)
         elif isinstance(module, nn.Conv2d):
             init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
         elif isinstance(module, nn.Embedding):

@@ -173,3 +173,18 @@ def test_other_config_layout_and_shapes():
         out = model(input_ids=torch.tensor([[5, 6, 7, 2, 1]]), patch_images=torch.randn(1, 3, 64, 96),
                     decoder_input_ids=torch.tensor([[0, 5, 6]]))
     assert out.logits.shape == (1, 3, 300) and out.encoder_last_hidden_state.shape == (1, 4 * 6 + 5, 48)
+
+
+def test_fresh_initialisation_follows_ofa():
+    """Relative tables start at zero, head gains at one, <pad> row zero, buffers equal their config functions."""
+    config = other_config()
+    model = OFAModel(config)
+    assert all(t.weight.abs().max() == 0 for t in [*model.encoder.token_rel_pos_table_list,
+                                                   *model.decoder.image_rel_pos_table_list])
+    assert torch.equal(model.decoder.layers[0].cross_attn.c_attn, torch.ones(config.decoder_attention_heads))
+    assert model.get_input_embeddings().weight[config.pad_token_id].abs().max() == 0
+    assert torch.equal(model.encoder.token_rp_bucket, token_bucket_position(config.token_bucket_size))
+    assert torch.equal(model.decoder.image_rp_bucket, image_bucket_position(config.image_bucket_size))
+    model.resize_token_embeddings(config.vocab_size + 1)  # NARVL appends a blank row: the tie must follow
+    assert model.get_output_embeddings().weight is model.get_input_embeddings().weight
+    assert model.get_output_embeddings().weight.shape == (config.vocab_size + 1, config.d_model)
