@@ -266,7 +266,10 @@ def train(model: torch.nn.Module, loss_fn: LossFn, train_ds: Any, config: TrainC
 
     optimizer = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=tuple(cfg.adam_betas),
                                   eps=cfg.adam_eps)
-    warmup = int(math.ceil(cfg.warmup_ratio * cfg.max_steps))
+    if cfg.max_steps < 1:
+        raise UserError(f"max_steps must be >= 1, got {cfg.max_steps}")
+    # At least one decay step: the schedule divides by (max_steps - warmup).
+    warmup = min(int(math.ceil(cfg.warmup_ratio * cfg.max_steps)), cfg.max_steps - 1)
     scheduler = get_polynomial_decay_schedule_with_warmup(
         optimizer, num_warmup_steps=warmup, num_training_steps=cfg.max_steps,
         lr_end=min(cfg.lr_end, cfg.lr * 0.999), power=cfg.lr_power)

@@ -1,0 +1,50 @@
+"""Shared builders for the student/teacher stage tests: a tiny shapes world, a tiny teacher made by the real
+`narvl-pipe train-teacher`, and a distilled dataset made by the real `distill.run`."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from typer.testing import CliRunner
+
+TINY_TEACHER = ["--arch", "tiny", "--d-model", "32", "--layers", "1", "--heads", "2", "--resnet-type", "resnet18",
+                "--resolution", "32", "--report-to", "none"]
+
+
+def one_thread():
+    """Generator for a fixture: tiny models on a shared CPU run much faster on one intra-op thread."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def cli(*args: str):
+    """Run `narvl-pipe ARGS` in-process; raise with the output if it failed."""
+    from pipelines.cli import app
+
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    if result.exit_code != 0:
+        raise AssertionError(f"narvl-pipe {' '.join(map(str, args))} failed ({result.exit_code}):\n{result.output}"
+                             ) from result.exception
+    return result
+
+
+def make_world(root: Path, n_train: int = 24, n_val: int = 8) -> Path:
+    from pipelines.shapes import ShapesConfig, write_shapes
+
+    return Path(write_shapes(root / "world", ShapesConfig(n_train=n_train, n_val=n_val, n_test=4, size=32)))
+
+
+def make_teacher(world: Path, out: Path, task: str = "caption", steps: int = 2, *extra: str) -> Path:
+    cli("train-teacher", "--task", task, "--data", world, "--out", out, *TINY_TEACHER, "--max-steps", steps,
+        "--batch-size", "8", "--lr", "1e-3", "--eval-limit", "4", *extra)
+    return out
+
+
+def make_distilled(teacher: Path, world: Path, out: Path, task: str = "caption", limit: int = 16) -> Path:
+    from distill.run import DistillConfig, run_distill
+
+    run_distill(DistillConfig(task=task, teacher=str(teacher), data=str(world), out=str(out), batch_size=8,
+                              num_beams=2, max_new_tokens=8, limit=limit, num_workers=0, shard_size=8))
+    return out

@@ -1,0 +1,125 @@
+"""`narvl-pipe train-student` end to end on a tiny shapes world: a tiny teacher (real train-teacher), a real distill
+run, then KD and raw training, the train-time filters, infeasible-sample counting and the saved folder."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import datasets
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))  # the suite runs with --import-mode=importlib
+import student_helpers as h  # noqa: E402
+
+from distill.errors import UserError  # noqa: E402
+
+one_thread = pytest.fixture(scope="module", autouse=True)(h.one_thread)
+
+
+@pytest.fixture(scope="module")
+def world_teacher_distilled(tmp_path_factory):
+    root = tmp_path_factory.mktemp("kd")
+    world = h.make_world(root)
+    teacher = h.make_teacher(world, root / "teacher")
+    distilled = h.make_distilled(teacher, world, root / "distilled")
+    return world, teacher, distilled
+
+
+def _required_frames(ids: list[int]) -> int:
+    """Length plus one blank per adjacent repeat, computed directly (independent of student.loss)."""
+    return len(ids) + sum(a == b for a, b in zip(ids, ids[1:]))
+
+
+def test_kd_student_folder_filters_and_logs(world_teacher_distilled, tmp_path):
+    from distill.image_processing import OFAImageProcessor
+    from distill.tokenizer import load_ofa_tokenizer
+    from student.modeling_narvl import NARVLModel
+
+    world, teacher, distilled = world_teacher_distilled
+    rows = datasets.load_from_disk(str(distilled))
+    logprobs = sorted(rows["teacher_logprob"])
+    threshold = logprobs[len(logprobs) // 2]
+    kept_lens = sorted(n for lp, n in zip(rows["teacher_logprob"], rows["target_len"]) if lp >= threshold)
+    max_len = kept_lens[len(kept_lens) // 2]
+    expect_lp = sum(lp < threshold for lp in rows["teacher_logprob"])
+    expect_len = sum(lp >= threshold and n > max_len for lp, n in zip(rows["teacher_logprob"], rows["target_len"]))
+    out = tmp_path / "student"
+    res = h.cli("train-student", "--task", "caption", "--data", distilled, "--init", teacher, "--out", out,
+                "--max-steps", "4", "--batch-size", "4", "--lr", "1e-3", "--num-queries", "10", "--save-every", "2",
+                "--min-teacher-logprob", threshold, "--max-target-len", max_len, "--eval-limit", "4",
+                "--report-to", "auto")
+    assert "student caption: step 4" in res.output and "cider=" in res.output
+
+    record = json.loads((out / "train_config.json").read_text())
+    assert record["filter"] == {"total": len(rows), "removed_logprob": expect_lp, "removed_length": expect_len,
+                                "kept": len(rows) - expect_lp - expect_len}
+    assert record["lr"] == 1e-3 and record["num_queries"] == 10 and record["label_smoothing"] == 0.1
+    assert record["eval_split"] == "validation" and "cider" in record["eval"]  # evaluated on the distill source
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [1, 2, 3, 4] and all("n_infeasible" in r for r in log)
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_00000002", "step_00000004"]
+    assert list((out / "logs").rglob("events.out.tfevents.*"))  # tensorboard is installed here
+
+    # One folder = a usable student: model, tokenizer and image processor load from it alone.
+    model = NARVLModel.from_pretrained(str(out))
+    assert model.config.num_queries == 10 and model.config.task == "caption"
+    tok, proc = load_ofa_tokenizer(out), OFAImageProcessor.from_pretrained(str(out))
+    assert len(tok) == len(load_ofa_tokenizer(teacher)) and proc.size == 32
+    # Every weight but the queries and the blank row started from the teacher, and training moved them.
+    from distill.ofa import OFAModel
+
+    t = OFAModel.from_pretrained(str(teacher)).state_dict()
+    s = model.state_dict()
+    assert set(s) - set(t) == {"query_embed.weight", "blank_row"}
+    assert not torch.equal(s["encoder.embed_tokens.weight"], t["encoder.embed_tokens.weight"])
+
+
+def test_infeasible_targets_are_counted(world_teacher_distilled, tmp_path):
+    world, teacher, distilled = world_teacher_distilled
+    # The barely trained teacher emits max-length targets: give them varied lengths and some adjacent repeats.
+    def vary(row, i):
+        ids = row["target_ids"][: 1 + i % 6]
+        if i % 3 == 0 and len(ids) >= 2:
+            ids[1] = ids[0]
+        return {"target_ids": ids + [2], "target_len": len(ids) + 1}
+
+    rows = datasets.load_from_disk(str(distilled)).map(vary, with_indices=True)
+    rows.save_to_disk(str(tmp_path / "varied"))
+    n_queries = 4
+    expected = sum(_required_frames(ids) > n_queries for ids in rows["target_ids"])
+    assert 0 < expected < len(rows)
+    out = tmp_path / "student"
+    # One step whose global batch is the whole set: every row is seen exactly once.
+    h.cli("train-student", "--task", "caption", "--data", tmp_path / "varied", "--init", teacher, "--out", out,
+          "--max-steps", "1", "--batch-size", len(rows), "--num-queries", n_queries, "--eval-data", world,
+          "--eval-limit", "2", "--report-to", "none")
+    log = json.loads((out / "log.jsonl").read_text().splitlines()[0])
+    assert log["n_infeasible"] == expected and log["n_samples"] == len(rows)
+    assert json.loads((out / "train_config.json").read_text())["n_infeasible_total"] == expected
+
+
+def test_raw_references_are_seeded_and_multimodal(world_teacher_distilled, tmp_path):
+    from distill.image_processing import OFAImageProcessor
+    from distill.tasks import get_task
+    from distill.tasks.base import clean_caption
+    from distill.tokenizer import load_ofa_tokenizer
+    from student.data import TaskRows, load_training_data
+
+    world, teacher, _ = world_teacher_distilled
+    task, tok = get_task("caption"), load_ofa_tokenizer(teacher)
+    ds = load_training_data(world, "train", task)
+    rows = TaskRows(ds, task, tok, OFAImageProcessor(size=32), target_column="references", seed=3)
+    refs = {tuple(task.encode_target(clean_caption(c, 20), tok)) for c in ds[0]["captions"]}
+    drawn = [tuple(rows.example(0, d)["target"]) for d in range(30)]
+    assert drawn == [tuple(rows.example(0, d)["target"]) for d in range(30)]  # same draw, same reference
+    assert set(drawn) <= refs and len(set(drawn)) > 1  # several phrasings over draws: multimodal raw targets
+    with pytest.raises(UserError, match="needs a distilled dataset"):
+        TaskRows(ds, task, tok, OFAImageProcessor(size=32), target_column="target")
+    # Raw training straight from the canonical world (the "student-raw" baseline).
+    out = tmp_path / "raw"
+    h.cli("train-student", "--task", "caption", "--data", world, "--init", teacher, "--out", out,
+          "--target-column", "references", "--max-steps", "2", "--batch-size", "4", "--eval-limit", "2",
+          "--report-to", "none")
+    assert json.loads((out / "train_config.json").read_text())["target_column"] == "references"
