@@ -185,6 +185,7 @@ def test_fresh_initialisation_follows_ofa():
     assert model.get_input_embeddings().weight[config.pad_token_id].abs().max() == 0
     assert torch.equal(model.encoder.token_rp_bucket, token_bucket_position(config.token_bucket_size))
     assert torch.equal(model.decoder.image_rp_bucket, image_bucket_position(config.image_bucket_size))
-    model.resize_token_embeddings(config.vocab_size + 1)  # NARVL appends a blank row: the tie must follow
+    vocab = config.vocab_size
+    model.resize_token_embeddings(vocab + 1)  # NARVL appends a blank row: the tie must follow
     assert model.get_output_embeddings().weight is model.get_input_embeddings().weight
-    assert model.get_output_embeddings().weight.shape == (config.vocab_size + 1, config.d_model)
+    assert model.get_output_embeddings().weight.shape == (vocab + 1, config.d_model)
