@@ -119,17 +119,21 @@ class OFAModel(OFAPreTrainedModel, GenerationMixin):
         past_key_values: Cache | None = None,
         use_cache: bool | None = None,
         labels: torch.LongTensor | None = None,
+        output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
         **kwargs,
     ) -> Seq2SeqLMOutput:
         """input_ids (B, L) text ids; patch_images (B, 3, H, W); decoder_input_ids (B, T) starting with `<s>`.
 
-        `attention_mask` and `patch_masks` are accepted and ignored (OFA masks text by `input_ids == pad`).
+        `attention_mask` and `patch_masks` are accepted and ignored (OFA masks text by `input_ids == pad`), as are
+        other bookkeeping kwargs of generate(); the result is always a `Seq2SeqLMOutput` (`return_dict` is ignored).
         `labels` (B, T) with -100 ignored give a token-level cross-entropy `loss`; when `decoder_input_ids` is
         missing it is built from the labels (start token + labels shifted right).
         Returns `Seq2SeqLMOutput` with `logits` (B, T, V) = decoder states @ embedding^T (no bias).
         """
+        if output_attentions:
+            raise ValueError("OFAModel does not return attention weights")
         use_cache = use_cache if use_cache is not None else self.config.use_cache
         output_hidden_states = bool(output_hidden_states)
         if labels is not None and decoder_input_ids is None:

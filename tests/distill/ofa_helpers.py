@@ -2,6 +2,7 @@
 from functools import lru_cache
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -20,6 +21,16 @@ def read_keys(path: Path) -> list[tuple[str, list[int], str, str]]:
         name, shape, dtype, kind = line.split("\t")[:4]
         rows.append((name, [int(s) for s in shape.strip("[]() ").replace(" ", "").split(",") if s], dtype, kind))
     return rows
+
+
+@pytest.fixture(autouse=True, scope="module")
+def single_thread():
+    """Run the OFA tests on one thread: their tensors are tiny, and on a shared CPU the thread handshakes of every
+    small op cost more than the op (outputs move by < 1e-5 with the thread count, far inside the tolerance)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @lru_cache(maxsize=1)
