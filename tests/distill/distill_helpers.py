@@ -46,8 +46,7 @@ def png_bytes(seed: int, size: int = 24) -> bytes:
 
 
 def make_rows(n: int, task: str = "caption", bad: dict[int, str] | None = None) -> list[dict]:
-    """Canonical rows; `bad` maps a row index to 'corrupt' (garbage bytes), 'missing' (a path that does not exist) or
-    'empty' (empty question)."""
+    """Canonical rows; `bad` maps a row index to 'corrupt' (garbage bytes) or 'empty' (empty question)."""
     rows = []
     for i in range(n):
         row = {"id": f"img{i:04d}", "image": {"bytes": png_bytes(i), "path": None}}
@@ -64,8 +63,6 @@ def make_rows(n: int, task: str = "caption", bad: dict[int, str] | None = None) 
         kind = (bad or {}).get(i)
         if kind == "corrupt":
             row["image"] = {"bytes": b"not an image at all", "path": None}
-        elif kind == "missing":
-            row["image"] = {"bytes": None, "path": "/nonexistent/missing.png"}
         elif kind == "empty":
             row["question"] = "  "
         rows.append(row)
