@@ -116,7 +116,8 @@ def main():
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(table(rows))
-    print(f"written {args.out} ({result['wall_seconds']} s, load average {load_before} -> {result['load_average_after']})")
+    print(f"written {args.out} ({result['wall_seconds']} s, "
+          f"load average {load_before} -> {result['load_average_after']})")
 
 
 if __name__ == "__main__":

@@ -88,7 +88,8 @@ class OFAConfig(PreTrainedConfig):
     attn_scale_factor: float = 2.0
     """Scale factor of the absolute-position bias: (head_dim * attn_scale_factor) ** -0.5."""
     resnet_type: str = "resnet101"
-    """Image stem depth: resnet18 [2,2,2], resnet50 [3,4,6], resnet101 [3,4,23], resnet152 [3,8,36] Bottleneck blocks."""
+    """Image stem depth (Bottleneck blocks per stage): resnet18 [2,2,2], resnet50 [3,4,6], resnet101 [3,4,23],
+    resnet152 [3,8,36]."""
     resnet_model_path: str | None = None
     """OFA-Sys field (path to ImageNet ResNet weights for pre-training); ignored."""
     resnet_drop_path_rate: float = 0.0

@@ -80,7 +80,8 @@ class OFADecoder(nn.Module):
         bias = self.cross_pos_k_linear.bias.view(self.num_heads, -1)
         folded = torch.matmul(query, weight)  # (H, T, D)
         offset = (query * bias[:, None, :]).sum(-1)  # (H, T)
-        return torch.matmul(folded[None], encoder_position_embedding.transpose(1, 2)[:, None]) + offset[None, :, :, None]
+        keys = encoder_position_embedding.transpose(1, 2)[:, None]  # (B, 1, D, S)
+        return torch.matmul(folded[None], keys) + offset[None, :, :, None]
 
     def forward(
         self,

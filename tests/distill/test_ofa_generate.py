@@ -61,7 +61,7 @@ def test_kv_cached_decoding_equals_teacher_forcing():
         cached = _step_by_step_logits(model, e["main.input_ids"], e["main.patch_images"], e["main.decoder_input_ids"])
         forced = model(**_main_inputs(), decoder_input_ids=e["main.decoder_input_ids"]).logits
     vs_reference, vs_forced = max_diff(cached, e["cached_decode_logits"]), max_diff(cached, forced)
-    print(f"\n[ofa generate] cached decode vs reference cached {vs_reference:.2e}, vs own teacher forcing {vs_forced:.2e}")
+    print(f"\n[ofa generate] cached decode vs reference {vs_reference:.2e}, vs own teacher forcing {vs_forced:.2e}")
     assert vs_reference <= TOL and vs_forced <= TOL
 
 
