@@ -70,7 +70,7 @@ def build_report(entries: list[dict[str, Any]], cfg: ReportConfig) -> dict[str, 
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
 
 
-def _metric_name(report: dict[str, Any]) -> str:
+def metric_name(report: dict[str, Any]) -> str:
     """The shared metric's display name ("CIDEr" for cider)."""
     names = {r["metric"] for r in report["rows"]}
     name = names.pop() if len(names) == 1 else "score"
@@ -79,7 +79,7 @@ def _metric_name(report: dict[str, Any]) -> str:
 
 def format_table(report: dict[str, Any], markdown: bool = False) -> str:
     """The comparison table (plain aligned text for the terminal, or Markdown)."""
-    metric = _metric_name(report)
+    metric = metric_name(report)
     head = ["system", "decoding", metric, "ms/sample", f"speed-up vs {report['reference']}"]
     body = [
         [r["label"], r.get("decoding", ""), f"{r['score']:.1f}", f"{r['ms_per_sample']:.1f}",
@@ -119,7 +119,7 @@ def plot(report: dict[str, Any], path: Path) -> None:
               loc="lower right", fontsize=8)
     ax.set_xscale("log")
     ax.set_xlabel("latency (ms / sample, log scale; left is faster)")
-    ax.set_ylabel(_metric_name(report))
+    ax.set_ylabel(metric_name(report))
     ax.set_title(report["title"], fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
     ax.margins(x=0.25, y=0.15)

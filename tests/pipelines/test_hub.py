@@ -108,7 +108,7 @@ def test_dry_run_folder_is_a_loadable_hub_dataset(distilled, tmp_path):
     assert {s["name"]: s["num_examples"] for s in meta["dataset_info"]["splits"]} == {"train": 23}
 
     # What the Hub would serve equals the local dataset, row for row (images embedded in the parquet files).
-    loaded = datasets.load_dataset(str(out))
+    loaded = datasets.load_dataset(str(out), cache_dir=str(tmp_path / "hf-cache"))
     assert list(loaded) == ["train"]
     assert loaded["train"].features == ds.features
     assert _rows(loaded["train"]) == _rows(datasets.load_from_disk(str(path)))
@@ -157,7 +157,9 @@ def test_repush_regenerates_card_and_drops_stale_shards(distilled, tmp_path):
     assert first != second and "| train | 7 |" in second
     assert "license: unknown" in second  # the distill manifest holds no license: unknown unless --source-license
     assert f"{statistics.fmean(ds2['teacher_logprob']):.3f}" in second
-    assert len(datasets.load_dataset(str(out))["train"]) == 7
+    # (a fresh cache: datasets 5.2 keys a local folder's cache on its card, not on its data files, so a re-built
+    # folder with an unchanged card would be served stale from ~/.cache)
+    assert len(datasets.load_dataset(str(out), cache_dir=str(tmp_path / "hf-cache"))["train"]) == 7
 
 
 def test_push_uploads_folder_through_hfapi(distilled, monkeypatch):
