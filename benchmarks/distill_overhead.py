@@ -6,7 +6,8 @@ the same batch size; batches never cross shards, and the row count is a multiple
   `generate()` under `torch.inference_mode()`; results kept in a Python list, nothing written;
 - distill: `run_distill(DistillConfig(...))`: the same plus DataLoader workers, shards, flushes, manifest, assembly.
 Each measurement runs in its own subprocess (same thread settings), timing from just before the source is opened to
-the end; peak RSS is `resource.getrusage` of that process (DataLoader workers are reported separately).
+the end; peak RSS is that process's VmHWM (`resource.getrusage` where /proc is missing). DataLoader workers are
+separate processes and are not counted.
 
     python benchmarks/distill_overhead.py [--rows 96] [--batch-size 16] [--repeats 2]
 
@@ -101,9 +102,18 @@ def measure(kind: str, root: Path, rows: int, batch_size: int, shard_size: int, 
                 results += tok.batch_decode(out.sequences, skip_special_tokens=True)
         assert len(results) == rows
     seconds = time.perf_counter() - t0
-    return {"kind": kind, "rows": rows, "seconds": seconds, "rows_per_s": rows / seconds,
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            "peak_rss_children_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}
+    return {"kind": kind, "rows": rows, "seconds": seconds, "rows_per_s": rows / seconds, "peak_rss_mb": peak_rss_mb()}
+
+
+def peak_rss_mb() -> float:
+    """Peak RSS of this process: Linux VmHWM (per address space, so not inherited from the parent across fork/exec
+    the way `ru_maxrss` is), else `resource.getrusage(RUSAGE_SELF).ru_maxrss`."""
+    status = Path("/proc/self/status")
+    if status.is_file():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _sub(kind, root, rows, args) -> dict:
@@ -114,7 +124,7 @@ def _sub(kind, root, rows, args) -> dict:
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
     if proc.returncode != 0:
         raise SystemExit(f"{kind} measurement failed:\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return json.loads(proc.stdout.strip().splitlines()[-1]) if kind != "build" else {}
 
 
 def main() -> None:
@@ -125,20 +135,20 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=2, help="alternating bare/distill pairs; the best time of each counts")
-    ap.add_argument("--measure", choices=["bare", "distill"])
+    ap.add_argument("--measure", choices=["bare", "distill", "build"])
     ap.add_argument("--root")
     args = ap.parse_args()
+    if args.measure == "build":
+        build(Path(args.root), args.rows)
+        return
     if args.measure:
         print(json.dumps(measure(args.measure, Path(args.root), args.rows, args.batch_size, args.shard_size, args.workers)))
         return
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        env_before = dict(os.environ)
-        os.environ.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
-        build(root, args.rows)
-        build(root, 10 * args.rows)
-        os.environ.clear(); os.environ.update(env_before)
+        for n in (args.rows, 10 * args.rows):  # in subprocesses: this parent stays small (no torch imported here)
+            _sub("build", root, n, args)
         runs = []
         for _ in range(args.repeats):  # alternate, so that machine load hits both sides alike
             runs += [_sub("bare", root, args.rows, args), _sub("distill", root, args.rows, args)]

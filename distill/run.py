@@ -264,7 +264,8 @@ def _check_manifest(out: Path, key: dict, overwrite: bool) -> None:
             return
         diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
         detail = "; ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in diff[:3])
-        raise UserError(f"{out} was made by a different run ({detail}); pass --overwrite to replace it, or use another --out")
+        raise UserError(f"{out} was made by a different run ({detail}); "
+                        "pass --overwrite to replace it, or use another --out")
 
 
 def run_distill(config: DistillConfig) -> DistillSummary:
@@ -287,21 +288,29 @@ def run_distill(config: DistillConfig) -> DistillSummary:
     resolution = config.resolution or _teacher_resolution(folder) or task.resolution
     plan = sh.plan_shards(len(ds), config.shard_size)
     out = Path(config.out)
+    data = str(Path(config.data).resolve()) if Path(config.data).exists() else config.data
     key = {
         "task": task.name, "teacher": teacher_id, "generation": gen_record, "resolution": resolution,
         "answers_sha256": hashlib.sha256("\n".join(candidates).encode()).hexdigest() if candidates else None,
-        "data": str(config.data), "split": config.split, "columns": dict(config.columns), "limit": config.limit,
+        "data": data, "split": config.split, "columns": dict(config.columns), "limit": config.limit,
         "source_ids_sha256": ids_fingerprint(ds), "num_rows": len(ds), "shard_size": config.shard_size,
         "images": config.images,
     }
-    features = output_features(ds.features, task, config.images, config.num_return_sequences > 1)
-
     lock = sh.RunLock(out)
+    try:
+        return _locked_run(config, state, task, ds, folder, tokenizer, gen, resolution, plan, out, key, lock, t0)
+    finally:
+        lock.release()  # also on errors: an in-process caller (tests, notebooks) may start another run
+
+
+def _locked_run(config, state, task, ds, folder, tokenizer, gen, resolution, plan, out, key, lock, t0):
+    features = output_features(ds.features, task, config.images, config.num_return_sequences > 1)
     verdict = None
     if state.is_main_process:
         try:
             if not lock.acquire():
-                raise UserError(f"another distill run is writing {out} (it holds {lock.path}); wait for it, or use another --out")
+                raise UserError(f"another distill run is writing {out} (it holds {lock.path}); "
+                                "wait for it, or use another --out")
             _check_manifest(out, key, config.overwrite)
             (out / sh.SHARDS_DIR).mkdir(parents=True, exist_ok=True)
             manifest = sh.read_json(out / sh.MANIFEST) if (out / sh.MANIFEST).is_file() else {"wall_time_s": 0.0}
@@ -311,7 +320,6 @@ def run_distill(config: DistillConfig) -> DistillSummary:
             verdict = str(err)
     verdict = _broadcast(state, verdict)
     if verdict is not None:
-        lock.release()
         raise UserError(verdict)
 
     done = sh.completed_shards(out, len(plan))
@@ -337,7 +345,6 @@ def run_distill(config: DistillConfig) -> DistillSummary:
         })
         sh.write_json(out / sh.MANIFEST, manifest)
         summary = DistillSummary(str(out), rows, failures, len(plan), new_rows, wall, noop=not pending)
-        lock.release()
     return _broadcast(state, summary)
 
 

@@ -236,18 +236,33 @@ def test_vqa_answers_trie_nbest_and_empty_question(world, tmp_path):
     from distill.tokenizer import load_ofa_tokenizer
 
     tok = load_ofa_tokenizer(world["teacher"])
-    make_dataset(6, "vqa", bad={2: "empty"}).save_to_disk(str(tmp_path / "vqa"))
+    # Images as relative file paths in a `file` column (mapped with --column image=file); row 6's file is missing.
+    from datasets import Dataset
+
+    from distill_helpers import make_rows, png_bytes
+
+    rows = make_rows(7, "vqa", bad={2: "empty"})
+    (tmp_path / "pics").mkdir()
+    for i, r in enumerate(rows):
+        r["file"] = f"p{i}.png"
+        if i != 6:
+            (tmp_path / "pics" / r["file"]).write_bytes(png_bytes(i))
+        del r["image"]
+    Dataset.from_list(rows).save_to_disk(str(tmp_path / "vqa"))
     answers = ["red", "blue", "green", "a red circle"]
     (tmp_path / "answers.txt").write_text("\n".join(answers) + "\n")
     cfg = DistillConfig(task="vqa", teacher=str(world["teacher"]), data=str(tmp_path / "vqa"), out=str(tmp_path / "o"),
                         answers=str(tmp_path / "answers.txt"), num_return_sequences=3, batch_size=3, shard_size=3,
-                        num_workers=0, progress=False, images=False)
+                        num_workers=0, progress=False, images=False, columns={"image": "file"},
+                        image_root=str(tmp_path / "pics"))
     summary = run_distill(cfg)
-    assert (summary.rows, summary.failures) == (5, 1)
-    bad = json.loads((tmp_path / "o" / "quarantine.jsonl").read_text())
-    assert (bad["id"], bad["reason"]) == ("img0002", "empty question")
+    assert (summary.rows, summary.failures) == (5, 2)
+    bad = [json.loads(line) for line in (tmp_path / "o" / "quarantine.jsonl").read_text().splitlines()]
+    assert (bad[0]["id"], bad[0]["reason"]) == ("img0002", "empty question")
+    assert bad[1]["id"] == "img0006" and "image file not found" in bad[1]["reason"] and "p6.png" in bad[1]["reason"]
     ds = load_from_disk(str(tmp_path / "o"))
     assert "image" not in ds.column_names and ds[0]["source_index"] == 0
+    assert ds[0]["image_path"] == str(tmp_path / "pics" / "p0.png")  # --no-images: a reference to the image
     for r in ds:
         assert r["target"] in answers and r["prompt"] == f" {r['question']}?"
         assert [n["text"] for n in r["nbest"]][0] == r["target"] and len(r["nbest"]) == 3
