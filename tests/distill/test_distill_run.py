@@ -128,8 +128,9 @@ def test_sigkill_then_resume_on_two_processes_equals_uninterrupted(world, tmp_pa
                             env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         shards = out / sh.SHARDS_DIR
-        _wait_for(lambda: len(list(shards.glob("*.arrow"))) >= 1, proc, "a complete shard")
-        # A second run on the same --out is refused while the first holds the lock.
+        # The manifest is written right after the lock is taken, before the model loads: a second run on the same
+        # --out started now is refused while the first holds the lock.
+        _wait_for(lambda: (out / sh.MANIFEST).is_file(), proc, "the lock")
         with pytest.raises(UserError, match="another distill run is writing"):
             run_distill(DistillConfig(**{**world["base"].__dict__, "out": str(out)}))
         _wait_for(lambda: len(list(shards.glob("*.arrow"))) >= 2 and any(shards.glob("*.progress.json")), proc,
