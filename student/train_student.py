@@ -133,6 +133,7 @@ def build_student(cfg: StudentTrainConfig, task):
 
 def train_student(cfg: StudentTrainConfig) -> TrainResult:
     """Train the student and write `cfg.output_dir` as one usable folder; returns the trainer's result."""
+    from accelerate import PartialState
     from accelerate.utils import set_seed
 
     from distill.tasks import get_task
@@ -145,8 +146,10 @@ def train_student(cfg: StudentTrainConfig) -> TrainResult:
     model, tokenizer, processor = build_student(cfg, task)
     ds = load_training_data(cfg.data, cfg.split, task, cfg.limit)
     ds, report = filter_rows(ds, cfg.min_teacher_logprob, cfg.max_target_len)
-    print(f"training rows: {report.kept} of {report.total} (removed: {report.removed_logprob} below "
-          f"--min-teacher-logprob, {report.removed_length} above --max-target-len)")
+    main = PartialState().is_main_process
+    if main:
+        print(f"training rows: {report.kept} of {report.total} (removed: {report.removed_logprob} below "
+              f"--min-teacher-logprob, {report.removed_length} above --max-target-len)")
     rows = TaskRows(ds, task, tokenizer, processor, cfg.target_column, seed=cfg.seed)
     eval_fn = None
     eval_rows = _eval_rows(cfg, task)

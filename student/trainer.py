@@ -83,6 +83,8 @@ class TrainConfig:
     """Continue from the latest complete checkpoint in `output_dir/checkpoints`, if any."""
     num_workers: int = 0
     """DataLoader worker processes."""
+    find_unused_parameters: bool = True
+    """DDP: tolerate parameters without gradient (OFA's image-code norms, NARVL's unused decoder input norms)."""
     report_to: str = "auto"
     """Accelerate tracker: `auto` (tensorboard when installed, else none), `none`, or a tracker name."""
     project_name: str = "narvl"
@@ -248,7 +250,7 @@ def train(model: torch.nn.Module, loss_fn: LossFn, train_ds: Any, config: TrainC
         run_config: the caller's resolved config, sent to the trackers.
     """
     from accelerate import Accelerator
-    from accelerate.utils import ProjectConfiguration, send_to_device, set_seed
+    from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration, send_to_device, set_seed
     from tqdm.auto import tqdm
     from transformers import get_polynomial_decay_schedule_with_warmup
 
@@ -260,6 +262,7 @@ def train(model: torch.nn.Module, loss_fn: LossFn, train_ds: Any, config: TrainC
         log_with=tracker,
         project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "logs")),
         step_scheduler_with_optimizer=False,  # one scheduler step per optimizer step, whatever the world size
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=cfg.find_unused_parameters)],
     )
     set_seed(cfg.seed)
     ckpt = latest_checkpoint(out) if cfg.resume else None

@@ -92,3 +92,6 @@ def test_two_processes_match_one(tmp_path):
     print(f"1 vs 2 processes: max loss diff {loss_diff:.3g}, max weight diff {weight_diff:.3g}")
     assert loss_diff <= 1e-5 and weight_diff <= 1e-5
     assert l1[-1] < l1[0]  # it did learn something
+    # Periodic evaluation sharded over the 2 processes and gathered gives the 1-process metric.
+    evals = [[json.loads(x).get("eval/accuracy") for x in (d / "log.jsonl").read_text().splitlines()] for d in (one, two)]
+    assert evals[0][9] is not None and evals[0] == evals[1]

@@ -22,6 +22,7 @@ class Toy(torch.nn.Module):
         self.embed = torch.nn.Embedding(vocab, dim)
         self.hidden = torch.nn.Linear(dim, dim)
         self.drop = torch.nn.Dropout(dropout)
+        self.unused = torch.nn.Linear(2, 2)  # like OFA's image-code norms: no gradient, DDP must tolerate it
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         h = self.drop(torch.tanh(self.hidden(self.embed(ids).mean(1))))
@@ -71,10 +72,22 @@ def main() -> None:
         logits = m(batch["ids"])
         return F.cross_entropy(logits, batch["label"]), {"n_samples": torch.tensor(len(batch["label"]))}
 
+    def eval_fn(m, accelerator):
+        """Accuracy over all rows, each process scoring rows i % world == rank, gathered as objects."""
+        from accelerate.utils import gather_object
+
+        data = ToyData()
+        mine = list(range(accelerator.process_index, len(data), accelerator.num_processes))
+        with torch.no_grad():
+            hits = [(i, int(m(data.ids[i: i + 1]).argmax(-1).item() == int(data.labels[i]))) for i in mine]
+        hits = gather_object(hits) if accelerator.num_processes > 1 else hits
+        assert sorted(i for i, _ in hits) == list(range(len(data)))
+        return {"accuracy": sum(h for _, h in hits) / len(data)}
+
     cfg = TrainConfig(output_dir=args.out, max_steps=args.steps, batch_size=args.batch_size,
                       grad_accum=args.grad_accum, lr=1e-2, save_every=args.save_every, resume=args.resume,
-                      keep_checkpoints=2, report_to="none")
-    result = train(model, loss_fn, ToyData(), cfg, collate_fn=collate)
+                      keep_checkpoints=2, report_to="none", eval_every=10)
+    result = train(model, loss_fn, ToyData(), cfg, collate_fn=collate, eval_fn=eval_fn)
     if result.is_main_process:
         save_file({k: v.contiguous() for k, v in result.model.state_dict().items()},
                   os.path.join(args.out, "final.safetensors"))
