@@ -38,7 +38,9 @@ from distill import shards as sh
 from distill.errors import UserError
 from distill.sources import REFERENCE_COLUMNS, ids_fingerprint, open_source, prompt_columns
 
-_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+_WEIGHT_FILES = (
+    "model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json",
+)
 
 
 @dataclass
@@ -182,7 +184,7 @@ def read_answers(path: str) -> list[str]:
 def generation_settings(config: DistillConfig, task, tokenizer, candidates: list[str] | None) -> tuple[dict, dict]:
     """(`generate()` kwargs, their JSON record for the manifest): the task's OFA evaluation settings with its
     decoding constraint (`Task.generate_kwargs`), overridden by the config's explicit values."""
-    gen = dict(task.generate_kwargs(tokenizer, candidates)) if candidates is not None else dict(task.generate_kwargs(tokenizer))
+    gen = dict(task.generate_kwargs(tokenizer, candidates))
     for name in ("num_beams", "max_new_tokens", "no_repeat_ngram_size"):
         value = getattr(config, name)
         if value is not None:
@@ -202,7 +204,8 @@ def generation_settings(config: DistillConfig, task, tokenizer, candidates: list
 
 
 def vqa_candidates(config: DistillConfig, task, ds) -> list[str] | None:
-    """VQA's answer list: `--answers`, else the split's own answers (most common answer per row, most frequent first)."""
+    """VQA's answer list: `--answers`, else the split's own answers (each row's most common answer, most frequent
+    first)."""
     if config.answers:
         if task.name != "vqa":
             raise UserError("--answers applies to --task vqa only")
@@ -210,7 +213,8 @@ def vqa_candidates(config: DistillConfig, task, ds) -> list[str] | None:
     if task.name != "vqa":
         return None
     if "answers" not in ds.column_names:
-        raise UserError("--task vqa needs --answers FILE (the candidate answer list) or an 'answers' column to build it")
+        raise UserError("--task vqa needs --answers FILE (the candidate answer list) "
+                        "or an 'answers' column to build it")
     from distill.tasks.vqa import candidate_answers
 
     return candidate_answers(r for r in ds.select_columns(["answers"]) if r["answers"])

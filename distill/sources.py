@@ -162,10 +162,12 @@ def _open_tsv(path: Path, split: str, task: str):
     layout = TSV_LAYOUTS[task]
     if len(first) != len(layout):
         raise UserError(
-            f"{files[0].name} has {len(first)} tab-separated fields; OFA's {task} TSV has {len(layout)}: {', '.join(layout)}"
+            f"{files[0].name} has {len(first)} tab-separated fields; "
+            f"OFA's {task} TSV has {len(layout)}: {', '.join(layout)}"
         )
     return Dataset.from_generator(
-        _tsv_rows, gen_kwargs={"files": tuple(_file_stamp(f) for f in files), "task": task}, features=_tsv_features(task)
+        _tsv_rows, gen_kwargs={"files": tuple(_file_stamp(f) for f in files), "task": task},
+        features=_tsv_features(task),
     )
 
 
@@ -221,7 +223,8 @@ def _load_raw(src: str, split: str, task: str, image_root: str | None):
         for ext, builder in (("parquet", "parquet"), ("arrow", "arrow")):
             if any(path.rglob(f"*.{ext}")):
                 return _pick_split(datasets.load_dataset(builder, data_dir=str(path)), split, src)
-        raise UserError(f"{src} is a folder but holds no dataset (save_to_disk, TSV, parquet/arrow, imagefolder metadata)")
+        raise UserError(f"{src} is a folder but holds no dataset "
+                        "(save_to_disk, TSV, parquet/arrow, imagefolder metadata, dataset_coco.json)")
     if path.is_file():
         suffix = path.suffix.lower()
         if suffix == ".json":
@@ -230,12 +233,14 @@ def _load_raw(src: str, split: str, task: str, image_root: str | None):
             return _open_tsv(path, split, task)
         if suffix in (".parquet", ".arrow"):
             return datasets.load_dataset(suffix[1:], data_files={split: str(path)}, split=split)
-        raise UserError(f"{src}: unsupported file type '{suffix}' (expected .parquet, .arrow, .tsv or dataset_coco .json)")
+        raise UserError(f"{src}: unsupported file type '{suffix}' "
+                        "(expected .parquet, .arrow, .tsv or a COCO-Karpathy .json)")
     try:  # a Hub dataset id
         dd = datasets.load_dataset(src)
     except Exception as exc:  # noqa: BLE001 (offline, unknown id, bad config: one user-facing message)
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"cannot open data source '{src}': not a local path, and loading it from the Hub failed ({first})") from exc
+        raise UserError(f"cannot open data source '{src}': not a local path, "
+                        f"and loading it from the Hub failed ({first})") from exc
     return _pick_split(dd, split, src)
 
 
@@ -293,7 +298,9 @@ def _canonicalise(ds, split: str, columns_map: Mapping[str, str], task, src: str
             ds = ds.cast_column("image", Image(decode=False))
     elif isinstance(feat, Value) and feat.dtype in ("string", "large_string"):
         root = Path(image_root) if image_root else (Path(src) if Path(src).is_dir() else Path(src).parent)
-        absolute = lambda b: {"image": [p if p is None or os.path.isabs(p) else str(root / p) for p in b["image"]]}  # noqa: E731
+        def absolute(batch):
+            return {"image": [p if p is None or os.path.isabs(p) else str(root / p) for p in batch["image"]]}
+
         ds = ds.map(absolute, batched=True, desc="image paths")
         ds = ds.cast_column("image", Image(decode=False))
     else:

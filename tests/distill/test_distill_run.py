@@ -144,7 +144,7 @@ def test_sigkill_then_resume_on_two_processes_equals_uninterrupted(world, tmp_pa
     before = _stats(out)
     assert 2 <= len(before) < N_ROWS // SHARD
     resumed = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29731",
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
          "-m", "pipelines.cli", "distill", *_args(world, out)],
         cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
@@ -160,7 +160,7 @@ def test_sigkill_then_resume_on_two_processes_equals_uninterrupted(world, tmp_pa
 def test_two_processes_equal_one(world, tmp_path):
     out = tmp_path / "two"
     proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29732",
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
          "-m", "pipelines.cli", "distill", *_args(world, out)],
         cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
