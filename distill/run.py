@@ -22,7 +22,9 @@ under the generation's logits processors, NOT length-normalised; divide by `targ
 `target_len` (= len(target_ids)), the source's references (`captions`/`answers`/`box`/`label` when present),
 `source_index`, `image_path` (the source's file path, or None), `image` (the original encoded image, `datasets.Image`;
 omitted with `images=False`) and `nbest` (list of {text, logprob}, only when `num_return_sequences > 1`).
-Batches never cross shards, so a row's batch (hence its padding and result) does not depend on the process count.
+Batches never cross shards, so a row's batch (hence its padding and result) does not depend on the process count or
+on where a crashed run resumed. Row-for-row equality across runs still assumes the same kernels (device, dtype,
+intra-op thread count): with a near-uniform (e.g. untrained) teacher, float differences can flip near-tied beams.
 """
 from __future__ import annotations
 
