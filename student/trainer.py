@@ -256,6 +256,9 @@ def train(model: torch.nn.Module, loss_fn: LossFn, train_ds: Any, config: TrainC
 
     cfg = config
     out = Path(cfg.output_dir)
+    if not cfg.resume and latest_checkpoint(out) is not None:
+        raise UserError(f"{out} holds checkpoints of an earlier run: pass --resume to continue it, or choose "
+                        "another output folder")
     tracker = _tracker(cfg.report_to)
     accelerator = Accelerator(
         mixed_precision=cfg.mixed_precision,

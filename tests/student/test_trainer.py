@@ -51,6 +51,17 @@ def test_sampler_is_a_function_of_the_step():
     assert list(StepBatchSampler(10, 4, 1, 0, 1, seed=3, start_step=4, max_steps=7)) == full[4:]
 
 
+def test_refuses_to_overwrite_an_earlier_run(tmp_path):
+    from distill.errors import UserError
+    from student.trainer import TrainConfig, train
+
+    ckpt = tmp_path / "checkpoints" / "step_00000003"
+    ckpt.mkdir(parents=True)
+    (ckpt / "trainer_state.json").write_text('{"step": 3}')
+    with pytest.raises(UserError, match="--resume"):
+        train(torch.nn.Linear(2, 2), None, [0], TrainConfig(output_dir=str(tmp_path), max_steps=1))
+
+
 @pytest.mark.slow
 def test_resume_after_sigkill_is_exact(tmp_path):
     ref, killed = tmp_path / "ref", tmp_path / "killed"
