@@ -44,6 +44,8 @@ def load_training_data(src: str | os.PathLike, split: str = "train", task=None, 
     src = os.fspath(src)
     path = Path(src)
     ds = None
+    if (path / "manifest.json").is_file() and not (path / "state.json").is_file():
+        raise UserError(f"{src} is an unfinished distill output (no state.json): rerun the same distill command")
     if path.is_dir() and ((path / "dataset_dict.json").is_file() or (path / "state.json").is_file()):
         loaded = datasets.load_from_disk(src)
         if isinstance(loaded, datasets.DatasetDict):
