@@ -293,3 +293,20 @@ def test_grounding_and_entailment(world, tmp_path):
         assert r["target"] in ("yes", "no", "maybe") and r["label"] == "entailment"
         assert r["target_ids"] == tok(" " + r["target"], add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
         assert r["nbest"][0]["logprob"] >= r["nbest"][1]["logprob"]
+
+
+def test_hub_teacher_id_resolves_to_its_cached_commit(world, tmp_path):
+    """A Hub id goes through huggingface_hub's cache (offline here): the manifest identity is the commit sha."""
+    sha = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / "models--me--tiny-ofa"
+    snap = repo / "snapshots" / sha
+    snap.mkdir(parents=True)
+    for f in world["teacher"].iterdir():
+        (snap / f.name).write_bytes(f.read_bytes())
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(sha)
+    code = "from distill.run import resolve_teacher; f, ident = resolve_teacher('me/tiny-ofa', None); print(f, ident)"
+    proc = subprocess.run([sys.executable, "-c", code], env={**cli_env(), "HF_HUB_CACHE": str(tmp_path / "hub")},
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == f"{snap} {{'id': 'me/tiny-ofa', 'revision': '{sha}'}}"
