@@ -27,6 +27,7 @@ def train_student(
     warmup_ratio: float = typer.Option(0.06, "--warmup-ratio", help="Fraction of steps in linear warmup."),
     weight_decay: float = typer.Option(0.01, "--weight-decay", help="AdamW weight decay."),
     label_smoothing: Optional[float] = typer.Option(None, "--label-smoothing", help="Default: the task's (0.1, entailment 0)."),
+    dropout: Optional[float] = typer.Option(None, "--dropout", help="Override the OFA init's dropout."),
     mixed_precision: str = typer.Option("no", "--mixed-precision", help="no, fp16 or bf16."),
     seed: int = typer.Option(0, "--seed", help="Seed of the new weights, data order, reference choice and dropout."),
     eval_data: Optional[str] = typer.Option(None, "--eval-data", help="Evaluation source (default: the distill manifest's source)."),
@@ -47,7 +48,7 @@ def train_student(
         min_teacher_logprob=min_teacher_logprob, max_target_len=max_target_len, split=split, limit=limit,
         tokenizer=tokenizer, resolution=resolution, max_steps=max_steps, batch_size=batch_size, grad_accum=grad_accum,
         lr=lr, warmup_ratio=warmup_ratio, weight_decay=weight_decay, label_smoothing=label_smoothing,
-        mixed_precision=mixed_precision, seed=seed, eval_data=eval_data, eval_split=eval_split, eval_limit=eval_limit,
+        dropout=dropout, mixed_precision=mixed_precision, seed=seed, eval_data=eval_data, eval_split=eval_split, eval_limit=eval_limit,
         eval_every=eval_every, save_every=save_every, keep_checkpoints=keep_checkpoints, resume=resume,
         num_workers=num_workers, report_to=report_to,
     )

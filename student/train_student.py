@@ -55,6 +55,8 @@ class StudentTrainConfig(TrainConfig):
     """Image side (default: the image processor saved in `init`, else the task's)."""
     label_smoothing: float | None = None
     """Query-CTC label smoothing (default: the task's, 0.1; entailment 0)."""
+    dropout: float | None = None
+    """Override the dropout of an OFA init (default: the checkpoint's; NARVL's recipe is 0.1)."""
     eval_data: str | None = None
     """Evaluation source (default: the source recorded in the distill manifest, else `data` if it has the split)."""
     eval_split: str = "validation"
@@ -118,9 +120,12 @@ def build_student(cfg: StudentTrainConfig, task):
         if cfg.num_queries and cfg.num_queries != model.config.num_queries:
             raise UserError(f"--num-queries {cfg.num_queries} differs from the NARVL init's {model.config.num_queries}")
         model.config.label_smoothing = eps
+        if cfg.dropout is not None:
+            raise UserError("--dropout applies to an OFA init only (a NARVL init keeps its own)")
     else:
+        extra = {} if cfg.dropout is None else {"dropout": cfg.dropout}
         model = NARVLModel.from_ofa(str(init), num_queries=cfg.num_queries or task.num_queries, task=task.name,
-                                    label_smoothing=eps)
+                                    label_smoothing=eps, **extra)
     tokenizer = load_ofa_tokenizer(cfg.tokenizer or str(init))
     if (init / "preprocessor_config.json").is_file():
         processor = OFAImageProcessor.from_pretrained(str(init))
@@ -134,7 +139,7 @@ def build_student(cfg: StudentTrainConfig, task):
 def train_student(cfg: StudentTrainConfig) -> TrainResult:
     """Train the student and write `cfg.output_dir` as one usable folder; returns the trainer's result."""
     from accelerate import PartialState
-    from accelerate.utils import set_seed
+    from accelerate.utils import parse_flag_from_env, set_seed
 
     from distill.tasks import get_task
     from student.data import TaskRows, collate, filter_rows, load_training_data
@@ -146,7 +151,8 @@ def train_student(cfg: StudentTrainConfig) -> TrainResult:
     model, tokenizer, processor = build_student(cfg, task)
     ds = load_training_data(cfg.data, cfg.split, task, cfg.limit)
     ds, report = filter_rows(ds, cfg.min_teacher_logprob, cfg.max_target_len)
-    main = PartialState().is_main_process
+    # Same CPU flag as the Accelerator reads: a PartialState made first without it stays single-process.
+    main = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU")).is_main_process
     if main:
         print(f"training rows: {report.kept} of {report.total} (removed: {report.removed_logprob} below "
               f"--min-teacher-logprob, {report.removed_length} above --max-target-len)")
