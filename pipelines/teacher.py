@@ -12,6 +12,7 @@ import dataclasses
 import json
 import os
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -185,7 +186,7 @@ def train_teacher(cfg: TeacherTrainConfig) -> TrainResult:
     pad, bos = tokenizer.pad_token_id, tokenizer.bos_token_id
     resolved = dataclasses.replace(cfg, label_smoothing=eps, resolution=processor.size)
     result = train(model, teacher_loss(eps), train_rows, resolved,
-                   collate_fn=lambda items: collate(items, pad, bos), eval_fn=eval_fn, run_config=_jsonable(resolved))
+                   collate_fn=partial(collate, pad_id=pad, bos_id=bos), eval_fn=eval_fn, run_config=_jsonable(resolved))
     if result.is_main_process:
         record = {**_jsonable(resolved), "final_step": result.step, "eval": result.eval_metrics,
                   "num_train_rows": len(ds)}

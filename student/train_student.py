@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from functools import partial
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -166,7 +167,7 @@ def train_student(cfg: StudentTrainConfig) -> TrainResult:
         label_smoothing=model.config.label_smoothing, resolution=processor.size)
     pad, bos = tokenizer.pad_token_id, tokenizer.bos_token_id
     run_config = _jsonable(resolved)
-    result = train(model, student_loss, rows, resolved, collate_fn=lambda items: collate(items, pad, bos),
+    result = train(model, student_loss, rows, resolved, collate_fn=partial(collate, pad_id=pad, bos_id=bos),
                    eval_fn=eval_fn, run_config=run_config)
     if result.is_main_process:
         infeasible = result.history[-1].get("total_n_infeasible", 0) if result.history else 0
