@@ -132,6 +132,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--quick", action="store_true", help="tiny only, 2 rounds")
     ap.add_argument("--out", default=str(RESULTS))
+    ap.add_argument("--overwrite", action="store_true", help="drop earlier results in --out instead of merging")
     args = ap.parse_args()
     sizes = ["tiny"] if args.quick else args.sizes.split(",")
     repeats = 2 if args.quick else args.repeats
@@ -149,9 +150,14 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     meta = {"torch": torch.__version__, "threads": torch.get_num_threads(), "machine": platform.machine(),
             "processor": platform.processor(), "device": "cpu", "repeats": repeats, "quick": args.quick,
+            "cases": [[r["size"], r["task"], r["batch"]] for r in rows],
             "note": "random weights; AR forced to min=max new tokens; KV cache on"}
-    out.write_text(json.dumps({"meta": meta, "results": rows}, indent=1))
-    print(f"wrote {out}")
+    # Merge with earlier runs (e.g. tiny and base measured separately): same (size, task, batch) is replaced.
+    old = json.loads(out.read_text()) if out.is_file() and not args.overwrite else {"runs": [], "results": []}
+    key = lambda r: (r["size"], r["task"], r["batch"])  # noqa: E731
+    merged = {key(r): r for r in old.get("results", [])} | {key(r): r for r in rows}
+    out.write_text(json.dumps({"runs": old.get("runs", []) + [meta], "results": list(merged.values())}, indent=1))
+    print(f"wrote {out} ({len(merged)} cases)")
 
 
 if __name__ == "__main__":

@@ -259,6 +259,8 @@ def train(model: torch.nn.Module, loss_fn: LossFn, train_ds: Any, config: TrainC
     if not cfg.resume and latest_checkpoint(out) is not None:
         raise UserError(f"{out} holds checkpoints of an earlier run: pass --resume to continue it, or choose "
                         "another output folder")
+    if cfg.max_steps < 1:
+        raise UserError(f"max_steps must be >= 1, got {cfg.max_steps}")
     tracker = _tracker(cfg.report_to)
     accelerator = Accelerator(
         mixed_precision=cfg.mixed_precision,
@@ -272,8 +274,6 @@ def train(model: torch.nn.Module, loss_fn: LossFn, train_ds: Any, config: TrainC
 
     optimizer = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=tuple(cfg.adam_betas),
                                   eps=cfg.adam_eps)
-    if cfg.max_steps < 1:
-        raise UserError(f"max_steps must be >= 1, got {cfg.max_steps}")
     # At least one decay step: the schedule divides by (max_steps - warmup).
     warmup = min(int(math.ceil(cfg.warmup_ratio * cfg.max_steps)), cfg.max_steps - 1)
     scheduler = get_polynomial_decay_schedule_with_warmup(
@@ -326,7 +326,8 @@ def train(model: torch.nn.Module, loss_fn: LossFn, train_ds: Any, config: TrainC
                      if cfg.max_grad_norm > 0 else torch.zeros(()))
         lr = scheduler.get_last_lr()[0]  # the rate this step used
         optimizer.step()
-        scheduler.step()
+        if not accelerator.optimizer_step_was_skipped:  # fp16: an overflowing step leaves the schedule alone
+            scheduler.step()
         optimizer.zero_grad(set_to_none=True)
 
         # One all-reduce for the logs: mean loss over processes, summed counts.
