@@ -46,7 +46,10 @@ def run_demo(out: Path, force: List[str] = (), pipeline_file: Path | None = None
     from pipelines.report import REPORT_FILES, format_checks, format_table, metric_name
     from pipelines.stages import load_pipeline, run_pipeline
 
-    datasets.disable_progress_bars()  # the stages' own progress bars are enough
+    import transformers
+
+    datasets.disable_progress_bars()  # the stages' own progress bars (training, distill, evaluation) are enough
+    transformers.utils.logging.disable_progress_bar()
     pipeline_file = pipeline_file or Path(str(importlib.resources.files("pipelines") / DEMO_PIPELINE))
     pipe = load_pipeline(pipeline_file)
     out = Path(out)
