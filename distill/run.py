@@ -195,8 +195,6 @@ def generation_settings(config: DistillConfig, task, tokenizer, candidates: list
     if config.num_return_sequences > limit:
         raise UserError(f"--num-return-sequences {config.num_return_sequences} exceeds --num-beams {limit}")
     gen["num_return_sequences"] = config.num_return_sequences
-    if task.name == "grounding":  # exactly 4 bins: the model's forced EOS at the last step would replace the 4th bin
-        gen.setdefault("forced_eos_token_id", None)
     record = {k: (v if isinstance(v, (int, float, str, bool, type(None), list)) else f"<{type(v).__name__}>")
               for k, v in gen.items()}
     if "prefix_allowed_tokens_fn" in gen:

@@ -78,7 +78,9 @@ class GroundingTask(Task):
     num_queries: int = 5
     label_smoothing: float = 0.1
     generation: Mapping[str, Any] = field(
-        default_factory=lambda: {"num_beams": 5, "min_new_tokens": 4, "max_new_tokens": 4}, hash=False
+        # exactly 4 bins: the model config's forced EOS at the last step would replace the 4th bin
+        default_factory=lambda: {"num_beams": 5, "min_new_tokens": 4, "max_new_tokens": 4, "forced_eos_token_id": None},
+        hash=False,
     )
     max_prompt_words: int | None = 80
     max_image_size: int | None = None
