@@ -136,6 +136,8 @@ class StageOutcome:
     """`skipped` (cached), `ran`, `resumed` or `forced`."""
     dir: Path
     seconds: float
+    cpu_seconds: float = 0.0
+    """CPU time of this process and its finished children (DataLoader workers) during the stage."""
 
 
 def _walk_strings(value: Any) -> Iterable[str]:
@@ -275,6 +277,13 @@ def downstream(pipe: Pipeline, names: Iterable[str]) -> set[str]:
     return hit
 
 
+def _cpu_seconds() -> float:
+    import resource
+
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.process_time() + children.ru_utime + children.ru_stime
+
+
 def _write_json_atomic(path: Path, data: Any) -> None:
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w") as fh:
@@ -338,17 +347,18 @@ def run_pipeline(
                 status = "resumed"
             stage.dir.mkdir(parents=True, exist_ok=True)
             log(f"{head} {'resuming' if status == 'resumed' else 'running'}  {stage.dir.name}")
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), _cpu_seconds()
             stage.kind.run(make_config(stage), stage.dir)
-            seconds = time.perf_counter() - start
+            seconds, cpu = time.perf_counter() - start, _cpu_seconds() - cpu_start
             # Written after the run: several stage functions insist on an empty (or their own) output folder.
             _write_json_atomic(stage.dir / STAGE_CONFIG, {"name": stage.spec.name, "kind": stage.spec.kind,
                                                           "fingerprint": stage.fingerprint, "config": stage.config})
             _write_json_atomic(stage.dir / COMPLETE_MARKER, {"fingerprint": stage.fingerprint, "seconds": seconds,
+                                                             "cpu_seconds": cpu,
                                                              "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
             _link(out, stage)
-            outcomes.append(StageOutcome(stage.spec.name, status, stage.dir, seconds))
-            log(f"{head} done     in {seconds:.1f} s")
+            outcomes.append(StageOutcome(stage.spec.name, status, stage.dir, seconds, cpu))
+            log(f"{head} done     in {seconds:.1f} s (cpu {cpu:.1f} s)")
     finally:
         fcntl.flock(lock, fcntl.LOCK_UN)
         lock.close()
