@@ -147,3 +147,20 @@ def test_run_end_to_end_with_real_stages(tmp_path, monkeypatch, capsys, one_thre
     config = json.loads((out / "student-kd" / "stage_config.json").read_text())["config"]
     assert config["max_steps"] == 3 and config["data"] == str((out / "distill").resolve())
     assert json.loads((out / "student-kd" / "train_config.json").read_text())["final_step"] == 3
+
+
+def test_packaged_demo_yaml_is_valid(tmp_path):
+    """Every stage config of pipelines/demo.yaml matches its dataclass (planned, nothing run)."""
+    import importlib.resources
+
+    from pipelines.stages import load_pipeline, plan
+
+    pipe = load_pipeline(str(importlib.resources.files("pipelines") / "demo.yaml"))
+    planned = plan(pipe, tmp_path)
+    assert [s.spec.kind for s in planned] == ["data", "train-teacher", "distill", "train-student", "train-student",
+                                              "evaluate", "evaluate", "evaluate", "evaluate", "report"]
+    by = {s.spec.name: s for s in planned}
+    assert by["student-kd"].config["data"] == str(by["distill"].dir)
+    assert by["student-raw"].config["target_column"] == "references"
+    assert by["student-kd"].config["init"] == by["student-raw"].config["init"] == str(by["teacher"].dir)
+    assert list(by["report"].config["results"]) == ["teacher-greedy", "teacher-beam5", "student-kd", "student-raw"]
