@@ -15,7 +15,7 @@ DEMO_PIPELINE = "demo.yaml"
 def run(
     pipeline: Path = typer.Argument(..., help="Pipeline YAML, e.g. pipelines/demo.yaml."),
     out: Optional[Path] = typer.Option(None, "--out", help="Artifact folder (default: runs/<pipeline name>)."),
-    force: List[str] = typer.Option([], "--force", help="Re-run this stage and every stage after it that uses it; repeatable."),
+    force: List[str] = typer.Option([], "--force", metavar="STAGE", help="Re-run this stage and every stage after it that uses it; repeatable."),
 ) -> None:
     """Run a pipeline's stages in order; each stage is skipped when its cached artifact is complete."""
     from pipelines.stages import load_pipeline, run_pipeline
@@ -31,7 +31,7 @@ def run(
 
 def demo(
     out: Path = typer.Option(Path("runs/demo"), "--out", help="Output folder (artifacts of every stage + the report)."),
-    force: List[str] = typer.Option([], "--force", help="Re-run this demo stage and the stages after it; repeatable."),
+    force: List[str] = typer.Option([], "--force", metavar="STAGE", help="Re-run this demo stage and the stages after it; repeatable."),
 ) -> None:
     """Offline end to end on the shapes world: AR teacher -> distill -> NAR students (KD vs raw) -> report."""
     run_demo(out, force)
