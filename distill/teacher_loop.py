@@ -127,7 +127,7 @@ def _text(ids: list[int], tokenizer, task) -> str:
     return tokenizer.decode(ids, skip_special_tokens=True).strip()
 
 
-def _score_candidates(model, task, tokenizer, kwargs: dict, nret: int) -> list[list[tuple[list[int], str, float]]]:
+def score_candidates(model, task, tokenizer, kwargs: dict, nret: int) -> list[list[tuple[list[int], str, float]]]:
     """Entailment as OFA evaluates it: the teacher-forced log-prob of each candidate answer, best first."""
     import torch
 
@@ -205,7 +205,7 @@ def generate_shards(config, task, ds, plan, mine, features, folder, tokenizer, g
                 amp = torch.autocast(state.device.type, dtype=amp_dtype, enabled=amp_dtype is not None)
                 with torch.inference_mode(), amp:
                     if task.name == "entailment":
-                        nbests = _score_candidates(model, task, tokenizer, kwargs, nret)
+                        nbests = score_candidates(model, task, tokenizer, kwargs, nret)
                     else:
                         res = model.generate(**kwargs, **gen_kwargs)
                         steps = model.compute_transition_scores(

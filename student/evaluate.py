@@ -99,9 +99,9 @@ def decode_batch(lm: LoadedModel, task, inputs: dict[str, torch.Tensor], num_bea
     if lm.kind == "narvl":
         return model.decode(**inputs, num_beams=num_beams or 1)
     if task.name == "entailment":
-        from distill.teacher_loop import _score_candidates
+        from distill.teacher_loop import score_candidates
 
-        return [best[0][0] for best in _score_candidates(model, task, tok, inputs, 1)]
+        return [best[0][0] for best in score_candidates(model, task, tok, inputs, 1)]
     out = model.generate(**inputs, **_generate_kwargs(model, task, tok, num_beams, candidates))
     return out[:, 1:].tolist()
 
