@@ -5,6 +5,7 @@ model output back into a prediction that its metric scores.
 """
 from __future__ import annotations
 
+import abc
 import random
 import re
 import string
@@ -113,7 +114,7 @@ def trie_prefix_fn(sequences: Sequence[Sequence[int]], eos_id: int) -> Callable[
 
 
 @dataclass(frozen=True)
-class Task:
+class Task(abc.ABC):
     """One OFA task: prompt, target, decoding and metric, shared by the distill and student stages.
 
     Build with `distill.tasks.get_task(name, **overrides)`; fields are the OFA / NARVL defaults.
@@ -144,25 +145,25 @@ class Task:
                 f"task {self.name} needs columns {list(self.input_columns)}; missing {missing} (have {list(columns)})"
             )
 
+    @abc.abstractmethod
     def prompt(self, row: Row) -> str:
         """The encoder text, exactly as OFA writes it (leading space included)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def reference(self, row: Row, rng: random.Random | np.random.Generator | None = None, tokenizer: Any = None) -> str:
         """The raw training target text of a row (`tokenizer` only matters for grounding's bin count)."""
-        raise NotImplementedError
 
     def encode_target(self, text: str, tokenizer: Any) -> list[int]:
         """Target ids ending with EOS, without the leading `<s>`: what distill stores and the student learns."""
         return text_target_ids(text, tokenizer)
 
+    @abc.abstractmethod
     def decode(self, text_or_ids: str | Sequence[int], row: Row, tokenizer: Any = None) -> Any:
         """A model output (text, or ids with or without `<s>`/EOS) -> the prediction the metric scores."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def evaluate(self, predictions: Sequence[Any], rows: Sequence[Row]) -> dict[str, float]:
         """The task metric over predictions aligned with rows."""
-        raise NotImplementedError
 
     def generate_kwargs(self, tokenizer: Any, candidates: Sequence[str] | None = None) -> dict[str, Any]:
         """Full `generate()` kwargs: `generation` plus any decoding constraint (bins, answer trie)."""
