@@ -14,3 +14,15 @@ FIXTURES = Path(__file__).parent / "fixtures"
 @pytest.fixture(scope="session")
 def fixtures_dir() -> Path:
     return FIXTURES
+
+
+@pytest.fixture(autouse=True, scope="session")
+def one_thread():
+    """The whole suite runs torch on one intra-op thread: its tensors are tiny, so on 2 shared cores thread handshakes
+    cost more than the ops, and the subprocess runs (OMP_NUM_THREADS=1) need the same kernels for bitwise-equal beams."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

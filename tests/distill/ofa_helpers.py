@@ -23,16 +23,6 @@ def read_keys(path: Path) -> list[tuple[str, list[int], str, str]]:
     return rows
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """Run the OFA tests on one thread: their tensors are tiny, and on a shared CPU the thread handshakes of every
-    small op cost more than the op (outputs move by < 1e-5 with the thread count, far inside the tolerance)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @lru_cache(maxsize=1)
 def expected() -> dict[str, torch.Tensor]:
     return load_file(FIXTURE / "expected.safetensors")

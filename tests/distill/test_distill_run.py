@@ -26,16 +26,6 @@ N_ROWS, SHARD, BATCH = 48, 8, 4
 BAD = {5: "corrupt", 17: "corrupt"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # 2 shared cores: intra-op threads only contend (a 32 px ResNet stem goes from 25 ms to seconds). Also, the
-    # subprocess runs use OMP_NUM_THREADS=1, and bitwise-equal beams need the same kernels (thread count) everywhere.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     root = tmp_path_factory.mktemp("distill")

@@ -6,8 +6,7 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))  # the suite runs with --import-mode=importlib
-from ofa_helpers import (TOL, expected, fixture_model, max_diff, other_config, randomized,  # noqa: E402,F401
-                         single_thread)
+from ofa_helpers import (TOL, expected, fixture_model, max_diff, other_config, randomized)  # noqa: E402,F401
 
 from distill.ofa import OFAModel  # noqa: E402
 

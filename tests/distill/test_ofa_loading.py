@@ -8,7 +8,7 @@ from safetensors.torch import load_file
 
 sys.path.insert(0, str(Path(__file__).parent))  # the suite runs with --import-mode=importlib
 from ofa_helpers import (FIXTURE, TOL, case_inputs, expected, fixture_weights, max_diff,  # noqa: E402,F401
-                         read_keys, single_thread)
+                         read_keys)
 
 from distill.ofa import OFAConfig, OFAModel  # noqa: E402
 from distill.ofa.positions import code_position_ids, image_bucket_position, token_bucket_position  # noqa: E402

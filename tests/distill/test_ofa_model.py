@@ -7,7 +7,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))  # the suite runs with --import-mode=importlib
 from ofa_helpers import (BASE_LAYOUT, CASES, FIXTURE, TOL, case_inputs, expected, fixture_model, max_diff,
-                         other_config, randomized, read_keys, single_thread)  # noqa: E402,F401
+                         other_config, randomized, read_keys)  # noqa: E402,F401
 
 from distill.ofa import OFAConfig, OFAModel
 from distill.ofa.positions import image_bucket_position, token_bucket_position

@@ -89,17 +89,6 @@ def tiny_pipeline(student_steps: int = 2) -> dict:
     ]}
 
 
-@pytest.fixture
-def one_thread():
-    """The tiny models gain nothing from intra-op threads, and on a shared CPU 2 OpenMP threads stall each other."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.mark.slow
 def test_run_end_to_end_with_real_stages(tmp_path, monkeypatch, capsys, one_thread):
     import datasets

@@ -16,7 +16,6 @@ import student_helpers as h  # noqa: E402
 
 from distill.errors import UserError  # noqa: E402
 
-one_thread = pytest.fixture(scope="module", autouse=True)(h.one_thread)
 
 
 @pytest.fixture(scope="module")

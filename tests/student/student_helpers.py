@@ -11,14 +11,6 @@ TINY_TEACHER = ["--arch", "tiny", "--d-model", "32", "--layers", "1", "--heads",
                 "--resolution", "32", "--report-to", "none"]
 
 
-def one_thread():
-    """Generator for a fixture: tiny models on a shared CPU run much faster on one intra-op thread."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def cli(*args: str):
     """Run `narvl-pipe ARGS` in-process; raise with the output if it failed."""
     from pipelines.cli import app

@@ -41,15 +41,6 @@ def _collate(items: list[dict]) -> dict:
             "weights": None}
 
 
-@pytest.fixture
-def one_thread():
-    # Tiny matrices: intra-op threads only add contention on a shared CPU (measured 25x slower with 2 threads).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def test_tiny_narvl_memorises_its_targets(tmp_path, one_thread):
     torch.manual_seed(0)
     ofa = OFAModel(OFAConfig(
