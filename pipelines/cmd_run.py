@@ -75,6 +75,8 @@ def run_demo(out: Path, force: List[str] = (), pipeline_file: Path | None = None
                f"mean over {rows[0].get('latency_samples', '?')} test images on this machine.")
     typer.echo("\nThe paper's claims, in miniature:")
     typer.echo(format_checks(report))
+    if report.get("note"):
+        typer.echo(f"\nNote: {report['note']}")
     cpu = sum(o.cpu_seconds for o in outcomes)
     typer.echo(f"\nwall time {_duration(wall)}, cpu time of the stages {_duration(cpu)}"
                + (f" ({cached} of {len(outcomes)} stages cached)" if cached else "")

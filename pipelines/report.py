@@ -32,6 +32,8 @@ class ReportConfig:
     """The claim 'student-KD is close to the teacher' holds when kd score >= this ratio x reference score."""
     title: str = "narvl-pipe report"
     """Heading of report.md and of the plot."""
+    note: str | None = None
+    """A caveat on reading the numbers, printed under the claim checks and written into report.md."""
 
 
 def load_results(results: dict[str, str]) -> list[dict[str, Any]]:
@@ -55,7 +57,7 @@ def build_report(entries: list[dict[str, Any]], cfg: ReportConfig) -> dict[str, 
         speedup = ref["ms_per_sample"] / e["ms_per_sample"] if ref and e["ms_per_sample"] > 0 else None
         rows.append({**e, "speedup": speedup})
     by = {r["label"]: r for r in rows}
-    report = {"title": cfg.title, "reference": cfg.reference, "rows": rows, "checks": [],
+    report = {"title": cfg.title, "reference": cfg.reference, "rows": rows, "checks": [], "note": cfg.note,
               "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     metric = metric_name(report)
     kd, raw = by.get(cfg.kd), by.get(cfg.raw)
@@ -143,6 +145,8 @@ def write_report(report: dict[str, Any], out_dir: str | Path) -> list[Path]:
         text += ["Claims of the paper, checked on these numbers:", ""]
         text += [f"- {'PASS' if c['passed'] else 'FAIL'}: {c['claim']} ({c['detail']})" for c in report["checks"]]
         text.append("")
+    if report.get("note"):
+        text += [f"Note: {report['note']}", ""]
     text += [f"![quality vs latency]({png.name})", ""]
     md.write_text("\n".join(text))
     return [md, js, png]

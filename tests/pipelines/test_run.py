@@ -29,7 +29,7 @@ def test_report_table_speedups_claims_and_files(tmp_path):
     }
     out = tmp_path / "report"
     out.mkdir()
-    report = run_report(ReportConfig(results=results, title="t"), out)
+    report = run_report(ReportConfig(results=results, title="t", note="the teacher is tiny"), out)
     speedups = {r["label"]: r["speedup"] for r in report["rows"]}
     assert speedups == pytest.approx({"teacher-greedy": 3.0, "teacher-beam5": 1.0, "student-kd": 12.0, "student-raw": 12.0})
     assert [c["passed"] for c in report["checks"]] == [True, True, True]  # 0.95x >= 0.9, 12x faster, 95 > 40
@@ -40,6 +40,7 @@ def test_report_table_speedups_claims_and_files(tmp_path):
     assert json.loads((out / "report.json").read_text())["rows"][2]["label"] == "student-kd"
     md = (out / "report.md").read_text()
     assert "| student-kd | x | 95.0 | 5.0 | 12.0x |" in md and "PASS" in md and "report.png" in md
+    assert "Note: the teacher is tiny" in md
     with Image.open(out / "report.png") as png:
         assert png.format == "PNG" and png.size[0] > 300
 
