@@ -25,7 +25,8 @@ def train_teacher(
     max_steps: int = typer.Option(1000, "--max-steps", help="Optimizer steps."),
     batch_size: int = typer.Option(32, "--batch-size", help="Global batch per step (all processes and accumulation)."),
     grad_accum: int = typer.Option(1, "--grad-accum", help="Gradient accumulation steps."),
-    lr: float = typer.Option(5e-5, "--lr", help="Peak learning rate."),
+    lr: float = typer.Option(5e-5, "--lr", help="Peak learning rate. From scratch (--arch) start near 1e-4: higher "
+                             "rates can settle on fluent captions that ignore the image (docs/DEMO_NOTES.md)."),
     warmup_ratio: float = typer.Option(0.06, "--warmup-ratio", help="Fraction of steps in linear warmup."),
     weight_decay: float = typer.Option(0.01, "--weight-decay", help="AdamW weight decay."),
     label_smoothing: Optional[float] = typer.Option(None, "--label-smoothing", help="Default: the task's (0.1, entailment 0)."),
