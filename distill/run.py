@@ -300,56 +300,51 @@ def run_distill(config: DistillConfig) -> DistillSummary:
         "source_ids_sha256": ids_fingerprint(ds), "num_rows": len(ds), "shard_size": config.shard_size,
         "images": config.images,
     }
-    lock = sh.RunLock(out)
-    try:
-        return _locked_run(config, state, task, ds, folder, tokenizer, gen, resolution, plan, out, key, lock, t0)
-    finally:
-        lock.release()  # also on errors: an in-process caller (tests, notebooks) may start another run
+    # Released on every exit, errors included: an in-process caller (tests, notebooks) may start another run.
+    with sh.RunLock(out) as lock:
+        features = output_features(ds.features, task, config.images, config.num_return_sequences > 1)
+        verdict = None
+        if state.is_main_process:
+            try:
+                if not lock.acquire():
+                    raise UserError(f"another distill run is writing {out} (it holds {lock.path}); "
+                                    "wait for it, or use another --out")
+                _check_manifest(out, key, config.overwrite)
+                (out / sh.SHARDS_DIR).mkdir(parents=True, exist_ok=True)
+                manifest = sh.read_json(out / sh.MANIFEST) if (out / sh.MANIFEST).is_file() else {"wall_time_s": 0.0}
+                manifest.update(_manifest_static(key, ds, config, len(plan)))
+                sh.write_json(out / sh.MANIFEST, manifest)
+            except UserError as err:
+                verdict = str(err)
+        verdict = _broadcast(state, verdict)
+        if verdict is not None:
+            raise UserError(verdict)
 
+        done = sh.completed_shards(out, len(plan))
+        state.wait_for_everyone()  # every rank has listed the same complete shards before anyone writes
+        pending = [i for i in range(len(plan)) if i not in done]
+        mine = sh.assign_shards(pending, state.process_index, state.num_processes)
+        new_rows = 0
+        if pending:
+            from distill.teacher_loop import generate_shards
 
-def _locked_run(config, state, task, ds, folder, tokenizer, gen, resolution, plan, out, key, lock, t0):
-    features = output_features(ds.features, task, config.images, config.num_return_sequences > 1)
-    verdict = None
-    if state.is_main_process:
-        try:
-            if not lock.acquire():
-                raise UserError(f"another distill run is writing {out} (it holds {lock.path}); "
-                                "wait for it, or use another --out")
-            _check_manifest(out, key, config.overwrite)
-            (out / sh.SHARDS_DIR).mkdir(parents=True, exist_ok=True)
-            manifest = sh.read_json(out / sh.MANIFEST) if (out / sh.MANIFEST).is_file() else {"wall_time_s": 0.0}
-            manifest.update(_manifest_static(key, ds, config, len(plan)))
+            new_rows = generate_shards(config, task, ds, plan, mine, features, folder, tokenizer, gen, resolution,
+                                       state)
+        state.wait_for_everyone()
+        new_rows = _sum_over_ranks(state, new_rows)
+        summary = None
+        if state.is_main_process:
+            rows, failures = sh.assemble(out, len(plan), features, key["source_ids_sha256"][:16], config.split)
+            manifest = sh.read_json(out / sh.MANIFEST)
+            wall = time.time() - t0
+            manifest.update({
+                "status": "complete", "rows": rows, "failures": failures, "shards": len(plan),
+                "shards_complete": len(plan), "wall_time_s": round(manifest.get("wall_time_s", 0.0) + wall, 3),
+                "last_run": {"wall_time_s": round(wall, 3), "new_rows": new_rows, "world_size": state.num_processes},
+            })
             sh.write_json(out / sh.MANIFEST, manifest)
-        except UserError as err:
-            verdict = str(err)
-    verdict = _broadcast(state, verdict)
-    if verdict is not None:
-        raise UserError(verdict)
-
-    done = sh.completed_shards(out, len(plan))
-    state.wait_for_everyone()  # every rank has listed the same complete shards before anyone writes
-    pending = [i for i in range(len(plan)) if i not in done]
-    mine = sh.assign_shards(pending, state.process_index, state.num_processes)
-    new_rows = 0
-    if pending:
-        from distill.teacher_loop import generate_shards
-
-        new_rows = generate_shards(config, task, ds, plan, mine, features, folder, tokenizer, gen, resolution, state)
-    state.wait_for_everyone()
-    new_rows = _sum_over_ranks(state, new_rows)
-    summary = None
-    if state.is_main_process:
-        rows, failures = sh.assemble(out, len(plan), features, key["source_ids_sha256"][:16], config.split)
-        manifest = sh.read_json(out / sh.MANIFEST)
-        wall = time.time() - t0
-        manifest.update({
-            "status": "complete", "rows": rows, "failures": failures, "shards": len(plan),
-            "shards_complete": len(plan), "wall_time_s": round(manifest.get("wall_time_s", 0.0) + wall, 3),
-            "last_run": {"wall_time_s": round(wall, 3), "new_rows": new_rows, "world_size": state.num_processes},
-        })
-        sh.write_json(out / sh.MANIFEST, manifest)
-        summary = DistillSummary(str(out), rows, failures, len(plan), new_rows, wall, noop=not pending)
-    return _broadcast(state, summary)
+            summary = DistillSummary(str(out), rows, failures, len(plan), new_rows, wall, noop=not pending)
+        return _broadcast(state, summary)
 
 
 def _process_state():

@@ -215,6 +215,12 @@ class RunLock:
             self._fh.close()
             self._fh = None
 
+    def __enter__(self) -> "RunLock":
+        return self  # acquired explicitly (rank 0 only); the context manager guarantees the release
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
 
 def is_assembled(out: Path) -> bool:
     return (Path(out) / "state.json").is_file() and (Path(out) / "dataset_info.json").is_file()

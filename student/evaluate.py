@@ -147,7 +147,7 @@ def make_eval_fn(task, rows: Sequence[dict], tokenizer, image_processor, kind: s
         lm = LoadedModel(model, tokenizer, image_processor, kind)
         idx = list(range(accelerator.process_index, len(rows), accelerator.num_processes))
         preds, _, _ = predict_rows(lm, task, [rows[i] for i in idx], batch_size, num_beams, candidates)
-        pairs = gather_object(list(zip(idx, preds))) if accelerator.num_processes > 1 else list(zip(idx, preds))
+        pairs = gather_object(list(zip(idx, preds)))  # returns its input unchanged in a single process
         ordered = [p for _, p in sorted(pairs, key=lambda x: x[0])]
         return task.evaluate(ordered, list(rows))
 

@@ -80,7 +80,7 @@ def main() -> None:
         mine = list(range(accelerator.process_index, len(data), accelerator.num_processes))
         with torch.no_grad():
             hits = [(i, int(m(data.ids[i: i + 1]).argmax(-1).item() == int(data.labels[i]))) for i in mine]
-        hits = gather_object(hits) if accelerator.num_processes > 1 else hits
+        hits = gather_object(hits)
         assert sorted(i for i, _ in hits) == list(range(len(data)))
         return {"accuracy": sum(h for _, h in hits) / len(data)}
 
