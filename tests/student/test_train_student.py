@@ -132,7 +132,6 @@ def test_two_processes_match_one_on_the_real_student(world_teacher_distilled, tm
     BatchNorm running statistics are not compared: DDP broadcasts rank 0's, a single process sees both halves.
     """
     import os
-    import socket
     import subprocess
 
     from safetensors.torch import load_file
@@ -142,13 +141,11 @@ def test_two_processes_match_one_on_the_real_student(world_teacher_distilled, tm
             "--max-steps", "3", "--batch-size", "8", "--lr", "1e-3", "--num-queries", "10", "--dropout", "0",
             "--eval-every", "2", "--eval-limit", "3", "--report-to", "none"]
     h.cli(*args, "--out", tmp_path / "one", "--grad-accum", "2")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
-    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
-                    "-m", "pipelines.cli", *args, "--out", str(tmp_path / "two")],
-                   env=env, capture_output=True, text=True, check=True)
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           "-m", "pipelines.cli", *args, "--out", str(tmp_path / "two")],
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
     logs = [[json.loads(x) for x in (tmp_path / d / "log.jsonl").read_text().splitlines()] for d in ("one", "two")]
     assert [r["step"] for r in logs[1]] == [1, 2, 3]  # one writer: the main process
     loss_diff = max(abs(a["loss"] - b["loss"]) for a, b in zip(*logs))
