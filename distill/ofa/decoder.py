@@ -17,12 +17,12 @@ class OFADecoderOutput(ModelOutput):
     """Decoder output.
 
     last_hidden_state: (B, T, D) after the decoder's final layer norm, not projected to the vocabulary.
-    past_key_values: the updated `EncoderDecoderCache` when `use_cache`.
+    cache: the updated `EncoderDecoderCache` when `use_cache` (named as transformers >= 5.24 names it).
     hidden_states: optional tuple of (B, T, D): the input of each layer, then the last output before the final norm.
     """
 
     last_hidden_state: torch.FloatTensor | None = None
-    past_key_values: Cache | None = None
+    cache: Cache | None = None
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
 
 
@@ -148,6 +148,6 @@ class OFADecoder(nn.Module):
             x = self.layer_norm(x)
         return OFADecoderOutput(
             last_hidden_state=x,
-            past_key_values=past_key_values if use_cache else None,
+            cache=past_key_values if use_cache else None,
             hidden_states=tuple(hidden_states) if output_hidden_states else None,
         )

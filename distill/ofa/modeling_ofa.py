@@ -15,6 +15,9 @@ from .encoder import OFAEncoder, OFAEncoderOutput
 from .layers import OFAAttention
 from .positions import code_position_ids, image_bucket_position, token_bucket_position
 
+# transformers 5.24 renamed the cache argument and output field `past_key_values` -> `cache`; accept both.
+_CACHE_FIELD = "cache" if "cache" in Seq2SeqLMOutput.__dataclass_fields__ else "past_key_values"
+
 
 def shift_tokens_right(labels: torch.Tensor, pad_token_id: int, decoder_start_token_id: int) -> torch.Tensor:
     """(B, T) labels -> decoder inputs: start token, then labels[:, :-1] (-100 replaced by pad)."""
@@ -119,6 +122,7 @@ class OFAModel(OFAPreTrainedModel, GenerationMixin):
         past_key_values: Cache | None = None,
         use_cache: bool | None = None,
         labels: torch.LongTensor | None = None,
+        cache: Cache | None = None,
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
@@ -135,6 +139,7 @@ class OFAModel(OFAPreTrainedModel, GenerationMixin):
         if output_attentions:
             raise ValueError("OFAModel does not return attention weights")
         use_cache = use_cache if use_cache is not None else self.config.use_cache
+        past_key_values = cache if cache is not None else past_key_values
         output_hidden_states = bool(output_hidden_states)
         if labels is not None and decoder_input_ids is None:
             decoder_input_ids = shift_tokens_right(labels, self.config.pad_token_id,
@@ -158,7 +163,7 @@ class OFAModel(OFAPreTrainedModel, GenerationMixin):
         return Seq2SeqLMOutput(
             loss=loss,
             logits=logits,
-            past_key_values=decoder_outputs.past_key_values,
+            **{_CACHE_FIELD: decoder_outputs.cache},
             decoder_hidden_states=decoder_outputs.hidden_states,
             encoder_last_hidden_state=encoder_outputs.last_hidden_state,
             encoder_hidden_states=encoder_outputs.hidden_states,

@@ -9,6 +9,7 @@ sys.path.insert(0, str(Path(__file__).parent))  # the suite runs with --import-m
 from ofa_helpers import (TOL, expected, fixture_model, max_diff, other_config, randomized)  # noqa: E402,F401
 
 from distill.ofa import OFAModel  # noqa: E402
+from distill.ofa.modeling_ofa import _CACHE_FIELD  # noqa: E402
 
 BINS = list(range(1000, 1100))
 
@@ -49,7 +50,7 @@ def _step_by_step_logits(model, input_ids, patch_images, decoder_input_ids):
     for t in range(decoder_input_ids.shape[1]):
         out = model(encoder_outputs=encoder_outputs, decoder_input_ids=decoder_input_ids[:, t:t + 1],
                     past_key_values=cache, use_cache=True)
-        cache = out.past_key_values
+        cache = out[_CACHE_FIELD]
         steps.append(out.logits)
     return torch.cat(steps, dim=1)
 
