@@ -2,12 +2,32 @@
 
 Each stage lives in its own `cmd_*` module, which imports its heavy dependencies (torch, transformers,
 datasets) inside the command body so that `narvl-pipe --help` stays fast.
+
+Help is click's plain layout (`rich_markup_mode=None`): typer's rich tables cut long option names at 80 columns
+and print `<bool>` after flags. `Command` shows required arguments as click does (`DISTILLED`), not `{distilled}`.
 """
 from __future__ import annotations
 
 import typer
+from typer.core import TyperCommand
 
 from pipelines import cmd_data, cmd_distill, cmd_hub, cmd_run, cmd_student, cmd_teacher
+
+
+class Command(TyperCommand):
+    """A typer command whose usage line names arguments the way a user types them: `ARG`, `[ARG]`, `ARG...`."""
+
+    def collect_usage_pieces(self, ctx) -> list[str]:
+        pieces = [self.options_metavar] if self.options_metavar else []
+        for param in self.get_params(ctx):
+            if param.param_type_name != "argument":
+                pieces.extend(param.get_usage_pieces(ctx))
+                continue
+            name = (param.metavar or param.name or "arg").upper()
+            name = name if param.required else f"[{name}]"
+            pieces.append(name + ("..." if param.nargs != 1 else ""))
+        return pieces
+
 
 app = typer.Typer(
     name="narvl-pipe",
@@ -15,16 +35,21 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    rich_markup_mode=None,
 )
 app.add_typer(cmd_data.app, name="data", help="Write built-in datasets (the offline shapes world).")
-app.command("train-teacher")(cmd_teacher.train_teacher)
-app.command("distill")(cmd_distill.distill)
-app.command("train-student")(cmd_student.train_student)
-app.command("evaluate")(cmd_student.evaluate)
-app.command("predict")(cmd_student.predict)
-app.command("push")(cmd_hub.push)
-app.command("run")(cmd_run.run)
-app.command("demo")(cmd_run.demo)
+# `short_help`: the command list would otherwise cut each first sentence at the terminal width with "...".
+for name, function, short_help in [
+    ("train-teacher", cmd_teacher.train_teacher, "Train the autoregressive OFA teacher (cross-entropy)."),
+    ("distill", cmd_distill.distill, "Write the teacher's outputs over a dataset (resumable)."),
+    ("train-student", cmd_student.train_student, "Train a NARVL student with Query-CTC (KD or raw labels)."),
+    ("evaluate", cmd_student.evaluate, "Score a model on a split: task metric and latency."),
+    ("predict", cmd_student.predict, "Caption, answer, box or label for one image."),
+    ("push", cmd_hub.push, "Share a distilled dataset on the Hub (parquet + card)."),
+    ("run", cmd_run.run, "Run a pipeline YAML; finished stages are cached."),
+    ("demo", cmd_run.demo, "Offline end to end on the shapes world, with a report."),
+]:
+    app.command(name, cls=Command, short_help=short_help)(function)
 
 
 def main() -> None:

@@ -7,11 +7,11 @@ import typer
 
 from pipelines.shapes import ShapesConfig
 
-app = typer.Typer(no_args_is_help=True)
+app = typer.Typer(no_args_is_help=True, rich_markup_mode=None)  # plain help: see pipelines/cli.py
 _DEFAULTS = ShapesConfig()
 
 
-@app.command("shapes")
+@app.command("shapes", short_help="Write the synthetic shapes world (all four tasks).")
 def shapes(
     out: Path = typer.Option(..., "--out", help="Output folder: DatasetDict (save_to_disk) + tokenizer/ + shapes_config.json."),
     n_train: int = typer.Option(_DEFAULTS.n_train, "--n-train", help="Rows in the train split."),

@@ -9,6 +9,8 @@ from typing import Optional
 
 import typer
 
+from distill.sources import CANONICAL_COLUMNS  # light (no datasets import): keeps --help fast
+
 
 def distill(
     task: str = typer.Option(..., "--task", help="caption, vqa, grounding or entailment."),
@@ -25,7 +27,10 @@ def distill(
     limit: Optional[int] = typer.Option(None, "--limit", help="Only the first N rows."),
     shard_size: int = typer.Option(1000, "--shard-size", help="Source rows per shard (the unit of resume)."),
     images: bool = typer.Option(True, "--images/--no-images", help="Store images in the rows, or only a reference."),
-    column: Optional[list[str]] = typer.Option(None, "--column", help="Map a column: canonical=source (repeatable)."),
+    column: Optional[list[str]] = typer.Option(
+        None, "--column", metavar="CANONICAL=SOURCE",
+        help=f"Read a canonical column from another source column, e.g. captions=text (repeatable). Canonical "
+        f"columns: {', '.join(CANONICAL_COLUMNS)}."),
     resolution: Optional[int] = typer.Option(None, "--resolution", help="Image size (default: the teacher's processor)."),
     image_root: Optional[str] = typer.Option(None, "--image-root", help="Root of relative image paths (COCO-Karpathy)."),
     revision: Optional[str] = typer.Option(None, "--revision", help="Hub revision of the teacher."),

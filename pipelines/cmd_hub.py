@@ -8,7 +8,7 @@ import typer
 
 
 def push(
-    distilled: Path = typer.Argument(..., help="The --out folder of `narvl-pipe distill`."),
+    distilled: Path = typer.Argument(..., metavar="DISTILLED", help="The --out folder of `narvl-pipe distill`."),
     repo_id: str = typer.Option(..., "--repo-id", help="Hub dataset repo, 'user/name'."),
     private: bool = typer.Option(False, "--private", help="Create the repo as private."),
     dry_run: Optional[Path] = typer.Option(

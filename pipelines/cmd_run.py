@@ -13,7 +13,7 @@ DEMO_PIPELINE = "demo.yaml"
 
 
 def run(
-    pipeline: Path = typer.Argument(..., help="Pipeline YAML, e.g. pipelines/demo.yaml."),
+    pipeline: Path = typer.Argument(..., metavar="PIPELINE", help="Pipeline YAML, e.g. pipelines/demo.yaml."),
     out: Optional[Path] = typer.Option(None, "--out", help="Artifact folder (default: runs/<pipeline name>)."),
     force: List[str] = typer.Option([], "--force", metavar="STAGE", help="Re-run this stage and every stage after it that uses it; repeatable."),
 ) -> None:

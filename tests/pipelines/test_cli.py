@@ -1,0 +1,52 @@
+"""`narvl-pipe ... --help` on an 80-column terminal: every option whole, no type placeholders a user can't type."""
+from __future__ import annotations
+
+import re
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from pipelines.cli import app
+
+COMMANDS = [[], ["data"], ["data", "shapes"], ["train-teacher"], ["distill"], ["train-student"], ["evaluate"],
+            ["predict"], ["push"], ["run"], ["demo"]]
+
+
+def _help(args: list[str]) -> str:
+    result = CliRunner().invoke(app, [*args, "--help"], env={"COLUMNS": "80"}, terminal_width=80)
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def _click_command(args: list[str]):
+    command = typer.main.get_command(app)
+    for name in args:
+        command = command.commands[name]
+    return command
+
+
+@pytest.mark.parametrize("args", COMMANDS, ids=lambda a: " ".join(a) or "narvl-pipe")
+def test_help_fits_80_columns_with_every_option_whole(args):
+    text = _help(args)
+    assert "<bool>" not in text
+    assert not re.search(r"\{[^}]*\}", text), "usage placeholders like {distilled} are not what a user types"
+    assert "…" not in text and not re.search(r"[^\]]\.\.\.$", text, re.M), "nothing is cut short"
+    assert max(len(line) for line in text.splitlines()) <= 80
+    for param in _click_command(args).params:
+        for name in [*param.opts, *param.secondary_opts]:
+            if name.startswith("--"):
+                assert re.search(rf"(?<![\w-]){re.escape(name)}(?![\w-])", text), f"{name} missing or cut"
+
+
+def test_usage_names_arguments_as_typed():
+    assert "push [OPTIONS] DISTILLED" in " ".join(_help(["push"]).split())
+    assert "run [OPTIONS] PIPELINE" in " ".join(_help(["run"]).split())
+
+
+def test_column_help_lists_the_canonical_columns():
+    from distill.sources import CANONICAL_COLUMNS
+
+    text = " ".join(_help(["distill"]).split())
+    for column in CANONICAL_COLUMNS:
+        assert re.search(rf"(?<![\w-]){column}(?![\w-])", text.split("--column", 1)[1].split("--resolution")[0]), column
