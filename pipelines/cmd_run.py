@@ -18,7 +18,7 @@ def run(
     force: List[str] = typer.Option([], "--force", metavar="STAGE", help="Re-run this stage and every stage after it that uses it; repeatable."),
 ) -> None:
     """Run a pipeline's stages in order; each stage is skipped when its cached artifact is complete."""
-    from pipelines.stages import load_pipeline, run_pipeline
+    from pipelines.stages import _duration, load_pipeline, run_pipeline
 
     pipe = load_pipeline(pipeline)
     out = out or Path("runs") / pipe.name
@@ -66,7 +66,6 @@ def run_demo(out: Path, force: List[str] = (), pipeline_file: Path | None = None
     for name in REPORT_FILES:
         shutil.copyfile(report_dir / name, out / name)
     report = json.loads((out / "report.json").read_text())
-    cached = sum(o.status == "skipped" for o in outcomes)
     typer.echo(f"\n{report['title']}\n")
     typer.echo(format_table(report))
     rows = report["rows"]
@@ -77,13 +76,23 @@ def run_demo(out: Path, force: List[str] = (), pipeline_file: Path | None = None
     typer.echo(format_checks(report))
     if report.get("note"):
         typer.echo(f"\nNote: {report['note']}")
-    cpu = sum(o.cpu_seconds for o in outcomes)
-    typer.echo(f"\nwall time {_duration(wall)}, cpu time of the stages {_duration(cpu)}"
-               + (f" ({cached} of {len(outcomes)} stages cached)" if cached else "")
-               + f"; report: {out / 'report.md'}, {out / 'report.json'}, {out / 'report.png'}")
+    typer.echo(f"\n{timing_line(outcomes, wall)}; report: {out / 'report.md'}, {out / 'report.json'}, "
+               f"{out / 'report.png'}")
     return report
 
 
-def _duration(seconds: float) -> str:
-    minutes, sec = divmod(int(round(seconds)), 60)
-    return f"{minutes}m{sec:02d}s" if minutes else f"{seconds:.1f}s"
+def timing_line(outcomes, wall: float) -> str:
+    """What this run cost, and what the cached stages cost when they were computed (a cached re-run takes ~0 s)."""
+    from pipelines.stages import _duration
+
+    cached = [o for o in outcomes if o.status == "skipped"]
+    then = sum((o.cached or {}).get("seconds", 0.0) for o in cached)
+    then_cpu = sum((o.cached or {}).get("cpu_seconds", 0.0) for o in cached)
+    earlier = f"computing them took {_duration(then)} wall, {_duration(then_cpu)} cpu"
+    if len(cached) == len(outcomes):
+        return f"all {len(outcomes)} stages cached, nothing ran ({earlier})"
+    cpu = sum(o.cpu_seconds for o in outcomes)
+    line = f"wall time {_duration(wall)}, cpu time of the stages {_duration(cpu)}"
+    if cached:
+        line += f" ({len(cached)} of {len(outcomes)} stages cached; {earlier.replace('them', 'those')})"
+    return line

@@ -10,8 +10,10 @@
 | `report`        | `pipelines.report.ReportConfig`          | `pipelines.report.run_report`         | - (restarts)        |
 
 The artifact folder is passed as the config's output field (`out`/`output_dir`), and trainers always get
-`resume=True`, so a run killed inside a stage continues from that stage's own checkpoints or shards.
-Imported (and so registered) by `pipelines.stages.stage_kinds()`.
+`resume=True`, so a run killed inside a stage continues from that stage's own checkpoints or shards. A finished
+trainer stage drops its `checkpoints/` (the final model is the artifact). The `*_NON_RESULT` sets name the fields
+that change how a stage runs but not what it writes; they are not fingerprinted (see `pipelines.stages`).
+Registered by `pipelines.stages.stage_kinds()` (from `builtin_kinds()`, on first need).
 """
 from __future__ import annotations
 
@@ -22,9 +24,17 @@ from pathlib import Path
 from distill.run import DistillConfig, run_distill
 from pipelines.report import METRICS_FILE, ReportConfig, run_report
 from pipelines.shapes import ShapesConfig, write_shapes
-from pipelines.stages import StageKind, register_stage_kind
+from pipelines.stages import StageKind
 from pipelines.teacher import TeacherTrainConfig, train_teacher
 from student.train_student import StudentTrainConfig, train_student
+from student.trainer import CHECKPOINT_DIR
+
+TRAIN_NON_RESULT = frozenset({"report_to", "project_name", "num_workers", "log_every", "keep_checkpoints",
+                              "find_unused_parameters"})
+"""`TrainConfig` fields that leave the trained model as it is: trackers, DataLoader workers, logging cadence, how many
+checkpoints stay on disk, a DDP bookkeeping switch (the data order and the random draws don't depend on them)."""
+DISTILL_NON_RESULT = frozenset({"num_workers", "progress", "flush_every", "overwrite"})
+"""`DistillConfig` fields that leave the rows as they are (the same ones its manifest leaves out of the run identity)."""
 
 
 @dataclass
@@ -78,12 +88,18 @@ def _run_evaluate(cfg: EvaluateStageConfig, out: Path) -> None:
     (out / METRICS_FILE).write_text(json.dumps(record, indent=2) + "\n")
 
 
-register_stage_kind(StageKind("data", ShapesConfig, lambda cfg, out: write_shapes(out, cfg)))
-register_stage_kind(StageKind("train-teacher", TeacherTrainConfig, lambda cfg, out: train_teacher(cfg),
-                              out_field="output_dir", fixed={"resume": True}, resumable=True))
-register_stage_kind(StageKind("distill", DistillConfig, lambda cfg, out: run_distill(cfg), out_field="out",
-                              resumable=True))
-register_stage_kind(StageKind("train-student", StudentTrainConfig, lambda cfg, out: train_student(cfg),
-                              out_field="output_dir", fixed={"resume": True}, resumable=True))
-register_stage_kind(StageKind("evaluate", EvaluateStageConfig, _run_evaluate))
-register_stage_kind(StageKind("report", ReportConfig, run_report))
+def builtin_kinds() -> list[StageKind]:
+    """The built-in kinds, for `pipelines.stages.stage_kinds()` to register."""
+    return [
+        StageKind("data", ShapesConfig, lambda cfg, out: write_shapes(out, cfg)),
+        StageKind("train-teacher", TeacherTrainConfig, lambda cfg, out: train_teacher(cfg), out_field="output_dir",
+                  fixed={"resume": True}, resumable=True, non_result=TRAIN_NON_RESULT,
+                  resume_state=(CHECKPOINT_DIR,)),
+        StageKind("distill", DistillConfig, lambda cfg, out: run_distill(cfg), out_field="out", resumable=True,
+                  non_result=DISTILL_NON_RESULT),
+        StageKind("train-student", StudentTrainConfig, lambda cfg, out: train_student(cfg), out_field="output_dir",
+                  fixed={"resume": True}, resumable=True, non_result=TRAIN_NON_RESULT,
+                  resume_state=(CHECKPOINT_DIR,)),
+        StageKind("evaluate", EvaluateStageConfig, _run_evaluate),
+        StageKind("report", ReportConfig, run_report),
+    ]

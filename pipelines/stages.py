@@ -17,11 +17,16 @@ Cache rules:
 - A stage's artifact lives in `OUT/<name>-<fingerprint>/`. The fingerprint hashes the stage's kind and its resolved
   config (YAML values over the dataclass defaults), where each reference is replaced by the referenced stage's
   folder name, which holds *its* fingerprint. So changing a stage's config re-runs it and every stage downstream of
-  it, and no other; the output folder's location is not part of any fingerprint.
+  it, and no other; the output folder's location is not part of any fingerprint, nor are the fields its kind
+  declares `non_result` (workers, logging, trackers: how a stage runs, not what it writes).
 - A stage is complete when `OUT/<name>-<fingerprint>/stage_complete.json` exists; it is written last, atomically.
   Complete stages are skipped. An incomplete folder of a resumable kind (trainers, distill) is handed back to the
   stage function, which resumes from its own checkpoints/shards; other kinds restart from an empty folder.
 - `--force NAME` re-runs NAME from scratch and, because its fingerprint does not change, every stage downstream of it.
+  Before any stage runs, each forced folder gets `stage_forced.json` (and loses its completion marker), so a forced
+  run that is interrupted still re-runs them all next time; a stage clears the mark by starting from scratch.
+- Once a stage is complete, its kind's `resume_state` sub-folders (trainer checkpoints) are deleted: they only
+  serve the resume of an interrupted stage, and the artifact (the final model) is complete without them.
 - `stage_config.json` (the resolved config, with real paths) is written next to the artifact when the stage ends
   (some stage functions require an empty output folder), just before the completion marker.
 - `OUT/<name>` is a symlink to the stage's current folder, for humans; nothing reads it.
@@ -44,6 +49,7 @@ from distill.errors import UserError
 
 FINGERPRINT_VERSION = 1  # bump when the artifact layout of any stage changes incompatibly
 COMPLETE_MARKER = "stage_complete.json"
+FORCED_MARKER = "stage_forced.json"
 STAGE_CONFIG = "stage_config.json"
 LOCK_FILE = ".narvl-run.lock"
 _REF = re.compile(r"\$\{stages\.([A-Za-z0-9_.-]+?)\}")
@@ -66,6 +72,18 @@ class StageKind:
     """Fields the runner always sets (e.g. `resume=True`); not settable from YAML, not fingerprinted."""
     resumable: bool = False
     """True: an interrupted folder is given back to `run` to resume. False: it is emptied first."""
+    non_result: frozenset[str] = frozenset()
+    """Config fields that change how the stage runs but not its artifact (workers, logging, trackers, progress bars):
+    left out of the fingerprint, so changing one re-runs nothing."""
+    resume_state: tuple[str, ...] = ()
+    """Sub-folders of the artifact that only serve resuming an interrupted run (checkpoints): deleted once complete."""
+
+    def __post_init__(self):
+        fields = {f.name for f in dataclasses.fields(self.config_cls)}
+        unknown = sorted(set(self.non_result) - fields)
+        if unknown:
+            raise ValueError(f"stage kind {self.name!r}: non_result names no field of "
+                             f"{self.config_cls.__name__}: {', '.join(unknown)}")
 
 
 _KINDS: dict[str, StageKind] = {}
@@ -80,7 +98,10 @@ def stage_kinds(needed: Iterable[str] | None = None) -> dict[str, StageKind]:
     """Registered kinds. The built-in ones (data, train-teacher, ...) are imported (torch, transformers: seconds)
     unless every kind in `needed` is registered already."""
     if needed is None or any(k not in _KINDS for k in needed):
-        from pipelines import stage_kinds as builtin  # noqa: F401  (registers the built-in kinds on import)
+        from pipelines.stage_kinds import builtin_kinds  # torch, transformers: seconds
+
+        for kind in builtin_kinds():  # a kind registered under the same name first wins
+            _KINDS.setdefault(kind.name, kind)
     return _KINDS
 
 
@@ -124,7 +145,7 @@ class PlannedStage:
 
     @property
     def complete(self) -> bool:
-        return (self.dir / COMPLETE_MARKER).exists()
+        return (self.dir / COMPLETE_MARKER).exists() and not (self.dir / FORCED_MARKER).exists()
 
 
 @dataclass
@@ -138,6 +159,8 @@ class StageOutcome:
     seconds: float
     cpu_seconds: float = 0.0
     """CPU time of this process and its finished children (DataLoader workers) during the stage."""
+    cached: dict[str, Any] | None = None
+    """A skipped stage's completion record from the run that computed it (`seconds`, `cpu_seconds`, `finished`)."""
 
 
 def _walk_strings(value: Any) -> Iterable[str]:
@@ -249,7 +272,8 @@ def plan(pipe: Pipeline, out: str | Path) -> list[PlannedStage]:
         missing = sorted(names - reserved - set(resolved))
         if missing:
             raise UserError(f"stage {spec.name!r} ({spec.kind}): missing required config field(s) {', '.join(missing)}")
-        fp = fingerprint(spec.kind, _substitute(resolved, dir_names))
+        result_fields = {k: v for k, v in resolved.items() if k not in kind.non_result}
+        fp = fingerprint(spec.kind, _substitute(result_fields, dir_names))
         dir_names[spec.name] = f"{spec.name}-{fp}"
         config = _jsonable(_substitute(resolved, {n: str(out / d) for n, d in dir_names.items()}))
         stage = PlannedStage(spec, kind, fp, out / dir_names[spec.name], config)
@@ -293,6 +317,30 @@ def _write_json_atomic(path: Path, data: Any) -> None:
     os.replace(tmp, path)
 
 
+def _mark_forced(stages: list[PlannedStage], rerun: set[str]) -> None:
+    """Mark every forced folder on disk before anything runs, so an interruption cannot undo `--force`."""
+    for stage in stages:
+        if stage.spec.name in rerun and stage.dir.exists():
+            _write_json_atomic(stage.dir / FORCED_MARKER, {"forced": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+            (stage.dir / COMPLETE_MARKER).unlink(missing_ok=True)
+
+
+def _drop_resume_state(stage: PlannedStage) -> str:
+    """Delete a complete stage's resume-only folders; returns a note for the log ('' when there was nothing)."""
+    freed = 0
+    for name in stage.kind.resume_state:
+        folder = stage.dir / name
+        if folder.is_dir():
+            freed += sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+            shutil.rmtree(folder)
+    return f"; removed {freed / 1e6:.1f} MB of resume state ({', '.join(stage.kind.resume_state)})" if freed else ""
+
+
+def _duration(seconds: float) -> str:
+    minutes, sec = divmod(int(round(seconds)), 60)
+    return f"{minutes}m{sec:02d}s" if minutes else f"{seconds:.1f}s"
+
+
 def _link(out: Path, stage: PlannedStage) -> None:
     link = out / stage.spec.name
     tmp = out / f".{stage.spec.name}.link.tmp"
@@ -329,16 +377,19 @@ def run_pipeline(
         raise UserError(f"another `narvl-pipe run` is using {out}; wait for it or pick another --out") from None
     outcomes: list[StageOutcome] = []
     try:
+        _mark_forced(stages, rerun)
         width = max(len(s.spec.name) for s in stages)
         for i, stage in enumerate(stages, 1):
             head = f"[{i}/{len(stages)}] {stage.spec.name:<{width}}"
-            if stage.complete and stage.spec.name not in rerun:
-                outcomes.append(StageOutcome(stage.spec.name, "skipped", stage.dir, 0.0))
-                log(f"{head} cached   {stage.dir.name}")
+            if stage.complete:
+                record = json.loads((stage.dir / COMPLETE_MARKER).read_text())
+                outcomes.append(StageOutcome(stage.spec.name, "skipped", stage.dir, 0.0, cached=record))
+                note = _drop_resume_state(stage)  # left by a narvl-pipe that kept them
+                log(f"{head} cached   {stage.dir.name} (took {_duration(record.get('seconds', 0.0))}{note})")
                 _link(out, stage)
                 continue
             status = "ran"
-            if stage.spec.name in rerun and stage.dir.exists():
+            if (stage.dir / FORCED_MARKER).exists():
                 shutil.rmtree(stage.dir)
                 status = "forced"
             elif stage.dir.exists() and not stage.kind.resumable:
@@ -356,9 +407,10 @@ def run_pipeline(
             _write_json_atomic(stage.dir / COMPLETE_MARKER, {"fingerprint": stage.fingerprint, "seconds": seconds,
                                                              "cpu_seconds": cpu,
                                                              "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+            note = _drop_resume_state(stage)
             _link(out, stage)
             outcomes.append(StageOutcome(stage.spec.name, status, stage.dir, seconds, cpu))
-            log(f"{head} done     in {seconds:.1f} s (cpu {cpu:.1f} s)")
+            log(f"{head} done     in {_duration(seconds)} (cpu {_duration(cpu)}{note})")
     finally:
         fcntl.flock(lock, fcntl.LOCK_UN)
         lock.close()

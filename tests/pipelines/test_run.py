@@ -71,7 +71,7 @@ def tiny_pipeline(student_steps: int = 2) -> dict:
          "config": {"n_train": 24, "n_val": 4, "n_test": 6, "size": 32, "seed": 0, "tokenizer_vocab_size": 300}},
         {"name": "teacher", "kind": "train-teacher",
          "config": {"task": "caption", "data": "${stages.shapes}", "max_steps": 3, "eval_num_beams": 1,
-                    **TINY_MODEL, **TRAIN}},
+                    "save_every": 2, **TINY_MODEL, **TRAIN}},
         {"name": "distill", "kind": "distill",
          "config": {"task": "caption", "teacher": "${stages.teacher}", "data": "${stages.shapes}", "num_beams": 2,
                     "max_new_tokens": 8, "batch_size": 8, "shard_size": 16, "num_workers": 0, "progress": False}},
@@ -109,6 +109,8 @@ def test_run_end_to_end_with_real_stages(tmp_path, monkeypatch, capsys, one_thre
     assert [r["label"] for r in report["rows"]] == ["teacher-beam2", "student-kd", "student-raw"]
     assert all(r["num_samples"] == 6 and r["ms_per_sample"] > 0 for r in report["rows"])
     assert {r["model_type"] for r in report["rows"]} == {"ofa", "narvl"}
+    # A finished trainer stage keeps its final model, not the checkpoints that only a resume needs.
+    assert not (out / "teacher" / "checkpoints").exists() and (out / "teacher" / "config.json").is_file()
 
     # The distill artifact is a real distilled dataset: every train row, and push --dry-run serves the same rows.
     distilled = datasets.load_from_disk(str(out / "distill"))
@@ -127,7 +129,8 @@ def test_run_end_to_end_with_real_stages(tmp_path, monkeypatch, capsys, one_thre
     assert "0 stage(s) ran, 9 cached" in capsys.readouterr().out
     assert run_demo(out, pipeline_file=yaml_file) == report
     printed = capsys.readouterr().out
-    assert "9 of 9 stages cached" in printed and "student-kd" in printed and "speed-up vs teacher-beam2" in printed
+    assert "all 9 stages cached, nothing ran (computing them took" in printed and "wall time 0.0s" not in printed
+    assert "student-kd" in printed and "speed-up vs teacher-beam2" in printed
     assert (out / "report.png").is_file() and (out / "report.md").is_file()
 
     # A student config change re-runs that student, its evaluation and the report only.
@@ -154,3 +157,28 @@ def test_packaged_demo_yaml_is_valid(tmp_path):
     assert by["student-raw"].config["target_column"] == "references"
     assert by["student-kd"].config["init"] == by["student-raw"].config["init"] == str(by["teacher"].dir)
     assert list(by["report"].config["results"]) == ["teacher-greedy", "teacher-beam5", "student-kd", "student-raw"]
+
+
+def test_run_settings_that_change_no_artifact_are_not_fingerprinted(tmp_path):
+    """Trackers, workers, logging and progress bars re-run nothing; a learning rate or a beam size does."""
+    import importlib.resources
+
+    import yaml
+
+    from pipelines.stages import parse_pipeline, plan
+
+    doc = yaml.safe_load((importlib.resources.files("pipelines") / "demo.yaml").read_text())
+
+    def fingerprints(**changes):
+        stages = [dict(s, config={**s["config"], **changes.get(s["name"], {})}) for s in doc["stages"]]
+        return {s.spec.name: s.fingerprint for s in plan(parse_pipeline({**doc, "stages": stages}), tmp_path)}
+
+    base = fingerprints()
+    trainer_noise = {"report_to": "tensorboard", "num_workers": 3, "log_every": 1, "keep_checkpoints": 7,
+                     "project_name": "other", "find_unused_parameters": False}
+    assert fingerprints(teacher=trainer_noise, **{"student-kd": trainer_noise}) == base
+    assert fingerprints(distill={"num_workers": 0, "progress": False, "flush_every": 8, "overwrite": True}) == base
+    changed = fingerprints(teacher={"lr": 3e-4})
+    assert {name for name in base if changed[name] != base[name]} == set(base) - {"shapes"}
+    changed = fingerprints(distill={"num_beams": 4})
+    assert changed["distill"] != base["distill"] and changed["teacher"] == base["teacher"]

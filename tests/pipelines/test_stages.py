@@ -31,6 +31,8 @@ class MakeConfig:
 
     value: int = 1
     n_items: int = 4
+    log_every: int = 10
+    """How often to log: changes nothing in the artifact (declared `non_result` by the kind)."""
     out: str = ""
     resume: bool = False
 
@@ -43,6 +45,8 @@ def _make(cfg: MakeConfig, out: Path) -> None:
         if item.exists():
             continue
         item.write_text(str(cfg.value * i))
+        (out / "ckpt").mkdir(exist_ok=True)  # resume state, like trainer checkpoints
+        (out / "ckpt" / f"after{i}").write_text("x" * 1000)
         with open(out.parent / "computed.log", "a") as log:
             log.write(f"{out.name} {i}\n")
         if CRASH.get("make") == i:
@@ -73,7 +77,8 @@ def _sum(cfg: SumConfig, out: Path) -> None:
 @pytest.fixture(autouse=True)
 def fake_kinds(monkeypatch):
     kinds = dict(stages._KINDS)  # the built-in kinds (torch imports) are loaded only if a test needs them
-    kinds["make"] = StageKind("make", MakeConfig, _make, out_field="out", fixed={"resume": True}, resumable=True)
+    kinds["make"] = StageKind("make", MakeConfig, _make, out_field="out", fixed={"resume": True}, resumable=True,
+                              non_result=frozenset({"log_every"}), resume_state=("ckpt",))
     kinds["sum"] = StageKind("sum", SumConfig, _sum)
     monkeypatch.setattr(stages, "_KINDS", kinds)
     CALLS.clear()
@@ -129,13 +134,58 @@ def test_fingerprint_ignores_out_location_key_order_and_explicit_defaults(tmp_pa
     assert stages.plan(explicit, tmp_path)[0].fingerprint == p1[0].fingerprint
 
 
+def test_non_result_fields_change_no_fingerprint(tmp_path):
+    run_pipeline(diamond(), tmp_path, log=lambda s: None)
+    CALLS.clear()
+    relogged = parse_pipeline({"stages": [{"name": "a", "kind": "make", "config": {"log_every": 1}}]})
+    out = run_pipeline(relogged, tmp_path, log=lambda s: None)
+    assert CALLS == [] and out[0].status == "skipped"
+    assert stages.plan(relogged, tmp_path)[0].config["log_every"] == 1  # still handed to the stage when it runs
+    with pytest.raises(ValueError, match="non_result.*not_a_field"):
+        StageKind("bad", MakeConfig, _make, non_result=frozenset({"not_a_field"}))
+
+
+def test_finished_stage_drops_its_resume_state_only(tmp_path):
+    CRASH["make"] = 1
+    with pytest.raises(Crash):
+        run_pipeline(diamond(), tmp_path, log=lambda s: None)
+    a_dir = next(tmp_path.glob("a-*"))
+    assert (a_dir / "ckpt").is_dir()  # an interrupted stage keeps what its resume needs
+    CRASH.clear()
+    lines: list[str] = []
+    run_pipeline(diamond(), tmp_path, log=lines.append)
+    assert not (a_dir / "ckpt").exists() and (a_dir / "item3.txt").is_file()
+    assert any("removed" in line and "resume state" in line for line in lines)
+    (a_dir / "ckpt").mkdir()  # left by an older narvl-pipe: a cached stage is cleaned too
+    run_pipeline(diamond(), tmp_path, log=lambda s: None)
+    assert not (a_dir / "ckpt").exists()
+
+
+def test_cached_stage_reports_the_time_it_took_when_computed(tmp_path):
+    from pipelines.cmd_run import timing_line
+
+    first = run_pipeline(diamond(), tmp_path, log=lambda s: None)
+    for o in first:  # pretend each stage took 2 minutes (cpu 3): the markers hold the times of the computing run
+        marker = json.loads((o.dir / stages.COMPLETE_MARKER).read_text())
+        (o.dir / stages.COMPLETE_MARKER).write_text(json.dumps({**marker, "seconds": 120.0, "cpu_seconds": 180.0}))
+    lines: list[str] = []
+    second = run_pipeline(diamond(), tmp_path, log=lines.append)
+    assert [o.cached["seconds"] for o in second] == [120.0] * 4
+    assert all("took 2m00s" in line for line in lines)
+    line = timing_line(second, wall=0.01)
+    assert "0.0s" not in line and "all 4 stages cached" in line and "8m00s" in line
+    third = run_pipeline(diamond(), tmp_path, force=["d"], log=lambda s: None)
+    line = timing_line(third, wall=3.0)
+    assert "wall time 3.0s" in line and "3 of 4 stages cached" in line and "6m00s" in line
+
+
 def test_stage_config_json_holds_resolved_config(tmp_path):
     run_pipeline(diamond(), tmp_path, log=lambda s: None)
     a_dir = (tmp_path / "a").resolve()
     saved = json.loads((tmp_path / "d" / "stage_config.json").read_text())
     assert saved["kind"] == "sum" and saved["name"] == "d"
     assert saved["config"] == {"inputs": [str((tmp_path / "b").resolve()), str((tmp_path / "c").resolve())], "offset": 0}
-    assert json.loads((a_dir / "stage_config.json").read_text())["config"] == {"value": 1, "n_items": 4}
+    assert json.loads((a_dir / "stage_config.json").read_text())["config"] == {"value": 1, "n_items": 4, "log_every": 10}
     marker = json.loads((a_dir / "stage_complete.json").read_text())
     assert a_dir.name == "a-" + marker["fingerprint"]
 
@@ -173,6 +223,28 @@ def test_force_reruns_stage_and_its_dependents(tmp_path):
     assert (tmp_path / "computed.log").read_text().count("\n") == 8  # a forced resumable stage starts from scratch
     with pytest.raises(UserError, match="no such stage"):
         run_pipeline(diamond(), tmp_path, force=["zz"], log=lambda s: None)
+
+
+@pytest.mark.parametrize("crash_kind, calls, statuses", [
+    ("make", ["a", "b", "c", "d"], ["resumed", "forced", "forced", "forced"]),  # killed inside the forced stage
+    ("sum", ["b", "c", "d"], ["skipped", "ran", "forced", "forced"]),  # killed after it, inside b
+])
+def test_interrupted_forced_run_still_reruns_downstream(tmp_path, crash_kind, calls, statuses):
+    """`--force a` killed midway: the next plain run still re-runs every stage after a, from scratch."""
+    run_pipeline(diamond(), tmp_path, log=lambda s: None)
+    CRASH[crash_kind] = 1
+    with pytest.raises(Crash):
+        run_pipeline(diamond(), tmp_path, force=["a"], log=lambda s: None)
+    CRASH.clear()
+    CALLS.clear()
+    out = run_pipeline(diamond(), tmp_path, log=lambda s: None)
+    assert CALLS == calls and [o.status for o in out] == statuses
+    # 4 items first, then the forced a's own 4 items (a resumed forced run keeps its fresh items, never the old ones)
+    assert (tmp_path / "computed.log").read_text().count("\n") == 8
+    assert result(tmp_path, "d") == 12
+    CALLS.clear()
+    run_pipeline(diamond(), tmp_path, log=lambda s: None)
+    assert CALLS == []  # once done, cached again
 
 
 @pytest.mark.parametrize(
