@@ -1,57 +1,45 @@
 """Share a distilled dataset on the Hugging Face Hub: parquet shards per split + a dataset card.
 
-The folder that would be uploaded is built locally first (`build_upload_folder`), so `--dry-run` and the tests see
-exactly what the Hub would get. The card is rendered from `data_cards/distilled_dataset.md` through
-`huggingface_hub.DatasetCard.from_template` and regenerated on every push (cards written only when absent go stale).
+The folder that is uploaded is built locally first (`build_upload_folder`), so `--dry-run` and the tests see exactly
+what the Hub would get. It only uses `datasets`' and `huggingface_hub`'s public APIs: `Dataset.shard`/`to_parquet`
+and each feature's `embed_storage` write the shards, a `configs` entry in the card (`MetadataConfigs`) points the
+Hub at them, and `HfApi.upload_folder` (huggingface_hub >= 2; `upload_large_folder` on older releases) uploads it
+resumably. The card is rendered from `data_cards/distilled_dataset.md` through `huggingface_hub.DatasetCard` and
+regenerated on every push (cards written only when absent go stale).
+
+The folder is kept (by default `DISTILLED/.hub-upload/`, hidden so that `datasets` never reads it as data): a push
+that fails (no network, `HF_HUB_OFFLINE=1`, no token) says what failed, and its retry reuses the shards when
+`.narvl-build.json` shows they were built from the same data, so only the card is rendered again.
+
+Nothing machine-local is published: local paths of the teacher and the source become their folder names,
+`image_path` becomes relative to the source folder, and embedded images keep only their file name.
 """
 from __future__ import annotations
 
-import importlib.resources
 import json
+import math
+import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-DATA_DIR = "data"
-CARD_TEMPLATE = "distilled_dataset.md"
+from distill.errors import UserError
+from pipelines.hub_card import DATA_DIR, manifest_get, render_card
+
 MAX_SHARD_BYTES = 500 * 1024 * 1024  # the `datasets.push_to_hub` default shard size
+BUILD_DIR = ".hub-upload"
+"""Default upload folder, inside the distilled folder (hidden: `datasets` skips it when reading data files)."""
+BUILD_RECORD = ".narvl-build.json"
+"""In the upload folder: what its parquet files were built from (never uploaded)."""
+BUILD_LAYOUT = 2  # bump when the parquet files' content changes for the same data (forces a rebuild)
 
-# Hub task categories per narvl-pipe task (https://huggingface.co/tasks).
-TASK_CATEGORIES = {
-    "caption": "image-to-text",
-    "vqa": "visual-question-answering",
-    "grounding": "object-detection",
-    "entailment": "image-text-to-text",
-}
 
-# What each canonical / distilled column means, for the card's schema table.
-COLUMN_MEANINGS = {
-    "id": "stable row id, carried from the source",
-    "task": "narvl-pipe task name",
-    "prompt": "the OFA instruction given to the teacher",
-    "image": "the input image",
-    "image_path": "the source's image file path (None when the image came embedded)",
-    "source_index": "row index in the source split",
-    "target": "the teacher's best output text (the student's training target)",
-    "target_ids": "the teacher tokenizer's ids of `target`, ending with EOS",
-    "teacher_logprob": "the teacher's sequence log-probability of `target`",
-    "target_len": "length of `target_ids` (EOS included)",
-    "nbest": "the teacher's n-best outputs (with `--num-return-sequences`)",
-    "nbest_logprobs": "sequence log-probabilities of the n-best outputs",
-    "captions": "the source's reference captions",
-    "question": "VQA question",
-    "answers": "the source's human answers",
-    "region_text": "grounding region text",
-    "box": "the source's box, x0 y0 x1 y1 in original image pixels",
-    "premise": "entailment premise ('' = none)",
-    "hypothesis": "entailment hypothesis",
-    "label": "the source's entailment label",
-}
+class FolderNotWritable(UserError):
+    """The upload folder can't be created or written (a read-only distilled folder, a file in the way)."""
 
-STAT_COLUMNS = ("teacher_logprob", "target_len")
-PERCENTILES = (5, 25, 50, 75, 95)
+    def __init__(self, folder: Path, reason: str, hint: str = "choose a writable folder"):
+        super().__init__(f"cannot write the upload folder {folder} ({reason}); {hint}")
+        self.folder, self.reason = folder, reason
 
 
 @dataclass
@@ -64,18 +52,19 @@ class PushResult:
     """Split -> parquet paths relative to `folder`."""
     url: str | None
     """The Hub URL of the commit, or None on a dry run."""
+    reused: bool = False
+    """True when the parquet files of an earlier build of the same data were reused (only the card was rendered)."""
 
 
-def card_template_path() -> Path:
-    """The dataset-card template shipped in the `data_cards` package."""
-    return Path(str(importlib.resources.files("data_cards") / CARD_TEMPLATE))
+def check_repo_id(repo_id: str, name: str = "repo_id") -> None:
+    """Refuse a repo id that isn't 'user/name' (`name`: how the caller spells the setting)."""
+    if repo_id.count("/") != 1 or not all(repo_id.split("/")):
+        raise UserError(f"{name} must look like 'user/name', got {repo_id!r}")
 
 
 def load_distilled(path: str | Path):
     """Open a distilled folder: returns (DatasetDict, manifest dict). A single `Dataset` becomes the manifest's split."""
     import datasets
-
-    from distill.errors import UserError
 
     path = Path(path)
     if not path.is_dir():
@@ -86,171 +75,165 @@ def load_distilled(path: str | Path):
         ds = datasets.load_from_disk(str(path))
     except FileNotFoundError as err:
         raise UserError(f"{path} holds no `save_to_disk` dataset ({err})") from None
+    except IndexError:  # datasets can't open a folder saved with 0 data files (an empty dataset)
+        raise UserError(f"{path} holds 0 rows: nothing to push") from None
     if isinstance(ds, datasets.Dataset):
-        split = str(_get(manifest, ("source", "split"), ("split",), default="train"))
+        split = str(manifest_get(manifest, ("source", "split"), ("split",), default="train"))
         ds = datasets.DatasetDict({split: ds})
     return ds, manifest
 
 
-def _get(mapping: dict, *paths: tuple[str, ...], default: Any = None) -> Any:
-    """The first of several nested keys found in `mapping` (manifests evolve; read them leniently)."""
-    for keys in paths:
-        node: Any = mapping
-        for key in keys:
-            if not isinstance(node, dict) or key not in node:
-                break
-            node = node[key]
-        else:
-            if node not in (None, ""):
-                return node
-    return default
+def publishable_path(path: str | None, roots: list[str]) -> str | None:
+    """A source file path without the machine-local part: relative to the first root holding it, else its name."""
+    if not path or "://" in path or not os.path.isabs(path):  # a URL or a relative path is the same everywhere
+        return path
+    for root in roots:
+        rel = os.path.relpath(path, root)
+        if not rel.startswith(".."):
+            return Path(rel).as_posix()
+    return os.path.basename(path)
 
 
-def column_statistics(dsd) -> list[dict[str, Any]]:
-    """Mean/std/min/percentiles/max of `teacher_logprob` and `target_len` for each split (rows of the card's table)."""
-    import numpy as np
+def _source_roots(manifest: dict) -> list[str]:
+    """Folders the distilled rows' `image_path`s are relative to: the `--image-root`, then the source's folder."""
+    roots = []
+    image_root = manifest_get(manifest, ("config", "image_root"), ("source", "image_root"))
+    data = manifest_get(manifest, ("source", "data"), ("config", "data"))
+    if isinstance(image_root, str):
+        roots.append(image_root)
+    if isinstance(data, str) and os.path.isabs(data):
+        roots.append(data if not Path(data).suffix else str(Path(data).parent))
+    return roots
 
-    rows = []
+
+def _publishable_table(table, features, roots: list[str]):
+    """One Arrow batch as it is published: media bytes embedded (file name only), `image_path` made relative."""
+    import pyarrow as pa
+
+    for i, name in enumerate(table.column_names):
+        feature = features.get(name)
+        if hasattr(feature, "embed_storage"):  # Image/Audio...: the Hub copy must hold the bytes, not a local path
+            table = table.set_column(i, name, feature.embed_storage(table.column(i).combine_chunks()))
+        elif name == "image_path":
+            paths = [publishable_path(p, roots) for p in table.column(i).to_pylist()]
+            table = table.set_column(i, name, pa.array(paths, type=table.schema.field(i).type))
+    return table
+
+
+def _data_stamp(dsd, roots: list[str]) -> dict | None:
+    """What the parquet files are built from (the Arrow files behind each split); None when it can't be told."""
+    splits = {}
     for split, ds in dsd.items():
-        for column in STAT_COLUMNS:
-            if column not in ds.column_names or len(ds) == 0:
-                continue
-            values = np.asarray(ds.data.column(column).to_numpy(zero_copy_only=False), dtype=np.float64)
-            pct = np.percentile(values, PERCENTILES)
-            stats = {"mean": values.mean(), "std": values.std(), "min": values.min(), "max": values.max()}
-            stats.update({f"p{p}": v for p, v in zip(PERCENTILES, pct)})
-            rows.append({"split": split, "column": column, **{k: f"{float(v):.3f}" for k, v in stats.items()}})
-    return rows
+        if not ds.cache_files:  # an in-memory dataset: no files to compare, always rebuild
+            return None
+        files = []
+        for cache in ds.cache_files:
+            st = os.stat(cache["filename"])
+            files.append([os.path.abspath(cache["filename"]), st.st_size, st.st_mtime_ns])
+        splits[split] = {"rows": len(ds), "features": ds.features.to_dict(), "files": files}
+    return {"layout": BUILD_LAYOUT, "max_shard_bytes": MAX_SHARD_BYTES, "roots": roots, "splits": splits}
 
 
-def _type_name(feature) -> str:
-    """A short readable type for a `datasets` feature: `string`, `list[int32]`, `image`..."""
-    import datasets
-
-    if isinstance(feature, datasets.Value):
-        return feature.dtype
-    if isinstance(feature, (datasets.List, datasets.LargeList)):
-        return f"list[{_type_name(feature.feature)}]"
-    if isinstance(feature, dict):
-        return "{" + ", ".join(f"{k}: {_type_name(v)}" for k, v in feature.items()) + "}"
-    if isinstance(feature, list):
-        return f"list[{_type_name(feature[0])}]"
-    return type(feature).__name__.lower()
-
-
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
+def _current_build(folder: Path, stamp: dict | None) -> dict[str, list[str]] | None:
+    """The data files of an earlier build in `folder` when it was made from the same data and is intact."""
+    record_file = folder / BUILD_RECORD
+    if stamp is None or not record_file.is_file():
+        return None
     try:
-        return version("narvl-pipe")
-    except PackageNotFoundError:
-        return "unknown"
+        record = json.loads(record_file.read_text())
+    except ValueError:
+        return None
+    if record.get("stamp") != json.loads(json.dumps(stamp)):
+        return None
+    sizes = record.get("sizes", {})
+    on_disk = {p.relative_to(folder).as_posix() for p in (folder / DATA_DIR).glob("*.parquet")}
+    if on_disk != set(sizes) or any((folder / rel).stat().st_size != size for rel, size in sizes.items()):
+        return None
+    return record["data_files"]
 
 
-def _size_category(n: int) -> str:
-    for limit, name in ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M")):
-        if n < limit:
-            return name
-    return "1M<n<10M" if n < 10_000_000 else "10M<n<100M"
-
-
-def write_parquet_shards(dsd, folder: Path) -> dict[str, list[str]]:
-    """Write each split as `data/<split>-XXXXX-of-YYYYY.parquet` with images embedded (as `push_to_hub` does)."""
-    from datasets.features.features import require_decoding
-    from datasets.table import embed_table_storage
-
+def write_parquet_shards(dsd, folder: Path, roots: list[str]) -> dict[str, list[str]]:
+    """Write each split as `data/<split>-XXXXX-of-YYYYY.parquet`, in the form `_publishable_table` gives."""
     data_dir = folder / DATA_DIR
     if data_dir.exists():  # a re-build must not keep shards of an older dataset
         shutil.rmtree(data_dir)
     data_dir.mkdir(parents=True)
     files: dict[str, list[str]] = {}
     for split, ds in dsd.items():
-        num_shards = int(ds._estimate_nbytes() / MAX_SHARD_BYTES) + 1
-        embed = any(require_decoding(f, ignore_decode_attribute=True) for f in ds.features.values())
+        # The Arrow size decides the shard count, as `push_to_hub` does (distilled rows hold their image bytes).
+        num_shards = max(1, min(len(ds), math.ceil(ds.data.nbytes / MAX_SHARD_BYTES)))
         files[split] = []
         for index in range(num_shards):
             shard = ds.shard(num_shards=num_shards, index=index, contiguous=True)
-            if embed:  # image paths -> bytes inside the parquet file, so the Hub copy is self-contained
-                shard = shard.with_format("arrow").map(embed_table_storage, batched=True, keep_in_memory=True)
+            shard = shard.with_format("arrow").map(_publishable_table, batched=True, keep_in_memory=True,
+                                                   fn_kwargs={"features": ds.features, "roots": roots})
             rel = f"{DATA_DIR}/{split}-{index:05d}-of-{num_shards:05d}.parquet"
             tmp = folder / (rel + ".tmp")
-            shard.to_parquet(str(tmp))
+            shard.with_format(None).to_parquet(str(tmp))
             tmp.rename(folder / rel)
             files[split].append(rel)
     return files
 
 
-def render_card(dsd, manifest: dict, repo_id: str, source_license: str | None = None):
-    """The `DatasetCard` for a distilled DatasetDict: YAML metadata (configs, dataset_info, license...) + body."""
-    from datasets import DatasetInfo, SplitDict, SplitInfo
-    from datasets.info import DatasetInfosDict
-    from datasets.utils.metadata import MetadataConfigs
-    from huggingface_hub import DatasetCard, DatasetCardData
+def build_upload_folder(distilled_dir: str | Path, folder: str | Path, repo_id: str,
+                        source_license: str | None = None) -> tuple[dict[str, list[str]], bool]:
+    """Write the folder a push uploads: `data/<split>-*.parquet` + a freshly rendered `README.md`.
 
-    first = next(iter(dsd.values()))
-    task = _get(manifest, ("task",), default=(first[0]["task"] if "task" in first.column_names and len(first) else "caption"))
-    license_ = source_license or _get(manifest, ("source", "license"), ("source_license",), default="unknown")
-    source_name = _get(manifest, ("source", "name"), ("source", "data"), ("source",), default="unknown")
-    if isinstance(source_name, dict):
-        source_name = json.dumps(source_name)
-    total = sum(len(ds) for ds in dsd.values())
-    card_data = DatasetCardData(
-        license=license_,
-        pretty_name=f"narvl-pipe distilled {task}: {repo_id.split('/')[-1]}",
-        task_categories=[TASK_CATEGORIES.get(task, "image-text-to-text")],
-        size_categories=[_size_category(total)],
-        annotations_creators=["machine-generated"],
-        source_datasets=["extended"],
-        tags=["narvl", "ofa", "knowledge-distillation", "non-autoregressive", "narvl-pipe"],
-    )
-    MetadataConfigs(
-        {"default": {"data_files": [{"split": s, "path": f"{DATA_DIR}/{s}-*"} for s in dsd]}}
-    ).to_dataset_card_data(card_data)
-    info = DatasetInfo(features=first.features, splits=SplitDict())
-    for split, ds in dsd.items():
-        info.splits.add(SplitInfo(name=split, num_bytes=ds._estimate_nbytes(), num_examples=len(ds)))
-    info.dataset_size = sum(s.num_bytes for s in info.splits.values())
-    DatasetInfosDict({"default": info}).to_dataset_card_data(card_data)
-
-    generation = _get(manifest, ("generation_config",), ("generation",), ("teacher", "generation_config"), default={})
-    counts = _get(manifest, ("counts",), default=None) or {
-        k: manifest[k] for k in ("rows", "failures", "shards") if isinstance(manifest.get(k), (int, float))
-    }
-    wall = _get(manifest, ("wall_time_s",), ("wall_time",), default=None)
-    return DatasetCard.from_template(
-        card_data,
-        template_path=str(card_template_path()),
-        task=task,
-        repo_id=repo_id,
-        teacher_id=_get(manifest, ("teacher", "id"), ("teacher_id",), ("teacher",), default="unknown"),
-        teacher_revision=_get(manifest, ("teacher", "revision"), ("teacher_revision",), default=None)
-        or (f"sha256:{manifest['teacher']['sha256']}" if _get(manifest, ("teacher", "sha256")) else "unknown"),
-        generation_config_json=json.dumps(generation, indent=2, sort_keys=True),
-        source_name=source_name,
-        source_split=_get(manifest, ("source", "split"), ("split",), default="/".join(dsd)),
-        source_fingerprint=_get(manifest, ("source", "fingerprint"), ("fingerprint",), default=""),
-        source_license=license_,
-        narvl_pipe_version=_get(manifest, ("narvl_pipe_version",), ("version",), default=_version()),
-        row_counts={split: len(ds) for split, ds in dsd.items()},
-        run_counts=counts if isinstance(counts, dict) else {},
-        wall_time=f"{float(wall):.1f} s" if isinstance(wall, (int, float)) else wall,
-        statistics=column_statistics(dsd),
-        schema=[
-            {"name": n, "type": _type_name(f), "meaning": COLUMN_MEANINGS.get(n, "")} for n, f in first.features.items()
-        ],
-        student_init=_get(manifest, ("teacher", "id"), ("teacher_id",), default="OFA-Sys/ofa-base"),
-    )
-
-
-def build_upload_folder(distilled_dir: str | Path, folder: str | Path, repo_id: str, source_license: str | None = None):
-    """Write the folder a push uploads: `data/<split>-*.parquet` + a freshly rendered `README.md`."""
+    Returns (split -> parquet paths, reused): the parquet files of an earlier build of the same data are kept."""
     dsd, manifest = load_distilled(distilled_dir)
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    data_files = write_parquet_shards(dsd, folder)
-    card = render_card(dsd, manifest, repo_id, source_license)
-    card.save(str(folder / "README.md"))
-    return data_files
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / (BUILD_RECORD + ".tmp")
+        probe.touch()  # fail here, before any work, when the folder is read-only
+        probe.unlink()
+    except OSError as err:
+        raise FolderNotWritable(folder, err.strerror or str(err)) from None
+    if not sum(len(ds) for ds in dsd.values()):
+        raise UserError(f"{distilled_dir} holds 0 rows: nothing to push")
+    roots = _source_roots(manifest)
+    stamp = _data_stamp(dsd, roots)
+    data_files = _current_build(folder, stamp)
+    reused = data_files is not None
+    if data_files is None:
+        (folder / BUILD_RECORD).unlink(missing_ok=True)  # written again only once every shard is whole
+        data_files = write_parquet_shards(dsd, folder, roots)
+        sizes = {rel: (folder / rel).stat().st_size for rels in data_files.values() for rel in rels}
+        record = {"stamp": stamp, "data_files": data_files, "sizes": sizes}
+        tmp = folder / (BUILD_RECORD + ".tmp")
+        tmp.write_text(json.dumps(record, indent=1, default=str))
+        tmp.replace(folder / BUILD_RECORD)
+    size = sum((folder / rel).stat().st_size for rels in data_files.values() for rel in rels)
+    render_card(dsd, manifest, repo_id, source_license, download_size=size).save(str(folder / "README.md"))
+    return data_files, reused
+
+
+def hub_error_reason(err: BaseException) -> str:
+    """One line saying why a Hub call failed: the error's own first line and its class (`str` alone may be empty)."""
+    first = next((line.strip() for line in str(err).splitlines() if line.strip()), "")
+    return f"{first} ({type(err).__name__})" if first else type(err).__name__
+
+
+def _upload(api, repo_id: str, folder: Path, private: bool) -> str:
+    """Upload `folder` resumably, deleting remote shards the new build doesn't have; returns the commit URL."""
+    large = getattr(api, "upload_large_folder", None)
+    if large is None:  # huggingface_hub >= 2: upload_folder resumes (committed files skipped, chunks deduplicated)
+        info = api.upload_folder(repo_id=repo_id, repo_type="dataset", folder_path=str(folder),
+                                 commit_message="narvl-pipe push: data + regenerated card",
+                                 ignore_patterns=[BUILD_RECORD], delete_patterns=[f"{DATA_DIR}/*"])
+        return str(getattr(info, "commit_url", info))
+    # Older huggingface_hub: upload_large_folder is the resumable path; it neither deletes nor returns a commit.
+    from huggingface_hub import CommitOperationDelete
+
+    large(repo_id=repo_id, repo_type="dataset", folder_path=str(folder), private=private,
+          ignore_patterns=[BUILD_RECORD])
+    local = {p.relative_to(folder).as_posix() for p in (folder / DATA_DIR).glob("*.parquet")}
+    stale = [f for f in api.list_repo_files(repo_id, repo_type="dataset")
+             if f.startswith(f"{DATA_DIR}/") and f not in local]
+    if stale:
+        api.create_commit(repo_id=repo_id, repo_type="dataset", commit_message="narvl-pipe push: drop stale shards",
+                          operations=[CommitOperationDelete(path_in_repo=f) for f in stale])
+    return f"{api.endpoint}/datasets/{repo_id}"
 
 
 def push(
@@ -259,31 +242,25 @@ def push(
     private: bool = False,
     dry_run_dir: str | Path | None = None,
     source_license: str | None = None,
+    build_dir: str | Path | None = None,
 ) -> PushResult:
-    """Build the upload folder and upload it (resumable), or only build it into `dry_run_dir`."""
-    from distill.errors import UserError
-
-    if repo_id.count("/") != 1 or not all(repo_id.split("/")):
-        raise UserError(f"--repo-id must look like 'user/name', got {repo_id!r}")
+    """Build the upload folder (default `distilled_dir/.hub-upload`) and upload it, or only build it into
+    `dry_run_dir`. A failed upload keeps the folder, and the retry reuses its shards."""
+    check_repo_id(repo_id)
+    folder = Path(dry_run_dir if dry_run_dir is not None else build_dir or Path(distilled_dir) / BUILD_DIR)
+    files, reused = build_upload_folder(distilled_dir, folder, repo_id, source_license)
     if dry_run_dir is not None:
-        folder = Path(dry_run_dir)
-        files = build_upload_folder(distilled_dir, folder, repo_id, source_license)
-        return PushResult(folder, files, None)
+        return PushResult(folder, files, None, reused)
 
-    from huggingface_hub import HfApi
+    from huggingface_hub import HfApi, constants
 
-    api = HfApi()
-    with tempfile.TemporaryDirectory(prefix="narvl-push-") as tmp:
-        folder = Path(tmp)
-        files = build_upload_folder(distilled_dir, folder, repo_id, source_license)
+    api, step = HfApi(), "creating the repo"
+    try:
         api.create_repo(repo_id, repo_type="dataset", exist_ok=True, private=private)
-        # `upload_folder` is huggingface_hub's resumable path (the former `upload_large_folder`): re-running after an
-        # interruption skips committed files and deduplicates uploaded chunks. `delete_patterns` drops stale shards.
-        info = api.upload_folder(
-            repo_id=repo_id,
-            repo_type="dataset",
-            folder_path=str(folder),
-            commit_message="narvl-pipe push: data + regenerated card",
-            delete_patterns=[f"{DATA_DIR}/*"],
-        )
-    return PushResult(folder, files, str(getattr(info, "commit_url", info)))
+        step = "uploading"
+        url = _upload(api, repo_id, folder, private)
+    except Exception as err:  # noqa: BLE001 (network, offline mode, auth: the Hub's errors come in many classes)
+        raise UserError(f"push to {repo_id} on {constants.ENDPOINT} failed while {step}: {hub_error_reason(err)}; "
+                        f"the upload folder is kept in {folder}: run the same push again to resume "
+                        "(its parquet files are reused, not rebuilt)") from err
+    return PushResult(folder, files, url, reused)
