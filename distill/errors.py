@@ -4,3 +4,10 @@ from __future__ import annotations
 
 class UserError(Exception):
     """Bad input or a configuration that contradicts cached artifacts: a message a user can act on."""
+
+
+def error_reason(err: BaseException) -> str:
+    """One line saying why a call failed (a Hub request, a download): the error's first non-empty line and its class;
+    the class alone says too little, and `str(err)` may be empty or span lines."""
+    first = next((line.strip() for line in str(err).splitlines() if line.strip()), "")
+    return f"{first} ({type(err).__name__})" if first else type(err).__name__

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from distill import shards as sh
-from distill.errors import UserError
+from distill.errors import UserError, error_reason
 from distill.sources import REFERENCE_COLUMNS, ids_fingerprint, open_source, prompt_columns
 
 _WEIGHT_FILES = (
@@ -138,8 +138,8 @@ def resolve_teacher(teacher: str, revision: str | None) -> tuple[Path, dict]:
         try:
             folder = Path(snapshot_download(teacher, revision=revision))
         except Exception as exc:  # noqa: BLE001 (offline, unknown id: one user-facing line)
-            raise UserError(f"--teacher {teacher}: not a local folder, and the Hub download failed "
-                            f"({type(exc).__name__})") from exc
+            raise UserError(f"--teacher {teacher}: not a local folder, and the Hub download failed: "
+                            f"{error_reason(exc)}") from exc
         ident = {"id": teacher, "revision": folder.name}  # snapshots/<commit sha>
     if not (folder / "config.json").is_file():
         raise UserError(f"teacher {teacher} has no config.json (expected a save_pretrained folder)")

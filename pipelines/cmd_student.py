@@ -98,9 +98,21 @@ def predict(
     from student.evaluate import predict as run
 
     result = run(model, task, image, text=text, premise=premise, num_beams=num_beams, answers=answers)
+    line, note = prediction_lines(task, result)
+    typer.echo(line)
+    if note:
+        typer.echo(note, err=True)
+
+
+def prediction_lines(task: str, result) -> tuple[str, str | None]:
+    """What `predict` prints on stdout (the prediction; '' when empty) and, for an empty one, a note for stderr."""
     if task == "grounding":
         box = result.prediction
-        typer.echo("no box (the model did not output exactly 4 bins)" if box is None
-                   else " ".join(f"{v:.1f}" for v in box))
-    else:
-        typer.echo(result.prediction)
+        return ("no box (the model did not output exactly 4 bins)" if box is None
+                else " ".join(f"{v:.1f}" for v in box)), None
+    if result.prediction not in (None, ""):
+        return str(result.prediction), None
+    raw = (result.output or "").strip()
+    what = f"its output {raw!r} holds no {task} answer" if raw else "the model decoded no tokens"
+    return "", (f"note: empty prediction ({what}); an under-trained model does this: check its training loss, "
+                "or score it with `narvl-pipe evaluate`")

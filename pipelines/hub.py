@@ -23,7 +23,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from distill.errors import UserError
+from distill.errors import UserError, error_reason
 from pipelines.hub_card import DATA_DIR, manifest_get, render_card
 
 MAX_SHARD_BYTES = 500 * 1024 * 1024  # the `datasets.push_to_hub` default shard size
@@ -208,12 +208,6 @@ def build_upload_folder(distilled_dir: str | Path, folder: str | Path, repo_id: 
     return data_files, reused
 
 
-def hub_error_reason(err: BaseException) -> str:
-    """One line saying why a Hub call failed: the error's own first line and its class (`str` alone may be empty)."""
-    first = next((line.strip() for line in str(err).splitlines() if line.strip()), "")
-    return f"{first} ({type(err).__name__})" if first else type(err).__name__
-
-
 def _upload(api, repo_id: str, folder: Path, private: bool) -> str:
     """Upload `folder` resumably, deleting remote shards the new build doesn't have; returns the commit URL."""
     large = getattr(api, "upload_large_folder", None)
@@ -260,7 +254,7 @@ def push(
         step = "uploading"
         url = _upload(api, repo_id, folder, private)
     except Exception as err:  # noqa: BLE001 (network, offline mode, auth: the Hub's errors come in many classes)
-        raise UserError(f"push to {repo_id} on {constants.ENDPOINT} failed while {step}: {hub_error_reason(err)}; "
+        raise UserError(f"push to {repo_id} on {constants.ENDPOINT} failed while {step}: {error_reason(err)}; "
                         f"the upload folder is kept in {folder}: run the same push again to resume "
                         "(its parquet files are reused, not rebuilt)") from err
     return PushResult(folder, files, url, reused)

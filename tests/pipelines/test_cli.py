@@ -50,3 +50,19 @@ def test_column_help_lists_the_canonical_columns():
     text = " ".join(_help(["distill"]).split())
     for column in CANONICAL_COLUMNS:
         assert re.search(rf"(?<![\w-]){column}(?![\w-])", text.split("--column", 1)[1].split("--resolution")[0]), column
+
+
+@pytest.mark.parametrize("task, prediction, output, note", [
+    ("caption", "", "", "the model decoded no tokens"),
+    ("caption", "", ". .", "its output '. .' holds no caption answer"),
+    ("entailment", None, "", "the model decoded no tokens"),
+])
+def test_empty_prediction_comes_with_a_hint(task, prediction, output, note):
+    from pipelines.cmd_student import prediction_lines
+    from student.evaluate import Prediction
+
+    line, hint = prediction_lines(task, Prediction(output=output, prediction=prediction))
+    assert line == "" and hint.startswith("note: empty prediction") and note in hint and "\n" not in hint
+    assert prediction_lines("caption", Prediction(output="a red circle", prediction="a red circle")) == (
+        "a red circle", None)
+    assert prediction_lines("grounding", Prediction(output="", prediction=None))[0].startswith("no box")

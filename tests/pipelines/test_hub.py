@@ -369,3 +369,14 @@ def test_build_needs_no_private_datasets_helper(distilled, tmp_path, monkeypatch
     hub.push(path, REPO, dry_run_dir=out)
     loaded = datasets.load_dataset(str(out), cache_dir=str(tmp_path / "hf-cache"))["train"]
     assert _rows(loaded) == _rows(datasets.load_from_disk(str(path)))
+
+
+def test_a_hub_download_failure_says_why_not_only_its_class():
+    from distill.errors import UserError
+    from distill.run import resolve_teacher
+
+    with pytest.raises(UserError) as err:  # HF_HUB_OFFLINE=1 in the suite (tests/conftest.py)
+        resolve_teacher("someone/no-such-teacher", None)
+    message = str(err.value)
+    assert "\n" not in message and "(LocalEntryNotFoundError)" in message
+    assert "outgoing traffic has been disabled" in message
