@@ -333,7 +333,8 @@ def _drop_resume_state(stage: PlannedStage) -> str:
         if folder.is_dir():
             freed += sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
             shutil.rmtree(folder)
-    return f"; removed {freed / 1e6:.1f} MB of resume state ({', '.join(stage.kind.resume_state)})" if freed else ""
+    names = ", ".join(f"{name}/" for name in stage.kind.resume_state)
+    return f"; removed {names} ({freed / 1e6:.1f} MB, only needed to resume)" if freed else ""
 
 
 def _duration(seconds: float) -> str:
