@@ -18,15 +18,14 @@ def run(
     force: List[str] = typer.Option([], "--force", metavar="STAGE", help="Re-run this stage and every stage after it that uses it; repeatable."),
 ) -> None:
     """Run a pipeline's stages in order; each stage is skipped when its cached artifact is complete."""
-    from pipelines.stages import _duration, load_pipeline, run_pipeline
+    from pipelines.stages import load_pipeline, run_pipeline
 
     pipe = load_pipeline(pipeline)
     out = out or Path("runs") / pipe.name
     typer.echo(f"pipeline {pipe.name} ({len(pipe.stages)} stages) -> {out}")
     start = time.perf_counter()
     outcomes = run_pipeline(pipe, out, force=force, log=typer.echo)
-    ran = sum(o.status != "skipped" for o in outcomes)
-    typer.echo(f"done in {_duration(time.perf_counter() - start)}: {ran} stage(s) ran, {len(outcomes) - ran} cached")
+    typer.echo(f"done: {timing_line(outcomes, time.perf_counter() - start)}")
 
 
 def demo(
@@ -83,16 +82,16 @@ def run_demo(out: Path, force: List[str] = (), pipeline_file: Path | None = None
 
 def timing_line(outcomes, wall: float) -> str:
     """What this run cost, and what the cached stages cost when they were computed (a cached re-run takes ~0 s)."""
-    from pipelines.stages import _duration
+    from pipelines.stages import format_duration
 
     cached = [o for o in outcomes if o.status == "skipped"]
     then = sum((o.cached or {}).get("seconds", 0.0) for o in cached)
     then_cpu = sum((o.cached or {}).get("cpu_seconds", 0.0) for o in cached)
-    earlier = f"computing them took {_duration(then)} wall, {_duration(then_cpu)} cpu"
+    earlier = f"computing them took {format_duration(then)} wall, {format_duration(then_cpu)} cpu"
     if len(cached) == len(outcomes):
         return f"all {len(outcomes)} stages cached, nothing ran ({earlier})"
     cpu = sum(o.cpu_seconds for o in outcomes)
-    line = f"wall time {_duration(wall)}, cpu time of the stages {_duration(cpu)}"
+    line = f"wall time {format_duration(wall)}, cpu time of the stages {format_duration(cpu)}"
     if cached:
         line += f" ({len(cached)} of {len(outcomes)} stages cached; {earlier.replace('them', 'those')})"
     return line

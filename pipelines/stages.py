@@ -337,7 +337,7 @@ def _drop_resume_state(stage: PlannedStage) -> str:
     return f"; removed {names} ({freed / 1e6:.1f} MB, only needed to resume)" if freed else ""
 
 
-def _duration(seconds: float) -> str:
+def format_duration(seconds: float) -> str:
     minutes, sec = divmod(int(round(seconds)), 60)
     return f"{minutes}m{sec:02d}s" if minutes else f"{seconds:.1f}s"
 
@@ -386,7 +386,7 @@ def run_pipeline(
                 record = json.loads((stage.dir / COMPLETE_MARKER).read_text())
                 outcomes.append(StageOutcome(stage.spec.name, "skipped", stage.dir, 0.0, cached=record))
                 note = _drop_resume_state(stage)  # left by a narvl-pipe that kept them
-                log(f"{head} cached   {stage.dir.name} (took {_duration(record.get('seconds', 0.0))}{note})")
+                log(f"{head} cached   {stage.dir.name} (took {format_duration(record.get('seconds', 0.0))}{note})")
                 _link(out, stage)
                 continue
             status = "ran"
@@ -411,7 +411,7 @@ def run_pipeline(
             note = _drop_resume_state(stage)
             _link(out, stage)
             outcomes.append(StageOutcome(stage.spec.name, status, stage.dir, seconds, cpu))
-            log(f"{head} done     in {_duration(seconds)} (cpu {_duration(cpu)}{note})")
+            log(f"{head} done     in {format_duration(seconds)} (cpu {format_duration(cpu)}{note})")
     finally:
         fcntl.flock(lock, fcntl.LOCK_UN)
         lock.close()

@@ -126,7 +126,7 @@ def test_run_end_to_end_with_real_stages(tmp_path, monkeypatch, capsys, one_thre
     with pytest.raises(SystemExit) as exc:
         main()
     assert exc.value.code in (0, None)
-    assert "0 stage(s) ran, 9 cached" in capsys.readouterr().out
+    assert "done: all 9 stages cached, nothing ran" in capsys.readouterr().out
     assert run_demo(out, pipeline_file=yaml_file) == report
     printed = capsys.readouterr().out
     assert "all 9 stages cached, nothing ran (computing them took" in printed and "wall time 0.0s" not in printed
