@@ -16,6 +16,7 @@ Nothing machine-local is published: local paths of the teacher and the source be
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -120,8 +121,9 @@ def _publishable_table(table, features, roots: list[str]):
     return table
 
 
-def _data_stamp(dsd, roots: list[str]) -> dict | None:
-    """What the parquet files are built from (the Arrow files behind each split); None when it can't be told."""
+def _data_stamp(dsd, roots: list[str]) -> str | None:
+    """A hash of what the parquet files are built from (the Arrow files behind each split, their size and time);
+    None when it can't be told. A hash, so that the upload folder holds no local path even in its build record."""
     splits = {}
     for split, ds in dsd.items():
         if not ds.cache_files:  # an in-memory dataset: no files to compare, always rebuild
@@ -131,10 +133,11 @@ def _data_stamp(dsd, roots: list[str]) -> dict | None:
             st = os.stat(cache["filename"])
             files.append([os.path.abspath(cache["filename"]), st.st_size, st.st_mtime_ns])
         splits[split] = {"rows": len(ds), "features": ds.features.to_dict(), "files": files}
-    return {"layout": BUILD_LAYOUT, "max_shard_bytes": MAX_SHARD_BYTES, "roots": roots, "splits": splits}
+    stamp = {"layout": BUILD_LAYOUT, "max_shard_bytes": MAX_SHARD_BYTES, "roots": roots, "splits": splits}
+    return hashlib.sha256(json.dumps(stamp, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def _current_build(folder: Path, stamp: dict | None) -> dict[str, list[str]] | None:
+def _current_build(folder: Path, stamp: str | None) -> dict[str, list[str]] | None:
     """The data files of an earlier build in `folder` when it was made from the same data and is intact."""
     record_file = folder / BUILD_RECORD
     if stamp is None or not record_file.is_file():
@@ -143,7 +146,7 @@ def _current_build(folder: Path, stamp: dict | None) -> dict[str, list[str]] | N
         record = json.loads(record_file.read_text())
     except ValueError:
         return None
-    if record.get("stamp") != json.loads(json.dumps(stamp)):
+    if record.get("stamp") != stamp:
         return None
     sizes = record.get("sizes", {})
     on_disk = {p.relative_to(folder).as_posix() for p in (folder / DATA_DIR).glob("*.parquet")}
@@ -201,7 +204,7 @@ def build_upload_folder(distilled_dir: str | Path, folder: str | Path, repo_id: 
         sizes = {rel: (folder / rel).stat().st_size for rels in data_files.values() for rel in rels}
         record = {"stamp": stamp, "data_files": data_files, "sizes": sizes}
         tmp = folder / (BUILD_RECORD + ".tmp")
-        tmp.write_text(json.dumps(record, indent=1, default=str))
+        tmp.write_text(json.dumps(record, indent=1))
         tmp.replace(folder / BUILD_RECORD)
     size = sum((folder / rel).stat().st_size for rels in data_files.values() for rel in rels)
     render_card(dsd, manifest, repo_id, source_license, download_size=size).save(str(folder / "README.md"))

@@ -305,6 +305,7 @@ def test_published_folder_holds_nothing_machine_local(distilled, tmp_path):
     hub.push(path, REPO, dry_run_dir=out)
     card = (out / "README.md").read_text()
     assert str(tmp_path) not in card and "--init /" not in card
+    assert str(tmp_path) not in (out / hub.BUILD_RECORD).read_text()  # not uploaded, but the folder may be shared
     table = pq.read_table(next((out / "data").glob("*.parquet")))
     rows = table.to_pylist()
     assert str(tmp_path) not in json.dumps(rows, default=lambda b: "<bytes>")
