@@ -318,8 +318,9 @@ def _write_json_atomic(path: Path, data: Any) -> None:
 
 
 def _mark_forced(stages: list[PlannedStage], rerun: set[str]) -> None:
-    """Mark every forced folder on disk before anything runs, so an interruption cannot undo `--force`."""
-    for stage in stages:
+    """Mark every forced folder on disk before anything runs, so an interruption cannot undo `--force`.
+    Downstream first: killed midway, a marked stage never sits below an unmarked one it depends on."""
+    for stage in reversed(stages):
         if stage.spec.name in rerun and stage.dir.exists():
             _write_json_atomic(stage.dir / FORCED_MARKER, {"forced": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
             (stage.dir / COMPLETE_MARKER).unlink(missing_ok=True)
