@@ -39,6 +39,7 @@ from typing import Any
 from distill import shards as sh
 from distill.errors import UserError, error_reason
 from distill.sources import REFERENCE_COLUMNS, ids_fingerprint, open_source, prompt_columns
+from distill.tasks.vqa import read_answers  # noqa: F401  (part of this module's API: evaluate/predict use it)
 
 _WEIGHT_FILES = (
     "model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json",
@@ -70,7 +71,10 @@ class DistillConfig:
     num_return_sequences: int = 1
     """Keep the n best beams as `nbest` (1 = only the best, no `nbest` column)."""
     answers: str | None = None
-    """VQA candidate answers file (one per line, or a JSON list): generation is constrained to them by a trie."""
+    """VQA candidate answers (required for vqa): OFA's `trainval_ans2label.pkl`, a JSON list/dict, or one per line."""
+    vqa_mode: str = "beam"
+    """VQA inference as OFA: `beam` (beam search over the answer trie, its --beam-search-vqa-eval) or `allcand`
+    (every candidate scored, its default validation)."""
     limit: int | None = None
     """Distil only the first N rows of the split."""
     shard_size: int = 1000
@@ -167,22 +171,6 @@ def _teacher_resolution(folder: Path) -> int | None:
     return None
 
 
-def read_answers(path: str) -> list[str]:
-    """Candidate answers: a JSON list, or one answer per line."""
-    p = Path(path)
-    if not p.is_file():
-        raise UserError(f"--answers {path}: file not found")
-    text = p.read_text(encoding="utf-8")
-    if p.suffix == ".json":
-        data = json.loads(text)
-        answers = list(data if isinstance(data, list) else data.keys())
-    else:
-        answers = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    if not answers:
-        raise UserError(f"--answers {path} holds no answers")
-    return answers
-
-
 def generation_settings(config: DistillConfig, task, tokenizer, candidates: list[str] | None) -> tuple[dict, dict]:
     """(`generate()` kwargs, their JSON record for the manifest): the task's OFA evaluation settings with its
     decoding constraint (`Task.generate_kwargs`), overridden by the config's explicit values."""
@@ -197,27 +185,33 @@ def generation_settings(config: DistillConfig, task, tokenizer, candidates: list
     gen["num_return_sequences"] = config.num_return_sequences
     record = {k: (v if isinstance(v, (int, float, str, bool, type(None), list)) else f"<{type(v).__name__}>")
               for k, v in gen.items()}
+    if "candidates" in gen:
+        record["candidates"] = f"{len(gen['candidates'])} answers (see answers_sha256)"
+    if config.vqa_mode != "beam" and task.name != "vqa":
+        raise UserError("--vqa-mode applies to --task vqa only")
+    if task.name == "vqa":
+        gen["vqa_mode"] = record["vqa_mode"] = config.vqa_mode
+        from distill.tasks.vqa import VQA_MODES
+
+        if config.vqa_mode not in VQA_MODES:
+            raise UserError(f"--vqa-mode must be one of {', '.join(VQA_MODES)}, got {config.vqa_mode!r}")
     if "prefix_allowed_tokens_fn" in gen:
         record["prefix_allowed_tokens_fn"] = (
             f"answer trie over {len(candidates)} answers" if candidates is not None else f"{task.name} constraint")
     return gen, record
 
 
-def vqa_candidates(config: DistillConfig, task, ds) -> list[str] | None:
-    """VQA's answer list: `--answers`, else the split's own answers (each row's most common answer, most frequent
-    first)."""
-    if config.answers:
+def vqa_candidates(answers: str | None, task) -> list[str] | None:
+    """VQA's answer list, from the `answers` file (OFA decodes over its fixed trainval answer list, not the split's);
+    None for other tasks."""
+    if answers:
         if task.name != "vqa":
             raise UserError("--answers applies to --task vqa only")
-        return read_answers(config.answers)
+        return read_answers(answers)
     if task.name != "vqa":
         return None
-    if "answers" not in ds.column_names:
-        raise UserError("--task vqa needs --answers FILE (the candidate answer list) "
-                        "or an 'answers' column to build it")
-    from distill.tasks.vqa import candidate_answers
-
-    return candidate_answers(r for r in ds.select_columns(["answers"]) if r["answers"])
+    raise UserError("--task vqa needs --answers FILE: the candidate answer list the teacher decodes over (OFA's "
+                    "dataset/vqa_data/trainval_ans2label.pkl from OFA-Sys's VQA data, or a text/JSON list)")
 
 
 # ---------------------------------------------------------------------------------------------------- schema
@@ -287,7 +281,7 @@ def run_distill(config: DistillConfig) -> DistillSummary:
     from distill.tokenizer import load_ofa_tokenizer
 
     tokenizer = load_ofa_tokenizer(folder)
-    candidates = vqa_candidates(config, task, ds)
+    candidates = vqa_candidates(config.answers, task)
     gen, gen_record = generation_settings(config, task, tokenizer, candidates)
     resolution = config.resolution or _teacher_resolution(folder) or task.resolution
     plan = sh.plan_shards(len(ds), config.shard_size)
@@ -368,6 +362,16 @@ def _sum_over_ranks(state, value: int) -> int:
     return int(t.item())
 
 
+def _metric_implementation(task_name: str, ds) -> str:
+    """What `narvl-pipe evaluate` scores this task with (named on the dataset card)."""
+    from distill.tasks import get_task
+
+    task = get_task(task_name)
+    rows = ds.select_columns(["answer_scores"]).select(range(min(len(ds), 64))) \
+        if "answer_scores" in ds.column_names else ()
+    return task.metric_implementation(list(rows))
+
+
 def _manifest_static(key: dict, ds, config: DistillConfig, num_shards: int) -> dict:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -387,6 +391,7 @@ def _manifest_static(key: dict, ds, config: DistillConfig, num_shards: int) -> d
         "shard_size": config.shard_size,
         "shards": num_shards,
         "images": config.images,
+        "metric_implementation": _metric_implementation(key["task"], ds),
         "load": "datasets.load_from_disk(<this folder>)",
         "status": "running",
         "config": {k: v for k, v in asdict(config).items() if k not in ("progress",)},

@@ -11,8 +11,9 @@
   - caption: `uniq-id, image-id, caption, predicted object labels, image base64`; `caption` may join several
     references with `&&`;
   - vqa: `question-id, image-id, question, answers, predicted labels, image base64`; answers are
-    `conf|!+answer&&conf|!+answer...` and become `answers` with each answer repeated `max(1, round(3*conf))` times,
-    so the VQA score min(#match/3, 1) of the canonical schema gives back OFA's confidence;
+    `conf|!+answer&&conf|!+answer...` and become `answer_scores` (answer -> OFA's confidence, as OFA's `ref_dict`:
+    a repeated answer keeps its last confidence) plus `answers` (each answer once, in file order); the predicted
+    labels (`&&`-joined object tags) become `objects`;
   - grounding (RefCOCO): `uniq-id, image-id, text, region-coord "x0,y0,x1,y1", image base64`;
   - entailment (SNLI-VE): `uniq-id, image-id, image base64, hypothesis, caption (premise), label`;
 - an imagefolder with metadata (`metadata.jsonl/.csv/.parquet` anywhere in the folder): `load_dataset("imagefolder")`;
@@ -40,11 +41,13 @@ from typing import Any, Iterator, Mapping
 from distill.errors import UserError
 
 CANONICAL_COLUMNS = (
-    "id", "image", "captions", "question", "answers", "region_text", "box", "premise", "hypothesis", "label",
+    "id", "image", "captions", "question", "answers", "answer_scores", "objects", "region_text", "box", "premise",
+    "hypothesis", "label",
 )
 """Every column of the canonical schema, in output order."""
-REFERENCE_COLUMNS = ("captions", "answers", "box", "label")
-"""Source references/labels: carried through to the distilled rows when present, never required."""
+REFERENCE_COLUMNS = ("captions", "answers", "answer_scores", "objects", "box", "label")
+"""Source references/labels (and VQA's object tags, which enter its prompt): carried through to the distilled rows
+when present, never required."""
 PROMPT_COLUMNS = ("question", "region_text", "premise", "hypothesis")
 """Text inputs that enter a task's prompt."""
 
@@ -112,15 +115,9 @@ def _tsv_fields(task: str, raw: dict, row: dict) -> None:
         row["captions"] = [c.strip() for c in raw.get("caption", "").split("&&") if c.strip()]
     elif task == "vqa":
         row["question"] = raw.get("question", "")
-        answers = []
-        for item in filter(None, raw.get("answers", "").split("&&")):
-            conf, _, ans = item.partition("|!+")
-            try:
-                reps = max(1, round(3 * float(conf)))
-            except ValueError:
-                conf, ans, reps = "", item, 1
-            answers += [ans] * min(reps, 3)
-        row["answers"] = answers
+        row["answer_scores"] = parse_ofa_answers(raw.get("answers", ""))
+        row["answers"] = [s["answer"] for s in row["answer_scores"]]
+        row["objects"] = [o for o in raw.get("object_labels", "").strip().split("&&") if o]
     elif task == "grounding":
         row["region_text"] = raw.get("region_text", "")
         try:
@@ -131,13 +128,31 @@ def _tsv_fields(task: str, raw: dict, row: dict) -> None:
         row["hypothesis"], row["premise"], row["label"] = (raw.get(k, "") for k in ("hypothesis", "premise", "label"))
 
 
+def parse_ofa_answers(field: str) -> list[dict]:
+    """OFA's VQA answer field `conf|!+answer&&conf|!+answer` -> `[{"answer", "confidence"}]`, one entry per answer
+    (a repeated answer keeps its last confidence, as OFA's dict does). An item without a parsable confidence is
+    dropped rather than guessed; a row left with no answer has empty `answers`."""
+    scores: dict[str, float] = {}
+    for item in filter(None, field.split("&&")):
+        conf, sep, answer = item.partition("|!+")
+        try:
+            value = float(conf)
+        except ValueError:
+            continue
+        if sep and answer:
+            scores[answer] = value
+    return [{"answer": a, "confidence": c} for a, c in scores.items()]
+
+
 def _tsv_features(task: str):
     from datasets import Features, Image, List, Value
 
     feats = {"id": Value("string"), "image": Image(decode=False)}
     feats.update({
         "caption": {"captions": List(Value("string"))},
-        "vqa": {"question": Value("string"), "answers": List(Value("string"))},
+        "vqa": {"question": Value("string"), "answers": List(Value("string")),
+                "answer_scores": List({"answer": Value("string"), "confidence": Value("float64")}),
+                "objects": List(Value("string"))},
         "grounding": {"region_text": Value("string"), "box": List(Value("float64"))},
         "entailment": {"hypothesis": Value("string"), "premise": Value("string"), "label": Value("string")},
     }[task])

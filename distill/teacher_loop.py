@@ -127,29 +127,6 @@ def _text(ids: list[int], tokenizer, task) -> str:
     return tokenizer.decode(ids, skip_special_tokens=True).strip()
 
 
-def score_candidates(model, task, tokenizer, kwargs: dict, nret: int) -> list[list[tuple[list[int], str, float]]]:
-    """Entailment as OFA evaluates it: the teacher-forced log-prob of each candidate answer, best first."""
-    import torch
-
-    from distill.tasks.entailment import candidate_decoder_inputs, candidate_log_probs
-
-    targets = task.candidate_targets(tokenizer)
-    c, b = len(targets), kwargs["input_ids"].shape[0]
-    dec = candidate_decoder_inputs(targets, model.config.decoder_start_token_id, model.config.pad_token_id)
-    enc = model.encoder(kwargs["input_ids"], patch_images=kwargs["patch_images"], patch_masks=kwargs["patch_masks"])
-    rep = lambda x: x.repeat_interleave(c, dim=0)  # noqa: E731  (B, ...) -> (B*C, ...)
-    hidden = model.decoder(input_ids=dec.to(enc.last_hidden_state.device).repeat(b, 1),
-                           encoder_hidden_states=rep(enc.last_hidden_state), encoder_padding_mask=rep(enc.padding_mask),
-                           encoder_position_embedding=rep(enc.position_embedding)).last_hidden_state
-    logits = model.decoder.output_projection(hidden)
-    scores = candidate_log_probs(logits.view(b, c, *logits.shape[1:]), targets)  # (B, C)
-    out = []
-    for row in scores.tolist():
-        order = sorted(range(c), key=lambda k: -row[k])[:nret]
-        out.append([(list(targets[k]), task.candidates[k], row[k]) for k in order])
-    return out
-
-
 def generate_shards(config, task, ds, plan, mine, features, folder, tokenizer, gen, resolution, state) -> int:
     """Generate this rank's shards (resuming partial ones); returns the number of rows written this run."""
     import torch
@@ -204,9 +181,9 @@ def generate_shards(config, task, ds, plan, mine, features, folder, tokenizer, g
                 kwargs["patch_masks"] = torch.ones(len(batch["good"]), dtype=torch.bool, device=state.device)
                 amp = torch.autocast(state.device.type, dtype=amp_dtype, enabled=amp_dtype is not None)
                 with torch.inference_mode(), amp:
-                    if task.name == "entailment":
-                        nbests = score_candidates(model, task, tokenizer, kwargs, nret)
-                    else:
+                    # VQA / entailment: OFA's own inference (distill.tasks.ofa_decoding); others: generate()
+                    nbests = task.ofa_inference(model, tokenizer, kwargs, gen, nret)
+                    if nbests is None:
                         res = model.generate(**kwargs, **gen_kwargs)
                         steps = model.compute_transition_scores(
                             res.sequences, res.scores, getattr(res, "beam_indices", None),

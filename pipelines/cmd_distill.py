@@ -23,7 +23,8 @@ def distill(
     max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", help="Longest target (task default)."),
     no_repeat_ngram_size: Optional[int] = typer.Option(None, "--no-repeat-ngram-size", help="Task default (caption: 3)."),
     num_return_sequences: int = typer.Option(1, "--num-return-sequences", help="Keep the n best as the `nbest` column."),
-    answers: Optional[str] = typer.Option(None, "--answers", help="VQA candidate answers (one per line or a JSON list)."),
+    answers: Optional[str] = typer.Option(None, "--answers", help="VQA candidate answers (required for vqa): OFA's trainval_ans2label.pkl, a JSON list, or one per line."),
+    vqa_mode: str = typer.Option("beam", "--vqa-mode", help="VQA: beam (OFA's beam search over the answer trie) or allcand (score every candidate)."),
     limit: Optional[int] = typer.Option(None, "--limit", help="Only the first N rows."),
     shard_size: int = typer.Option(1000, "--shard-size", help="Source rows per shard (the unit of resume)."),
     images: bool = typer.Option(True, "--images/--no-images", help="Store images in the rows, or only a reference."),
@@ -45,7 +46,7 @@ def distill(
     config = DistillConfig(
         task=task, teacher=teacher, data=data, out=out, split=split, batch_size=batch_size, num_beams=num_beams,
         max_new_tokens=max_new_tokens, no_repeat_ngram_size=no_repeat_ngram_size,
-        num_return_sequences=num_return_sequences, answers=answers, limit=limit, shard_size=shard_size, images=images,
+        num_return_sequences=num_return_sequences, answers=answers, vqa_mode=vqa_mode, limit=limit, shard_size=shard_size, images=images,
         columns=parse_columns(column), resolution=resolution, overwrite=overwrite, num_workers=num_workers,
         image_root=image_root, revision=revision, flush_every=flush_every,
     )

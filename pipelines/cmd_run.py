@@ -71,6 +71,7 @@ def run_demo(out: Path, force: List[str] = (), pipeline_file: Path | None = None
     typer.echo(f"\n{metric_name(report)}: on all "
                f"{rows[0]['num_samples']} test images; ms/sample: batch {rows[0].get('latency_batch_size', '?')}, "
                f"mean over {rows[0].get('latency_samples', '?')} test images on this machine.")
+    typer.echo(f"Metrics computed by: {report.get('metric_implementation', 'unrecorded')}.")
     typer.echo("\nThe paper's claims, in miniature:")
     typer.echo(format_checks(report))
     if report.get("note"):

@@ -69,7 +69,7 @@ def evaluate(
     num_beams: Optional[int] = typer.Option(None, "--num-beams", help="AR: beams (task default); NARVL: CTC prefix beam (default greedy)."),
     limit: Optional[int] = typer.Option(None, "--limit", help="Only the first N rows."),
     out: Optional[str] = typer.Option(None, "--out", help="Write predictions as JSONL."),
-    answers: Optional[str] = typer.Option(None, "--answers", help="VQA candidate answers for the AR teacher (default: the split's)."),
+    answers: Optional[str] = typer.Option(None, "--answers", help="VQA candidate answers for the AR teacher (required): OFA's trainval_ans2label.pkl, a JSON list, or one per line."),
     json_out: Optional[str] = typer.Option(None, "--json", help="Also write the result as JSON."),
 ) -> None:
     """Score a model with the task metric, print it with the latency per sample, and write predictions."""

@@ -193,4 +193,5 @@ def render_card(dsd, manifest: dict, repo_id: str, source_license: str | None = 
             {"name": n, "type": _type_name(f), "meaning": COLUMN_MEANINGS.get(n, "")} for n, f in first.features.items()
         ],
         student_init=teacher if teacher_on_hub else "OFA_CHECKPOINT",
+        metric_implementation=manifest_get(manifest, ("metric_implementation",), default=None),
     )

@@ -1,7 +1,9 @@
 """The report stage: quality vs latency of evaluated systems, as a printed table, `report.md`, `report.json` and a PNG.
 
 Inputs are evaluate-stage folders, each holding `metrics.json` (written by `pipelines.stage_kinds`):
-`{"task", "metric", "score", "ms_per_sample", "num_samples", "model", "decoding", "metrics": {...}}`.
+`{"task", "metric", "score", "ms_per_sample", "num_samples", "model", "decoding", "metrics": {...},
+"metric_implementation"}`. The table shows the headline metric, then every other metric of the rows (e.g. BLEU-4,
+METEOR, ROUGE-L for captions), and the report names the implementation that computed them.
 Speed-ups are relative to the `reference` system (teacher beam search, the paper's AR baseline).
 """
 from __future__ import annotations
@@ -57,7 +59,9 @@ def build_report(entries: list[dict[str, Any]], cfg: ReportConfig) -> dict[str, 
         speedup = ref["ms_per_sample"] / e["ms_per_sample"] if ref and e["ms_per_sample"] > 0 else None
         rows.append({**e, "speedup": speedup})
     by = {r["label"]: r for r in rows}
+    implementations = list(dict.fromkeys(e.get("metric_implementation") or "unrecorded" for e in entries))
     report = {"title": cfg.title, "reference": cfg.reference, "rows": rows, "checks": [], "note": cfg.note,
+              "metric_implementation": "; ".join(implementations),
               "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     metric = metric_name(report)
     kd, raw = by.get(cfg.kd), by.get(cfg.raw)
@@ -75,20 +79,36 @@ def build_report(entries: list[dict[str, Any]], cfg: ReportConfig) -> dict[str, 
     return report
 
 
+DISPLAY_NAMES = {"cider": "CIDEr", "bleu1": "BLEU-1", "bleu2": "BLEU-2", "bleu3": "BLEU-3", "bleu4": "BLEU-4",
+                 "meteor": "METEOR", "rouge_l": "ROUGE-L", "spice": "SPICE", "vqa_accuracy": "VQA acc",
+                 "acc@0.5": "Acc@0.5", "accuracy": "accuracy"}
+
+
 def metric_name(report: dict[str, Any]) -> str:
     """The shared metric's display name ("CIDEr" for cider)."""
     names = {r["metric"] for r in report["rows"]}
     name = names.pop() if len(names) == 1 else "score"
-    return {"cider": "CIDEr"}.get(name, name)
+    return DISPLAY_NAMES.get(name, name)
+
+
+def _other_metrics(report: dict[str, Any]) -> list[str]:
+    """Metric keys besides the headline one, in first-seen order over the rows."""
+    headline = {r["metric"] for r in report["rows"]}
+    keys = [k for r in report["rows"] for k in (r.get("metrics") or {}) if k not in headline]
+    return list(dict.fromkeys(keys))
 
 
 def format_table(report: dict[str, Any], markdown: bool = False) -> str:
-    """The comparison table (plain aligned text for the terminal, or Markdown)."""
+    """The comparison table (plain aligned text for the terminal, or Markdown): the headline metric, the other
+    metrics the evaluations computed, latency and speed-up."""
     metric = metric_name(report)
-    head = ["system", "decoding", metric, "ms/sample", f"speed-up vs {report['reference']}"]
+    others = _other_metrics(report)
+    head = ["system", "decoding", metric, *[DISPLAY_NAMES.get(k, k) for k in others], "ms/sample",
+            f"speed-up vs {report['reference']}"]
     body = [
-        [r["label"], r.get("decoding", ""), f"{r['score']:.1f}", f"{r['ms_per_sample']:.1f}",
-         f"{r['speedup']:.1f}x" if r["speedup"] is not None else "-"]
+        [r["label"], r.get("decoding", ""), f"{r['score']:.1f}",
+         *[f"{r['metrics'][k]:.1f}" if k in (r.get("metrics") or {}) else "-" for k in others],
+         f"{r['ms_per_sample']:.1f}", f"{r['speedup']:.1f}x" if r["speedup"] is not None else "-"]
         for r in report["rows"]
     ]
     if markdown:
@@ -140,7 +160,8 @@ def write_report(report: dict[str, Any], out_dir: str | Path) -> list[Path]:
     md, js, png = (out_dir / name for name in REPORT_FILES)
     js.write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
     plot(report, png)
-    text = [f"# {report['title']}", "", format_table(report, markdown=True), ""]
+    text = [f"# {report['title']}", "", format_table(report, markdown=True), "",
+            f"Metrics computed by: {report.get('metric_implementation', 'unrecorded')}.", ""]
     if report["checks"]:
         text += ["Claims of the paper, checked on these numbers:", ""]
         text += [f"- {'PASS' if c['passed'] else 'FAIL'}: {c['claim']} ({c['detail']})" for c in report["checks"]]

@@ -69,7 +69,7 @@ def _run_evaluate(cfg: EvaluateStageConfig, out: Path) -> None:
     latency = quality
     if cfg.latency_limit != 0:
         latency = evaluate(cfg.model, cfg.task, cfg.data, split=cfg.split, batch_size=cfg.latency_batch_size,
-                           num_beams=cfg.num_beams, limit=cfg.latency_limit, progress=False)
+                           num_beams=cfg.num_beams, limit=cfg.latency_limit, progress=False, score=False)
     from distill.tasks import get_task
 
     metric = next(iter(quality.metrics))
@@ -81,6 +81,7 @@ def _run_evaluate(cfg: EvaluateStageConfig, out: Path) -> None:
     record = {
         "task": quality.task, "model": quality.model, "model_type": quality.kind, "decoding": decoding,
         "metric": metric, "score": quality.metrics[metric], "metrics": quality.metrics,
+        "metric_implementation": quality.metric_implementation,
         "num_samples": quality.num_samples, "ms_per_sample": latency.ms_per_sample,
         "latency_batch_size": latency.batch_size, "latency_samples": latency.num_samples,
         "batched_ms_per_sample": quality.ms_per_sample, "batch_size": quality.batch_size,

@@ -157,11 +157,8 @@ class TaskRows:
             return list(ids), 1.0
         rng = random.Random(_row_seed(self.seed, draw))
         text = self.task.reference(row, rng=rng, tokenizer=self.tokenizer)
-        weight = 1.0
-        if self.task.name == "vqa":  # NARVL weights VQA samples by the answer's soft score
-            from distill.tasks.metrics import vqa_score
-
-            weight = vqa_score(text, list(row["answers"]))
+        # VQA: the chosen answer's confidence (OFA's for TSV rows, else its VQA score), as OFA/NARVL weight the loss
+        weight = self.task.target_weight(row, text)
         return self.task.encode_target(text, self.tokenizer), weight
 
     def example(self, row: int, draw: int) -> dict[str, Any]:

@@ -98,11 +98,11 @@ def decode_batch(lm: LoadedModel, task, inputs: dict[str, torch.Tensor], num_bea
     inputs = {k: v.to(model.device) for k, v in inputs.items()}
     if lm.kind == "narvl":
         return model.decode(**inputs, num_beams=num_beams or 1)
-    if task.name == "entailment":
-        from distill.teacher_loop import score_candidates
-
-        return [best[0][0] for best in score_candidates(model, task, tok, inputs, 1)]
-    out = model.generate(**inputs, **_generate_kwargs(model, task, tok, num_beams, candidates))
+    settings = _generate_kwargs(model, task, tok, num_beams, candidates)
+    nbests = task.ofa_inference(model, tok, inputs, settings, 1)  # VQA / entailment: OFA's recipe, as distill
+    if nbests is not None:
+        return [best[0][0] for best in nbests]
+    out = model.generate(**inputs, **settings)
     return out[:, 1:].tolist()
 
 
@@ -149,7 +149,7 @@ def make_eval_fn(task, rows: Sequence[dict], tokenizer, image_processor, kind: s
         preds, _, _ = predict_rows(lm, task, [rows[i] for i in idx], batch_size, num_beams, candidates)
         pairs = gather_object(list(zip(idx, preds)))  # returns its input unchanged in a single process
         ordered = [p for _, p in sorted(pairs, key=lambda x: x[0])]
-        return task.evaluate(ordered, list(rows))
+        return task.training_metrics(ordered, list(rows))
 
     return eval_fn
 
@@ -166,6 +166,8 @@ class EvalResult:
     """`narvl` or `ofa`."""
     metrics: dict[str, float]
     """The task metric(s), e.g. `{"cider": ...}`."""
+    metric_implementation: str = ""
+    """Which implementation computed `metrics` (e.g. "pycocoevalcap 1.2, Java PTB tokenizer")."""
     ms_per_sample: float
     """Model + decoding time per sample (excludes image loading), at `batch_size`."""
     num_samples: int
@@ -187,7 +189,7 @@ class EvalResult:
     def line(self) -> str:
         metrics = " ".join(f"{k}={v:.4g}" for k, v in self.metrics.items())
         return (f"{self.task} {self.kind} {self.model}: {metrics} | {self.ms_per_sample:.2f} ms/sample "
-                f"(batch {self.batch_size}, {self.num_samples} samples)")
+                f"(batch {self.batch_size}, {self.num_samples} samples) | metric: {self.metric_implementation}")
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -198,23 +200,19 @@ class EvalResult:
 def _candidates(task, rows: Sequence[dict], answers: str | None) -> list[str] | None:
     if task.name != "vqa":
         return None
-    if answers:
-        from distill.run import read_answers
+    from distill.run import vqa_candidates  # one rule for distill and evaluate: the answer list is required
 
-        return read_answers(answers)
-    from distill.tasks.vqa import candidate_answers
-
-    return candidate_answers(r for r in rows if r.get("answers"))
+    return vqa_candidates(answers, task)
 
 
 def evaluate(model: str | os.PathLike, task: str, data: str | os.PathLike, split: str = "validation",
              batch_size: int = 16, num_beams: int | None = None, limit: int | None = None,
              out: str | os.PathLike | None = None, answers: str | None = None,
-             device: str | None = None, progress: bool = True) -> EvalResult:
+             device: str | None = None, progress: bool = True, score: bool = True) -> EvalResult:
     """Score a NARVL or OFA folder on `split` of `data` with the task metric; optionally write predictions JSONL.
 
-    `answers`: VQA candidate list for the AR teacher's constrained decoding (default: the split's own answers, as
-    `narvl-pipe distill` does).
+    `answers`: VQA candidate list for the AR teacher (OFA's trainval_ans2label.pkl, or a text/JSON list; required
+    for an AR VQA model, as for `narvl-pipe distill`). `score=False` skips the metric (latency-only runs).
     """
     from distill.sources import open_source
     from distill.tasks import get_task
@@ -225,8 +223,9 @@ def evaluate(model: str | os.PathLike, task: str, data: str | os.PathLike, split
     rows = [dict(r) for r in ds]
     candidates = _candidates(t, rows, answers) if lm.kind == "ofa" else None
     preds, texts, seconds = predict_rows(lm, t, rows, batch_size, num_beams, candidates, progress)
-    metrics = t.evaluate(preds, rows)
+    metrics = t.evaluate(preds, rows) if score else {}
     result = EvalResult(task=t.name, model=str(model), kind=lm.kind, metrics=metrics,
+                        metric_implementation=t.metric_implementation(rows) if score else "",
                         ms_per_sample=1000.0 * seconds / max(1, len(rows)), num_samples=len(rows),
                         batch_size=batch_size, num_beams=num_beams, predictions=preds)
     if out is not None:

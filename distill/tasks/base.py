@@ -168,3 +168,22 @@ class Task(abc.ABC):
     def generate_kwargs(self, tokenizer: Any, candidates: Sequence[str] | None = None) -> dict[str, Any]:
         """Full `generate()` kwargs: `generation` plus any decoding constraint (bins, answer trie)."""
         return dict(self.generation)
+
+    def ofa_inference(self, model: Any, tokenizer: Any, inputs: Mapping[str, Any], settings: Mapping[str, Any],
+                      num_return_sequences: int = 1) -> list[list[tuple[list[int], str, float]]] | None:
+        """The AR teacher's inference when it is not a plain `generate()` (VQA, entailment: OFA's own recipe, see
+        `distill.tasks.ofa_decoding`): per sample the n best (ids ending with EOS, text, log-prob). None: use
+        `generate(**inputs, **settings)`. Shared by `distill` and `evaluate`."""
+        return None
+
+    def target_weight(self, row: Row, text: str) -> float:
+        """Training-loss weight of a reference target (VQA: the answer's soft score); 1 elsewhere."""
+        return 1.0
+
+    def training_metrics(self, predictions: Sequence[Any], rows: Sequence[Row]) -> dict[str, float]:
+        """The metric of training-time evaluations (fast, in-process); by default `evaluate`."""
+        return self.evaluate(predictions, rows)
+
+    def metric_implementation(self, rows: Sequence[Row] = ()) -> str:
+        """Names the implementation `evaluate` uses (shown by evaluate, reports and dataset cards)."""
+        raise NotImplementedError

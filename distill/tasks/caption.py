@@ -1,4 +1,5 @@
-"""Image captioning (COCO): prompt `" what does the image describe?"`, metric CIDEr-D."""
+"""Image captioning (COCO): prompt `" what does the image describe?"`; metrics pycocoevalcap's BLEU/METEOR/ROUGE-L/
+CIDEr(/SPICE), CIDEr-D alone during training."""
 from __future__ import annotations
 
 import random
@@ -9,7 +10,7 @@ import numpy as np
 
 from distill.errors import UserError
 from distill.tasks.base import Row, Task, clean_caption, ids_to_text, pick
-from distill.tasks.metrics import cider_d
+from distill.tasks.caption_metrics import caption_metric_implementation, caption_scores, cider_d
 
 CAPTION_PROMPT = " what does the image describe?"
 
@@ -42,4 +43,13 @@ class CaptionTask(Task):
         return clean_caption(ids_to_text(text_or_ids, tokenizer))
 
     def evaluate(self, predictions: Sequence[str], rows: Sequence[Row]) -> dict[str, float]:
+        """pycocoevalcap's metrics, `cider` first (the headline figure)."""
+        scores = caption_scores(list(predictions), [list(r["captions"]) for r in rows])
+        return {"cider": scores.pop("cider", 0.0), **scores}
+
+    def training_metrics(self, predictions: Sequence[str], rows: Sequence[Row]) -> dict[str, float]:
+        """CIDEr-D on the Python PTB tokenizer: no JVM inside a training loop."""
         return {"cider": cider_d(list(predictions), [list(r["captions"]) for r in rows])}
+
+    def metric_implementation(self, rows: Sequence[Row] = ()) -> str:
+        return caption_metric_implementation()

@@ -1,4 +1,5 @@
-"""Visual entailment (SNLI-VE): yes / no / maybe, scored as OFA does by comparing the candidates' log-probs."""
+"""Visual entailment (SNLI-VE): yes / no / maybe, scored as OFA does: the decoder fed the `prev_output` prompt, the
+candidates' trie-renormalised log-probs compared (`distill.tasks.ofa_decoding.candidate_scores`)."""
 from __future__ import annotations
 
 import random
@@ -6,11 +7,10 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
 import numpy as np
-import torch
 
 from distill.errors import UserError
 from distill.tasks.base import Row, Task, ids_to_text, pre_caption, text_target_ids, trie_prefix_fn
-from distill.tasks.metrics import accuracy
+from distill.tasks.metrics import ACCURACY_IMPLEMENTATION, accuracy
 
 CANDIDATES = ("yes", "no", "maybe")
 LABEL_TO_ANSWER = {
@@ -26,43 +26,6 @@ def label_to_answer(label: str) -> str:
     return answer
 
 
-def candidate_decoder_inputs(targets: Sequence[Sequence[int]], bos_id: int, pad_id: int) -> torch.Tensor:
-    """(C, T) teacher-forcing decoder inputs `<s> + target[:-1]`, right-padded with `pad_id`."""
-    length = max(len(t) for t in targets)
-    out = torch.full((len(targets), length), pad_id, dtype=torch.long)
-    for c, t in enumerate(targets):
-        seq = [bos_id] + list(t[:-1])
-        out[c, : len(seq)] = torch.tensor(seq, dtype=torch.long)
-    return out
-
-
-def candidate_log_probs(logits: torch.Tensor, targets: Sequence[Sequence[int]]) -> torch.Tensor:
-    """Sum of teacher-forced log-probs of each candidate target.
-
-    Args:
-        logits: (..., C, T, V) decoder logits for the C candidates fed as `candidate_decoder_inputs` (T >= longest).
-        targets: C target id lists (ending with EOS).
-    Returns:
-        (..., C) log p(target_c | image, prompt).
-    """
-    c, t = logits.shape[-3], logits.shape[-2]
-    if c != len(targets):
-        raise ValueError(f"logits hold {c} candidates, got {len(targets)} targets")
-    tgt = torch.zeros((c, t), dtype=torch.long, device=logits.device)
-    mask = torch.zeros((c, t), dtype=torch.bool, device=logits.device)
-    for i, seq in enumerate(targets):
-        tgt[i, : len(seq)] = torch.tensor(list(seq), dtype=torch.long)
-        mask[i, : len(seq)] = True
-    logp = torch.log_softmax(logits.float(), dim=-1)
-    picked = logp.gather(-1, tgt.expand(*logits.shape[:-1]).unsqueeze(-1)).squeeze(-1)
-    return picked.masked_fill(~mask, 0.0).sum(-1)
-
-
-def best_candidate(logits: torch.Tensor, targets: Sequence[Sequence[int]]) -> torch.Tensor:
-    """(...,) index of the candidate with the highest teacher-forced log-prob."""
-    return candidate_log_probs(logits, targets).argmax(-1)
-
-
 @dataclass(frozen=True)
 class EntailmentTask(Task):
     """Entailment. Target: yes / no / maybe; prediction: the label word of the first decoded token."""
@@ -75,7 +38,7 @@ class EntailmentTask(Task):
     generation: Mapping[str, Any] = field(default_factory=lambda: {"num_beams": 1}, hash=False)
     max_prompt_words: int | None = 80
     candidates: tuple[str, ...] = CANDIDATES
-    """Answers OFA's evaluation scores (`candidate_log_probs`); generation is restricted to them as well."""
+    """Answers OFA's evaluation scores (`ofa_inference`); free generation is restricted to them as well."""
 
     def prompt(self, row: Row) -> str:
         hypothesis = pre_caption(row["hypothesis"], self.max_prompt_words)
@@ -87,16 +50,21 @@ class EntailmentTask(Task):
     def reference(self, row: Row, rng: random.Random | np.random.Generator | None = None, tokenizer: Any = None) -> str:
         return label_to_answer(row["label"])
 
-    def candidate_targets(self, tokenizer: Any) -> list[list[int]]:
-        """Target ids of each candidate, in `candidates` order."""
-        return [text_target_ids(c, tokenizer) for c in self.candidates]
-
     def decode(self, text_or_ids: str | Sequence[int], row: Row, tokenizer: Any = None) -> str | None:
         words = ids_to_text(text_or_ids, tokenizer).split()
         return words[0].lower() if words else None
 
     def evaluate(self, predictions: Sequence[str | None], rows: Sequence[Row]) -> dict[str, float]:
         return {"accuracy": accuracy(list(predictions), [label_to_answer(r["label"]) for r in rows])}
+
+    def metric_implementation(self, rows: Sequence[Row] = ()) -> str:
+        return ACCURACY_IMPLEMENTATION
+
+    def ofa_inference(self, model, tokenizer, inputs, settings, num_return_sequences=1):
+        """OFA's SNLI-VE evaluation: each candidate scored after the `prev_output` prompt, renormalised over them."""
+        from distill.tasks.ofa_decoding import rank_candidates
+
+        return rank_candidates(model, tokenizer, inputs, self.candidates, num_return_sequences)
 
     def generate_kwargs(self, tokenizer: Any, candidates: Sequence[str] | None = None) -> dict[str, Any]:
         """Greedy decoding restricted to the candidates (the scoring path is `candidate_log_probs`)."""

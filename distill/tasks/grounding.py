@@ -14,7 +14,7 @@ import numpy as np
 from distill.errors import UserError
 from distill.image_processing import image_size
 from distill.tasks.base import Row, Task, pre_caption
-from distill.tasks.metrics import grounding_accuracy
+from distill.tasks.metrics import GROUNDING_IMPLEMENTATION, grounding_accuracy
 from distill.tokenizer import (
     bin_token_ids,
     bins_to_text,
@@ -124,6 +124,9 @@ class GroundingTask(Task):
 
     def evaluate(self, predictions: Sequence[list[float] | None], rows: Sequence[Row]) -> dict[str, float]:
         return {"acc@0.5": grounding_accuracy(list(predictions), [list(r["box"]) for r in rows])}
+
+    def metric_implementation(self, rows: Sequence[Row] = ()) -> str:
+        return GROUNDING_IMPLEMENTATION
 
     def generate_kwargs(self, tokenizer: Any, candidates: Sequence[str] | None = None) -> dict[str, Any]:
         """Exactly 4 new tokens, each restricted to the bin tokens."""

@@ -1,62 +1,18 @@
-"""Task metrics: CIDEr-D (pycocoevalcap), VQA accuracy, Acc@0.5 IoU, accuracy.
-
-All functions are pure Python over predictions and references, so they run anywhere (no Java, no model).
+"""Task metrics, each the official implementation's logic: VQA accuracy (GT-Vision-Lab `vqaEval.py`, and OFA's
+confidence score for its TSV rows), Acc@0.5 (OFA's `_calculate_ap_score`), accuracy; the caption metrics
+(pycocoevalcap) live in `distill.tasks.caption_metrics` and are re-exported here.
 """
 from __future__ import annotations
 
 import re
-from typing import Sequence
+from typing import Mapping, Sequence
 
-from pycocoevalcap.cider.cider import Cider
+from distill.tasks.caption_metrics import caption_metric_implementation, caption_scores, cider_d, ptb_tokenize
 
-# ---------------------------------------------------------------- captions: PTB-style tokenisation + CIDEr-D
-
-# Tokens pycocoevalcap's PTBTokenizer removes after tokenising (brackets appear there as -LRB- etc.).
-_PTB_DROP = {"''", "'", "``", "`", '"', "(", ")", "{", "}", ".", "?", "!", ",", ":", "-", "--", "...", ";"}
-# Stanford PTB splits clitics off the word they attach to: "dog's" -> "dog 's", "don't" -> "do n't".
-_CLITIC = re.compile(r"(?i)(\w)(n't|'s|'re|'ve|'ll|'d|'m)\b")
-_PTB_TOKEN = re.compile(
-    r"n't|'(?:s|re|ve|ll|d|m)\b"  # split-off clitics
-    r"|\d+(?:[.,]\d+)+"  # numbers with decimal / thousands separators: 3.5, 1,000
-    r"|(?:[a-z]\.){2,}"  # abbreviations keep their periods: u.s.
-    r"|\w+(?:[-'&/]\w+)*"  # words, keeping inner hyphens, apostrophes, slashes, ampersands (t-shirt, o'clock, w/o)
-    r"|\.\.\.|--|``|''"
-    r"|\S"  # any other single symbol
-)
-
-
-def ptb_tokenize(text: str) -> str:
-    """Lowercase, PTB-tokenise and drop punctuation, as pycocoevalcap's (Java) PTBTokenizer does for CIDEr.
-
-    A pure-Python approximation of Stanford's PTBTokenizer (`-lowerCase`) followed by pycocoevalcap's punctuation
-    filter. It agrees on ordinary captions (words, clitics, numbers, punctuation); exotic tokens (URLs, emoticons)
-    may split differently.
-    """
-    text = text.lower().replace("\n", " ").replace("\t", " ")
-    text = text.replace("[", " -lsb- ").replace("]", " -rsb- ")  # PTB escapes square brackets and keeps them
-    text = _CLITIC.sub(r"\1 \2", text)
-    tokens = [t for t in _PTB_TOKEN.findall(text) if t not in _PTB_DROP]
-    return " ".join(tokens)
-
-
-def cider_d(predictions: Sequence[str], references: Sequence[Sequence[str]]) -> float:
-    """Corpus CIDEr-D (pycocoevalcap `Cider`: n=4, sigma=6, clipped, x10) on PTB-tokenised text, times 100.
-
-    The x100 gives the figure papers report (e.g. OFA-base 138.2). The idf comes from the references of the
-    evaluated set, so a corpus of one image scores 0 by construction.
-    """
-    if len(predictions) != len(references):
-        raise ValueError(f"{len(predictions)} predictions for {len(references)} reference lists")
-    if not predictions:
-        return 0.0
-    gts = {i: [ptb_tokenize(r) for r in refs] for i, refs in enumerate(references)}
-    res = {i: [ptb_tokenize(p)] for i, p in enumerate(predictions)}
-    for i, refs in gts.items():
-        if not refs:
-            raise ValueError(f"prediction {i} has no reference caption")
-    score, _ = Cider().compute_score(gts, res)
-    return 100.0 * float(score)
-
+VQA_IMPLEMENTATION = "official VQA evaluation (GT-Vision-Lab vqaEval.py, 2021)"
+VQA_TSV_IMPLEMENTATION = "OFA's VQA score (confidence of the predicted answer, utils/eval_utils.py)"
+GROUNDING_IMPLEMENTATION = "OFA's _calculate_ap_score (float32 IoU >= 0.5, positive intersection)"
+ACCURACY_IMPLEMENTATION = "exact-match accuracy (OFA's snli_score)"
 
 # ---------------------------------------------------------------- VQA accuracy (official VQA evaluation rules)
 
@@ -65,7 +21,7 @@ _CONTRACTIONS = {
     "couldn'tve": "couldn't've", "couldnt've": "couldn't've", "didnt": "didn't", "doesnt": "doesn't",
     "dont": "don't", "hadnt": "hadn't", "hadnt've": "hadn't've", "hadn'tve": "hadn't've", "hasnt": "hasn't",
     "havent": "haven't", "hed": "he'd", "hed've": "he'd've", "he'dve": "he'd've", "hes": "he's", "howd": "how'd",
-    "howll": "how'll", "hows": "how's", "id've": "i'd've", "i'dve": "i'd've", "im": "i'm", "ive": "i've",
+    "howll": "how'll", "hows": "how's", "Id've": "I'd've", "I'dve": "I'd've", "Im": "I'm", "Ive": "I've",
     "isnt": "isn't", "itd": "it'd", "itd've": "it'd've", "it'dve": "it'd've", "itll": "it'll", "let's": "let's",
     "maam": "ma'am", "mightnt": "mightn't", "mightnt've": "mightn't've", "mightn'tve": "mightn't've",
     "mightve": "might've", "mustnt": "mustn't", "mustve": "must've", "neednt": "needn't", "notve": "not've",
@@ -90,90 +46,130 @@ _CONTRACTIONS = {
 }  # fmt: skip
 _NUMBER_WORDS = {"none": "0", "zero": "0", "one": "1", "two": "2", "three": "3", "four": "4", "five": "5",
                  "six": "6", "seven": "7", "eight": "8", "nine": "9", "ten": "10"}  # fmt: skip
+# vqaEval.py's keys "Id've", "I'dve", "Im", "Ive" are capitalised while the words are lowercased first: they never
+# match, so "im" stays "im" there. Kept as written.
 _ARTICLES = {"a", "an", "the"}
 _VQA_PUNCT = [";", "/", "[", "]", '"', "{", "}", "(", ")", "=", "+", "\\", "_", "-", ">", "<", "@", "`", ",", "?", "!"]
-_PERIOD_STRIP = re.compile(r"\.(?!\d)")  # a period not followed by a digit (keeps 2.5)
-_COMMA_NUMBER = re.compile(r"(\d)(,)(\d)")
+# As written in vqaEval.py: "(?!<=\d)" is a look-AHEAD for the text "<=" + digit (a typo for a look-behind), always true
+# before a "."; so the rule is "a period not followed by a digit".
+_PERIOD_STRIP = re.compile(r"(?!<=\d)(\.)(?!\d)")
+_COMMA_STRIP = re.compile(r"(\d)(,)(\d)")
+_PERIOD_STRIP_COUNT = int(re.UNICODE)  # vqaEval passes re.UNICODE (32) as sub()'s `count`: at most 32 periods go
 
 
 def _process_punctuation(text: str) -> str:
+    """vqaEval.processPunctuation: each mark is deleted when it touches a space in the ORIGINAL text, or when the text
+    holds a digit-comma-digit anywhere; otherwise it becomes a space ("black/white" -> "black white")."""
     out = text
+    comma_number = _COMMA_STRIP.search(text) is not None
     for p in _VQA_PUNCT:
-        # As the official code: a mark next to a space (or any text with "1,000"-style numbers) is deleted,
-        # otherwise it becomes a space ("black/white" -> "black white").
-        if (p + " " in text or " " + p in text) or _COMMA_NUMBER.search(text) is not None:
+        if (p + " " in text or " " + p in text) or comma_number:
             out = out.replace(p, "")
         else:
             out = out.replace(p, " ")
-    return _PERIOD_STRIP.sub("", out)
+    return _PERIOD_STRIP.sub("", out, count=_PERIOD_STRIP_COUNT)
 
 
 def _process_digit_article(text: str) -> str:
+    """vqaEval.processDigitArticle: lowercase, split, number words -> digits, drop articles, restore contractions."""
     words = [_NUMBER_WORDS.get(w, w) for w in text.lower().split()]
     words = [_CONTRACTIONS.get(w, w) for w in words if w not in _ARTICLES]
     return " ".join(words)
 
 
+def _whitespace(text: str) -> str:
+    return text.replace("\n", " ").replace("\t", " ").strip()
+
+
 def normalize_vqa_answer(answer: str) -> str:
-    """Official VQA answer normalisation: whitespace, punctuation, number words -> digits, articles, contractions."""
-    answer = answer.replace("\n", " ").replace("\t", " ").strip()
-    return _process_digit_article(_process_punctuation(answer))
+    """vqaEval's full answer normalisation: whitespace, punctuation, periods, number words, articles, contractions
+    (the official script applies the steps after the whitespace one only when the humans disagree: see `vqa_score`)."""
+    return _process_digit_article(_process_punctuation(_whitespace(answer)))
 
 
-def vqa_score(prediction: str, answers: Sequence[str]) -> float:
-    """VQA accuracy of one prediction against the human answers (usually 10, repeats allowed).
+def vqa_score(prediction: str, answers: Sequence[str], normalize: str = "official") -> float:
+    """VQA accuracy (0..1) of one prediction against the human answers (10 in VQA, repeats allowed), as the current
+    official `vqaEval.py` computes it:
 
-    Official form: for each human i, acc_i = min(#(other humans j != i answering the prediction) / 3, 1), and the
-    score is the mean over i (the average over all 10-choose-9 subsets). With 10 answers and m matching humans
-    this gives 0, 0.3, 0.6, 0.9, then 1.0 for m >= 4 (the plain min(m / 3, 1) would give 0, 1/3, 2/3, 1).
+    - the whitespace step (newline/tab -> space, strip) on every answer and the prediction;
+    - only when the humans' answers (after that step) are not all identical: the punctuation, period, number-word,
+      article and contraction steps, on each human answer and on the prediction. So with ten "yes", "Yes" or "yes."
+      scores 0, while with one "no" among them it scores as "yes";
+    - for each human i, acc_i = min(#(other humans j != i whose answer equals the prediction) / 3, 1), and the score
+      is the mean over i: with 10 humans and m matches, 0, 0.3, 0.6, 0.9, then 1.0 for m >= 4.
 
-    One deliberate deviation: the official script normalises answers only when the humans disagree, so "Two"
-    scores 0 against ten "2"s there; we always normalise both sides, as most re-implementations do.
+    `normalize="always"` applies the full normalisation whatever the humans say (what many re-implementations do; not
+    the official figure). A single human answer scores 1 on an exact match (there is no one to leave out).
     """
+    if normalize not in ("official", "always"):
+        raise ValueError(f"normalize must be 'official' or 'always', got {normalize!r}")
     if not answers:
         raise ValueError("vqa_score needs at least one human answer")
-    pred = normalize_vqa_answer(prediction)
-    gts = [normalize_vqa_answer(a) for a in answers]
-    if len(gts) == 1:  # a single reference: no subsets to leave out
+    pred = _whitespace(prediction)
+    gts = [_whitespace(a) for a in answers]
+    if normalize == "always" or len(set(gts)) > 1:
+        gts = [_process_digit_article(_process_punctuation(g)) for g in gts]
+        pred = _process_digit_article(_process_punctuation(pred))
+    if len(gts) == 1:
         return float(gts[0] == pred)
-    accs = []
-    for i in range(len(gts)):
-        matches = sum(1 for j, g in enumerate(gts) if j != i and g == pred)
-        accs.append(min(1.0, matches / 3.0))
+    # vqaEval leaves out "item != gtAnsDatum" on answer dicts that differ by answer_id: i.e. exactly the human i.
+    accs = [min(1.0, sum(1 for j, g in enumerate(gts) if j != i and g == pred) / 3.0) for i in range(len(gts))]
     return sum(accs) / len(accs)
 
 
-def vqa_accuracy(predictions: Sequence[str], answers: Sequence[Sequence[str]]) -> float:
-    """Mean `vqa_score` over questions, times 100."""
+def tsv_vqa_score(prediction: str, answer_scores: Mapping[str, float]) -> float:
+    """OFA's VQA score for its TSV rows: the confidence of the predicted answer string (stripped), 0 when absent
+    (`ref_dict.get(hyp, 0)`, no normalisation)."""
+    return float(answer_scores.get(prediction.strip(), 0.0))
+
+
+def vqa_accuracy(predictions: Sequence[str], answers: Sequence[Sequence[str]], normalize: str = "official") -> float:
+    """100 x the mean of the unrounded `vqa_score`s (vqaEval rounds only its printed figure, to 2 decimals)."""
     if len(predictions) != len(answers):
         raise ValueError(f"{len(predictions)} predictions for {len(answers)} answer lists")
     if not predictions:
         return 0.0
-    return 100.0 * sum(vqa_score(p, a) for p, a in zip(predictions, answers)) / len(predictions)
+    return 100.0 * sum(vqa_score(p, a, normalize) for p, a in zip(predictions, answers)) / len(predictions)
 
 
 # ---------------------------------------------------------------- grounding and entailment
 
 def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
-    """IoU of two [x0, y0, x1, y1] boxes (continuous coordinates, area = w*h as OFA computes it)."""
-    ix0, iy0 = max(a[0], b[0]), max(a[1], b[1])
-    ix1, iy1 = min(a[2], b[2]), min(a[3], b[3])
-    inter = max(0.0, ix1 - ix0) * max(0.0, iy1 - iy0)
-    area_a = max(0.0, a[2] - a[0]) * max(0.0, a[3] - a[1])
-    area_b = max(0.0, b[2] - b[0]) * max(0.0, b[3] - b[1])
-    union = area_a + area_b - inter
-    return inter / union if union > 0 else 0.0
+    """IoU of two [x0, y0, x1, y1] boxes by OFA's formula (`_calculate_ap_score`), in float32: the intersection
+    corners are max/min of the corners and NOT clamped (disjoint boxes can give a positive product of two negative
+    sides), areas are w*h of the raw corners, and the denominator has `+ 1e-6`. A hit also needs a positive
+    intersection width and height: use `box_hit`, not `box_iou >= 0.5` alone."""
+    return _iou_and_sides(a, b)[0]
+
+
+def _iou_and_sides(a: Sequence[float], b: Sequence[float]) -> tuple[float, float, float]:
+    import numpy as np
+
+    h, r = np.asarray(a, dtype=np.float32), np.asarray(b, dtype=np.float32)
+    lo, hi = np.maximum(h[:2], r[:2]), np.minimum(h[2:], r[2:])
+    iw, ih = hi[0] - lo[0], hi[1] - lo[1]
+    area_h = (h[2] - h[0]) * (h[3] - h[1])
+    area_r = (r[2] - r[0]) * (r[3] - r[1])
+    inter = iw * ih
+    iou = inter / (area_h + area_r - inter + np.float32(1e-6))
+    return float(iou), float(iw), float(ih)
+
+
+def box_hit(a: Sequence[float], b: Sequence[float], threshold: float = 0.5) -> bool:
+    """OFA's hit: IoU >= threshold and a positive intersection width and height."""
+    iou, iw, ih = _iou_and_sides(a, b)
+    return iou >= threshold and iw > 0 and ih > 0
 
 
 def grounding_accuracy(
     predictions: Sequence[Sequence[float] | None], boxes: Sequence[Sequence[float]], threshold: float = 0.5
 ) -> float:
-    """Acc@0.5: percentage of predictions with IoU >= threshold (OFA counts equality as a hit); None is a miss."""
+    """Acc@0.5 as OFA computes it (`box_hit`), in percent; None (not exactly 4 bins decoded) is a miss."""
     if len(predictions) != len(boxes):
         raise ValueError(f"{len(predictions)} predictions for {len(boxes)} boxes")
     if not predictions:
         return 0.0
-    hits = sum(1 for p, b in zip(predictions, boxes) if p is not None and box_iou(p, b) >= threshold)
+    hits = sum(1 for p, b in zip(predictions, boxes) if p is not None and box_hit(p, b, threshold))
     return 100.0 * hits / len(predictions)
 
 

@@ -1,16 +1,34 @@
-"""Visual question answering (VQAv2): prompt `" {question}?"`, decoding constrained to an answer list, VQA accuracy."""
+"""Visual question answering (VQAv2): prompt `" {question}?"` (+ `" object: ..."` tags when the row has them),
+OFA's decoding over its answer list (`distill.tasks.ofa_decoding`), the official VQA accuracy (or, for OFA's TSV rows,
+OFA's confidence score)."""
 from __future__ import annotations
 
+import json
+import pickle
 import random
 from collections import Counter
+from pathlib import Path
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
 from distill.errors import UserError
-from distill.tasks.base import Row, Task, ids_to_text, pre_question, text_target_ids, trie_prefix_fn
-from distill.tasks.metrics import normalize_vqa_answer, vqa_accuracy
+from distill.tasks.base import Row, Task, ids_to_text, pre_question
+from distill.tasks.metrics import (VQA_IMPLEMENTATION, VQA_TSV_IMPLEMENTATION, normalize_vqa_answer, tsv_vqa_score,
+                                   vqa_score)
+
+VQA_MODES = ("beam", "allcand")
+"""OFA's two VQA inference types: beam search over the answer trie (`--beam-search-vqa-eval`), or every candidate
+scored (its default validation, `--val-inference-type allcand`)."""
+
+
+def answer_confidences(row: Row) -> dict[str, float] | None:
+    """OFA's `ref_dict` of a TSV row (`answer_scores`: answer -> confidence), or None for a row of human answers."""
+    scores = row.get("answer_scores")
+    if not scores:
+        return None
+    return {s["answer"]: float(s["confidence"]) for s in scores}
 
 
 def most_common_answer(answers: Sequence[str]) -> str:
@@ -25,50 +43,128 @@ def most_common_answer(answers: Sequence[str]) -> str:
 
 
 def candidate_answers(rows: Iterable[Row], max_answers: int | None = None) -> list[str]:
-    """The answer list for constrained decoding: each row's target answer, most frequent first (OFA uses the 3,129
-    most frequent VQAv2 train answers)."""
-    counts = Counter(most_common_answer(r["answers"]) for r in rows)
+    """An answer list built from rows: each row's target answer, most frequent first. For tests and synthetic data:
+    OFA's teacher uses its own 3,129-answer trainval list (`trainval_ans2label.pkl`), given to distill/evaluate."""
+    counts = Counter(VQATask().reference(r) for r in rows)
     return [a for a, _ in counts.most_common(max_answers)]
 
 
-def allowed_tokens_fn(answers: Sequence[str], tokenizer: Any) -> Callable[[int, Any], list[int]]:
-    """`prefix_allowed_tokens_fn` restricting generation to `answers` (a trie over their target ids, EOS-ended)."""
-    if not answers:
-        raise UserError("VQA constrained decoding needs a non-empty answer list")
-    return trie_prefix_fn([text_target_ids(a, tokenizer) for a in answers], tokenizer.eos_token_id)
+class _DataOnlyUnpickler(pickle.Unpickler):
+    """OFA's `trainval_ans2label.pkl` is a pickled dict answer -> label. A pickle can run code on load: this one may
+    only build builtin containers and scalars (dict, list, str, int), never import anything."""
+
+    def find_class(self, module, name):
+        raise pickle.UnpicklingError(f"it refers to {module}.{name}; only a dict/list of strings is accepted")
+
+
+def _load_pickle(path: Path) -> Any:
+    with open(path, "rb") as fh:
+        try:
+            return _DataOnlyUnpickler(fh).load()
+        except (pickle.UnpicklingError, EOFError, ValueError, TypeError) as exc:
+            raise UserError(f"--answers {path}: not a data-only pickle ({exc})") from exc
+
+
+def read_answers(path: str) -> list[str]:
+    """Candidate answers in OFA's order: `trainval_ans2label.pkl` (dict answer -> label: ordered by label), a JSON
+    list or dict (same rule), or one answer per line."""
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"--answers {path}: file not found")
+    if p.suffix == ".pkl":
+        data = _load_pickle(p)
+    elif p.suffix == ".json":
+        data = json.loads(p.read_text(encoding="utf-8"))
+    else:
+        data = [ln.strip() for ln in p.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    if isinstance(data, dict):
+        if not all(isinstance(k, str) and isinstance(v, int) for k, v in data.items()):
+            raise UserError(f"--answers {path}: expected a dict answer -> integer label")
+        data = sorted(data, key=data.get)  # OFA's index2ans order (ties keep the file order)
+    if not isinstance(data, list) or not all(isinstance(a, str) for a in data):
+        raise UserError(f"--answers {path}: expected a list of answer strings")
+    if not data:
+        raise UserError(f"--answers {path} holds no answers")
+    return data
 
 
 @dataclass(frozen=True)
 class VQATask(Task):
-    """VQA. Target: the most common (normalised) human answer."""
+    """VQA. Target: OFA's highest-confidence answer for TSV rows, else the most common (normalised) human answer."""
 
     name: str = "vqa"
     input_columns: tuple[str, ...] = ("id", "image", "question", "answers")
     resolution: int = 480
     num_queries: int = 6
     label_smoothing: float = 0.1
-    generation: Mapping[str, Any] = field(default_factory=lambda: {"num_beams": 5}, hash=False)
+    generation: Mapping[str, Any] = field(
+        default_factory=lambda: {"num_beams": 5, "vqa_mode": "beam"}, hash=False)
     max_prompt_words: int | None = 128
+    max_objects: int = 30
+    """Object tags kept in the prompt (OFA's `max_object_length`)."""
 
     def prompt(self, row: Row) -> str:
         question = pre_question(row["question"], self.max_prompt_words)
         if not question.endswith("?"):
             question += "?"
-        return " " + question
+        objects = [o for o in (row.get("objects") or []) if o][: self.max_objects]
+        tags = f" object: {' '.join(objects)}" if objects else ""  # OFA's --add-object
+        return " " + question + tags
 
     def reference(self, row: Row, rng: random.Random | np.random.Generator | None = None, tokenizer: Any = None) -> str:
+        confidences = answer_confidences(row)
+        if confidences:
+            return max(confidences, key=confidences.get)  # OFA: the first answer of highest confidence
         return most_common_answer(row["answers"])
+
+    def target_weight(self, row: Row, text: str) -> float:
+        """OFA/NARVL weight a VQA sample by the confidence of the chosen answer: OFA's for TSV rows, else its VQA
+        score against the human answers (fully normalised: the target is the normalised most common answer)."""
+        confidences = answer_confidences(row)
+        if confidences is not None:
+            return tsv_vqa_score(text, confidences)
+        return vqa_score(text, list(row["answers"]), normalize="always")
 
     def decode(self, text_or_ids: str | Sequence[int], row: Row, tokenizer: Any = None) -> str:
         return " ".join(ids_to_text(text_or_ids, tokenizer).split())
 
+    @staticmethod
+    def _score(prediction: str, row: Row) -> float:
+        confidences = answer_confidences(row)
+        if confidences is not None:
+            return tsv_vqa_score(prediction, confidences)
+        return vqa_score(prediction, list(row["answers"]))
+
     def evaluate(self, predictions: Sequence[str], rows: Sequence[Row]) -> dict[str, float]:
-        return {"vqa_accuracy": vqa_accuracy(list(predictions), [list(r["answers"]) for r in rows])}
+        """100 x the mean score: OFA's confidence for rows with `answer_scores`, the official VQA accuracy else."""
+        if len(predictions) != len(rows):
+            raise ValueError(f"{len(predictions)} predictions for {len(rows)} rows")
+        if not rows:
+            return {"vqa_accuracy": 0.0}
+        return {"vqa_accuracy": 100.0 * sum(self._score(p, r) for p, r in zip(predictions, rows)) / len(rows)}
+
+    def metric_implementation(self, rows: Sequence[Row] = ()) -> str:
+        kinds = {answer_confidences(r) is not None for r in rows} or {False}
+        return " + ".join(VQA_TSV_IMPLEMENTATION if k else VQA_IMPLEMENTATION for k in sorted(kinds, reverse=True))
 
     def generate_kwargs(self, tokenizer: Any, candidates: Sequence[str] | None = None) -> dict[str, Any]:
-        """Beam search over the answer trie; `candidates` (the answer list) is required."""
+        """OFA's VQA settings with the answer list (`candidates`, required); `ofa_inference` runs them."""
         if not candidates:
-            raise UserError("VQA generation needs the candidate answer list (see distill.tasks.vqa.candidate_answers)")
-        longest = max(len(text_target_ids(a, tokenizer)) for a in candidates)
-        constraint = allowed_tokens_fn(candidates, tokenizer)
-        return {**self.generation, "max_new_tokens": longest, "prefix_allowed_tokens_fn": constraint}
+            raise UserError("VQA decoding needs the candidate answer list (OFA's trainval_ans2label.pkl)")
+        mode = self.generation.get("vqa_mode", "beam")
+        if mode not in VQA_MODES:
+            raise UserError(f"vqa_mode must be one of {', '.join(VQA_MODES)}, got {mode!r}")
+        return {**self.generation, "candidates": list(candidates)}
+
+    def ofa_inference(self, model, tokenizer, inputs, settings, num_return_sequences=1):
+        """OFA's VQA inference: the `prev_output` prompt forced, then beam search over the answer trie with
+        unnormalised scores (`vqa_mode` beam), or every candidate scored (allcand)."""
+        from distill.tasks.ofa_decoding import beam_search_answers, rank_candidates
+
+        candidates = settings.get("candidates")
+        if not candidates:
+            raise UserError("VQA decoding needs the candidate answer list (OFA's trainval_ans2label.pkl)")
+        if settings.get("vqa_mode", "beam") == "allcand":
+            return rank_candidates(model, tokenizer, inputs, candidates, num_return_sequences)
+        return beam_search_answers(model, tokenizer, inputs, candidates, settings.get("num_beams", 5),
+                                   num_return_sequences)

@@ -125,10 +125,15 @@ def test_ofa_tsv_layouts(tmp_path):
         open_source(d, "test", None, get_task("caption"))
 
     vqa_file = tmp_path / "vqa_train.tsv"
-    vqa_file.write_text(f"q1\t501\tis it red?\t1.0|!+yes&&0.3|!+no\tobj\t{_b64(3)}\n")
+    vqa_file.write_text(f"q1\t501\tis it red?\t1.0|!+yes&&0.3|!+no&&0.6|!+no\tcar&&red car\t{_b64(3)}\n")
     vqa = open_source(vqa_file, "train", None, get_task("vqa"))
     assert vqa[0]["question"] == "is it red?"
-    assert vqa[0]["answers"] == ["yes", "yes", "yes", "no"]  # VQA score min(n/3, 1) = OFA confidence (1.0, ~0.3)
+    # OFA's ref_dict: answer -> confidence (a repeated answer keeps the last one), not answers repeated 3*conf times
+    assert vqa[0]["answer_scores"] == [{"answer": "yes", "confidence": 1.0}, {"answer": "no", "confidence": 0.6}]
+    assert vqa[0]["answers"] == ["yes", "no"] and vqa[0]["objects"] == ["car", "red car"]
+    vqa_task = get_task("vqa")
+    assert vqa_task.evaluate(["yes"], [vqa[0]])["vqa_accuracy"] == 100.0  # unanimous 1.0|!+yes scores 1.0, not 0.667
+    assert vqa_task.evaluate(["no"], [vqa[0]])["vqa_accuracy"] == pytest.approx(60.0)
 
     ref_file = tmp_path / "refcoco_train.tsv"
     ref_file.write_text(f"r1\t501\tthe left man\t10.5,20,110,220.25\t{_b64(4)}\n")
