@@ -25,7 +25,10 @@ class CaptionTask(Task):
     num_queries: int = 20
     label_smoothing: float = 0.1
     generation: Mapping[str, Any] = field(
-        default_factory=lambda: {"num_beams": 5, "max_new_tokens": 16, "no_repeat_ngram_size": 3}, hash=False
+        # OFA's --max-len-b 16 in fairseq means 16 tokens and then EOS; transformers' max_new_tokens counts the EOS
+        # (the config's forced EOS takes the last step), so 16 + 1. fairseq's min_len 1: no empty caption.
+        default_factory=lambda: {"num_beams": 5, "max_new_tokens": 17, "min_new_tokens": 1, "no_repeat_ngram_size": 3},
+        hash=False,
     )
     max_target_words: int | None = 20
 

@@ -8,7 +8,10 @@ Facts from OFA-Sys/OFA (`tasks/mm_tasks/vqa_gen.py`, `snli_ve.py`, `utils/eval_u
   each step's log-probs are renormalised over the allowed tokens;
 - beam search (`--beam-search-vqa-eval --beam 5 --unnormalized`) ranks by the summed log-probs, no length
   normalisation; the forced prompt tokens add the same constant to every beam of a sample, so they are left out of
-  the answer's score here;
+  the answer's score here. fairseq stops once 5 hypotheses are finished; generate()'s `early_stopping=True` (that
+  rule) miscounts beams that only ever held -inf, so we use the canonical stop (`"never"`: until no running beam
+  can beat the worst finished one), which can only differ when a running beam would still overtake after 5
+  finished;
 - scoring every candidate (OFA's VQA validation `allcand`, and SNLI-VE always) sums the trie-renormalised log-probs
   of each candidate's tokens and EOS after the prompt: with single-token candidates that have distinct first tokens
   (`yes`/`no`/`maybe`) this is the first answer token's log-prob renormalised over the candidates, and EOS adds 0.
@@ -44,6 +47,8 @@ class PromptTrieProcessor:
     prompt the forced token gets score 0 and every other -inf (OFA forces `prefix_tokens` the same way; the constant
     it adds is dropped). After it, tokens off the trie get -inf and the rest are renormalised (`log_softmax` again,
     which equals OFA's `log_softmax` of masked logits); a finished or off-trie answer may only end (EOS).
+    generate() starts beams 1..K-1 as copies of beam 0 at -1e9, which can then finish as duplicates before a long
+    answer does; they get -inf here, as fairseq's unused beams, so they never count as finished.
     """
 
     def __init__(self, prompts: Sequence[Sequence[int]], trie: TokenTrie, eos_id: int, num_beams: int):
@@ -61,6 +66,8 @@ class PromptTrieProcessor:
                 forced[r] = True
             else:
                 allowed[r, self.trie.next_tokens(seq[1 + len(prompt):]) or [self.eos_id]] = True
+        if step == 0:  # all beams start as copies of beam 0: kill the copies (fairseq expands only the first beam
+            allowed[torch.arange(scores.shape[0], device=scores.device) % self.num_beams != 0] = False  # at step 0)
         out = torch.log_softmax(scores.masked_fill(~allowed, float("-inf")), dim=-1)
         return torch.where(forced[:, None], torch.where(allowed, 0.0, float("-inf")), out)
 
@@ -90,7 +97,7 @@ def beam_search_answers(model, tokenizer, inputs: dict[str, torch.Tensor], answe
     res = model.generate(
         **inputs, num_beams=num_beams, num_return_sequences=num_return_sequences, do_sample=False,
         max_new_tokens=max(len(p) for p in prompts) + max(len(t) for t in targets), length_penalty=0.0,
-        early_stopping=True, no_repeat_ngram_size=0, forced_eos_token_id=None, min_new_tokens=0,
+        early_stopping="never", no_repeat_ngram_size=0, forced_eos_token_id=None, min_new_tokens=0,
         logits_processor=LogitsProcessorList([processor]), output_scores=True, return_dict_in_generate=True,
     )
     steps = model.compute_transition_scores(res.sequences, res.scores, res.beam_indices, normalize_logits=False)

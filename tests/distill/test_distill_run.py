@@ -76,19 +76,20 @@ def test_rows_match_a_bare_generate_on_the_same_batches(world):
         pix = torch.stack([torch.from_numpy(proc.process_image(load_image(src[i]["image"]))) for i in idx])
         ids = tok([" what does the image describe?"] * len(idx), return_tensors="pt")["input_ids"]
         with torch.inference_mode():
-            seqs = model.generate(input_ids=ids, patch_images=pix, num_beams=5, max_new_tokens=16,
-                                  no_repeat_ngram_size=3)
+            seqs = model.generate(input_ids=ids, patch_images=pix, num_beams=5, max_new_tokens=17,
+                                  min_new_tokens=1, no_repeat_ngram_size=3)
             for k, i in enumerate(idx):
                 r = by_id[src[i]["id"]]
                 ref = [t for t in seqs[k, 1:].tolist() if t != tok.pad_token_id]
                 assert r["target_ids"] == ref and ref[-1] == tok.eos_token_id and 0 not in ref[:1]
                 assert r["target_len"] == len(ref)
                 assert r["target"] == tok.decode(ref, skip_special_tokens=True).strip()
-                # Independent log-prob: teacher forcing. generate() forces EOS at max length (16): it scores 0 there.
+                # Independent log-prob: teacher forcing. generate() forces EOS at max length (16 + EOS, OFA's
+                # max_len_b 16): it scores 0 there.
                 dec = torch.tensor([[0] + ref[:-1]])
                 logp = model(input_ids=ids[k:k + 1], patch_images=pix[k:k + 1], decoder_input_ids=dec).logits.log_softmax(-1)
                 tf = logp[0, torch.arange(len(ref)), torch.tensor(ref)]
-                expected = tf[:-1].sum() if len(ref) == 16 else tf.sum()
+                expected = tf[:-1].sum() if len(ref) == 17 else tf.sum()
                 assert r["teacher_logprob"] == pytest.approx(float(expected), abs=1e-3)
                 assert r["captions"] == src[i]["captions"]
                 assert r["image"]["bytes"] == src[i]["image"]["bytes"] and r["source_index"] == i
@@ -97,7 +98,8 @@ def test_rows_match_a_bare_generate_on_the_same_batches(world):
 
     m = json.loads((out / "manifest.json").read_text())
     assert m["status"] == "complete" and (m["rows"], m["failures"], m["shards"]) == (s.rows, s.failures, s.shards)
-    assert m["generation"] == {"num_beams": 5, "max_new_tokens": 16, "no_repeat_ngram_size": 3, "num_return_sequences": 1}
+    assert m["generation"] == {"num_beams": 5, "max_new_tokens": 17, "min_new_tokens": 1, "no_repeat_ngram_size": 3,
+                               "num_return_sequences": 1}
     assert len(m["teacher"]["sha256"]) == 64 and m["source"]["split"] == "train" and m["source"]["ids_sha256"]
     assert m["narvl_pipe_version"] and m["wall_time_s"] > 0
 
@@ -258,9 +260,10 @@ def test_vqa_answers_trie_nbest_and_empty_question(world, tmp_path):
         assert r["target"] in answers and r["prompt"] == f" {r['question']}?"
         assert [n["text"] for n in r["nbest"]][0] == r["target"] and len(r["nbest"]) == 3
         assert len({n["text"] for n in r["nbest"]}) == 3 and all(n["text"] in answers for n in r["nbest"])
-        # Beams are ranked by the length-normalised score (length_penalty 1, as OFA); logprob is the raw sum.
-        normed = [n["logprob"] / (len(tok(" " + n["text"], add_special_tokens=False)["input_ids"]) + 1) for n in r["nbest"]]
-        assert normed == sorted(normed, reverse=True)
+        # OFA's --unnormalized VQA beam search: ranked by the summed (trie-renormalised) log-prob itself
+        scores = [n["logprob"] for n in r["nbest"]]
+        assert scores == sorted(scores, reverse=True) and all(s <= 0 for s in scores)
+        assert r["target_ids"] == tok(" " + r["target"], add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
         assert r["nbest"][0]["logprob"] == pytest.approx(r["teacher_logprob"])
 
 

@@ -57,7 +57,8 @@ def test_get_task_and_defaults():
     for name, (res, queries, smoothing) in expected.items():
         task = get_task(name)
         assert (task.name, task.resolution, task.num_queries, task.label_smoothing) == (name, res, queries, smoothing)
-    assert get_task("caption").generation == {"num_beams": 5, "max_new_tokens": 16, "no_repeat_ngram_size": 3}
+    assert get_task("caption").generation == {"num_beams": 5, "max_new_tokens": 17, "min_new_tokens": 1,
+                                              "no_repeat_ngram_size": 3}  # OFA's max_len_b 16: 16 tokens + EOS
     assert get_task("grounding", resolution=64).resolution == 64
     with pytest.raises(UserError, match="caption, vqa, grounding, entailment"):
         get_task("segmentation")
