@@ -166,8 +166,6 @@ class EvalResult:
     """`narvl` or `ofa`."""
     metrics: dict[str, float]
     """The task metric(s), e.g. `{"cider": ...}`."""
-    metric_implementation: str = ""
-    """Which implementation computed `metrics` (e.g. "pycocoevalcap 1.2, Java PTB tokenizer")."""
     ms_per_sample: float
     """Model + decoding time per sample (excludes image loading), at `batch_size`."""
     num_samples: int
@@ -176,6 +174,8 @@ class EvalResult:
     """Batch size the latency was measured at."""
     num_beams: int | None
     """Beam size used (None: the task's OFA setting for AR, greedy for NARVL)."""
+    metric_implementation: str = ""
+    """Which implementation computed `metrics` (e.g. "pycocoevalcap 1.2, Java PTB tokenizer")."""
     predictions_path: str | None = None
     """JSONL of predictions, when written."""
     predictions: list[Any] = field(default_factory=list, repr=False)

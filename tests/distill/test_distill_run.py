@@ -100,6 +100,7 @@ def test_rows_match_a_bare_generate_on_the_same_batches(world):
     assert m["status"] == "complete" and (m["rows"], m["failures"], m["shards"]) == (s.rows, s.failures, s.shards)
     assert m["generation"] == {"num_beams": 5, "max_new_tokens": 17, "min_new_tokens": 1, "no_repeat_ngram_size": 3,
                                "num_return_sequences": 1}
+    assert m["metric_implementation"].startswith("pycocoevalcap")  # named on the dataset card
     assert len(m["teacher"]["sha256"]) == 64 and m["source"]["split"] == "train" and m["source"]["ids_sha256"]
     assert m["narvl_pipe_version"] and m["wall_time_s"] > 0
 

@@ -44,7 +44,7 @@ def _inputs(lm, task, row):
 
 def test_evaluate_narvl_is_greedy_ctc(models, tmp_path):
     from distill.tasks import get_task
-    from distill.tasks.metrics import cider_d
+    from distill.tasks.metrics import caption_metric_implementation, caption_scores
     from student.evaluate import EvalResult, evaluate, load_model
 
     world, _, student = models
@@ -65,7 +65,8 @@ def test_evaluate_narvl_is_greedy_ctc(models, tmp_path):
         ids = merged[: merged.index(eos)] if eos in merged else merged
         expected.append(task.decode(ids, row, lm.tokenizer))
     assert [x["prediction"] for x in lines] == expected == res.predictions
-    assert res.metrics["cider"] == pytest.approx(cider_d(expected, [r["captions"] for r in rows]))
+    assert res.metrics == pytest.approx(caption_scores(expected, [r["captions"] for r in rows]))  # pycocoevalcap
+    assert res.metric_implementation == caption_metric_implementation() and "pycocoevalcap" in res.line()
 
 
 def test_evaluate_ar_matches_generate(models):
@@ -91,6 +92,7 @@ def test_other_tasks_and_predict(models, tmp_path):
     world, teacher, student = models
     ent = evaluate(teacher, "entailment", world, limit=3, progress=False)  # AR: candidates scored, as OFA does
     assert set(ent.predictions) <= {"yes", "no", "maybe"} and "accuracy" in ent.metrics
+    assert ent.metric_implementation.startswith("exact-match accuracy")
     grd = evaluate(student, "grounding", world, limit=3, progress=False)  # a box only from exactly 4 bins
     assert all(p is None or len(p) == 4 for p in grd.predictions) and "acc@0.5" in grd.metrics
 
@@ -105,5 +107,6 @@ def test_other_tasks_and_predict(models, tmp_path):
         predict(teacher, "vqa", str(image), text="what color is the circle")
     out = h.cli("evaluate", "--model", student, "--task", "caption", "--data", world, "--limit", "2",
                 "--out", tmp_path / "e.jsonl")
-    assert "cider=" in out.stdout and "ms/sample" in out.stdout
+    assert "cider=" in out.stdout and "ms/sample" in out.stdout and "meteor=" in out.stdout
+    assert "metric: pycocoevalcap" in out.stdout
     assert len((tmp_path / "e.jsonl").read_text().splitlines()) == 2
