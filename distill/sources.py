@@ -13,7 +13,7 @@
   - vqa: `question-id, image-id, question, answers, predicted labels, image base64`; answers are
     `conf|!+answer&&conf|!+answer...` and become `answer_scores` (answer -> OFA's confidence, as OFA's `ref_dict`:
     a repeated answer keeps its last confidence) plus `answers` (each answer once, in file order); the predicted
-    labels (`&&`-joined object tags) become `objects`;
+    labels (`&&`-joined object tags) become `object_tags`;
   - grounding (RefCOCO): `uniq-id, image-id, text, region-coord "x0,y0,x1,y1", image base64`;
   - entailment (SNLI-VE): `uniq-id, image-id, image base64, hypothesis, caption (premise), label`;
 - an imagefolder with metadata (`metadata.jsonl/.csv/.parquet` anywhere in the folder): `load_dataset("imagefolder")`;
@@ -41,11 +41,11 @@ from typing import Any, Iterator, Mapping
 from distill.errors import UserError
 
 CANONICAL_COLUMNS = (
-    "id", "image", "captions", "question", "answers", "answer_scores", "objects", "region_text", "box", "premise",
-    "hypothesis", "label",
+    "id", "image", "captions", "question", "answers", "answer_scores", "object_tags", "region_text", "box",
+    "premise", "hypothesis", "label",
 )
 """Every column of the canonical schema, in output order."""
-REFERENCE_COLUMNS = ("captions", "answers", "answer_scores", "objects", "box", "label")
+REFERENCE_COLUMNS = ("captions", "answers", "answer_scores", "object_tags", "box", "label")
 """Source references/labels (and VQA's object tags, which enter its prompt): carried through to the distilled rows
 when present, never required."""
 PROMPT_COLUMNS = ("question", "region_text", "premise", "hypothesis")
@@ -117,7 +117,7 @@ def _tsv_fields(task: str, raw: dict, row: dict) -> None:
         row["question"] = raw.get("question", "")
         row["answer_scores"] = parse_ofa_answers(raw.get("answers", ""))
         row["answers"] = [s["answer"] for s in row["answer_scores"]]
-        row["objects"] = [o for o in raw.get("object_labels", "").strip().split("&&") if o]
+        row["object_tags"] = [o for o in raw.get("object_labels", "").strip().split("&&") if o]
     elif task == "grounding":
         row["region_text"] = raw.get("region_text", "")
         try:
@@ -152,7 +152,7 @@ def _tsv_features(task: str):
         "caption": {"captions": List(Value("string"))},
         "vqa": {"question": Value("string"), "answers": List(Value("string")),
                 "answer_scores": List({"answer": Value("string"), "confidence": Value("float64")}),
-                "objects": List(Value("string"))},
+                "object_tags": List(Value("string"))},
         "grounding": {"region_text": Value("string"), "box": List(Value("float64"))},
         "entailment": {"hypothesis": Value("string"), "premise": Value("string"), "label": Value("string")},
     }[task])

@@ -107,7 +107,7 @@ class VQATask(Task):
         question = pre_question(row["question"], self.max_prompt_words)
         if not question.endswith("?"):
             question += "?"
-        objects = [o for o in (row.get("objects") or []) if o][: self.max_objects]
+        objects = [o for o in (row.get("object_tags") or []) if o][: self.max_objects]
         tags = f" object: {' '.join(objects)}" if objects else ""  # OFA's --add-object
         return " " + question + tags
 

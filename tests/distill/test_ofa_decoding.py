@@ -39,7 +39,7 @@ def model(tok):
 @pytest.fixture(scope="module")
 def inputs(tok):
     vqa = get_task("vqa")
-    rows = [{"question": "what color is the circle"}, {"question": "is there a square", "objects": ["tree", "red car"]}]
+    rows = [{"question": "what color is the circle"}, {"question": "is there a square", "object_tags": ["tree", "red car"]}]
     prompts = [vqa.prompt(r) for r in rows]
     assert prompts[1] == " is there a square? object: tree red car"
     enc = tok(prompts, return_tensors="pt", padding=True)  # different lengths: right padding

@@ -130,7 +130,7 @@ def test_ofa_tsv_layouts(tmp_path):
     assert vqa[0]["question"] == "is it red?"
     # OFA's ref_dict: answer -> confidence (a repeated answer keeps the last one), not answers repeated 3*conf times
     assert vqa[0]["answer_scores"] == [{"answer": "yes", "confidence": 1.0}, {"answer": "no", "confidence": 0.6}]
-    assert vqa[0]["answers"] == ["yes", "no"] and vqa[0]["objects"] == ["car", "red car"]
+    assert vqa[0]["answers"] == ["yes", "no"] and vqa[0]["object_tags"] == ["car", "red car"]
     vqa_task = get_task("vqa")
     assert vqa_task.evaluate(["yes"], [vqa[0]])["vqa_accuracy"] == 100.0  # unanimous 1.0|!+yes scores 1.0, not 0.667
     assert vqa_task.evaluate(["no"], [vqa[0]])["vqa_accuracy"] == pytest.approx(60.0)

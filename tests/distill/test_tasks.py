@@ -229,7 +229,7 @@ def test_decode_and_evaluate(tiny_tok):
     assert vqa.reference(tsv) == "yes" and vqa.target_weight(tsv, "no") == pytest.approx(0.3)
     assert vqa.target_weight(human, "yes") == 1.0 and vqa.target_weight({"answers": ["Yes"] * 10}, "yes") == 1.0
     assert "vqaEval" in vqa.metric_implementation([human]) and "OFA" in vqa.metric_implementation([tsv])
-    assert vqa.prompt({"question": "What is it", "objects": ["car", "red tree"]}) == " what is it? object: car red tree"
+    assert vqa.prompt({"question": "What is it", "object_tags": ["car", "red tree"]}) == " what is it? object: car red tree"
 
     ent = get_task("entailment")
     assert ent.decode(" maybe yes", {}) == "maybe"
