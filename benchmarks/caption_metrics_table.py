@@ -75,8 +75,9 @@ def main() -> None:
     agreement = {}
     for name, tx in texts.items():
         java = java_ptb_tokenize(tx)
-        agreement[name] = {"n": len(tx), "old_python_mismatches": sum(old.ptb_tokenize(t) != j for t, j in zip(tx, java)),
-                           "new_python_mismatches": sum(ptb_tokenize(t) != j for t, j in zip(tx, java))}
+        agreement[name] = {
+            "n": len(tx), "old_python_mismatches": sum(old.ptb_tokenize(t) != j for t, j in zip(tx, java)),
+            "new_python_mismatches": sum(ptb_tokenize(t) != j for t, j in zip(tx, java))}
         print(f"{name}: {agreement[name]}")
     out = REPO / "benchmarks" / "results" / "caption_metrics_table.json"
     out.write_text(json.dumps({"table": table, "tokenizer_agreement": agreement}, indent=1) + "\n")

@@ -1,7 +1,7 @@
 """OFA's own inference for the closed-answer tasks (VQA, SNLI-VE), shared by the teacher run and `evaluate`.
 
-Facts from OFA-Sys/OFA (`tasks/mm_tasks/vqa_gen.py`, `snli_ve.py`, `utils/eval_utils.py`, `models/sequence_generator.py`,
-`data/mm_data/*_dataset.py`, fine-tuned with `--prompt-type=prev_output`):
+Facts from OFA-Sys/OFA (`tasks/mm_tasks/vqa_gen.py`, `snli_ve.py`, `utils/eval_utils.py`,
+`models/sequence_generator.py`, `data/mm_data/*_dataset.py`, fine-tuned with `--prompt-type=prev_output`):
 - the decoder is first fed the `prev_output` prompt: the encoder input without its final EOS, `<s> prompt tokens`
   (the question, plus `object: ...` tags for VQA); the answer follows right after it;
 - the candidate answers (BPE of `" answer"`, then EOS) form a trie, applied to the LOGITS before `log_softmax`, so

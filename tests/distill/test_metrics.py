@@ -45,7 +45,8 @@ def test_cider_matches_pycocoevalcap_on_pretokenised_input():
     gts = {
         0: ["a man riding a wave on top of a surfboard", "a surfer rides a large wave", "man surfing in the ocean"],
         1: ["two dogs play with a red ball", "two dogs are playing outside", "a dog 's toy is a ball"],
-        2: ["a plate of food with broccoli", "broccoli and rice on a white plate", "a meal -lrb- rice broccoli -rrb- on a plate"],
+        2: ["a plate of food with broccoli", "broccoli and rice on a white plate",
+            "a meal -lrb- rice broccoli -rrb- on a plate"],
     }
     res = {0: ["a man is surfing a wave"], 1: ["two dogs play with a ball"], 2: ["a white plate with broccoli rice"]}
     expected, _ = Cider().compute_score(gts, res)

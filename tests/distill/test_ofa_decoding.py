@@ -12,7 +12,8 @@ from ofa_helpers import randomized  # noqa: E402
 from distill.ofa import OFAConfig, OFAModel  # noqa: E402
 from distill.tasks import get_task  # noqa: E402
 from distill.tasks.base import text_target_ids  # noqa: E402
-from distill.tasks.ofa_decoding import beam_search_answers, candidate_scores, decoder_prompts, rank_candidates  # noqa: E402
+from distill.tasks.ofa_decoding import (beam_search_answers, candidate_scores, decoder_prompts,  # noqa: E402
+                                        rank_candidates)
 from distill.tokenizer import train_tiny_tokenizer  # noqa: E402
 
 WORDS = ["what color is the circle", "is there a square", "red", "blue", "green", "red car", "yes", "no", "maybe",
@@ -39,7 +40,8 @@ def model(tok):
 @pytest.fixture(scope="module")
 def inputs(tok):
     vqa = get_task("vqa")
-    rows = [{"question": "what color is the circle"}, {"question": "is there a square", "object_tags": ["tree", "red car"]}]
+    rows = [{"question": "what color is the circle"},
+            {"question": "is there a square", "object_tags": ["tree", "red car"]}]
     prompts = [vqa.prompt(r) for r in rows]
     assert prompts[1] == " is there a square? object: tree red car"
     enc = tok(prompts, return_tensors="pt", padding=True)  # different lengths: right padding
