@@ -11,7 +11,7 @@ from __future__ import annotations
 import typer
 from typer.core import TyperCommand
 
-from pipelines import cmd_data, cmd_distill, cmd_hub, cmd_run, cmd_student, cmd_teacher
+from pipelines import cmd_data, cmd_distill, cmd_hub, cmd_run, cmd_serve, cmd_student, cmd_teacher
 
 
 class Command(TyperCommand):
@@ -45,6 +45,8 @@ for name, function, short_help in [
     ("train-student", cmd_student.train_student, "Train a NARVL student with Query-CTC (KD or raw labels)."),
     ("evaluate", cmd_student.evaluate, "Score a model on a split: task metric and latency."),
     ("predict", cmd_student.predict, "Caption, answer, box or label for one image."),
+    ("export", cmd_serve.export, "Export a NARVL student to ONNX (checked against PyTorch)."),
+    ("serve", cmd_serve.serve, "Serve predictions over HTTP, batching concurrent requests."),
     ("push", cmd_hub.push, "Share a distilled dataset on the Hub (parquet + card)."),
     ("run", cmd_run.run, "Run a pipeline YAML; finished stages are cached."),
     ("demo", cmd_run.demo, "Offline end to end on the shapes world, with a report."),

@@ -86,7 +86,7 @@ def evaluate(
 
 
 def predict(
-    model: str = typer.Option(..., "--model", help="NARVL student or OFA teacher folder."),
+    model: str = typer.Option(..., "--model", help="NARVL student, its ONNX export (narvl-pipe export) or OFA teacher folder."),
     task: str = typer.Option(..., "--task", help="caption, vqa, grounding or entailment."),
     image: str = typer.Option(..., "--image", help="Image file."),
     text: Optional[str] = typer.Option(None, "--text", help="Question (vqa), region text (grounding) or hypothesis (entailment)."),

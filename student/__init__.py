@@ -2,7 +2,7 @@
 from transformers import AutoConfig, AutoModel
 
 from student.configuration_narvl import NARVLConfig
-from student.decoding import collapse, ctc_greedy_decode, ctc_prefix_beam_search, ctc_sequence_log_prob
+from student.decoding import collapse, ctc_decode, ctc_greedy_decode, ctc_prefix_beam_search, ctc_sequence_log_prob
 from student.loss import ctc_required_length, query_ctc_loss
 from student.modeling_narvl import NARVLModel, NARVLOutput
 
@@ -15,6 +15,7 @@ __all__ = [
     "NARVLModel",
     "NARVLOutput",
     "collapse",
+    "ctc_decode",
     "ctc_greedy_decode",
     "ctc_prefix_beam_search",
     "ctc_required_length",

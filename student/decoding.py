@@ -10,7 +10,7 @@ from collections import defaultdict
 
 import torch
 
-__all__ = ["collapse", "ctc_greedy_decode", "ctc_prefix_beam_search", "ctc_sequence_log_prob"]
+__all__ = ["collapse", "ctc_decode", "ctc_greedy_decode", "ctc_prefix_beam_search", "ctc_sequence_log_prob"]
 
 _NEG_INF = -math.inf
 
@@ -194,3 +194,21 @@ def ctc_prefix_beam_search(
         ranked = sorted(zip(candidates, exact), key=lambda pair: pair[1], reverse=True)
         results.append(ranked[:beam_size])
     return results
+
+
+def ctc_decode(
+    logits: torch.Tensor, blank_id: int, eos_id: int, pad_id: int | None = 1, num_beams: int = 1
+) -> list[list[int]]:
+    """NARVL's decoding rule, whatever ran the forward (PyTorch or an ONNX export): greedy CTC for ``num_beams=1``
+    (the paper's setting), else the best hypothesis of CTC prefix beam search.
+
+    Args:
+        logits (torch.Tensor): scores per query, shape ``(B, N, V + 1)``.
+
+    Returns:
+        list[list[int]]: B token-id lists, EOS excluded.
+    """
+    if num_beams == 1:
+        return ctc_greedy_decode(logits, blank_id, eos_id, pad_id)
+    beams = ctc_prefix_beam_search(logits.float().log_softmax(-1), num_beams, blank_id, eos_id, pad_id)
+    return [hypotheses[0][0] for hypotheses in beams]

@@ -21,6 +21,8 @@ __all__ = ["LoadedModel", "EvalResult", "Prediction", "model_kind", "load_model"
            "decode_batch", "predict_rows", "make_eval_fn", "evaluate", "predict"]
 
 KINDS = ("narvl", "ofa")
+TEXT_FIELD = {"vqa": "question", "grounding": "region_text", "entailment": "hypothesis"}
+"""The canonical column that holds each task's required prompt text (entailment also reads an optional `premise`)."""
 
 
 @dataclass
@@ -49,10 +51,16 @@ def model_kind(model_dir: str | os.PathLike) -> str:
 
 
 def load_model(model_dir: str | os.PathLike, device: str | torch.device | None = None) -> LoadedModel:
-    """Load a NARVL or OFA folder with its tokenizer and image processor (device: CUDA when available)."""
+    """Load a NARVL or OFA folder, or a NARVL ONNX export (`narvl-pipe export`, run by onnxruntime), with its
+    tokenizer and image processor (device: CUDA when available)."""
     from distill.image_processing import OFAImageProcessor
     from distill.tokenizer import load_ofa_tokenizer
+    from student.export import is_exported
 
+    if is_exported(model_dir):
+        from student.onnx_model import load_exported
+
+        return load_exported(model_dir, device)
     kind = model_kind(model_dir)
     if kind == "narvl":
         from student.modeling_narvl import NARVLModel as cls
@@ -260,7 +268,7 @@ def predict(model: str | os.PathLike | LoadedModel, task: str, image: Any, text:
     t = get_task(task)
     lm = model if isinstance(model, LoadedModel) else load_model(model, device)
     row: dict[str, Any] = {"id": "predict", "image": image}
-    need = {"vqa": "question", "grounding": "region_text", "entailment": "hypothesis"}.get(t.name)
+    need = TEXT_FIELD.get(t.name)
     if need:
         if not text:
             raise UserError(f"--text is required for task {t.name} (the {need.replace('_', ' ')})")

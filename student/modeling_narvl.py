@@ -21,7 +21,7 @@ from distill.ofa.encoder import OFAEncoder, OFAEncoderOutput
 from distill.ofa.modeling_ofa import OFAPreTrainedModel
 
 from .configuration_narvl import NARVLConfig
-from .decoding import ctc_greedy_decode, ctc_prefix_beam_search
+from .decoding import ctc_decode
 from .loss import query_ctc_loss
 
 __all__ = ["NARVLModel", "NARVLOutput"]
@@ -156,11 +156,7 @@ class NARVLModel(OFAPreTrainedModel):
         """Token ids per sample (EOS excluded): greedy CTC (``num_beams=1``, the paper's setting) or the best
         hypothesis of CTC prefix beam search."""
         logits = self(input_ids, patch_images=patch_images, patch_masks=patch_masks).logits
-        eos, pad = self.config.eos_token_id, self.config.pad_token_id
-        if num_beams == 1:
-            return ctc_greedy_decode(logits, self.blank_id, eos, pad)
-        beams = ctc_prefix_beam_search(logits.float().log_softmax(-1), num_beams, self.blank_id, eos, pad)
-        return [hypotheses[0][0] for hypotheses in beams]
+        return ctc_decode(logits, self.blank_id, self.config.eos_token_id, self.config.pad_token_id, num_beams)
 
     @classmethod
     def from_ofa(cls, ofa: OFAModel | str | Path, num_queries: int, **kwargs) -> "NARVLModel":

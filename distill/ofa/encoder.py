@@ -29,7 +29,8 @@ class OFAEncoderOutput(ModelOutput):
 
 def padding_bias(padding_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor | None:
     """(B, S) bool -> additive (B, 1, 1, S) mask with finfo(dtype).min at padded keys, or None without padding."""
-    if not padding_mask.any():
+    # Skipping the mask is a data-dependent branch: an exported graph (torch.export / ONNX) always keeps it.
+    if not torch.compiler.is_exporting() and not padding_mask.any():
         return None
     return torch.zeros(padding_mask.shape, dtype=dtype, device=padding_mask.device).masked_fill(
         padding_mask, torch.finfo(dtype).min)[:, None, None, :]

@@ -40,3 +40,24 @@ def make_distilled(teacher: Path, world: Path, out: Path, task: str = "caption",
     run_distill(DistillConfig(task=task, teacher=str(teacher), data=str(world), out=str(out), batch_size=8,
                               num_beams=2, max_new_tokens=8, limit=limit, num_workers=0, shard_size=8))
     return out
+
+
+def make_student(teacher: Path, out: Path, task: str = "caption", num_queries: int = 8,
+                 weight_std: float | None = None) -> Path:
+    """A NARVL student folder initialised from `teacher` (seed 0). `weight_std` redraws every matrix outside the
+    image stem with that std: an untrained student then gives outputs that depend on the image and the prompt."""
+    from distill.image_processing import OFAImageProcessor
+    from distill.ofa import OFAModel
+    from distill.tokenizer import load_ofa_tokenizer
+    from student.evaluate import save_model_folder
+    from student.modeling_narvl import NARVLModel
+
+    torch.manual_seed(0)
+    student = NARVLModel.from_ofa(OFAModel.from_pretrained(str(teacher)), num_queries=num_queries, task=task)
+    if weight_std is not None:
+        with torch.no_grad():
+            for name, p in student.named_parameters():
+                if p.dim() >= 2 and "embed_images" not in name:
+                    p.normal_(0.0, weight_std)
+    save_model_folder(student, load_ofa_tokenizer(teacher), OFAImageProcessor.from_pretrained(str(teacher)), out)
+    return out

@@ -1,0 +1,225 @@
+"""`narvl-pipe serve`: a FastAPI app (run by uvicorn) answering `POST /predict` with a `Predictor`, batching
+concurrent requests.
+
+Requests are checked one by one (image decoded fully, the task's text fields present) before they join a batch, so a
+bad request is answered 4xx at once and never reaches the model. Good requests wait in an asyncio queue; a batch
+closes when it holds `max_batch_size` requests or `batch_timeout_ms` after its first one arrived, and runs in a worker
+thread, so the event loop keeps accepting requests while the model works. One batch runs at a time.
+
+    POST /predict   JSON {"image": "<base64>", "question": "..."}  or  multipart: file `image` + text fields
+                    -> {"task", "output", "prediction", "batch_size"}
+    GET  /health    -> {"status": "ok", "task", "backend", "kind"}
+    GET  /stats     -> requests answered, batches run, batch-size histogram, requests refused
+"""
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+from fastapi import FastAPI, HTTPException, Request
+from PIL import UnidentifiedImageError
+from starlette.datastructures import UploadFile
+
+from distill.errors import UserError
+from distill.image_processing import ImageLoadError
+
+__all__ = ["ServeConfig", "BatchQueue", "create_app", "serve"]
+
+# Text fields a request may carry besides the image; the served task reads some of them.
+_KNOWN_FIELDS = {"image", "task", "question", "region_text", "hypothesis", "premise"}
+
+
+@dataclass
+class ServeConfig:
+    """Settings of `narvl-pipe serve`."""
+
+    model: str
+    """NARVL student folder, its ONNX export folder, or an OFA teacher folder."""
+    task: str | None = None
+    """Task served; None: the one the student was trained for."""
+    host: str = "127.0.0.1"
+    """Interface to listen on (`0.0.0.0` for all)."""
+    port: int = 8000
+    """TCP port."""
+    max_batch_size: int = 8
+    """Most requests answered by one model call."""
+    batch_timeout_ms: float = 5.0
+    """How long a batch waits for more requests after its first one (0: take only those already waiting)."""
+    answers: str | None = None
+    """VQA candidate answer list file, for an AR teacher."""
+    device: str | None = None
+    """Device of the model (default: CUDA when available)."""
+
+    def __post_init__(self):
+        if self.max_batch_size < 1:
+            raise UserError(f"max_batch_size must be >= 1, got {self.max_batch_size}")
+        if self.batch_timeout_ms < 0:
+            raise UserError(f"batch_timeout_ms must be >= 0, got {self.batch_timeout_ms}")
+        if not 0 <= self.port <= 65535:
+            raise UserError(f"port must be in 0..65535, got {self.port}")
+
+
+class BatchQueue:
+    """Collects submitted items into batches and runs `run_batch(items) -> results` on each, one batch at a time.
+
+    Args:
+        run_batch: the model call; blocking, so it runs in a worker thread.
+        max_batch_size: a batch closes when it holds this many items...
+        timeout_s: ...or this long after its first item arrived.
+    """
+
+    def __init__(self, run_batch: Callable[[list[Any]], Sequence[Any]], max_batch_size: int, timeout_s: float):
+        self.run_batch = run_batch
+        self.max_batch_size = max_batch_size
+        self.timeout_s = timeout_s
+        self.batch_sizes: Counter[int] = Counter()
+        """Batches run, by size."""
+        self._queue: asyncio.Queue = asyncio.Queue()  # binds to the loop that first uses it
+
+    async def submit(self, item: Any) -> tuple[Any, int]:
+        """Wait for `item`'s result; returns (result, size of the batch it was answered in)."""
+        future = asyncio.get_running_loop().create_future()
+        await self._queue.put((item, future))
+        return await future
+
+    async def run(self) -> None:
+        """The batching loop (a task for the server's lifetime)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = [await self._queue.get()]
+            deadline = loop.time() + self.timeout_s
+            while len(batch) < self.max_batch_size:
+                remaining = deadline - loop.time()
+                try:
+                    batch.append(self._queue.get_nowait() if remaining <= 0
+                                 else await asyncio.wait_for(self._queue.get(), remaining))
+                except (asyncio.QueueEmpty, asyncio.TimeoutError):
+                    break
+            live = [(item, fut) for item, fut in batch if not fut.done()]  # a client may have gone away
+            if live:
+                await self._answer(live)
+
+    async def _answer(self, batch: list[tuple[Any, asyncio.Future]]) -> None:
+        try:
+            results = await asyncio.to_thread(self.run_batch, [item for item, _ in batch])
+        except Exception as exc:  # noqa: BLE001 (handed to the waiting requests)
+            if len(batch) > 1:  # answer each alone: one failing item must not fail the others
+                for one in batch:
+                    await self._answer([one])
+            elif not batch[0][1].done():
+                batch[0][1].set_exception(exc)
+            return
+        self.batch_sizes[len(batch)] += 1
+        for (_, future), result in zip(batch, results):
+            if not future.done():
+                future.set_result((result, len(batch)))
+
+
+def decode_base64_image(text: Any) -> bytes:
+    """Image bytes from a base64 string (a `data:image/...;base64,` prefix is allowed). Never a path or URL."""
+    if not isinstance(text, str) or not text.strip():
+        raise UserError("no image: send 'image' as a base64 string in JSON, or as a multipart file")
+    if text.startswith("data:"):
+        text = text.partition(",")[2]
+    try:
+        return base64.b64decode(text.strip().translate(str.maketrans("-_", "+/")), validate=True)
+    except (binascii.Error, ValueError):
+        raise UserError("the image is not valid base64") from None
+
+
+def create_app(predictor, max_batch_size: int = 8, batch_timeout_ms: float = 5.0):
+    """The FastAPI app serving `predictor` (a `student.predictor.Predictor`)."""
+    task = predictor.task.name
+    queue = BatchQueue(lambda rows: predictor.predict_rows(rows), max_batch_size, batch_timeout_ms / 1000.0)
+    refused: Counter[int] = Counter()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        worker = asyncio.create_task(queue.run())
+        yield
+        worker.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await worker
+
+    app = FastAPI(title="narvl-pipe", lifespan=lifespan)
+
+    def refuse(status: int, reason: str):
+        refused[status] += 1
+        raise HTTPException(status_code=status, detail=reason)
+
+    async def read_request(request: Request) -> tuple[bytes, dict[str, Any]]:
+        ctype = request.headers.get("content-type", "")
+        if ctype.startswith("multipart/form-data"):
+            form = await request.form()
+            fields = {k: v for k, v in form.items() if k != "image"}
+            upload = form.get("image")
+            data = await upload.read() if isinstance(upload, UploadFile) else decode_base64_image(upload)
+            if not data:
+                raise UserError("no image: the uploaded 'image' file is empty")
+            return data, fields
+        if ctype and not ctype.startswith("application/json"):
+            refuse(415, f"unsupported content type {ctype.split(';')[0]!r}: send JSON or multipart/form-data")
+        try:
+            body = await request.json()
+        except ValueError:
+            raise UserError("the request body is not valid JSON") from None
+        if not isinstance(body, dict):
+            raise UserError("the request body must be a JSON object")
+        return decode_base64_image(body.get("image")), {k: v for k, v in body.items() if k != "image"}
+
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        return {"status": "ok", "task": task, "backend": predictor.backend, "kind": predictor.loaded.kind}
+
+    @app.get("/stats")
+    async def stats() -> dict[str, Any]:
+        sizes = queue.batch_sizes
+        return {"requests": sum(n * c for n, c in sizes.items()), "batches": sum(sizes.values()),
+                "batch_sizes": {str(n): c for n, c in sorted(sizes.items())},
+                "refused": {str(s): c for s, c in sorted(refused.items())},
+                "max_batch_size": max_batch_size, "batch_timeout_ms": batch_timeout_ms}
+
+    @app.post("/predict")
+    async def predict(request: Request) -> dict[str, Any]:
+        try:
+            data, fields = await read_request(request)
+            unknown = sorted(set(fields) - _KNOWN_FIELDS)
+            if unknown:
+                raise UserError(f"unknown field(s) {unknown}; this server ({task}) reads image"
+                                + "".join(f", {f}" for f in predictor.text_fields))
+            asked = fields.get("task")
+            if asked is not None and asked != task:
+                raise UserError(f"this server serves task {task}, not {asked!r}")
+            # Decoding a large image takes a while: off the event loop.
+            row = await asyncio.to_thread(predictor.row, data, fields)
+        except ImageLoadError as err:  # PIL's own text names an in-memory buffer, which means nothing to a client
+            cause = err.__cause__
+            refuse(400, "cannot decode the image: " + ("not an image format PIL reads"
+                                                        if isinstance(cause, UnidentifiedImageError) or cause is None
+                                                        else str(cause).splitlines()[0]))
+        except UserError as err:
+            refuse(400, str(err).splitlines()[0])
+        try:
+            prediction, batch_size = await queue.submit(row)
+        except UserError as err:  # an input the model cannot take (e.g. a prompt longer than the export's limit)
+            refuse(422, str(err).splitlines()[0])
+        return {"task": task, "output": prediction.output, "prediction": prediction.prediction,
+                "batch_size": batch_size}
+
+    return app
+
+
+def serve(cfg: ServeConfig) -> None:
+    """Load the model and serve it until interrupted."""
+    import uvicorn
+
+    from student.predictor import Predictor
+
+    predictor = Predictor.from_pretrained(cfg.model, task=cfg.task, device=cfg.device, answers=cfg.answers)
+    app = create_app(predictor, cfg.max_batch_size, cfg.batch_timeout_ms)
+    uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="info")

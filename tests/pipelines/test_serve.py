@@ -1,0 +1,175 @@
+"""`narvl-pipe serve` with a real client: the FastAPI app run by uvicorn on a free 127.0.0.1 port, concurrent
+httpx requests, answers checked against `student.evaluate.predict` (batch 1), batching read from the responses and
+/stats, and bad requests (4xx, one line) mixed into good ones without disturbing them."""
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import io
+import socket
+import sys
+import threading
+from pathlib import Path
+
+import datasets
+import httpx
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "student"))  # shared builders (--import-mode=importlib)
+import student_helpers as h  # noqa: E402
+
+from distill.errors import UserError  # noqa: E402
+
+# A batch closes only when full: with multiples of BATCH requests in flight, the batch sizes do not depend on timing.
+BATCH = 4
+NEVER_MS = 60_000
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    from student.evaluate import load_model
+
+    root = tmp_path_factory.mktemp("serve")
+    world = h.make_world(root, n_train=8, n_val=8)
+    teacher = h.make_teacher(world, root / "teacher", "caption", 1)
+    student = h.make_student(teacher, root / "student", "caption", num_queries=8, weight_std=0.3)
+    rows = [dict(r) for r in datasets.load_from_disk(str(world))["validation"]]
+    return student, load_model(student, "cpu"), rows
+
+
+def png(image) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def b64(image) -> str:
+    return base64.b64encode(png(image)).decode()
+
+
+@contextlib.contextmanager
+def running(predictor, max_batch_size: int = BATCH, batch_timeout_ms: float = NEVER_MS):
+    """Serve on a socket bound here (port 0: the OS picks a free one, no pick-then-bind race); yield the base URL."""
+    import uvicorn
+
+    from pipelines.serve import create_app
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    app = create_app(predictor, max_batch_size=max_batch_size, batch_timeout_ms=batch_timeout_ms)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        for _ in range(400):  # bounded readiness poll on /health
+            try:
+                if httpx.get(url + "/health", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            thread.join(0.05)
+            assert thread.is_alive(), "the server thread died"
+        else:
+            raise AssertionError("the server did not answer /health")
+        yield url
+    finally:
+        server.should_exit = True
+        thread.join(30)
+        sock.close()
+
+
+def send_all(url: str, requests: list[dict]) -> list[httpx.Response]:
+    """POST every request at once (one asyncio client) and return the responses in order."""
+    async def go():
+        async with httpx.AsyncClient(base_url=url, timeout=120) as client:
+            return await asyncio.gather(*[client.post("/predict", **r) for r in requests])
+
+    return asyncio.run(go())
+
+
+def test_concurrent_requests_are_batched_and_equal_predict(setup):
+    from student.evaluate import predict
+    from student.predictor import Predictor
+
+    _, lm, rows = setup
+    with running(Predictor(lm, "caption")) as url:
+        assert httpx.get(url + "/health").json() == {"status": "ok", "task": "caption", "backend": "torch",
+                                                      "kind": "narvl"}
+        json_requests = [{"json": {"image": b64(r["image"])}} for r in rows[:8]]
+        form_requests = [{"files": {"image": ("x.png", png(r["image"]), "image/png")}} for r in rows[:BATCH]]
+        responses = send_all(url, json_requests + form_requests)
+        stats = httpx.get(url + "/stats").json()
+    assert [r.status_code for r in responses] == [200] * 12
+    got = [r.json() for r in responses]
+    want = [predict(lm, "caption", r["image"]) for r in rows[:8] + rows[:BATCH]]
+    assert [g["prediction"] for g in got] == [w.prediction for w in want]
+    assert [g["output"] for g in got] == [w.output for w in want]
+    assert len({w.output for w in want}) > 1  # each answer is its own request's, not a neighbour's
+    assert {g["batch_size"] for g in got} == {BATCH}
+    assert stats["batches"] == 3 and stats["batch_sizes"] == {str(BATCH): 3} and stats["requests"] == 12
+
+
+def test_bad_requests_get_4xx_without_disturbing_good_ones(setup):
+    from student.evaluate import predict
+    from student.predictor import Predictor
+
+    _, lm, rows = setup
+    image = b64(rows[0]["image"])
+    bad = {
+        "no image": ({"json": {"question": "what is it?"}}, 400, "no image"),
+        "undecodable": ({"json": {"image": base64.b64encode(b"not a picture" * 8).decode(), "question": "a?"}},
+                        400, "cannot decode the image: not an image format PIL reads"),
+        "truncated": ({"json": {"image": base64.b64encode(png(rows[1]["image"])[:60]).decode(), "question": "a?"}},
+                      400, "cannot decode the image"),
+        "not base64": ({"json": {"image": "%%% not base64 %%%", "question": "a?"}}, 400, "not valid base64"),
+        "missing question": ({"json": {"image": image}}, 400, "task vqa needs the text field 'question'"),
+        "blank question": ({"json": {"image": image, "question": "  "}}, 400, "needs the text field 'question'"),
+        "question not text": ({"json": {"image": image, "question": 3}}, 400, "'question' must be a string"),
+        "wrong task": ({"json": {"image": image, "question": "a?", "task": "caption"}}, 400,
+                       "this server serves task vqa, not 'caption'"),
+        "typo": ({"json": {"image": image, "questoin": "a?"}}, 400, "unknown field(s) ['questoin']"),
+        "not json": ({"content": b"{oops", "headers": {"content-type": "application/json"}}, 400, "not valid JSON"),
+        "json list": ({"json": [image]}, 400, "must be a JSON object"),
+        "text/plain": ({"content": b"hello", "headers": {"content-type": "text/plain"}}, 415, "unsupported content"),
+    }
+    good = [{"json": {"image": b64(r["image"]), "question": r["question"]}} for r in rows[:BATCH]]
+    with running(Predictor(lm, "vqa")) as url:
+        # The bad ones interleaved with the good ones, all in flight together.
+        mixed = [x for pair in zip(good, list(bad.values())[:BATCH]) for x in (pair[0], pair[1][0])]
+        mixed += [req for req, _, _ in list(bad.values())[BATCH:]]
+        responses = send_all(url, mixed)
+        again = send_all(url, good)  # and the server keeps serving
+        stats = httpx.get(url + "/stats").json()
+    by_request = dict(zip(map(id, mixed), responses))
+    for name, (req, status, reason) in bad.items():
+        res = by_request[id(req)]
+        assert res.status_code == status, (name, res.text)
+        detail = res.json()["detail"]
+        assert reason in detail and "\n" not in detail, (name, detail)
+    want = [predict(lm, "vqa", r["image"], text=r["question"]) for r in rows[:BATCH]]
+    for res in [by_request[id(g)] for g in good] + again:
+        assert res.status_code == 200, res.text
+    got = [by_request[id(g)].json() for g in good]
+    assert [g["prediction"] for g in got] == [w.prediction for w in want] == [r.json()["prediction"] for r in again]
+    assert {g["batch_size"] for g in got} == {BATCH}
+    assert stats["batch_sizes"] == {str(BATCH): 2}
+    assert stats["refused"] == {"400": len(bad) - 1, "415": 1}
+
+
+def test_serve_settings_are_checked(setup, tmp_path):
+    from typer.testing import CliRunner
+
+    from pipelines.cli import app
+    from pipelines.serve import ServeConfig
+
+    student, _, _ = setup
+    with pytest.raises(UserError, match="max_batch_size must be >= 1"):
+        ServeConfig(model=str(student), max_batch_size=0)
+    with pytest.raises(UserError, match="batch_timeout_ms must be >= 0"):
+        ServeConfig(model=str(student), batch_timeout_ms=-1)
+    res = CliRunner().invoke(app, ["serve", "--model", str(student), "--max-batch-size", "0"])
+    assert res.exit_code == 2 and "--max-batch-size" in res.output
+    res = CliRunner().invoke(app, ["serve", "--model", str(tmp_path / "nowhere")])
+    assert isinstance(res.exception, UserError) and "no config.json" in str(res.exception)
