@@ -162,6 +162,8 @@ def export_onnx(model_dir: str | os.PathLike, out: str | os.PathLike, opset: int
         raise UserError(f"export format {format!r} is not supported; formats: {', '.join(FORMATS)}")
     if opset < MIN_OPSET:
         raise UserError(f"opset {opset} is too old: the exporter needs opset >= {MIN_OPSET}")
+    if Path(out).resolve() == Path(model_dir).resolve():
+        raise UserError(f"the export folder must not be the student folder {model_dir}")
     import onnx
     import onnxruntime as ort
 

@@ -47,14 +47,10 @@ class ONNXNARVLModel:
         self.session = ort.InferenceSession(str(self.path / self.spec.file), options, providers=_providers(device))
         # Where callers put inputs: ORT copies host arrays to its provider itself.
         self.device = torch.device("cpu")
-        self.dtype = torch.float32
 
     @property
     def blank_id(self) -> int:
         return self.spec.blank_id
-
-    def eval(self) -> "ONNXNARVLModel":
-        return self
 
     def __call__(self, input_ids: torch.Tensor, patch_images: torch.Tensor | None = None,
                  patch_masks: torch.Tensor | None = None, **_) -> NARVLOutput:

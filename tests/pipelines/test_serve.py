@@ -5,11 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import io
-import socket
 import sys
-import threading
 from pathlib import Path
 
 import datasets
@@ -48,36 +45,11 @@ def b64(image) -> str:
     return base64.b64encode(png(image)).decode()
 
 
-@contextlib.contextmanager
 def running(predictor, max_batch_size: int = BATCH, batch_timeout_ms: float = NEVER_MS):
-    """Serve on a socket bound here (port 0: the OS picks a free one, no pick-then-bind race); yield the base URL."""
-    import uvicorn
+    """The app served from a thread on a free 127.0.0.1 port; the context yields its base URL once /health answers."""
+    from pipelines.serve import background_server, create_app
 
-    from pipelines.serve import create_app
-
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-    app = create_app(predictor, max_batch_size=max_batch_size, batch_timeout_ms=batch_timeout_ms)
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    try:
-        for _ in range(400):  # bounded readiness poll on /health
-            try:
-                if httpx.get(url + "/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            thread.join(0.05)
-            assert thread.is_alive(), "the server thread died"
-        else:
-            raise AssertionError("the server did not answer /health")
-        yield url
-    finally:
-        server.should_exit = True
-        thread.join(30)
-        sock.close()
+    return background_server(create_app(predictor, max_batch_size=max_batch_size, batch_timeout_ms=batch_timeout_ms))
 
 
 def send_all(url: str, requests: list[dict]) -> list[httpx.Response]:
@@ -98,6 +70,9 @@ def test_concurrent_requests_are_batched_and_equal_predict(setup):
         assert httpx.get(url + "/health").json() == {"status": "ok", "task": "caption", "backend": "torch",
                                                       "kind": "narvl"}
         json_requests = [{"json": {"image": b64(r["image"])}} for r in rows[:8]]
+        # `base64` on the command line wraps lines; a data URL prefix is fine too
+        json_requests[1]["json"]["image"] = base64.encodebytes(png(rows[1]["image"])).decode()
+        json_requests[2]["json"]["image"] = "data:image/png;base64," + b64(rows[2]["image"])
         form_requests = [{"files": {"image": ("x.png", png(r["image"]), "image/png")}} for r in rows[:BATCH]]
         responses = send_all(url, json_requests + form_requests)
         stats = httpx.get(url + "/stats").json()

@@ -107,6 +107,8 @@ def test_export_refusals(exported, tmp_path):
         export_onnx(teacher, tmp_path / "t")
     with pytest.raises(UserError, match="format 'tflite' is not supported"):
         export_onnx(student, tmp_path / "f", format="tflite")
+    with pytest.raises(UserError, match="must not be the student folder"):
+        export_onnx(student, student)
     with pytest.raises(UserError, match="opset 11 is too old"):
         export_onnx(student, tmp_path / "o", opset=11)
     res = CliRunner().invoke(app, ["export", "--model", str(student), "--out", str(tmp_path / "o"), "--opset", "11"])
