@@ -168,11 +168,13 @@ def export_onnx(model_dir: str | os.PathLike, out: str | os.PathLike, opset: int
     import onnxruntime as ort
 
     from distill.ofa.positions import TOKEN_BUCKET_POSITIONS
-    from student.evaluate import load_model
+    from student.evaluate import load_model, model_kind
 
-    lm = load_model(model_dir, "cpu")
-    if lm.kind != "narvl":
+    if is_exported(model_dir):
+        raise UserError(f"{model_dir} is already an ONNX export; export the student folder it came from")
+    if model_kind(model_dir) != "narvl":
         raise UserError(f"{model_dir} is an AR OFA teacher: only a NARVL student exports as one graph")
+    lm = load_model(model_dir, "cpu")
     model, tok, proc = lm.model.float(), lm.tokenizer, lm.image_processor
     cfg = model.config
     out = Path(out)

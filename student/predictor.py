@@ -50,7 +50,7 @@ class Predictor:
         loaded = load_model(path, device)
         task = task or getattr(loaded.model.config, "task", None)
         if task is None:
-            raise UserError(f"{path} records no task: name one (caption, vqa, grounding or entailment)")
+            raise UserError(f"{path} records no task: give the task (caption, vqa, grounding or entailment)")
         candidates = None
         if answers:
             from distill.run import read_answers

@@ -107,6 +107,8 @@ def test_export_refusals(exported, tmp_path):
         export_onnx(teacher, tmp_path / "t")
     with pytest.raises(UserError, match="format 'tflite' is not supported"):
         export_onnx(student, tmp_path / "f", format="tflite")
+    with pytest.raises(UserError, match="already an ONNX export"):
+        export_onnx(onnx_dir, tmp_path / "again")
     with pytest.raises(UserError, match="must not be the student folder"):
         export_onnx(student, student)
     with pytest.raises(UserError, match="opset 11 is too old"):
