@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 from pipelines.cli import app
 
 COMMANDS = [[], ["data"], ["data", "shapes"], ["train-teacher"], ["distill"], ["train-student"], ["evaluate"],
-            ["predict"], ["push"], ["run"], ["demo"]]
+            ["predict"], ["export"], ["serve"], ["push"], ["run"], ["demo"]]
 
 
 def _help(args: list[str]) -> str:
