@@ -165,7 +165,7 @@ def main() -> None:
     ap.add_argument("--teacher-requests", type=int, default=8, help="requests per run (AR teacher)")
     ap.add_argument("--server-rounds", type=int, default=3, help="interleaved rounds of the throughput runs")
     ap.add_argument("--max-batch-size", type=int, default=8)
-    ap.add_argument("--batch-timeout-ms", type=float, default=5.0)
+    ap.add_argument("--batch-timeout-ms", type=float, default=0.0)
     ap.add_argument("--quick", action="store_true", help="5 latency rounds, 1 server round, 16 / 4 requests")
     ap.add_argument("--out", default=str(RESULTS))
     args = ap.parse_args()

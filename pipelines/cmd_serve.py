@@ -24,7 +24,7 @@ def serve(
     host: str = typer.Option("127.0.0.1", "--host", help="Interface to listen on (0.0.0.0: all)."),
     port: int = typer.Option(8000, "--port", min=0, max=65535, help="TCP port."),
     max_batch_size: int = typer.Option(8, "--max-batch-size", min=1, help="Requests answered together at most."),
-    batch_timeout_ms: float = typer.Option(5.0, "--batch-timeout-ms", min=0.0, help="How long a batch waits for more requests after its first."),
+    batch_timeout_ms: float = typer.Option(0.0, "--batch-timeout-ms", min=0.0, help="How long a batch waits for more requests after its first (0: it takes those waiting when the model frees up)."),
     answers: Optional[str] = typer.Option(None, "--answers", help="VQA candidate answers (AR teacher)."),
 ) -> None:
     """Serve predictions over HTTP (POST /predict), batching concurrent requests."""

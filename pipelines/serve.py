@@ -50,8 +50,10 @@ class ServeConfig:
     """TCP port."""
     max_batch_size: int = 8
     """Most requests answered by one model call."""
-    batch_timeout_ms: float = 5.0
-    """How long a batch waits for more requests after its first one (0: take only those already waiting)."""
+    batch_timeout_ms: float = 0.0
+    """How long a batch waits for more requests after its first one. 0: a batch is the requests that queued while
+    the model ran the previous one, and the model never idles; waiting pays where a larger batch costs little more
+    than a small one (a GPU), and costs every lone request that long."""
     answers: str | None = None
     """VQA candidate answer list file, for an AR teacher."""
     device: str | None = None
@@ -134,7 +136,7 @@ def decode_base64_image(text: Any) -> bytes:
         raise UserError("the image is not valid base64") from None
 
 
-def create_app(predictor, max_batch_size: int = 8, batch_timeout_ms: float = 5.0):
+def create_app(predictor, max_batch_size: int = 8, batch_timeout_ms: float = 0.0):
     """The FastAPI app serving `predictor` (a `student.predictor.Predictor`)."""
     task = predictor.task.name
     queue = BatchQueue(lambda rows: predictor.predict_rows(rows), max_batch_size, batch_timeout_ms / 1000.0)
