@@ -144,10 +144,11 @@ def train_teacher(cfg: TeacherTrainConfig) -> TrainResult:
     from accelerate.utils import set_seed
 
     from distill.image_processing import OFAImageProcessor
+    from distill.loading import load_pretrained
     from distill.ofa import OFAModel
     from distill.tasks import get_task
     from distill.tokenizer import load_ofa_tokenizer
-    from student.data import TaskRows, collate, load_training_data
+    from student.data import SkipLog, TaskRows, collate, load_training_data
     from student.evaluate import make_eval_fn, save_model_folder
     from student.trainer import train
 
@@ -156,7 +157,7 @@ def train_teacher(cfg: TeacherTrainConfig) -> TrainResult:
     task = get_task(cfg.task)
     set_seed(cfg.seed)
     if cfg.init:
-        model = OFAModel.from_pretrained(cfg.init)
+        model = load_pretrained(OFAModel, cfg.init)
         tokenizer = load_ofa_tokenizer(cfg.tokenizer or cfg.init)
         proc_file = Path(cfg.init) / "preprocessor_config.json"
         processor = (OFAImageProcessor.from_pretrained(cfg.init) if proc_file.is_file()
@@ -174,7 +175,8 @@ def train_teacher(cfg: TeacherTrainConfig) -> TrainResult:
         raise UserError(f"tokenizer has {len(tokenizer)} tokens but the model only {model.config.vocab_size}")
 
     ds = load_training_data(cfg.data, cfg.split, task, cfg.limit)
-    train_rows = TaskRows(ds, task, tokenizer, processor, target_column="references", seed=cfg.seed)
+    skips = SkipLog.for_training(cfg.output_dir, cfg.resume)
+    train_rows = TaskRows(ds, task, tokenizer, processor, target_column="references", seed=cfg.seed, skips=skips)
     eval_fn = None
     rows = _eval_rows(cfg, task)
     if rows:
@@ -189,7 +191,7 @@ def train_teacher(cfg: TeacherTrainConfig) -> TrainResult:
                    collate_fn=partial(collate, pad_id=pad, bos_id=bos), eval_fn=eval_fn, run_config=_jsonable(resolved))
     if result.is_main_process:
         record = {**_jsonable(resolved), "final_step": result.step, "eval": result.eval_metrics,
-                  "num_train_rows": len(ds)}
+                  "num_train_rows": len(ds), "skipped_rows": skips.report()}
         save_model_folder(result.model, tokenizer, processor, cfg.output_dir, record)
     return result
 
