@@ -20,14 +20,19 @@ WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_mo
 
 
 def _first_line(exc: BaseException) -> str:
+    """The first sentence of the error (torch's zip errors run on for several)."""
     text = str(exc).strip()
-    return text.splitlines()[0][:160] if text else type(exc).__name__
+    return text.splitlines()[0].split(". ")[0][:200] if text else type(exc).__name__
 
 
 def _probe(path: Path) -> str | None:
     """Why `path` (one weights file) cannot be read, or None if its header/archive opens."""
+    import zipfile
+
     if not path.is_file():
         return "file missing"
+    if path.stat().st_size == 0:
+        return "empty file"
     try:
         if path.suffix == ".safetensors":
             from safetensors import safe_open
@@ -37,7 +42,9 @@ def _probe(path: Path) -> str | None:
         else:
             import torch
 
-            torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)  # mmap: tensors stay on disk
+            # A zip checkpoint (torch.save since 1.6) opens with mmap, its tensors left on disk; a legacy pickle
+            # (or garbage) has to be read.
+            torch.load(str(path), map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
     except Exception as exc:  # noqa: BLE001 (any failure to open is the answer)
         return _first_line(exc)
     return None

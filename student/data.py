@@ -23,7 +23,7 @@ import torch
 from distill.errors import UserError
 
 __all__ = ["TARGET_COLUMNS", "FilterReport", "SkipLog", "load_training_data", "is_distilled", "filter_rows",
-           "TaskRows", "collate", "encode_readable", "encode_prompts"]
+           "reference_problem", "TaskRows", "collate", "encode_readable", "encode_prompts"]
 
 SKIPPED_FILE = "skipped.jsonl"
 """Training runs record their skipped rows in `OUTPUT_DIR/skipped.jsonl`."""
@@ -191,6 +191,16 @@ class SkipLog:
 # What makes one row unusable (image unreadable: `ImageLoadError` is a UserError; no/empty reference: the tasks
 # raise UserError; a missing box or label arrives as None: TypeError/ValueError).
 _ROW_ERRORS = (UserError, TypeError, ValueError)
+
+
+def reference_problem(task, row: dict, tokenizer: Any = None) -> str | None:
+    """Why `row` has no usable reference for `task` (no caption, no answer, no box, an unknown label), or None:
+    what evaluation and raw-reference training skip."""
+    try:
+        task.reference(row, tokenizer=tokenizer)
+    except _ROW_ERRORS as exc:
+        return str(exc)
+    return None
 
 
 def _row_seed(seed: int, draw: int) -> int:

@@ -133,24 +133,34 @@ class RowPredictions:
     kept: list[int]
     """Positions (in the rows given) of the predicted rows."""
     skipped: list[dict]
-    """`{"id", "index", "reason"}` of each row whose image could not be read (`index`: its position)."""
+    """`{"id", "index", "reason"}` of each row left out (`index`: its position): unreadable image, or no reference
+    when references are needed."""
     seconds: float
     """Time spent in the model and decoding (image loading excluded)."""
 
 
 def predict_rows(lm: LoadedModel, task, rows: Sequence[dict], batch_size: int = 16, num_beams: int | None = None,
-                 candidates: Sequence[str] | None = None, progress: bool = False) -> RowPredictions:
-    """Predict every row whose image can be read; the others are returned as `skipped`."""
+                 candidates: Sequence[str] | None = None, progress: bool = False,
+                 scored: bool = False) -> RowPredictions:
+    """Predict every row whose image can be read (and, when `scored`, that has a reference to score against); the
+    others are returned as `skipped`."""
     from tqdm.auto import tqdm
 
-    from student.data import encode_readable
+    from student.data import encode_readable, reference_problem
 
     out = RowPredictions([], [], [], [], 0.0)
     sync = torch.cuda.synchronize if lm.model.device.type == "cuda" else (lambda: None)
     for start in tqdm(range(0, len(rows), batch_size), desc=f"evaluate {lm.kind}", disable=not progress):
-        chunk = [dict(r) for r in rows[start: start + batch_size]]
-        inputs, kept, bad = encode_readable(chunk, task, lm.tokenizer, lm.image_processor)
-        out.skipped += [{"id": str(chunk[i].get("id")), "index": start + i, "reason": why} for i, why in bad]
+        chunk, bad = [], []
+        for i, r in enumerate(rows[start: start + batch_size], start):
+            why = reference_problem(task, r) if scored else None
+            if why:
+                bad.append((i, r.get("id"), why))
+            else:
+                chunk.append((i, dict(r)))
+        inputs, kept, unreadable = encode_readable([r for _, r in chunk], task, lm.tokenizer, lm.image_processor)
+        bad += [(chunk[k][0], chunk[k][1].get("id"), why) for k, why in unreadable]
+        out.skipped += [{"id": str(rid), "index": i, "reason": why} for i, rid, why in sorted(bad)]
         if inputs is None:
             continue
         sync()
@@ -158,15 +168,17 @@ def predict_rows(lm: LoadedModel, task, rows: Sequence[dict], batch_size: int = 
         outputs = decode_batch(lm, task, inputs, num_beams, candidates)
         sync()
         out.seconds += time.perf_counter() - t0
-        for ids, i in zip(outputs, kept):
-            out.predictions.append(task.decode(ids, chunk[i], lm.tokenizer))
+        for ids, k in zip(outputs, kept):
+            index, row = chunk[k]
+            out.predictions.append(task.decode(ids, row, lm.tokenizer))
             out.texts.append(_output_text(ids, lm.tokenizer))
-            out.kept.append(start + i)
+            out.kept.append(index)
     return out
 
 
 def _nothing_readable(n: int, skipped: Sequence[dict]) -> UserError:
-    return UserError(f"none of the {n} rows could be read; first: {skipped[0]['reason']}")
+    return UserError(f"none of the {n} rows is usable (unreadable image or no reference); first: "
+                     f"{skipped[0]['reason']}")
 
 
 def make_eval_fn(task, rows: Sequence[dict], tokenizer, image_processor, kind: str, batch_size: int = 16,
@@ -179,7 +191,7 @@ def make_eval_fn(task, rows: Sequence[dict], tokenizer, image_processor, kind: s
 
         lm = LoadedModel(model, tokenizer, image_processor, kind)
         idx = list(range(accelerator.process_index, len(rows), accelerator.num_processes))
-        res = predict_rows(lm, task, [rows[i] for i in idx], batch_size, num_beams, candidates)
+        res = predict_rows(lm, task, [rows[i] for i in idx], batch_size, num_beams, candidates, scored=True)
         pairs = gather_object([(idx[k], p) for k, p in zip(res.kept, res.predictions)])  # a single process: as is
         skipped = gather_object([dict(s, index=idx[s["index"]]) for s in res.skipped])
         if not pairs:
@@ -218,7 +230,7 @@ class EvalResult:
     predictions: list[Any] = field(default_factory=list, repr=False)
     """Predictions aligned with the scored rows (the rows minus the skipped ones)."""
     num_skipped: int = 0
-    """Rows left out because their image could not be read."""
+    """Rows left out: their image could not be read, or they have no reference to score against."""
     skipped: list[dict] = field(default_factory=list, repr=False)
     """`{"id", "index", "reason"}` of each skipped row."""
     skipped_path: str | None = None
@@ -235,7 +247,7 @@ class EvalResult:
                 f"(batch {self.batch_size}, {self.num_samples} samples) | metric: {self.metric_implementation}")
         if self.num_skipped:
             where = f"see {self.skipped_path}" if self.skipped_path else f"first: {self.skipped[0]['reason']}"
-            line += f" | {self.num_skipped} unreadable rows skipped ({where})"
+            line += f" | {self.num_skipped} unusable rows skipped ({where})"
         return line
 
     def to_dict(self) -> dict[str, Any]:
@@ -272,7 +284,7 @@ def evaluate(model: str | os.PathLike, task: str, data: str | os.PathLike, split
     rows = [dict(r) for r in ds]
     candidates = _candidates(t, rows, answers) if kind == "ofa" else None
     lm = load_model(model, device)
-    res = predict_rows(lm, t, rows, batch_size, num_beams, candidates, progress)
+    res = predict_rows(lm, t, rows, batch_size, num_beams, candidates, progress, scored=True)
     if not res.kept:
         raise _nothing_readable(len(rows), res.skipped)
     scored = [rows[i] for i in res.kept]

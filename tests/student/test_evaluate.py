@@ -241,28 +241,30 @@ def test_cli_bad_inputs_print_one_line(models, tmp_path, capsys):
     assert err == f"error: {empty} has no rows (an empty save_to_disk dataset): point it at a dataset with examples\n"
 
 
-def test_evaluate_skips_an_undecodable_image(models, tmp_path):
-    """One broken image among the rows: scored on the others (the same score as without it), counted, and its
-    reason written next to the predictions; nothing readable at all is an error."""
+def test_evaluate_skips_an_undecodable_image_and_a_row_without_reference(models, tmp_path):
+    """One broken image and one row without a reference caption: scored on the others (the same score as without
+    them), counted, and their reasons written next to the predictions; nothing usable at all is an error."""
     from student.evaluate import evaluate
 
     world, _, student = models
-    rows = datasets.load_from_disk(str(world))["validation"].select(range(4))
+    rows = datasets.load_from_disk(str(world))["validation"].select(range(5))
     broken = rows.cast_column("image", datasets.Image(decode=False)).map(
-        lambda r, i: {"image": {"bytes": b"not an image" if i == 1 else r["image"]["bytes"], "path": None}},
-        with_indices=True)
+        lambda r, i: {"image": {"bytes": b"not an image" if i == 1 else r["image"]["bytes"], "path": None},
+                      "captions": [] if i == 3 else r["captions"]}, with_indices=True)
     datasets.DatasetDict({"validation": broken}).save_to_disk(str(tmp_path / "broken"))
-    datasets.DatasetDict({"validation": rows.select([0, 2, 3])}).save_to_disk(str(tmp_path / "good"))
-    res = evaluate(student, "caption", tmp_path / "broken", out=tmp_path / "p.jsonl", progress=False)
+    datasets.DatasetDict({"validation": rows.select([0, 2, 4])}).save_to_disk(str(tmp_path / "good"))
+    res = evaluate(student, "caption", tmp_path / "broken", batch_size=2, out=tmp_path / "p.jsonl", progress=False)
     ref = evaluate(student, "caption", tmp_path / "good", progress=False)
-    assert res.num_skipped == 1 and res.num_samples == 3 and res.predictions == ref.predictions
+    assert res.num_skipped == 2 and res.num_samples == 3 and res.predictions == ref.predictions
     assert res.metrics == ref.metrics
     assert [json.loads(x)["id"] for x in (tmp_path / "p.jsonl").read_text().splitlines()] == [
-        rows[i]["id"] for i in (0, 2, 3)]
-    (skip,) = [json.loads(x) for x in (tmp_path / "p.skipped.jsonl").read_text().splitlines()]
-    assert skip["id"] == rows[1]["id"] and skip["index"] == 1 and "cannot decode image" in skip["reason"]
-    assert "1 unreadable rows skipped (see" in res.line()
+        rows[i]["id"] for i in (0, 2, 4)]
+    skips = [json.loads(x) for x in (tmp_path / "p.skipped.jsonl").read_text().splitlines()]
+    assert [(s["id"], s["index"]) for s in skips] == [(rows[1]["id"], 1), (rows[3]["id"], 3)]
+    assert "cannot decode image" in skips[0]["reason"] and "no reference caption" in skips[1]["reason"]
+    assert f"2 unusable rows skipped (see {tmp_path / 'p.skipped.jsonl'})" in res.line()
     all_bad = broken.map(lambda r: {"image": {"bytes": b"junk", "path": None}})
     datasets.DatasetDict({"validation": all_bad}).save_to_disk(str(tmp_path / "all_bad"))
-    with pytest.raises(UserError, match="none of the 4 rows could be read; first: cannot decode image"):
+    with pytest.raises(UserError, match=r"none of the 5 rows is usable \(unreadable image or no reference\); first: "
+                                        "cannot decode image"):
         evaluate(student, "caption", tmp_path / "all_bad", progress=False)

@@ -161,8 +161,9 @@ def test_two_processes_match_one_on_the_real_student(world_teacher_distilled, tm
 # ---------------------------------------------------------------------------------------------------- bad inputs
 def test_unusable_rows_are_skipped_counted_and_resume_exactly(world_teacher_distilled, tmp_path):
     """One empty reference and one undecodable image among raw-reference rows: each is replaced by the next usable
-    row (so batches keep their size), recorded once in skipped.jsonl, counted in train_config.json, and a resumed
-    run ends with the same weights and the same records as an uninterrupted one."""
+    row (so batches keep their size), recorded once in skipped.jsonl, counted in train_config.json (and left out of
+    the evaluation on the same rows), and a resumed run ends with the same weights and the same records as an
+    uninterrupted one."""
     import shutil
 
     from safetensors.torch import load_file
@@ -180,7 +181,8 @@ def test_unusable_rows_are_skipped_counted_and_resume_exactly(world_teacher_dist
         return {"captions": [] if i == 3 else r["captions"],
                 "image": {"bytes": b"not an image" if i == 5 else r["image"]["bytes"], "path": None}}
 
-    datasets.DatasetDict({"train": rows.map(spoil, with_indices=True)}).save_to_disk(str(tmp_path / "bad"))
+    spoiled = rows.map(spoil, with_indices=True)
+    datasets.DatasetDict({"train": spoiled, "validation": spoiled}).save_to_disk(str(tmp_path / "bad"))
     task, tok = get_task("caption"), load_ofa_tokenizer(teacher)
     ds = load_training_data(tmp_path / "bad", "train", task)
     log = SkipLog()
@@ -196,7 +198,8 @@ def test_unusable_rows_are_skipped_counted_and_resume_exactly(world_teacher_dist
     ref, resumed = tmp_path / "ref", tmp_path / "resumed"
     out = h.cli("train-student", "--out", ref, *common)  # 16 draws over 8 rows: both bad rows are met
     assert f"2 unusable training rows skipped (unreadable image or no reference), reasons in {ref}" in out.output
-    assert json.loads((ref / "train_config.json").read_text())["skipped_rows"] == 2
+    record = json.loads((ref / "train_config.json").read_text())
+    assert record["skipped_rows"] == 2 and record["eval"]["skipped_rows"] == 2  # the evaluation skips them too
     expected = (ref / "skipped.jsonl").read_text()
     assert [json.loads(x)["index"] for x in expected.splitlines()] == [3, 5]
 
