@@ -173,6 +173,7 @@ def train_teacher(cfg: TeacherTrainConfig) -> TrainResult:
     if cfg.init and (cfg.arch or cfg.config_json):
         raise UserError("--init and --arch/--config-json are exclusive: fine-tune a checkpoint or build a new model")
     task = get_task(cfg.task)
+    ds = load_training_data(cfg.data, cfg.split, task, cfg.limit)  # the data first: a bad source fails before a load
     set_seed(cfg.seed)
     if cfg.init:
         model = load_pretrained(OFAModel, cfg.init)
@@ -192,7 +193,6 @@ def train_teacher(cfg: TeacherTrainConfig) -> TrainResult:
     if len(tokenizer) > model.config.vocab_size:
         raise UserError(f"tokenizer has {len(tokenizer)} tokens but the model only {model.config.vocab_size}")
 
-    ds = load_training_data(cfg.data, cfg.split, task, cfg.limit)
     skips = SkipLog.for_training(cfg.output_dir, cfg.resume)
     train_rows = TaskRows(ds, task, tokenizer, processor, target_column="references", seed=cfg.seed, skips=skips)
     eval_fn = None

@@ -150,10 +150,10 @@ def train_student(cfg: StudentTrainConfig) -> TrainResult:
     from student.trainer import train
 
     task = get_task(cfg.task)
+    ds = load_training_data(cfg.data, cfg.split, task, cfg.limit)  # the data first: a bad source fails before a load
+    ds, report = filter_rows(ds, cfg.min_teacher_logprob, cfg.max_target_len)
     set_seed(cfg.seed)  # the queries and blank row are drawn from it
     model, tokenizer, processor = build_student(cfg, task)
-    ds = load_training_data(cfg.data, cfg.split, task, cfg.limit)
-    ds, report = filter_rows(ds, cfg.min_teacher_logprob, cfg.max_target_len)
     # Same CPU flag as the Accelerator reads: a PartialState made first without it stays single-process.
     main = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU")).is_main_process
     if main:

@@ -228,7 +228,8 @@ def test_bad_training_inputs_fail_in_one_line(world_teacher_distilled, tmp_path)
     assert msg.startswith(f"cannot read weights file {bad / 'model.safetensors'} (") and "truncated" in msg
     empty = tmp_path / "empty"
     datasets.load_from_disk(str(distilled)).select([]).save_to_disk(str(empty))
-    msg = _user_error("train-student", "--task", "caption", "--data", empty, "--init", teacher, "--out", tmp_path / "e")
+    # With a broken init too: the data is checked first, before any weight is read.
+    msg = _user_error("train-student", "--task", "caption", "--data", empty, "--init", bad, "--out", tmp_path / "e")
     assert msg == f"{empty} has no rows (an empty save_to_disk dataset): point it at a dataset with examples"
 
 
