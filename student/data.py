@@ -167,15 +167,21 @@ class SkipLog:
 
     @classmethod
     def for_training(cls, output_dir: str | os.PathLike, resume: bool) -> "SkipLog":
-        """`OUTPUT_DIR/skipped.jsonl` of a training run: kept (deduplicated) on resume, emptied for a fresh run;
-        every process waits until the main one has done that."""
+        """`OUTPUT_DIR/skipped.jsonl` of a training run: kept (deduplicated) on resume, emptied for a fresh run
+        (unless checkpoints of an earlier run are there: the trainer refuses that run, and its record stays); every
+        process waits until the main one has done that."""
         from accelerate import PartialState
         from accelerate.utils import parse_flag_from_env
+
+        from student.trainer import latest_checkpoint
 
         log = cls(Path(output_dir) / SKIPPED_FILE)
         state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
         if state.is_main_process:
-            log.finalize() if resume else log.path.unlink(missing_ok=True)
+            if resume:
+                log.finalize()
+            elif latest_checkpoint(output_dir) is None:
+                log.path.unlink(missing_ok=True)
         state.wait_for_everyone()
         return log
 
