@@ -2,6 +2,9 @@
 
 This is what OFA's data pipeline does (`Image.convert("RGB")`, torchvision `Resize((s, s), BICUBIC)` on the PIL
 image, `ToTensor`, `Normalize(0.5, 0.5)`), written against PIL directly so no torchvision is needed.
+
+Every image is read through `load_image`, which applies the EXIF orientation (as `datasets.Image` and image viewers
+do): the teacher, the student's training batches, evaluate and predict all see the same upright pixels.
 """
 from __future__ import annotations
 
@@ -13,7 +16,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 from transformers.image_processing_base import BatchFeature
 from transformers.image_processing_utils import BaseImageProcessor
 
@@ -32,10 +35,19 @@ _URLSAFE = str.maketrans("-_", "+/")
 # Everything PIL raises for a file it cannot open or decode (truncation is an OSError).
 _DECODE_ERRORS = (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 _WIDE_MODES = {"I;16", "I;16L", "I;16B", "I;16N", "I", "F"}
+# EXIF orientations 5-8 store the image turned by 90 degrees: width and height swap once it is upright.
+_TRANSPOSED_ORIENTATIONS = {5, 6, 7, 8}
 
 
 class ImageLoadError(UserError):
     """An image could not be read: missing, truncated or undecodable. The message names the file."""
+
+
+def _decode_error(label: str, exc: BaseException) -> ImageLoadError:
+    # PIL names an unknown format by the repr of the file object (`<_io.BytesIO object at 0x...>`): a memory
+    # address would make the same bad row give a different reason on every run.
+    why = "unknown image format" if isinstance(exc, UnidentifiedImageError) else str(exc)
+    return ImageLoadError(f"cannot decode image {label}: {why}")
 
 
 def _open(src: ImageSource, name: str | None) -> tuple[Image.Image, str]:
@@ -53,15 +65,17 @@ def _open(src: ImageSource, name: str | None) -> tuple[Image.Image, str]:
         try:
             return Image.open(io.BytesIO(bytes(src))), label
         except _DECODE_ERRORS as exc:
-            raise ImageLoadError(f"cannot decode image {label}: {exc}") from exc
+            raise _decode_error(label, exc) from exc
     if isinstance(src, (str, os.PathLike)):
         text = os.fspath(src)
+        if os.path.isdir(text):
+            raise ImageLoadError(f"image {name or text} is a folder, not an image file")
         if os.path.isfile(text):
             label = name or text
             try:
                 return Image.open(text), label
             except _DECODE_ERRORS as exc:
-                raise ImageLoadError(f"cannot decode image {label}: {exc}") from exc
+                raise _decode_error(label, exc) from exc
         decoded = _maybe_base64(text)
         if decoded is not None:  # OFA's TSV files store images as base64 strings
             return _open(decoded, name or "<base64 image>")
@@ -78,28 +92,41 @@ def _maybe_base64(text: str) -> bytes | None:
         return None
 
 
+def _orientation(img: Image.Image) -> int | None:
+    try:
+        return img.getexif().get(ExifTags.Base.Orientation)
+    except _DECODE_ERRORS:  # an unreadable EXIF block: keep the pixels as stored
+        return None
+
+
 def load_image(src: ImageSource, name: str | None = None) -> Image.Image:
-    """Decode `src` fully into a PIL image (mode unchanged). `name` labels error messages.
+    """Decode `src` fully into an upright PIL image (EXIF orientation applied, mode unchanged). `name` labels errors.
 
     Accepts a path, raw bytes, a base64 string (OFA TSV), a datasets `{"bytes", "path"}` dict, or a PIL image.
-    Raises `ImageLoadError` naming the file for a missing, truncated or undecodable image: the full decode
-    (`img.load()`) is forced here so truncation surfaces now, not inside a model batch.
+    The orientation is applied as `datasets.Image` decodes (`ImageOps.exif_transpose`, which also drops the tag, so
+    an image already made upright comes back unchanged). Raises `ImageLoadError` naming the file for a missing,
+    truncated or undecodable image: the full decode (`img.load()`) is forced here so truncation surfaces now, not
+    inside a model batch.
     """
     img, label = _open(src, name)
     try:
         img.load()
+        if _orientation(img) not in (None, 1):
+            img = ImageOps.exif_transpose(img)
     except _DECODE_ERRORS as exc:
-        raise ImageLoadError(f"cannot decode image {label}: {exc}") from exc
+        raise _decode_error(label, exc) from exc
     return img
 
 
 def image_size(src: ImageSource, name: str | None = None) -> tuple[int, int]:
-    """(width, height) of an image, reading only its header when it is a file or bytes."""
+    """(width, height) of the upright image (as `load_image` returns it), reading only the header of a file/bytes."""
     img, _ = _open(src, name)
-    size = img.size
+    w, h = img.size
+    if _orientation(img) in _TRANSPOSED_ORIENTATIONS:
+        w, h = h, w
     if img is not src:  # opened here: release the file handle now rather than at garbage collection
         img.close()
-    return size
+    return w, h
 
 
 def to_rgb(img: Image.Image) -> Image.Image:

@@ -78,6 +78,43 @@ def _pick_split(dd, split: str, src: str):
 
 
 # ---------------------------------------------------------------------------------------------------- raw loaders
+def load_saved(path: str | os.PathLike, split: str | None, src: str | None = None):
+    """A `save_to_disk` folder as one `Dataset`: the `split` of a `DatasetDict` (only that split is opened), or the
+    `Dataset` itself (whatever `split` says). A dataset of 0 rows (which `datasets` cannot open) raises `UserError`."""
+    import datasets
+
+    path, src = Path(path), src or os.fspath(path)
+    if (path / "dataset_dict.json").is_file():
+        splits = json.loads((path / "dataset_dict.json").read_text(encoding="utf-8")).get("splits", [])
+        if split not in splits:
+            raise UserError(f"split '{split}' not found in {src}; available: {_available(splits)}")
+        path, where = path / split, f"split '{split}' of {src}"
+    else:
+        where = src
+    try:
+        return datasets.load_from_disk(str(path))
+    except IndexError as exc:  # 0 rows: save_to_disk wrote no data file, and datasets cannot concatenate none
+        raise UserError(f"{where} has no rows (an empty save_to_disk dataset): point it at a dataset with "
+                        "examples") from exc
+
+
+def _check_metadata_rows(folder: Path, src: str) -> None:
+    """`imagefolder` fails with an IndexError when every metadata file is empty: say so instead."""
+    files = [p for p in folder.rglob("metadata.*") if p.name in _METADATA_FILES]
+    if files and all(_metadata_rows(p) == 0 for p in files):
+        raise UserError(f"{src}: {', '.join(sorted(p.name for p in files))} lists no images (0 rows): add one "
+                        'record per image with its file_name, e.g. {"file_name": "a.jpg", "captions": ["..."]}')
+
+
+def _metadata_rows(path: Path) -> int:
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        return pq.ParquetFile(path).metadata.num_rows
+    lines = [ln for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    return len(lines) - (path.suffix == ".csv" and bool(lines))  # a CSV's first line is its header
+
+
 def _file_stamp(path: Path) -> tuple:
     """Size and mtime: part of a generator's cache key, so an edited file is re-read. (Tuples, because
     `from_generator` would shard list-valued kwargs.)"""
@@ -223,9 +260,9 @@ def _load_raw(src: str, split: str, task: str, image_root: str | None):
     path = Path(src)
     if path.is_dir():
         if (path / "dataset_dict.json").is_file():
-            return _pick_split(datasets.load_from_disk(str(path)), split, src)
+            return load_saved(path, split, src)
         if (path / "state.json").is_file():  # one Dataset: it is the split asked for, unless it names another
-            ds = datasets.load_from_disk(str(path))
+            ds = load_saved(path, None, src)
             if ds.split is not None and str(ds.split) != split:
                 raise UserError(f"split '{split}' not found in {src}; available: {ds.split}")
             return ds
@@ -234,6 +271,7 @@ def _load_raw(src: str, split: str, task: str, image_root: str | None):
         if any(path.glob("*.tsv")):
             return _open_tsv(path, split, task)
         if any(p.name in _METADATA_FILES for p in path.rglob("metadata.*")):
+            _check_metadata_rows(path, src)
             return _pick_split(datasets.load_dataset("imagefolder", data_dir=str(path)), split, src)
         for ext, builder in (("parquet", "parquet"), ("arrow", "arrow")):
             if any(path.rglob(f"*.{ext}")):
@@ -342,7 +380,7 @@ def open_source(
     if limit is not None:
         ds = ds.select(range(min(int(limit), len(ds))))
     if len(ds) == 0:
-        raise UserError(f"split '{split}' of {src} has no rows")
+        raise UserError(f"split '{split}' of {src} has no rows: point it at a dataset with examples")
     return ds
 
 

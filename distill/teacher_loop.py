@@ -134,6 +134,7 @@ def generate_shards(config, task, ds, plan, mine, features, folder, tokenizer, g
     from tqdm.auto import tqdm
 
     from distill.image_processing import OFAImageProcessor
+    from distill.loading import load_pretrained
     from distill.ofa import OFAModel
 
     if not mine:
@@ -143,7 +144,7 @@ def generate_shards(config, task, ds, plan, mine, features, folder, tokenizer, g
     starts = {s: w.probe() for s, w in writers.items()}
     processor = (OFAImageProcessor.from_pretrained(str(folder)) if (folder / "preprocessor_config.json").is_file()
                  else OFAImageProcessor(size=resolution))
-    model = OFAModel.from_pretrained(str(folder)).to(state.device).eval()  # frozen teacher: never DDP-wrapped
+    model = load_pretrained(OFAModel, folder).to(state.device).eval()  # frozen teacher: never DDP-wrapped
     mp = os.environ.get("ACCELERATE_MIXED_PRECISION", "no")
     amp_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(mp) if state.device.type != "cpu" else None
     gen_kwargs = dict(gen, output_scores=True, return_dict_in_generate=True)

@@ -95,8 +95,13 @@ def predict(
     answers: Optional[str] = typer.Option(None, "--answers", help="VQA candidate answers (AR teacher)."),
 ) -> None:
     """Print the caption, answer, box or label for one image."""
+    from pathlib import Path
+
+    from distill.errors import UserError
     from student.evaluate import predict as run
 
+    if Path(image).is_dir():
+        raise UserError(f"--image {image} is a folder: pass one image file (evaluate --data scores a folder)")
     result = run(model, task, image, text=text, premise=premise, num_beams=num_beams, answers=answers)
     line, note = prediction_lines(task, result)
     typer.echo(line)

@@ -11,7 +11,9 @@ def train_teacher(
     data: str = typer.Option(..., "--data", help="Training source (save_to_disk folder, parquet, TSV, ... or Hub id)."),
     out: str = typer.Option(..., "--out", help="Output folder: the teacher (save_pretrained + tokenizer + image processor)."),
     init: Optional[str] = typer.Option(None, "--init", help="OFA checkpoint to fine-tune (exclusive with --arch)."),
-    arch: Optional[str] = typer.Option(None, "--arch", help="Build a new OFA: tiny, medium, base, large or huge."),
+    arch: Optional[str] = typer.Option(None, "--arch", help="Build a new OFA: tiny (33M params, 4+4 layers, d_model 256, "
+                                       "ResNet-50 stem, 256 px), medium (93M), base (180M, 384 px), large (470M) or "
+                                       "huge (930M); px: the default --resolution (else the task's, 480)."),
     d_model: Optional[int] = typer.Option(None, "--d-model", help="Override the arch's width."),
     layers: Optional[int] = typer.Option(None, "--layers", help="Override the encoder and decoder depth."),
     heads: Optional[int] = typer.Option(None, "--heads", help="Override the attention heads."),
@@ -19,7 +21,8 @@ def train_teacher(
     resnet_type: Optional[str] = typer.Option(None, "--resnet-type", help="resnet18, resnet50, resnet101, resnet152."),
     config_json: Optional[str] = typer.Option(None, "--config-json", help="JSON file of OFAConfig fields, applied last."),
     tokenizer: Optional[str] = typer.Option(None, "--tokenizer", help="Tokenizer folder for --arch (default DATA/tokenizer)."),
-    resolution: Optional[int] = typer.Option(None, "--resolution", help="Image side (default: init's, else the task's)."),
+    resolution: Optional[int] = typer.Option(None, "--resolution", help="Image side (default: --init's; with --arch "
+                                             "tiny 256, base 384, else the task's: 480, grounding 512)."),
     split: str = typer.Option("train", "--split", help="Training split."),
     limit: Optional[int] = typer.Option(None, "--limit", help="Train on the first N rows."),
     max_steps: int = typer.Option(1000, "--max-steps", help="Optimizer steps."),

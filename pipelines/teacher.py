@@ -22,16 +22,33 @@ import torch.nn.functional as F
 from distill.errors import UserError
 from student.trainer import TrainConfig, TrainResult
 
-__all__ = ["ARCHS", "TeacherTrainConfig", "build_ofa_config", "teacher_loss", "train_teacher"]
+__all__ = ["ARCHS", "TeacherTrainConfig", "arch_help", "build_ofa_config", "default_resolution", "teacher_loss",
+           "train_teacher"]
 
 ARCHS: dict[str, dict[str, Any]] = {
-    "tiny": dict(encoder_layers=4, decoder_layers=4, d_model=256, heads=4, resnet_type="resnet50"),
-    "medium": dict(encoder_layers=4, decoder_layers=4, d_model=512, heads=8, resnet_type="resnet101"),
-    "base": dict(encoder_layers=6, decoder_layers=6, d_model=768, heads=12, resnet_type="resnet101"),
-    "large": dict(encoder_layers=12, decoder_layers=12, d_model=1024, heads=16, resnet_type="resnet152"),
-    "huge": dict(encoder_layers=24, decoder_layers=12, d_model=1280, heads=16, resnet_type="resnet152"),
+    "tiny": dict(encoder_layers=4, decoder_layers=4, d_model=256, heads=4, resnet_type="resnet50", params="33M",
+                 resolution=256),
+    "medium": dict(encoder_layers=4, decoder_layers=4, d_model=512, heads=8, resnet_type="resnet101", params="93M"),
+    "base": dict(encoder_layers=6, decoder_layers=6, d_model=768, heads=12, resnet_type="resnet101", params="180M",
+                 resolution=384),
+    "large": dict(encoder_layers=12, decoder_layers=12, d_model=1024, heads=16, resnet_type="resnet152",
+                  params="470M"),
+    "huge": dict(encoder_layers=24, decoder_layers=12, d_model=1280, heads=16, resnet_type="resnet152", params="930M"),
 }
-"""OFA sizes (DESIGN.md section 3); the FFN is 4 x d_model."""
+"""OFA sizes (DESIGN.md section 3); the FFN is 4 x d_model. `resolution`: the image side of the OFA-Sys model card
+(tiny 256, base 384), the default of a model built with `--arch`; the others use the task's (480, RefCOCO 512)."""
+
+
+def arch_help() -> str:
+    """One line per size for `--help`: what `--arch NAME` builds and the image side it defaults to."""
+    return "; ".join(
+        f"{name} ({a['params']} params, {a['encoder_layers']}+{a['decoder_layers']} layers, d_model {a['d_model']}, "
+        f"{a['resnet_type']} stem, {a.get('resolution') or 'task'} px)" for name, a in ARCHS.items())
+
+
+def default_resolution(cfg: "TeacherTrainConfig", task) -> int:
+    """Image side of a model built from scratch: `resolution`, else the arch's model-card side, else the task's."""
+    return cfg.resolution or ARCHS.get(cfg.arch or "tiny", {}).get("resolution") or task.resolution
 
 
 @dataclass(kw_only=True)
@@ -61,7 +78,8 @@ class TeacherTrainConfig(TrainConfig):
     tokenizer: str | None = None
     """Tokenizer folder for `arch` (default: DATA/tokenizer)."""
     resolution: int | None = None
-    """Image side (default: the init's image processor, else the task's OFA resolution)."""
+    """Image side (default: the init's image processor; with `arch` the size's model-card side, tiny 256 and base
+    384, else the task's OFA resolution)."""
     split: str = "train"
     """Training split."""
     limit: int | None = None
@@ -144,19 +162,21 @@ def train_teacher(cfg: TeacherTrainConfig) -> TrainResult:
     from accelerate.utils import set_seed
 
     from distill.image_processing import OFAImageProcessor
+    from distill.loading import load_pretrained
     from distill.ofa import OFAModel
     from distill.tasks import get_task
     from distill.tokenizer import load_ofa_tokenizer
-    from student.data import TaskRows, collate, load_training_data
+    from student.data import SkipLog, TaskRows, collate, load_training_data
     from student.evaluate import make_eval_fn, save_model_folder
     from student.trainer import train
 
     if cfg.init and (cfg.arch or cfg.config_json):
         raise UserError("--init and --arch/--config-json are exclusive: fine-tune a checkpoint or build a new model")
     task = get_task(cfg.task)
+    ds = load_training_data(cfg.data, cfg.split, task, cfg.limit)  # the data first: a bad source fails before a load
     set_seed(cfg.seed)
     if cfg.init:
-        model = OFAModel.from_pretrained(cfg.init)
+        model = load_pretrained(OFAModel, cfg.init)
         tokenizer = load_ofa_tokenizer(cfg.tokenizer or cfg.init)
         proc_file = Path(cfg.init) / "preprocessor_config.json"
         processor = (OFAImageProcessor.from_pretrained(cfg.init) if proc_file.is_file()
@@ -168,13 +188,13 @@ def train_teacher(cfg: TeacherTrainConfig) -> TrainResult:
         if not Path(tok_src).is_dir():
             raise UserError(f"no tokenizer at {tok_src}: pass --tokenizer DIR to build a teacher with --arch")
         tokenizer = load_ofa_tokenizer(tok_src)
-        processor = OFAImageProcessor(size=cfg.resolution or task.resolution)
+        processor = OFAImageProcessor(size=default_resolution(cfg, task))
         model = OFAModel(build_ofa_config(cfg, len(tokenizer), processor.size))
     if len(tokenizer) > model.config.vocab_size:
         raise UserError(f"tokenizer has {len(tokenizer)} tokens but the model only {model.config.vocab_size}")
 
-    ds = load_training_data(cfg.data, cfg.split, task, cfg.limit)
-    train_rows = TaskRows(ds, task, tokenizer, processor, target_column="references", seed=cfg.seed)
+    skips = SkipLog.for_training(cfg.output_dir, cfg.resume)
+    train_rows = TaskRows(ds, task, tokenizer, processor, target_column="references", seed=cfg.seed, skips=skips)
     eval_fn = None
     rows = _eval_rows(cfg, task)
     if rows:
@@ -189,7 +209,7 @@ def train_teacher(cfg: TeacherTrainConfig) -> TrainResult:
                    collate_fn=partial(collate, pad_id=pad, bos_id=bos), eval_fn=eval_fn, run_config=_jsonable(resolved))
     if result.is_main_process:
         record = {**_jsonable(resolved), "final_step": result.step, "eval": result.eval_metrics,
-                  "num_train_rows": len(ds)}
+                  "num_train_rows": len(ds), "skipped_rows": skips.report()}
         save_model_folder(result.model, tokenizer, processor, cfg.output_dir, record)
     return result
 

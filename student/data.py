@@ -4,9 +4,13 @@ A row is either canonical (docs/ARCHITECTURE.md) or distilled (canonical prompt 
 `teacher_logprob`, `target_len`, and the source references). `TaskRows` encodes one row on access: OFA's prompt
 tokenised as `<s> prompt </s>`, the image through `OFAImageProcessor`, and the target ids (ending with EOS) taken from
 the teacher (`target`) or from the references (`references`, a seeded random one per draw for captions).
+
+Unusable rows (an image that cannot be read, no reference) are skipped, not fatal: `SkipLog` records them as
+distill's quarantine does (`{"id", "index", "reason"}`), and only a set with no usable row left is an error.
 """
 from __future__ import annotations
 
+import json
 import os
 import random
 from dataclasses import dataclass
@@ -18,9 +22,11 @@ import torch
 
 from distill.errors import UserError
 
-__all__ = ["TARGET_COLUMNS", "FilterReport", "load_training_data", "is_distilled", "filter_rows", "TaskRows",
-           "collate", "encode_prompts"]
+__all__ = ["TARGET_COLUMNS", "FilterReport", "SkipLog", "load_training_data", "is_distilled", "filter_rows",
+           "reference_problem", "TaskRows", "collate", "encode_readable", "encode_prompts"]
 
+SKIPPED_FILE = "skipped.jsonl"
+"""Training runs record their skipped rows in `OUTPUT_DIR/skipped.jsonl`."""
 TARGET_COLUMNS = ("target", "references")
 """`target`: the teacher's output (KD, columns `target_ids`/`target`); `references`: the raw dataset labels."""
 
@@ -47,12 +53,9 @@ def load_training_data(src: str | os.PathLike, split: str = "train", task=None, 
     if (path / "manifest.json").is_file() and not (path / "state.json").is_file():
         raise UserError(f"{src} is an unfinished distill output (no state.json): rerun the same distill command")
     if path.is_dir() and ((path / "dataset_dict.json").is_file() or (path / "state.json").is_file()):
-        loaded = datasets.load_from_disk(src)
-        if isinstance(loaded, datasets.DatasetDict):
-            if split not in loaded:
-                raise UserError(f"split '{split}' not found in {src}; available: {', '.join(loaded)}")
-            loaded = loaded[split]
-        ds = loaded
+        from distill.sources import load_saved
+
+        ds = load_saved(path, split, src)
     elif path.is_dir() or not path.exists():
         try:
             dd = datasets.load_dataset(src)
@@ -116,6 +119,96 @@ def filter_rows(ds, min_teacher_logprob: float | None = None, max_target_len: in
     return ds, report
 
 
+class SkipLog:
+    """Rows left out as unusable, as `{"id", "index", "reason"}` records (the format of distill's quarantine.jsonl).
+
+    With a `path`, each new record is appended at once in one `O_APPEND` write, so every DataLoader worker and
+    process of a run can share the file and a killed run keeps what it found; `records()` reads them back
+    deduplicated by row index (a row met again in a later epoch or by another worker is one record).
+    """
+
+    def __init__(self, path: str | os.PathLike | None = None):
+        self.path = Path(path) if path is not None else None
+        self._seen: dict[int, dict] = {}
+
+    def add(self, index: int, row_id: Any, reason: str) -> None:
+        if index in self._seen:
+            return
+        rec = {"id": str(row_id), "index": int(index), "reason": reason}
+        self._seen[int(index)] = rec
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            try:
+                os.write(fd, (json.dumps(rec) + "\n").encode("utf-8"))
+            finally:
+                os.close(fd)
+
+    def records(self) -> list[dict]:
+        """Every record (this process's and the file's), one per row index, in index order."""
+        recs = dict(self._seen)
+        if self.path is not None and self.path.is_file():
+            for line in self.path.read_text(encoding="utf-8").splitlines():
+                try:
+                    rec = json.loads(line)
+                except ValueError:  # the torn last line of a killed run
+                    continue
+                recs.setdefault(int(rec["index"]), rec)
+        return [recs[k] for k in sorted(recs)]
+
+    def finalize(self) -> list[dict]:
+        """Rewrite the file deduplicated and sorted (atomically; no file when nothing was skipped)."""
+        recs = self.records()
+        if self.path is not None and recs:
+            tmp = self.path.with_name(self.path.name + ".tmp")
+            tmp.write_text("".join(json.dumps(r) + "\n" for r in recs), encoding="utf-8")
+            os.replace(tmp, self.path)
+        return recs
+
+    @classmethod
+    def for_training(cls, output_dir: str | os.PathLike, resume: bool) -> "SkipLog":
+        """`OUTPUT_DIR/skipped.jsonl` of a training run: kept (deduplicated) on resume, emptied for a fresh run
+        (unless checkpoints of an earlier run are there: the trainer refuses that run, and its record stays); every
+        process waits until the main one has done that."""
+        from accelerate import PartialState
+        from accelerate.utils import parse_flag_from_env
+
+        from student.trainer import latest_checkpoint
+
+        log = cls(Path(output_dir) / SKIPPED_FILE)
+        state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
+        if state.is_main_process:
+            if resume:
+                log.finalize()
+            elif latest_checkpoint(output_dir) is None:
+                log.path.unlink(missing_ok=True)
+        state.wait_for_everyone()
+        return log
+
+    def report(self) -> int:
+        """Finalize, print one line when rows were skipped, and return how many (call on the main process)."""
+        n = len(self.finalize())
+        if n:
+            print(f"note: {n} unusable training rows skipped (unreadable image or no reference), "
+                  f"reasons in {self.path}")
+        return n
+
+
+# What makes one row unusable (image unreadable: `ImageLoadError` is a UserError; no/empty reference: the tasks
+# raise UserError; a missing box or label arrives as None: TypeError/ValueError).
+_ROW_ERRORS = (UserError, TypeError, ValueError)
+
+
+def reference_problem(task, row: dict, tokenizer: Any = None) -> str | None:
+    """Why `row` has no usable reference for `task` (no caption, no answer, no box, an unknown label), or None:
+    what evaluation and raw-reference training skip."""
+    try:
+        task.reference(row, tokenizer=tokenizer)
+    except _ROW_ERRORS as exc:
+        return str(exc)
+    return None
+
+
 def _row_seed(seed: int, draw: int) -> int:
     return (seed * 1_000_003 + draw) & 0x7FFFFFFF
 
@@ -125,10 +218,14 @@ class TaskRows:
 
     `draw` (see `student.trainer.StepBatchSampler`) seeds the random reference choice, so the chosen caption of a
     given sample is the same on any number of processes and after a resume.
+
+    An unusable row (its image cannot be read, it has no reference) is recorded in `skips` and replaced by the next
+    usable row (index order, wrapping): a pure function of the data, so batches keep their size and a resumed or
+    multi-process run sees the same samples. Only when no row is usable does `example` raise `UserError`.
     """
 
     def __init__(self, ds, task, tokenizer, image_processor, target_column: str = "target", seed: int = 0,
-                 resolution: int | None = None):
+                 resolution: int | None = None, skips: SkipLog | None = None):
         if target_column not in TARGET_COLUMNS:
             raise UserError(f"--target-column must be one of {', '.join(TARGET_COLUMNS)}, got {target_column!r}")
         if target_column == "target" and not is_distilled(ds):
@@ -138,9 +235,15 @@ class TaskRows:
             missing = [c for c in task.input_columns if c not in ds.column_names and c != "premise"]
             if missing:
                 raise UserError(f"--target-column references: the data lacks {missing} for task {task.name}")
+        from datasets import Image
+
+        if isinstance(ds.features.get("image"), Image) and ds.features["image"].decode:
+            ds = ds.cast_column("image", Image(decode=False))  # decoded by `load_image`, as on every other path
         self.ds, self.task, self.tokenizer, self.processor = ds, task, tokenizer, image_processor
         self.target_column, self.seed = target_column, seed
         self.resolution = resolution or getattr(image_processor, "size", None)
+        self.skips = skips if skips is not None else SkipLog()
+        self._bad: set[int] = set()  # rows found unusable by this process (badness depends on the row only)
 
     def __len__(self) -> int:
         return len(self.ds)
@@ -162,7 +265,22 @@ class TaskRows:
         return self.task.encode_target(text, self.tokenizer), weight
 
     def example(self, row: int, draw: int) -> dict[str, Any]:
-        r = self.ds[int(row)]
+        n, first = len(self.ds), None
+        for k in range(n):
+            index = (int(row) + k) % n
+            if index in self._bad:
+                continue
+            r = self.ds[index]
+            try:
+                return self._encode(r, draw)
+            except _ROW_ERRORS as exc:
+                self._bad.add(index)
+                self.skips.add(index, r.get("id", index), str(exc))
+                first = first or str(exc)
+        where = f" (reasons in {self.skips.path})" if self.skips.path else ""
+        raise UserError(f"no usable training row: all {n} rows were skipped{where}; first: {first}")
+
+    def _encode(self, r: dict, draw: int) -> dict[str, Any]:
         ids, weight = self.target_ids(r, draw)
         return {
             "input_ids": self.tokenizer(self.task.prompt(r))["input_ids"],
@@ -201,11 +319,33 @@ def collate(items: list[dict[str, Any]], pad_id: int = 1, bos_id: int = 0) -> di
     }
 
 
-def encode_prompts(rows: list[dict], task, tokenizer, image_processor, resolution: int | None = None) -> dict:
-    """Model inputs for inference on canonical rows: `input_ids`, `patch_images`, `patch_masks`."""
-    prompts = [task.prompt(r) for r in rows]
-    ids = [tokenizer(p)["input_ids"] for p in prompts]
+def encode_readable(rows: list[dict], task, tokenizer, image_processor, resolution: int | None = None
+                    ) -> tuple[dict | None, list[int], list[tuple[int, str]]]:
+    """Model inputs for the rows whose image can be read: `(inputs or None, their positions in rows, [(position,
+    reason)] of the others)`; inputs as `encode_prompts` returns them."""
+    from distill.image_processing import ImageLoadError
+
     size = resolution or getattr(image_processor, "size", None)
-    pixels = np.stack([image_processor.process_image(r["image"], size=size) for r in rows])
-    return {"input_ids": _pad(ids, tokenizer.pad_token_id), "patch_images": torch.from_numpy(pixels),
-            "patch_masks": torch.ones(len(rows), dtype=torch.bool)}
+    kept, pixels, bad = [], [], []
+    for i, r in enumerate(rows):
+        try:
+            pixels.append(image_processor.process_image(r["image"], size=size))
+            kept.append(i)
+        except ImageLoadError as exc:
+            bad.append((i, str(exc)))
+    if not kept:
+        return None, kept, bad
+    ids = [tokenizer(task.prompt(rows[i]))["input_ids"] for i in kept]
+    return ({"input_ids": _pad(ids, tokenizer.pad_token_id), "patch_images": torch.from_numpy(np.stack(pixels)),
+             "patch_masks": torch.ones(len(kept), dtype=torch.bool)}, kept, bad)
+
+
+def encode_prompts(rows: list[dict], task, tokenizer, image_processor, resolution: int | None = None) -> dict:
+    """Model inputs for inference on canonical rows: `input_ids` (B, S), `patch_images` (B, 3, H, W), `patch_masks`
+    (B,). An unreadable image raises `ImageLoadError`."""
+    from distill.image_processing import ImageLoadError
+
+    inputs, _, bad = encode_readable(rows, task, tokenizer, image_processor, resolution)
+    if bad:
+        raise ImageLoadError(bad[0][1])
+    return inputs

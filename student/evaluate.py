@@ -2,7 +2,8 @@
 (`generate()` with OFA's evaluation settings; entailment scores the candidates, as OFA does).
 
 A model folder is one `save_pretrained` folder holding the model, its tokenizer and its image processor; the kind is
-read from `config.json` (`model_type` `narvl` or `ofa`).
+read from `config.json` (`model_type` `narvl` or `ofa`). Inputs (the data split, the image, the text) are checked
+before the model is loaded. A row whose image cannot be read is skipped and counted (`skipped`), not fatal.
 """
 from __future__ import annotations
 
@@ -17,8 +18,8 @@ import torch
 
 from distill.errors import UserError
 
-__all__ = ["LoadedModel", "EvalResult", "Prediction", "model_kind", "load_model", "save_model_folder",
-           "decode_batch", "predict_rows", "make_eval_fn", "evaluate", "predict"]
+__all__ = ["LoadedModel", "EvalResult", "Prediction", "RowPredictions", "model_kind", "check_model_folder",
+           "load_model", "save_model_folder", "decode_batch", "predict_rows", "make_eval_fn", "evaluate", "predict"]
 
 KINDS = ("narvl", "ofa")
 TEXT_FIELD = {"vqa": "question", "grounding": "region_text", "entailment": "hypothesis"}
@@ -50,10 +51,20 @@ def model_kind(model_dir: str | os.PathLike) -> str:
     return kind
 
 
+def check_model_folder(model_dir: str | os.PathLike) -> str:
+    """The folder's kind (`narvl`/`ofa`) after checking, without loading anything, that it has what `load_model`
+    reads: config.json and the image processor."""
+    kind = model_kind(model_dir)
+    if not (Path(model_dir) / "preprocessor_config.json").is_file():
+        raise UserError(f"{model_dir} has no image processor (preprocessor_config.json)")
+    return kind
+
+
 def load_model(model_dir: str | os.PathLike, device: str | torch.device | None = None) -> LoadedModel:
     """Load a NARVL or OFA folder, or a NARVL ONNX export (`narvl-pipe export`, run by onnxruntime), with its
     tokenizer and image processor (device: CUDA when available)."""
     from distill.image_processing import OFAImageProcessor
+    from distill.loading import load_pretrained
     from distill.tokenizer import load_ofa_tokenizer
     from student.export import is_exported
 
@@ -61,15 +72,13 @@ def load_model(model_dir: str | os.PathLike, device: str | torch.device | None =
         from student.onnx_model import load_exported
 
         return load_exported(model_dir, device)
-    kind = model_kind(model_dir)
+    kind = check_model_folder(model_dir)
     if kind == "narvl":
         from student.modeling_narvl import NARVLModel as cls
     else:
         from distill.ofa import OFAModel as cls
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    model = cls.from_pretrained(str(model_dir)).to(device).eval()
-    if not (Path(model_dir) / "preprocessor_config.json").is_file():
-        raise UserError(f"{model_dir} has no image processor (preprocessor_config.json)")
+    model = load_pretrained(cls, model_dir).to(device).eval()
     return LoadedModel(model, load_ofa_tokenizer(model_dir), OFAImageProcessor.from_pretrained(str(model_dir)), kind)
 
 
@@ -121,27 +130,63 @@ def _output_text(ids: list[int], tokenizer) -> str:
     return tokenizer.decode(ids, skip_special_tokens=True).strip()
 
 
+@dataclass
+class RowPredictions:
+    """What `predict_rows` returns: predictions for the rows that could be read, and the skipped ones."""
+
+    predictions: list[Any]
+    """As `task.decode` returns them, aligned with `kept`."""
+    texts: list[str]
+    """Decoded output texts, aligned with `kept`."""
+    kept: list[int]
+    """Positions (in the rows given) of the predicted rows."""
+    skipped: list[dict]
+    """`{"id", "index", "reason"}` of each row left out (`index`: its position): unreadable image, or no reference
+    when references are needed."""
+    seconds: float
+    """Time spent in the model and decoding (image loading excluded)."""
+
+
 def predict_rows(lm: LoadedModel, task, rows: Sequence[dict], batch_size: int = 16, num_beams: int | None = None,
-                 candidates: Sequence[str] | None = None, progress: bool = False) -> tuple[list[Any], list[str], float]:
-    """(predictions as `task.decode` returns them, output texts, seconds spent in the model and decoding)."""
+                 candidates: Sequence[str] | None = None, progress: bool = False,
+                 scored: bool = False) -> RowPredictions:
+    """Predict every row whose image can be read (and, when `scored`, that has a reference to score against); the
+    others are returned as `skipped`."""
     from tqdm.auto import tqdm
 
-    from student.data import encode_prompts
+    from student.data import encode_readable, reference_problem
 
-    preds, texts, seconds = [], [], 0.0
+    out = RowPredictions([], [], [], [], 0.0)
     sync = torch.cuda.synchronize if lm.model.device.type == "cuda" else (lambda: None)
     for start in tqdm(range(0, len(rows), batch_size), desc=f"evaluate {lm.kind}", disable=not progress):
-        chunk = [dict(r) for r in rows[start: start + batch_size]]
-        inputs = encode_prompts(chunk, task, lm.tokenizer, lm.image_processor)
+        chunk, bad = [], []
+        for i, r in enumerate(rows[start: start + batch_size], start):
+            why = reference_problem(task, r) if scored else None
+            if why:
+                bad.append((i, r.get("id"), why))
+            else:
+                chunk.append((i, dict(r)))
+        inputs, kept, unreadable = encode_readable([r for _, r in chunk], task, lm.tokenizer, lm.image_processor)
+        bad += [(chunk[k][0], chunk[k][1].get("id"), why) for k, why in unreadable]
+        out.skipped += [{"id": str(rid), "index": i, "reason": why} for i, rid, why in sorted(bad)]
+        if inputs is None:
+            continue
         sync()
         t0 = time.perf_counter()
         outputs = decode_batch(lm, task, inputs, num_beams, candidates)
         sync()
-        seconds += time.perf_counter() - t0
-        for ids, row in zip(outputs, chunk):
-            preds.append(task.decode(ids, row, lm.tokenizer))
-            texts.append(_output_text(ids, lm.tokenizer))
-    return preds, texts, seconds
+        out.seconds += time.perf_counter() - t0
+        for ids, k in zip(outputs, kept):
+            index, row = chunk[k]
+            out.predictions.append(task.decode(ids, row, lm.tokenizer))
+            out.texts.append(_output_text(ids, lm.tokenizer))
+            out.kept.append(index)
+    return out
+
+
+def _nothing_readable(n: int, skipped: Sequence[dict]) -> UserError:
+    return UserError(f"none of the {n} rows is usable (unreadable image or no reference); first: "
+                     f"{skipped[0]['reason']}")
 
 
 def make_eval_fn(task, rows: Sequence[dict], tokenizer, image_processor, kind: str, batch_size: int = 16,
@@ -154,10 +199,14 @@ def make_eval_fn(task, rows: Sequence[dict], tokenizer, image_processor, kind: s
 
         lm = LoadedModel(model, tokenizer, image_processor, kind)
         idx = list(range(accelerator.process_index, len(rows), accelerator.num_processes))
-        preds, _, _ = predict_rows(lm, task, [rows[i] for i in idx], batch_size, num_beams, candidates)
-        pairs = gather_object(list(zip(idx, preds)))  # returns its input unchanged in a single process
-        ordered = [p for _, p in sorted(pairs, key=lambda x: x[0])]
-        return task.training_metrics(ordered, list(rows))
+        res = predict_rows(lm, task, [rows[i] for i in idx], batch_size, num_beams, candidates, scored=True)
+        pairs = gather_object([(idx[k], p) for k, p in zip(res.kept, res.predictions)])  # a single process: as is
+        skipped = gather_object([dict(s, index=idx[s["index"]]) for s in res.skipped])
+        if not pairs:
+            raise _nothing_readable(len(rows), skipped)
+        pairs.sort(key=lambda x: x[0])
+        metrics = task.training_metrics([p for _, p in pairs], [rows[i] for i, _ in pairs])
+        return metrics | ({"skipped_rows": float(len(skipped))} if skipped else {})
 
     return eval_fn
 
@@ -187,7 +236,13 @@ class EvalResult:
     predictions_path: str | None = None
     """JSONL of predictions, when written."""
     predictions: list[Any] = field(default_factory=list, repr=False)
-    """Predictions aligned with the rows."""
+    """Predictions aligned with the scored rows (the rows minus the skipped ones)."""
+    num_skipped: int = 0
+    """Rows left out: their image could not be read, or they have no reference to score against."""
+    skipped: list[dict] = field(default_factory=list, repr=False)
+    """`{"id", "index", "reason"}` of each skipped row."""
+    skipped_path: str | None = None
+    """JSONL of the skipped rows (next to the predictions), when written."""
 
     @property
     def score(self) -> float:
@@ -196,12 +251,17 @@ class EvalResult:
 
     def line(self) -> str:
         metrics = " ".join(f"{k}={v:.4g}" for k, v in self.metrics.items())
-        return (f"{self.task} {self.kind} {self.model}: {metrics} | {self.ms_per_sample:.2f} ms/sample "
+        line = (f"{self.task} {self.kind} {self.model}: {metrics} | {self.ms_per_sample:.2f} ms/sample "
                 f"(batch {self.batch_size}, {self.num_samples} samples) | metric: {self.metric_implementation}")
+        if self.num_skipped:
+            where = f"see {self.skipped_path}" if self.skipped_path else f"first: {self.skipped[0]['reason']}"
+            line += f" | {self.num_skipped} unusable rows skipped ({where})"
+        return line
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d.pop("predictions")
+        d.pop("skipped")
         return d
 
 
@@ -224,27 +284,39 @@ def evaluate(model: str | os.PathLike, task: str, data: str | os.PathLike, split
     """
     from distill.sources import open_source
     from distill.tasks import get_task
+    from student.data import SkipLog
 
     t = get_task(task)
-    lm = load_model(model, device)
+    kind = check_model_folder(model)  # inputs first: a bad split or column fails before any weight is read
     ds = open_source(data, split, None, t, limit=limit)
     rows = [dict(r) for r in ds]
-    candidates = _candidates(t, rows, answers) if lm.kind == "ofa" else None
-    preds, texts, seconds = predict_rows(lm, t, rows, batch_size, num_beams, candidates, progress)
-    metrics = t.evaluate(preds, rows) if score else {}
-    result = EvalResult(task=t.name, model=str(model), kind=lm.kind, metrics=metrics,
-                        metric_implementation=t.metric_implementation(rows) if score else "",
-                        ms_per_sample=1000.0 * seconds / max(1, len(rows)), num_samples=len(rows),
-                        batch_size=batch_size, num_beams=num_beams, predictions=preds)
+    candidates = _candidates(t, rows, answers) if kind == "ofa" else None
+    lm = load_model(model, device)
+    res = predict_rows(lm, t, rows, batch_size, num_beams, candidates, progress, scored=True)
+    if not res.kept:
+        raise _nothing_readable(len(rows), res.skipped)
+    scored = [rows[i] for i in res.kept]
+    result = EvalResult(task=t.name, model=str(model), kind=lm.kind,
+                        metrics=t.evaluate(res.predictions, scored) if score else {},
+                        metric_implementation=t.metric_implementation(scored) if score else "",
+                        ms_per_sample=1000.0 * res.seconds / len(scored), num_samples=len(scored),
+                        batch_size=batch_size, num_beams=num_beams, predictions=res.predictions,
+                        num_skipped=len(res.skipped), skipped=res.skipped)
     if out is not None:
         out = Path(out)
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = out.with_name(out.name + ".tmp")
         with tmp.open("w") as f:
-            for row, pred, text in zip(rows, preds, texts):
+            for row, pred, text in zip(scored, res.predictions, res.texts):
                 f.write(json.dumps({"id": row["id"], "output": text, "prediction": pred}) + "\n")
         os.replace(tmp, out)
         result.predictions_path = str(out)
+        skip_log = SkipLog(out.with_name(out.stem + ".skipped.jsonl"))
+        skip_log.path.unlink(missing_ok=True)  # a previous evaluation's skips are not this one's
+        for s in res.skipped:
+            skip_log.add(s["index"], s["id"], s["reason"])
+        if res.skipped:
+            result.skipped_path = str(skip_log.path)
     return result
 
 
@@ -263,10 +335,13 @@ def predict(model: str | os.PathLike | LoadedModel, task: str, image: Any, text:
             device: str | None = None) -> Prediction:
     """Predict for one image: `text` is the question (vqa), the region text (grounding) or the hypothesis
     (entailment, with an optional `premise`). VQA with the AR teacher needs `answers` (candidate list file)."""
+    from distill.image_processing import load_image
     from distill.tasks import get_task
 
     t = get_task(task)
-    lm = model if isinstance(model, LoadedModel) else load_model(model, device)
+    kind = model.kind if isinstance(model, LoadedModel) else check_model_folder(model)
+    # Inputs first: a bad image, a missing text or answer list fails before any weight is read.
+    load_image(image, name=image if isinstance(image, (str, os.PathLike)) else None)
     row: dict[str, Any] = {"id": "predict", "image": image}
     need = TEXT_FIELD.get(t.name)
     if need:
@@ -276,9 +351,10 @@ def predict(model: str | os.PathLike | LoadedModel, task: str, image: Any, text:
     if t.name == "entailment":
         row["premise"] = premise or ""
     candidates = None
-    if t.name == "vqa" and lm.kind == "ofa":
+    if t.name == "vqa" and kind == "ofa":
         if not answers:
             raise UserError("VQA with the AR teacher needs --answers FILE (its candidate answer list)")
         candidates = _candidates(t, [], answers)
-    preds, texts, _ = predict_rows(lm, t, [row], 1, num_beams, candidates)
-    return Prediction(output=texts[0], prediction=preds[0])
+    lm = model if isinstance(model, LoadedModel) else load_model(model, device)
+    res = predict_rows(lm, t, [row], 1, num_beams, candidates)
+    return Prediction(output=res.texts[0], prediction=res.predictions[0])

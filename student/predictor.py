@@ -94,9 +94,11 @@ class Predictor:
         """Predictions for canonical rows, run as one batch."""
         if not rows:
             return []
-        preds, texts, _ = predict_rows(self.loaded, self.task, list(rows), batch_size=len(rows),
-                                       num_beams=num_beams, candidates=self.candidates)
-        return [Prediction(output=text, prediction=pred) for text, pred in zip(texts, preds)]
+        res = predict_rows(self.loaded, self.task, list(rows), batch_size=len(rows), num_beams=num_beams,
+                           candidates=self.candidates)
+        if res.skipped:  # an unreadable image: refuse the batch rather than return misaligned predictions
+            raise UserError(f"row {res.skipped[0]['index']}: {res.skipped[0]['reason']}")
+        return [Prediction(output=text, prediction=pred) for text, pred in zip(res.texts, res.predictions)]
 
     def predict(self, image: Any, num_beams: int | None = None, **fields: str) -> Prediction:
         """One prediction; `fields` are the task's text fields (``question=``, ``region_text=``, ``hypothesis=``,

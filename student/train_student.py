@@ -108,6 +108,8 @@ def _eval_rows(cfg: StudentTrainConfig, task) -> list[dict] | None:
 def build_student(cfg: StudentTrainConfig, task):
     """(NARVLModel, tokenizer, image processor) from `cfg.init` (an OFA or a NARVL folder)."""
     from distill.image_processing import OFAImageProcessor
+    from distill.loading import load_pretrained
+    from distill.ofa import OFAModel
     from distill.tokenizer import load_ofa_tokenizer
     from student.evaluate import model_kind
     from student.modeling_narvl import NARVLModel
@@ -117,7 +119,7 @@ def build_student(cfg: StudentTrainConfig, task):
         raise UserError(f"--init {cfg.init}: not a model folder (no config.json)")
     eps = task.label_smoothing if cfg.label_smoothing is None else cfg.label_smoothing
     if model_kind(init) == "narvl":
-        model = NARVLModel.from_pretrained(str(init))
+        model = load_pretrained(NARVLModel, init)
         if cfg.num_queries and cfg.num_queries != model.config.num_queries:
             raise UserError(f"--num-queries {cfg.num_queries} differs from the NARVL init's {model.config.num_queries}")
         model.config.label_smoothing = eps
@@ -125,8 +127,8 @@ def build_student(cfg: StudentTrainConfig, task):
             raise UserError("--dropout applies to an OFA init only (a NARVL init keeps its own)")
     else:
         extra = {} if cfg.dropout is None else {"dropout": cfg.dropout}
-        model = NARVLModel.from_ofa(str(init), num_queries=cfg.num_queries or task.num_queries, task=task.name,
-                                    label_smoothing=eps, **extra)
+        model = NARVLModel.from_ofa(load_pretrained(OFAModel, init), num_queries=cfg.num_queries or task.num_queries,
+                                    task=task.name, label_smoothing=eps, **extra)
     tokenizer = load_ofa_tokenizer(cfg.tokenizer or str(init))
     if (init / "preprocessor_config.json").is_file():
         processor = OFAImageProcessor.from_pretrained(str(init))
@@ -143,21 +145,22 @@ def train_student(cfg: StudentTrainConfig) -> TrainResult:
     from accelerate.utils import parse_flag_from_env, set_seed
 
     from distill.tasks import get_task
-    from student.data import TaskRows, collate, filter_rows, load_training_data
+    from student.data import SkipLog, TaskRows, collate, filter_rows, load_training_data
     from student.evaluate import make_eval_fn, save_model_folder
     from student.trainer import train
 
     task = get_task(cfg.task)
+    ds = load_training_data(cfg.data, cfg.split, task, cfg.limit)  # the data first: a bad source fails before a load
+    ds, report = filter_rows(ds, cfg.min_teacher_logprob, cfg.max_target_len)
     set_seed(cfg.seed)  # the queries and blank row are drawn from it
     model, tokenizer, processor = build_student(cfg, task)
-    ds = load_training_data(cfg.data, cfg.split, task, cfg.limit)
-    ds, report = filter_rows(ds, cfg.min_teacher_logprob, cfg.max_target_len)
     # Same CPU flag as the Accelerator reads: a PartialState made first without it stays single-process.
     main = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU")).is_main_process
     if main:
         print(f"training rows: {report.kept} of {report.total} (removed: {report.removed_logprob} below "
               f"--min-teacher-logprob, {report.removed_length} above --max-target-len)")
-    rows = TaskRows(ds, task, tokenizer, processor, cfg.target_column, seed=cfg.seed)
+    skips = SkipLog.for_training(cfg.output_dir, cfg.resume)
+    rows = TaskRows(ds, task, tokenizer, processor, cfg.target_column, seed=cfg.seed, skips=skips)
     eval_fn = None
     eval_rows = _eval_rows(cfg, task)
     if eval_rows:
@@ -176,7 +179,7 @@ def train_student(cfg: StudentTrainConfig) -> TrainResult:
                   "(zero loss; see n_infeasible in log.jsonl)")
         record = {**run_config, "final_step": result.step, "eval": result.eval_metrics,
                   "filter": dataclasses.asdict(report) | {"kept": report.kept},
-                  "n_infeasible_total": infeasible}
+                  "n_infeasible_total": infeasible, "skipped_rows": skips.report()}
         save_model_folder(result.model, tokenizer, processor, cfg.output_dir, record)
     return result
 

@@ -271,6 +271,10 @@ def train(model: torch.nn.Module, loss_fn: LossFn, train_ds: Any, config: TrainC
     )
     set_seed(cfg.seed)
     ckpt = latest_checkpoint(out) if cfg.resume else None
+    if accelerator.device.type == "cpu":  # predicted memory and step time: a run that cannot fit fails here
+        from student.preflight import preflight
+
+        preflight(model, loss_fn, _DrawDataset(train_ds), collate_fn, cfg, accelerator)
 
     optimizer = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=tuple(cfg.adam_betas),
                                   eps=cfg.adam_eps)

@@ -112,3 +112,40 @@ def test_load_errors_name_the_file(tmp_path):
     with pytest.raises(ImageLoadError, match="truncated.jpg"):
         load_image({"bytes": None, "path": str(truncated)})
     assert load_image(str(good)).size == (64, 64)
+
+
+def orientation6_jpeg(path, size=(24, 40)) -> np.ndarray:
+    """Write a JPEG whose EXIF orientation is 6 (shown turned 90 degrees clockwise); return the upright pixels,
+    computed independently of PIL's transpose: the stored pixels rotated with numpy."""
+    rng = np.random.default_rng(5)
+    arr = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(arr).save(path, format="JPEG", quality=95, exif=exif)
+    stored = np.asarray(Image.open(path).convert("RGB"))  # the decoded pixels as stored, before orientation
+    return np.rot90(stored, k=-1)  # orientation 6: rotate 90 degrees clockwise to view
+
+
+def test_exif_orientation_is_applied_on_every_input_form(proc, tmp_path):
+    path = tmp_path / "rot6.jpg"
+    upright = orientation6_jpeg(path)
+    assert upright.shape[:2] == (24, 40)  # stored 24 wide x 40 high, shown 40 wide x 24 high
+    raw = path.read_bytes()
+    for src in (str(path), raw, {"bytes": raw, "path": None}, {"bytes": None, "path": str(path)}, Image.open(path)):
+        img = load_image(src)
+        assert img.size == (40, 24)
+        np.testing.assert_array_equal(np.asarray(img.convert("RGB")), upright)
+    assert image_size(str(path)) == image_size(raw) == (40, 24)  # header only, upright size
+    # An image `datasets` already made upright (tag dropped) is not turned a second time.
+    from datasets import Dataset, Features
+    from datasets import Image as DsImage
+
+    decoded = Dataset.from_dict({"image": [str(path)]}, features=Features({"image": DsImage()}))[0]["image"]
+    np.testing.assert_array_equal(np.asarray(load_image(decoded).convert("RGB")), upright)
+    expected = proc(Image.fromarray(upright), return_tensors="np")["pixel_values"]
+    np.testing.assert_array_equal(proc(str(path), return_tensors="np")["pixel_values"], expected)
+
+
+def test_folder_is_not_an_image(tmp_path):
+    with pytest.raises(ImageLoadError, match="is a folder, not an image file"):
+        load_image(str(tmp_path))

@@ -189,3 +189,30 @@ def test_string_path_column_resolved_against_image_root(tmp_path):
     assert ds.features["image"] == Image(decode=False)
     assert [r["path"] for r in ds["image"]] == [str(tmp_path / "pics" / "a.png"), str(tmp_path / "pics" / "missing.png")]
     assert _pixels(ds[0]["image"]) == _ref_pixels(7)  # the missing file fails later, per row (quarantined)
+
+
+def test_empty_sources_fail_in_one_line(tmp_path):
+    """0 rows: `datasets` itself fails with an IndexError on these; each must be one UserError line."""
+    task = get_task("caption")
+    feats = {"id": Value("string"), "image": Image(), "captions": List(Value("string"))}
+    empty = Dataset.from_dict({"id": [], "image": [], "captions": []}, features=feats_of(feats))
+    empty.save_to_disk(str(tmp_path / "one"))
+    DatasetDict({"train": make_dataset(2), "test": empty}).save_to_disk(str(tmp_path / "dd"))
+    for src, split, where in ((tmp_path / "one", "train", "one"), (tmp_path / "dd", "test", "split 'test' of")):
+        with pytest.raises(UserError, match=f"{where}.* has no rows") as err:
+            open_source(src, split, None, task)
+        assert "\n" not in str(err.value)
+    assert len(open_source(tmp_path / "dd", "train", None, task)) == 2  # the other split still opens alone
+    for name, text in (("metadata.jsonl", "\n"), ("metadata.csv", "file_name,captions\n")):
+        folder = tmp_path / name.replace(".", "_")
+        folder.mkdir()
+        (folder / "a.png").write_bytes(png_bytes(0))
+        (folder / name).write_text(text)
+        with pytest.raises(UserError, match=f"{name} lists no images"):
+            open_source(folder, "train", None, task)
+
+
+def feats_of(feats: dict):
+    from datasets import Features
+
+    return Features(feats)

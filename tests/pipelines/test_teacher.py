@@ -84,3 +84,96 @@ def test_bad_teacher_options(world, tmp_path):
         train_teacher(TeacherTrainConfig(**base, arch="tiny", d_model=30, heads=4))
     with pytest.raises(UserError, match="no tokenizer"):
         train_teacher(TeacherTrainConfig(**base, arch="tiny", tokenizer=str(tmp_path / "none")))
+
+
+# ---------------------------------------------------------------------------------------------------- CPU-sane start
+def test_arch_tiny_is_what_help_says():
+    """`--arch tiny` is OFA-tiny (33M parameters with OFA's 59,457-token vocabulary) at its model card's 256 px,
+    not the caption task's 480 (which took ~20 GB per batch of 32 on CPU)."""
+    from typer.testing import CliRunner
+
+    from distill.ofa import OFAModel
+    from distill.tasks import get_task
+    from pipelines.cli import app
+    from pipelines.teacher import TeacherTrainConfig, arch_help, build_ofa_config, default_resolution
+
+    cfg = TeacherTrainConfig(output_dir="x", task="caption", data="x", arch="tiny")
+    assert default_resolution(cfg, get_task("caption")) == 256
+    assert default_resolution(TeacherTrainConfig(output_dir="x", task="caption", data="x", arch="large"),
+                              get_task("caption")) == 480
+    n = sum(p.numel() for p in OFAModel(build_ofa_config(cfg, 59457, 256)).parameters())
+    assert round(n / 1e6) == 33
+    assert arch_help().startswith("tiny (33M params, 4+4 layers, d_model 256, resnet50 stem, 256 px)")
+    text = " ".join(CliRunner().invoke(app, ["train-teacher", "--help"]).output.replace("│", " ").split())
+    assert "tiny (33M params, 4+4 layers, d_model 256, ResNet-50 stem, 256 px)" in text
+
+
+def test_preflight_predicts_and_changes_nothing(world, tmp_path):
+    """The probe's forward/backward leaves weights, BatchNorm statistics, gradients and the RNG untouched, the
+    saved activations it measures grow with the batch's pixels, and a predicted peak above the available memory is
+    one line."""
+    from distill.image_processing import OFAImageProcessor
+    from distill.ofa import OFAModel
+    from distill.tasks import get_task
+    from distill.tokenizer import load_ofa_tokenizer
+    from pipelines.teacher import TeacherTrainConfig, build_ofa_config, teacher_loss
+    from student.data import TaskRows, collate
+    from student.preflight import check_step_fits, estimate_step
+
+    task, tok = get_task("caption"), load_ofa_tokenizer(world / "tokenizer")
+    cfg = TeacherTrainConfig(output_dir="x", task="caption", data="x", arch="tiny", d_model=32, layers=1, heads=2,
+                             resnet_type="resnet18")
+    torch.manual_seed(0)
+    model = OFAModel(build_ofa_config(cfg, len(tok), 64)).eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    rng = torch.get_rng_state()
+    per_sample = []
+    for side in (32, 64):
+        rows = TaskRows(_two_rows(world), task, tok, OFAImageProcessor(size=side), "references")
+        batch = collate([rows[0], rows[1]], pad_id=tok.pad_token_id, bos_id=tok.bos_token_id)
+        est = estimate_step(model, teacher_loss(0.1), batch, micro_batch=8, grad_accum=1)
+        per_sample.append(est.per_sample_bytes)
+        assert est.image_size == side and est.peak_bytes > est.peak_low_bytes > 8 * est.per_sample_bytes > 0
+    # 4x the pixels: at least the extra input and stem activations (the logits, T x V, do not change)
+    assert per_sample[1] - per_sample[0] > 3 * 3 * 32 * 32 * 4
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    assert all(p.grad is None for p in model.parameters()) and not model.training
+    assert torch.equal(torch.get_rng_state(), rng)
+    est.available_bytes = est.peak_low_bytes / 2
+    with pytest.raises(UserError, match=r"needs about .* GB of memory per process but .* GB is available .* lower "
+                                        r"--batch-size \(raise --grad-accum to keep the global batch\) or --resolution"):
+        check_step_fits(est, 10)
+
+
+def _two_rows(world):
+    from distill.tasks import get_task
+    from student.data import load_training_data
+
+    return load_training_data(world, "train", get_task("caption"), limit=2)
+
+
+def test_cpu_run_that_cannot_fit_fails_before_training(world, tmp_path):
+    """A global batch whose activations alone exceed this machine's memory: one line before any step."""
+    from typer.testing import CliRunner
+
+    from pipelines.cli import app
+
+    out = tmp_path / "t"
+    result = CliRunner().invoke(app, ["train-teacher", "--task", "caption", "--data", world, "--out", out,
+                                      *h.TINY_TEACHER, "--resolution", "256", "--batch-size", "1000000",
+                                      "--max-steps", "1"])
+    assert isinstance(result.exception, UserError), result.output
+    assert str(result.exception).startswith("this run needs about ") and "\n" not in str(result.exception)
+    assert not (out / "log.jsonl").exists()
+
+
+def test_corrupt_init_weights_are_one_line(world, tmp_path):
+    ref = tmp_path / "ref"
+    h.cli("train-teacher", "--out", ref, "--task", "caption", "--data", world, *h.TINY_TEACHER, "--max-steps", "1",
+          "--batch-size", "2", "--eval-limit", "0")
+    (ref / "model.safetensors").write_bytes(b"")
+    from pipelines.teacher import TeacherTrainConfig, train_teacher
+
+    with pytest.raises(UserError, match=rf"cannot read weights file {ref / 'model.safetensors'} .*truncated"):
+        train_teacher(TeacherTrainConfig(output_dir=str(tmp_path / "ft"), task="caption", data=str(world),
+                                         init=str(ref), max_steps=1, report_to="none"))

@@ -110,3 +110,161 @@ def test_other_tasks_and_predict(models, tmp_path):
     assert "cider=" in out.stdout and "ms/sample" in out.stdout and "meteor=" in out.stdout
     assert "metric: pycocoevalcap" in out.stdout
     assert len((tmp_path / "e.jsonl").read_text().splitlines()) == 2
+
+
+# ---------------------------------------------------------------------------------------------------- EXIF orientation
+def _rot6_jpeg(path: Path):
+    """An orientation-6 JPEG (stored 24x40, shown 40x24) and its upright pixels, rotated with numpy (not PIL)."""
+    import numpy as np
+    from PIL import Image
+
+    arr = np.random.default_rng(5).integers(0, 256, (40, 24, 3), dtype=np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(arr).save(path, format="JPEG", quality=95, exif=exif)
+    return np.rot90(np.asarray(Image.open(path).convert("RGB")), k=-1).copy()
+
+
+def test_exif_orientation_is_the_same_on_every_path(models, tmp_path):
+    """One orientation-6 JPEG through distill's teacher batches, train-student's batches (KD rows and raw
+    references), evaluate and predict: the same upright pixels everywhere."""
+    import numpy as np
+    from PIL import Image
+
+    from distill.image_processing import OFAImageProcessor
+    from distill.run import DistillConfig, run_distill
+    from distill.sources import open_source
+    from distill.tasks import get_task
+    from distill.teacher_loop import _Collate
+    from distill.tokenizer import load_ofa_tokenizer
+    from student.data import TaskRows, encode_readable, load_training_data
+    from student.evaluate import evaluate, predict
+
+    world, teacher, student = models
+    task, tok = get_task("caption"), load_ofa_tokenizer(teacher)
+    proc = OFAImageProcessor.from_pretrained(str(teacher))
+    jpg, png = tmp_path / "rot6.jpg", tmp_path / "upright.png"
+    upright = _rot6_jpeg(jpg)
+    Image.fromarray(upright).save(png)  # lossless: the same pixels without any EXIF
+    expected = proc.process_image(Image.fromarray(upright))
+    stored = Image.fromarray(np.asarray(Image.open(jpg).convert("RGB")))  # the pixels as stored, no EXIF
+    assert not np.allclose(expected, proc.process_image(stored))  # so a path that ignores the orientation fails
+
+    feats = datasets.Features({"id": datasets.Value("string"), "image": datasets.Image(),
+                               "captions": datasets.List(datasets.Value("string"))})
+    def split(path):
+        return datasets.Dataset.from_dict({"id": ["r0", "r1"], "image": [str(path)] * 2,
+                                           "captions": [["a red circle"]] * 2}, features=feats)
+    datasets.DatasetDict({"train": split(jpg), "validation": split(jpg)}).save_to_disk(str(tmp_path / "rot"))
+    datasets.DatasetDict({"train": split(png), "validation": split(png)}).save_to_disk(str(tmp_path / "up"))
+
+    src = open_source(tmp_path / "rot", "train", None, task)
+    teacher_batch = _Collate(task, tok, proc, proc.size, images=False)([(0, src[0])])  # distill's DataLoader
+    np.testing.assert_array_equal(teacher_batch["patch_images"][0].numpy(), expected)
+    run_distill(DistillConfig(task="caption", teacher=str(teacher), data=str(tmp_path / "rot"),
+                              out=str(tmp_path / "kd"), batch_size=2, num_beams=1, max_new_tokens=4, num_workers=0,
+                              shard_size=2, progress=False))
+    for data, column in ((tmp_path / "kd", "target"), (tmp_path / "rot", "references")):
+        rows = TaskRows(load_training_data(data, "train", task), task, tok, proc, column)
+        np.testing.assert_array_equal(rows.example(0, 0)["pixels"], expected)  # train-student's batches
+    inputs, kept, _ = encode_readable([dict(r) for r in src], task, tok, proc)  # evaluate's batches
+    assert kept == [0, 1]
+    np.testing.assert_array_equal(inputs["patch_images"][0].numpy(), expected)
+    for model in (student, teacher):  # end to end: the JPEG predicts as its upright PNG does
+        assert predict(model, "caption", str(jpg)) == predict(model, "caption", str(png))
+        assert (evaluate(model, "caption", tmp_path / "rot", limit=2, progress=False).predictions
+                == evaluate(model, "caption", tmp_path / "up", limit=2, progress=False).predictions)
+
+
+# ---------------------------------------------------------------------------------------------------- bad inputs
+def _truncated_copy(model: Path, dest: Path) -> Path:
+    import shutil
+
+    shutil.copytree(model, dest)
+    weights = dest / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    return dest
+
+
+def test_inputs_are_checked_before_the_model_and_weights_errors_name_the_file(models, tmp_path):
+    """A truncated weights file fails in one line naming it; and with such a file, a bad split, image or text still
+    reports the input: the inputs were checked before any weight was read."""
+    from student.evaluate import evaluate, predict
+
+    world, _, student = models
+    bad = _truncated_copy(student, tmp_path / "bad")
+    weights_line = rf"cannot read weights file {bad / 'model.safetensors'} \(.*\): it is truncated or corrupt"
+    with pytest.raises(UserError, match=weights_line):
+        evaluate(bad, "caption", world, limit=2, progress=False)
+    image = tmp_path / "img.png"
+    datasets.load_from_disk(str(world))["test"][0]["image"].save(image)
+    with pytest.raises(UserError, match=weights_line):
+        predict(bad, "caption", str(image))
+    with pytest.raises(UserError, match="split 'nope' not found"):
+        evaluate(bad, "caption", world, split="nope", progress=False)
+    with pytest.raises(UserError, match="is a folder, not an image file"):
+        predict(bad, "caption", str(tmp_path))
+    with pytest.raises(UserError, match="image file not found"):
+        predict(bad, "caption", str(tmp_path / "missing.png"))
+    with pytest.raises(UserError, match="--text is required"):
+        predict(bad, "vqa", str(image))
+
+
+def _main(argv: list, capsys) -> str:
+    """Run the real `narvl-pipe` entry point; return its stderr, asserting exit code 2."""
+    from pipelines.cli import main
+
+    capsys.readouterr()  # drop what the set-up printed
+    old = sys.argv
+    sys.argv = ["narvl-pipe", *map(str, argv)]
+    try:
+        with pytest.raises(SystemExit) as exit_:
+            main()
+    finally:
+        sys.argv = old
+    assert exit_.value.code == 2
+    return capsys.readouterr().err
+
+
+def test_cli_bad_inputs_print_one_line(models, tmp_path, capsys):
+    world, _, student = models
+    bad = _truncated_copy(student, tmp_path / "bad")
+    err = _main(["predict", "--model", student, "--task", "caption", "--image", tmp_path], capsys)
+    assert err == f"error: --image {tmp_path} is a folder: pass one image file (evaluate --data scores a folder)\n"
+    err = _main(["evaluate", "--model", bad, "--task", "caption", "--data", world], capsys)
+    assert err.startswith(f"error: cannot read weights file {bad / 'model.safetensors'}") and err.count("\n") == 1
+    empty = tmp_path / "empty"
+    datasets.Dataset.from_dict({"id": [], "image": [], "captions": []}, features=datasets.Features({
+        "id": datasets.Value("string"), "image": datasets.Image(),
+        "captions": datasets.List(datasets.Value("string"))})).save_to_disk(str(empty))
+    err = _main(["evaluate", "--model", student, "--task", "caption", "--data", empty], capsys)
+    assert err == f"error: {empty} has no rows (an empty save_to_disk dataset): point it at a dataset with examples\n"
+
+
+def test_evaluate_skips_an_undecodable_image_and_a_row_without_reference(models, tmp_path):
+    """One broken image and one row without a reference caption: scored on the others (the same score as without
+    them), counted, and their reasons written next to the predictions; nothing usable at all is an error."""
+    from student.evaluate import evaluate
+
+    world, _, student = models
+    rows = datasets.load_from_disk(str(world))["validation"].select(range(5))
+    broken = rows.cast_column("image", datasets.Image(decode=False)).map(
+        lambda r, i: {"image": {"bytes": b"not an image" if i == 1 else r["image"]["bytes"], "path": None},
+                      "captions": [] if i == 3 else r["captions"]}, with_indices=True)
+    datasets.DatasetDict({"validation": broken}).save_to_disk(str(tmp_path / "broken"))
+    datasets.DatasetDict({"validation": rows.select([0, 2, 4])}).save_to_disk(str(tmp_path / "good"))
+    res = evaluate(student, "caption", tmp_path / "broken", batch_size=2, out=tmp_path / "p.jsonl", progress=False)
+    ref = evaluate(student, "caption", tmp_path / "good", progress=False)
+    assert res.num_skipped == 2 and res.num_samples == 3 and res.predictions == ref.predictions
+    assert res.metrics == ref.metrics
+    assert [json.loads(x)["id"] for x in (tmp_path / "p.jsonl").read_text().splitlines()] == [
+        rows[i]["id"] for i in (0, 2, 4)]
+    skips = [json.loads(x) for x in (tmp_path / "p.skipped.jsonl").read_text().splitlines()]
+    assert [(s["id"], s["index"]) for s in skips] == [(rows[1]["id"], 1), (rows[3]["id"], 3)]
+    assert "cannot decode image" in skips[0]["reason"] and "no reference caption" in skips[1]["reason"]
+    assert f"2 unusable rows skipped (see {tmp_path / 'p.skipped.jsonl'})" in res.line()
+    all_bad = broken.map(lambda r: {"image": {"bytes": b"junk", "path": None}})
+    datasets.DatasetDict({"validation": all_bad}).save_to_disk(str(tmp_path / "all_bad"))
+    with pytest.raises(UserError, match=r"none of the 5 rows is usable \(unreadable image or no reference\); first: "
+                                        "cannot decode image"):
+        evaluate(student, "caption", tmp_path / "all_bad", progress=False)

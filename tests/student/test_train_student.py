@@ -156,3 +156,90 @@ def test_two_processes_match_one_on_the_real_student(world_teacher_distilled, tm
     weight_diff = max((w1[k] - w2[k]).abs().max().item() for k in params)
     print(f"real student, 1 vs 2 processes: max loss diff {loss_diff:.3g}, max parameter diff {weight_diff:.3g}")
     assert weight_diff <= 1e-5
+
+
+# ---------------------------------------------------------------------------------------------------- bad inputs
+def test_unusable_rows_are_skipped_counted_and_resume_exactly(world_teacher_distilled, tmp_path):
+    """One empty reference and one undecodable image among raw-reference rows: each is replaced by the next usable
+    row (so batches keep their size), recorded once in skipped.jsonl, counted in train_config.json (and left out of
+    the evaluation on the same rows), and a resumed run ends with the same weights and the same records as an
+    uninterrupted one."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    from distill.image_processing import OFAImageProcessor
+    from distill.tasks import get_task
+    from distill.tokenizer import load_ofa_tokenizer
+    from student.data import SkipLog, TaskRows, load_training_data
+
+    world, teacher, _ = world_teacher_distilled
+    rows = datasets.load_from_disk(str(world))["train"].select(range(8)).cast_column(
+        "image", datasets.Image(decode=False))
+
+    def spoil(r, i):
+        return {"captions": [] if i == 3 else r["captions"],
+                "image": {"bytes": b"not an image" if i == 5 else r["image"]["bytes"], "path": None}}
+
+    spoiled = rows.map(spoil, with_indices=True)
+    datasets.DatasetDict({"train": spoiled, "validation": spoiled}).save_to_disk(str(tmp_path / "bad"))
+    task, tok = get_task("caption"), load_ofa_tokenizer(teacher)
+    ds = load_training_data(tmp_path / "bad", "train", task)
+    log = SkipLog()
+    trows = TaskRows(ds, task, tok, OFAImageProcessor(size=32), "references", seed=0, skips=log)
+    for bad, sub in ((3, 4), (5, 6)):
+        got, want = trows.example(bad, 11), trows.example(sub, 11)
+        assert got["target"] == want["target"] and (got["pixels"] == want["pixels"]).all()
+    assert [(r["id"], r["index"]) for r in log.records()] == [(ds[3]["id"], 3), (ds[5]["id"], 5)]
+    assert "no reference caption" in log.records()[0]["reason"] and "cannot decode" in log.records()[1]["reason"]
+
+    common = ["--task", "caption", "--data", tmp_path / "bad", "--init", teacher, "--target-column", "references",
+              "--max-steps", "4", "--batch-size", "4", "--lr", "1e-3", "--save-every", "2", "--report-to", "none"]
+    ref, resumed = tmp_path / "ref", tmp_path / "resumed"
+    out = h.cli("train-student", "--out", ref, *common)  # 16 draws over 8 rows: both bad rows are met
+    assert f"2 unusable training rows skipped (unreadable image or no reference), reasons in {ref}" in out.output
+    record = json.loads((ref / "train_config.json").read_text())
+    assert record["skipped_rows"] == 2 and record["eval"]["skipped_rows"] == 2  # the evaluation skips them too
+    expected = (ref / "skipped.jsonl").read_text()
+    assert [json.loads(x)["index"] for x in expected.splitlines()] == [3, 5]
+
+    h.cli("train-student", "--out", resumed, *common)
+    shutil.rmtree(resumed / "checkpoints" / "step_00000004")
+    (resumed / "model.safetensors").unlink()
+    h.cli("train-student", "--out", resumed, *common, "--resume")
+    a, b = load_file(ref / "model.safetensors"), load_file(resumed / "model.safetensors")
+    assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-6
+    assert (resumed / "skipped.jsonl").read_text() == expected
+
+    nothing = TaskRows(ds.select([3, 5]), task, tok, OFAImageProcessor(size=32), "references")
+    with pytest.raises(UserError, match="no usable training row: all 2 rows were skipped; first: "):
+        nothing.example(0, 0)
+
+
+def test_bad_training_inputs_fail_in_one_line(world_teacher_distilled, tmp_path):
+    import shutil
+
+    world, teacher, distilled = world_teacher_distilled
+    bad = tmp_path / "bad-init"
+    shutil.copytree(teacher, bad)
+    (bad / "model.safetensors").write_bytes((bad / "model.safetensors").read_bytes()[:2000])
+    args = ["--task", "caption", "--data", distilled, "--out", tmp_path / "s", "--max-steps", "1", "--report-to", "none"]
+    msg = _user_error("train-student", "--init", bad, *args)
+    assert msg.startswith(f"cannot read weights file {bad / 'model.safetensors'} (") and "truncated" in msg
+    empty = tmp_path / "empty"
+    datasets.load_from_disk(str(distilled)).select([]).save_to_disk(str(empty))
+    # With a broken init too: the data is checked first, before any weight is read.
+    msg = _user_error("train-student", "--task", "caption", "--data", empty, "--init", bad, "--out", tmp_path / "e")
+    assert msg == f"{empty} has no rows (an empty save_to_disk dataset): point it at a dataset with examples"
+
+
+def _user_error(*args) -> str:
+    """The one-line message a failing `narvl-pipe ARGS` raises (the CLI prints it as `error: ...`)."""
+    from typer.testing import CliRunner
+
+    from pipelines.cli import app
+
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    assert isinstance(result.exception, UserError), result.output
+    assert "\n" not in str(result.exception)
+    return str(result.exception)
