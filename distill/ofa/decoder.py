@@ -3,9 +3,10 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from transformers.cache_utils import Cache, DynamicCache, EncoderDecoderCache
+from transformers.cache_utils import Cache
 from transformers.utils import ModelOutput
 
+from .cache import OFACache
 from .configuration_ofa import OFAConfig
 from .encoder import padding_bias
 from .layers import OFADecoderLayer, linear_rates
@@ -17,7 +18,8 @@ class OFADecoderOutput(ModelOutput):
     """Decoder output.
 
     last_hidden_state: (B, T, D) after the decoder's final layer norm, not projected to the vocabulary.
-    cache: the updated `EncoderDecoderCache` when `use_cache` (named as transformers >= 5.24 names it).
+    cache: the updated cache (an `OFACache` unless one was given) when `use_cache` (named as transformers >= 5.24
+        names it).
     hidden_states: optional tuple of (B, T, D): the input of each layer, then the last output before the final norm.
     """
 
@@ -70,18 +72,18 @@ class OFADecoder(nn.Module):
         """(..., T, D) -> (..., H, T, head_dim)."""
         return x.view(*x.shape[:-1], self.num_heads, -1).transpose(-3, -2)
 
-    def _cross_position_bias(self, query: torch.Tensor, encoder_position_embedding: torch.Tensor) -> torch.Tensor:
-        """query (H, T, hd) . cross_pos_k_linear(encoder positions (B, S, D)) per head -> (B, H, T, S).
-
-        Computed as (W_k^T q) . p + q . b_k: this costs B*H*T*S*D, where projecting all S encoder positions costs
-        B*S*D^2 at every generation step, which would dominate cached decoding at OFA-base size with beams.
-        """
-        weight = self.cross_pos_k_linear.weight.view(self.num_heads, -1, self.cross_pos_k_linear.in_features)
-        bias = self.cross_pos_k_linear.bias.view(self.num_heads, -1)
-        folded = torch.matmul(query, weight)  # (H, T, D)
-        offset = (query * bias[:, None, :]).sum(-1)  # (H, T)
-        keys = encoder_position_embedding.transpose(1, 2)[:, None]  # (B, 1, D, S)
-        return torch.matmul(folded[None], keys) + offset[None, :, :, None]
+    def _cross_constants(self, encoder_position_embedding: torch.Tensor, encoder_padding_mask: torch.Tensor | None,
+                         dtype: torch.dtype, cache: Cache | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """What cross-attention derives from the encoder output alone: the projected position keys (B, H, S, hd)
+        and the additive padding mask (B, 1, 1, S) or None. B is the encoder's batch (one row per sample, shared by
+        its beams). Both are constant during generation: an `OFACache` keeps them from the first step on."""
+        if isinstance(cache, OFACache) and cache.cross_position_keys is not None:
+            return cache.cross_position_keys, cache.cross_attention_mask
+        keys = self._split_heads(self.cross_pos_k_linear(encoder_position_embedding))
+        mask = padding_bias(encoder_padding_mask, dtype) if encoder_padding_mask is not None else None
+        if isinstance(cache, OFACache):
+            cache.cross_position_keys, cache.cross_attention_mask = keys, mask
+        return keys, mask
 
     def forward(
         self,
@@ -98,40 +100,47 @@ class OFADecoder(nn.Module):
         """input_ids (B, T) or inputs_embeds (B, T, D) (used as given: they take the token-embedding path from
         `layernorm_embedding` on); encoder_hidden_states (B, S, D), encoder_padding_mask (B, S) True = pad,
         encoder_position_embedding (B, S, D) from the encoder output. Positions are past_len .. past_len + T - 1.
+        The encoder tensors may also have B / g rows (one per sample, g consecutive decoder rows per sample, as
+        generate() orders beams): cross-attention then shares them without copying (see `OFAAttention`).
         `causal=False` drops the causal mask (NARVL's parallel queries)."""
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids and inputs_embeds")
         x = self.embed_scale * self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
         batch, tgt_len = x.shape[:2]
         if use_cache and past_key_values is None:
-            past_key_values = EncoderDecoderCache(DynamicCache(), DynamicCache())
+            past_key_values = OFACache()
+        # past_len: an int, or a 0-dim tensor for a static cache (whose keys are its whole length, masked beyond
+        # the last written position): tensor positions keep a compiled step free of data-dependent shapes.
         past_len = past_key_values.get_seq_length() if past_key_values is not None else 0
-        total_len = past_len + tgt_len
-        positions = self.embed_positions(torch.arange(total_len, device=x.device))  # (total, D)
+        static = past_key_values is not None and past_key_values.is_compileable
+        key_len = past_key_values.get_max_length() if static else past_len + tgt_len
+        query_pos = torch.arange(tgt_len, device=x.device) + past_len  # (T,)
+        key_pos = torch.arange(key_len, device=x.device)  # (K,)
+        positions = self.embed_positions(key_pos)  # (K, D)
+        new_positions = positions[past_len:] if not static else self.embed_positions(query_pos)  # (T, D)
         if self.config.entangle_position_embedding:
-            x = x + positions[past_len:]
+            x = x + new_positions
         if self.layernorm_embedding is not None:
             x = self.layernorm_embedding(x)
         x = self.dropout(x)
 
         normed = self.pos_ln(positions)
-        new_normed = normed[past_len:]
+        new_normed = normed[past_len:] if not static else self.pos_ln(new_positions)
         self_q = self._split_heads(self.self_pos_q_linear(new_normed)) * self.pos_scaling  # (H, T, hd)
-        self_k = self._split_heads(self.self_pos_k_linear(normed))  # (H, total, hd)
-        self_abs_bias = torch.matmul(self_q, self_k.transpose(1, 2))  # (H, T, total)
+        self_k = self._split_heads(self.self_pos_k_linear(normed))  # (H, K, hd)
+        self_abs_bias = torch.matmul(self_q, self_k.transpose(1, 2))  # (H, T, K)
         cross_bias = cross_mask = None
         if encoder_hidden_states is not None:
             cross_q = self._split_heads(self.cross_pos_q_linear(new_normed)) * self.pos_scaling  # (H, T, hd)
-            cross_bias = self._cross_position_bias(cross_q, encoder_position_embedding)
-            if encoder_padding_mask is not None:
-                cross_mask = padding_bias(encoder_padding_mask, x.dtype)
+            cross_keys, cross_mask = self._cross_constants(encoder_position_embedding, encoder_padding_mask, x.dtype,
+                                                           past_key_values)
+            cross_bias = torch.matmul(cross_q, cross_keys.transpose(-1, -2))  # (B, H, T, S)
         self_mask = None
-        if causal and tgt_len > 1:
-            query = torch.arange(past_len, total_len, device=x.device)[:, None]
-            key = torch.arange(total_len, device=x.device)[None, :]
-            self_mask = torch.zeros(tgt_len, total_len, dtype=x.dtype, device=x.device).masked_fill(
-                key > query, torch.finfo(x.dtype).min)[None, None]
-        buckets = self.token_rp_bucket[past_len:total_len, :total_len]
+        if (causal and tgt_len > 1) or static:
+            self_mask = torch.zeros(tgt_len, key_len, dtype=x.dtype, device=x.device).masked_fill(
+                key_pos[None, :] > query_pos[:, None], torch.finfo(x.dtype).min)[None, None]
+        buckets = self.token_rp_bucket[past_len:past_len + tgt_len, :key_len] if not static else (
+            self.token_rp_bucket[query_pos, :key_len])
         hidden_states = []
         for idx, layer in enumerate(self.layers):
             if output_hidden_states:

@@ -36,8 +36,10 @@ class DropPath(nn.Module):
 class OFAAttention(nn.Module):
     """Multi-head attention with an additive per-head bias (position biases) and NormFormer head gains `c_attn`."""
 
-    def __init__(self, embed_dim: int, num_heads: int, dropout: float, scale_heads: bool, layer_idx: int | None = None):
+    def __init__(self, embed_dim: int, num_heads: int, dropout: float, scale_heads: bool, layer_idx: int | None = None,
+                 config: OFAConfig | None = None):
         super().__init__()
+        self.config = config  # read at call time: `_attn_implementation` "sdpa" selects `_sdpa`
         if embed_dim % num_heads:
             raise ValueError(f"d_model {embed_dim} is not divisible by the number of heads {num_heads}")
         self.num_heads = num_heads
@@ -63,8 +65,12 @@ class OFAAttention(nn.Module):
         attention_mask: torch.Tensor | None = None,
         past_key_values: Cache | None = None,
     ) -> torch.Tensor:
-        """hidden_states (B, T, D); key_value_states (B, S, D) for cross-attention; attn_bias (B, H, T, S);
-        attention_mask additive, broadcastable to (B, 1, T, S). Returns (B, T, D)."""
+        """hidden_states (B, T, D); key_value_states (B_kv, S, D) for cross-attention; attn_bias (B_kv, H, T, S);
+        attention_mask additive, broadcastable to (B_kv, 1, T, S). Returns (B, T, D).
+
+        For cross-attention B may be a multiple g of B_kv: rows [i * g, (i + 1) * g) (the beams or returned
+        sequences of sample i, as generate() orders them) all attend to sample i, whose keys/values are projected
+        and cached once instead of once per beam."""
         batch, tgt_len, embed_dim = hidden_states.shape
         query = self._heads(self.q_proj(hidden_states) * self.scaling)
         is_cross = key_value_states is not None
@@ -81,6 +87,11 @@ class OFAAttention(nn.Module):
                 key, value = cache.update(key, value, self.layer_idx)
                 if is_cross:
                     past_key_values.is_updated[self.layer_idx] = True
+        group = batch // key.shape[0]
+        if self.config is not None and self.config._attn_implementation == "sdpa":
+            return self._sdpa(query, key, value, attn_bias, attention_mask, group)
+        if group > 1:
+            return self._grouped(query, key, value, attn_bias, attention_mask, group)
         weights = torch.matmul(query, key.transpose(2, 3))
         if attn_bias is not None:
             weights = weights + attn_bias
@@ -92,6 +103,51 @@ class OFAAttention(nn.Module):
             output = output * self.c_attn[None, :, None, None]
         output = output.transpose(1, 2).reshape(batch, tgt_len, embed_dim)
         return self.out_proj(output)
+
+    def _grouped(self, query, key, value, attn_bias, attention_mask, group: int) -> torch.Tensor:
+        """Attention of g query rows per key/value row: query (B_kv * g, H, T, hd), key/value (B_kv, H, S, hd).
+
+        The g rows' queries are stacked along T, (B_kv, H, g * T, hd), so one product per sample serves them all:
+        no (B_kv * g, H, S, hd) copy of the keys/values is made or re-ordered at any step."""
+        rows, heads, tgt_len, head_dim = query.shape
+        samples = key.shape[0]
+        query = query.view(samples, group, heads, tgt_len, head_dim).transpose(1, 2)  # (B_kv, H, g, T, hd)
+        weights = torch.matmul(query.reshape(samples, heads, group * tgt_len, head_dim), key.transpose(2, 3))
+        weights = weights.view(samples, heads, group, tgt_len, -1)
+        if attn_bias is not None:
+            weights = weights + attn_bias[:, :, None]
+        if attention_mask is not None:
+            weights = weights + attention_mask[:, :, None]
+        weights = nn.functional.dropout(weights.softmax(dim=-1), p=self.dropout, training=self.training)
+        output = torch.matmul(weights.view(samples, heads, group * tgt_len, -1), value)  # (B_kv, H, g * T, hd)
+        if self.c_attn is not None:
+            output = output * self.c_attn[None, :, None, None]
+        output = output.view(samples, heads, group, tgt_len, head_dim).permute(0, 2, 3, 1, 4)  # (B_kv, g, T, H, hd)
+        return self.out_proj(output.reshape(rows, tgt_len, heads * head_dim))
+
+
+    def _sdpa(self, query, key, value, attn_bias, attention_mask, group: int) -> torch.Tensor:
+        """The same attention through `scaled_dot_product_attention` (fused kernels on GPU): query (B_kv * g, H, T,
+        hd) already scaled, key/value (B_kv, H, S, hd); bias and mask are summed into one additive mask (exact: the
+        mask holds only 0 and finfo.min)."""
+        rows, heads, tgt_len, head_dim = query.shape
+        samples = key.shape[0]
+        mask = attn_bias if attention_mask is None else (
+            attention_mask if attn_bias is None else attn_bias + attention_mask)
+        if group > 1:
+            query = query.view(samples, group, heads, tgt_len, head_dim).transpose(1, 2).reshape(
+                samples, heads, group * tgt_len, head_dim)
+            if mask is not None:
+                mask = mask[:, :, None].expand(samples, heads, group, tgt_len, mask.shape[-1]).reshape(
+                    samples, heads, group * tgt_len, mask.shape[-1])
+        if mask is not None:
+            mask = mask.to(query.dtype)
+        output = nn.functional.scaled_dot_product_attention(
+            query, key, value, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0, scale=1.0)
+        if self.c_attn is not None:
+            output = output * self.c_attn[None, :, None, None]
+        output = output.view(samples, heads, group, tgt_len, head_dim).permute(0, 2, 3, 1, 4)  # (B_kv, g, T, H, hd)
+        return self.out_proj(output.reshape(rows, tgt_len, heads * head_dim))
 
 
 class _FeedForward(nn.Module):
@@ -143,7 +199,8 @@ class OFAEncoderLayer(_FeedForward):
         super().__init__()
         d = config.d_model
         self.normalize_before = config.encoder_normalize_before
-        self.self_attn = OFAAttention(d, config.encoder_attention_heads, config.attention_dropout, config.normformer)
+        self.self_attn = OFAAttention(d, config.encoder_attention_heads, config.attention_dropout, config.normformer,
+                                      config=config)
         self.self_attn_layer_norm = nn.LayerNorm(d)
         self.self_attn_mid_layer_norm = nn.LayerNorm(d) if config.normformer else None
         self._init_ffn(config, config.encoder_ffn_dim)
@@ -161,10 +218,10 @@ class OFADecoderLayer(_FeedForward):
         super().__init__()
         d, heads = config.d_model, config.decoder_attention_heads
         self.normalize_before = config.decoder_normalize_before
-        self.self_attn = OFAAttention(d, heads, config.attention_dropout, config.normformer, layer_idx)
+        self.self_attn = OFAAttention(d, heads, config.attention_dropout, config.normformer, layer_idx, config)
         self.self_attn_layer_norm = nn.LayerNorm(d)
         self.self_attn_mid_layer_norm = nn.LayerNorm(d) if config.normformer else None
-        self.cross_attn = OFAAttention(d, heads, config.attention_dropout, config.normformer, layer_idx)
+        self.cross_attn = OFAAttention(d, heads, config.attention_dropout, config.normformer, layer_idx, config)
         self.cross_attn_layer_norm = nn.LayerNorm(d)
         self.cross_attn_mid_layer_norm = nn.LayerNorm(d) if config.normformer else None
         self._init_ffn(config, config.decoder_ffn_dim)

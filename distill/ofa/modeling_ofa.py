@@ -6,9 +6,10 @@ import torch
 from torch import nn
 from transformers import GenerationConfig, GenerationMixin, PreTrainedModel
 from transformers import initialization as init
-from transformers.cache_utils import Cache
+from transformers.cache_utils import Cache, EncoderDecoderCache
 from transformers.modeling_outputs import Seq2SeqLMOutput
 
+from .cache import OFACache
 from .configuration_ofa import OFAConfig
 from .decoder import OFADecoder
 from .encoder import OFAEncoder, OFAEncoderOutput
@@ -33,6 +34,11 @@ class OFAPreTrainedModel(PreTrainedModel):
     main_input_name = "input_ids"
     _no_split_modules = ["OFAEncoderLayer", "OFADecoderLayer"]
     _skip_keys_device_placement = ["past_key_values"]
+    _supports_sdpa = True  # opt-in only: see get_correct_attn_implementation
+
+    def get_correct_attn_implementation(self, requested_attention: str | None, is_init_check: bool = False) -> str:
+        """Eager unless `attn_implementation="sdpa"` is asked for: OFA's own maths stays the default."""
+        return super().get_correct_attn_implementation(requested_attention or "eager", is_init_check)
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module):
@@ -91,6 +97,26 @@ class OFAModel(OFAPreTrainedModel, GenerationMixin):
         # config.json; use the full config with its OFA defaults instead.
         if getattr(self.generation_config, "_from_model_config", False):
             self._default_generation_config()
+
+    def _expand_inputs_for_generation(self, expand_size: int = 1, is_encoder_decoder: bool = False,
+                                      input_ids: torch.LongTensor | None = None, **model_kwargs):
+        """As generate() does, except for the encoder output: it stays one row per sample, which the decoder's
+        cross-attention shares between that sample's `expand_size` beams (or returned sequences)."""
+        encoder_outputs = model_kwargs.pop("encoder_outputs", None)
+        input_ids, model_kwargs = super()._expand_inputs_for_generation(expand_size, False, input_ids, **model_kwargs)
+        model_kwargs["encoder_outputs"] = encoder_outputs
+        return input_ids, model_kwargs
+
+    def _prepare_cache_for_generation(self, generation_config, model_kwargs, *args, **kwargs):
+        """generate()'s cache (dynamic or static, or the caller's), as an `OFACache`: beam search then leaves the
+        per-sample cross-attention half alone."""
+        super()._prepare_cache_for_generation(generation_config, model_kwargs, *args, **kwargs)
+        cache = model_kwargs.get("cache")
+        if isinstance(cache, EncoderDecoderCache) and not isinstance(cache, OFACache):
+            wrapped = OFACache.wrap(cache)
+            if getattr(cache, "_is_user_defined", False):
+                wrapped._is_user_defined = True
+            model_kwargs["cache"] = wrapped
 
     def get_input_embeddings(self) -> nn.Embedding:
         return self.encoder.embed_tokens
