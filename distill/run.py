@@ -41,6 +41,12 @@ from distill.errors import UserError, error_reason
 from distill.sources import REFERENCE_COLUMNS, ids_fingerprint, open_source, prompt_columns
 from distill.tasks.vqa import read_answers  # noqa: F401  (part of this module's API: evaluate/predict use it)
 
+# DistillConfig fields that choose how the teacher runs, and their allowed values (the first is the default).
+TEACHER_CHOICES = {
+    "dtype": ("float32", "bfloat16", "float16"),
+    "attn_implementation": ("eager", "sdpa"),
+    "cache_implementation": ("dynamic", "static"),
+}
 _WEIGHT_FILES = (
     "model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json",
 )
@@ -97,6 +103,16 @@ class DistillConfig:
     """Flush the shard in progress every ~N rows (rounded up to whole batches): the most a crash can lose."""
     progress: bool = True
     """Show a tqdm bar on the main process."""
+    dtype: str = "float32"
+    """Teacher weights' dtype: float32, bfloat16 or float16 (the weights are loaded in it; no autocast then).
+    Half types are faster on GPUs and on CPUs with bf16 units, but can change some tokens (see
+    benchmarks/teacher_generate.py for the agreement rate)."""
+    attn_implementation: str = "eager"
+    """Teacher attention: eager (OFA's matmul + softmax) or sdpa (`scaled_dot_product_attention`, fused on GPU;
+    the same maths)."""
+    cache_implementation: str = "dynamic"
+    """generate()'s KV cache: dynamic, or static (preallocated; on CUDA generate() then compiles the decoding step
+    with torch.compile). The same maths."""
 
 
 @dataclass
@@ -275,6 +291,9 @@ def run_distill(config: DistillConfig) -> DistillSummary:
     task = get_task(config.task)
     if config.batch_size < 1:
         raise UserError(f"--batch-size must be >= 1, got {config.batch_size}")
+    for name, allowed in TEACHER_CHOICES.items():
+        if getattr(config, name) not in allowed:
+            raise UserError(f"{name} must be one of {', '.join(allowed)}, got {getattr(config, name)!r}")
     with state.main_process_first():  # rank 0 builds any datasets cache (TSV/JSON parsing, maps) the others reuse
         ds = open_source(config.data, config.split, config.columns, task, config.image_root, config.limit)
     folder, teacher_id = resolve_teacher(config.teacher, config.revision)
@@ -294,6 +313,8 @@ def run_distill(config: DistillConfig) -> DistillSummary:
         "source_ids_sha256": ids_fingerprint(ds), "num_rows": len(ds), "shard_size": config.shard_size,
         "images": config.images,
     }
+    if config.dtype != "float32":  # half weights change outputs; absent for float32, so older outputs still resume
+        key["dtype"] = config.dtype
     # Released on every exit, errors included: an in-process caller (tests, notebooks) may start another run.
     with sh.RunLock(out) as lock:
         features = output_features(ds.features, task, config.images, config.num_return_sequences > 1)

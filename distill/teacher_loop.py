@@ -127,6 +127,18 @@ def _text(ids: list[int], tokenizer, task) -> str:
     return tokenizer.decode(ids, skip_special_tokens=True).strip()
 
 
+def load_teacher(folder: Path, config, device):
+    """The frozen teacher (never DDP-wrapped), its weights in `config.dtype`, attention `config.attn_implementation`."""
+    import torch
+
+    from distill.loading import load_pretrained
+    from distill.ofa import OFAModel
+
+    model = load_pretrained(OFAModel, folder, dtype=getattr(torch, config.dtype),
+                            attn_implementation=config.attn_implementation)
+    return model.to(device).eval()
+
+
 def generate_shards(config, task, ds, plan, mine, features, folder, tokenizer, gen, resolution, state) -> int:
     """Generate this rank's shards (resuming partial ones); returns the number of rows written this run."""
     import torch
@@ -134,8 +146,6 @@ def generate_shards(config, task, ds, plan, mine, features, folder, tokenizer, g
     from tqdm.auto import tqdm
 
     from distill.image_processing import OFAImageProcessor
-    from distill.loading import load_pretrained
-    from distill.ofa import OFAModel
 
     if not mine:
         return 0  # nothing pending for this rank: no model load
@@ -144,10 +154,14 @@ def generate_shards(config, task, ds, plan, mine, features, folder, tokenizer, g
     starts = {s: w.probe() for s, w in writers.items()}
     processor = (OFAImageProcessor.from_pretrained(str(folder)) if (folder / "preprocessor_config.json").is_file()
                  else OFAImageProcessor(size=resolution))
-    model = load_pretrained(OFAModel, folder).to(state.device).eval()  # frozen teacher: never DDP-wrapped
+    model = load_teacher(folder, config, state.device)
     mp = os.environ.get("ACCELERATE_MIXED_PRECISION", "no")
     amp_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(mp) if state.device.type != "cpu" else None
+    if model.dtype != torch.float32:
+        amp_dtype = None  # the weights already are in the chosen half type
     gen_kwargs = dict(gen, output_scores=True, return_dict_in_generate=True)
+    if config.cache_implementation != "dynamic":
+        gen_kwargs["cache_implementation"] = config.cache_implementation
     nret = gen["num_return_sequences"]
     eos, pad = model.config.eos_token_id, model.config.pad_token_id
 
@@ -178,7 +192,7 @@ def generate_shards(config, task, ds, plan, mine, features, folder, tokenizer, g
                 w.quarantine(row_id, index, reason)
             if batch["good"]:
                 kwargs = dict(input_ids=batch["input_ids"].to(state.device),
-                              patch_images=batch["patch_images"].to(state.device))
+                              patch_images=batch["patch_images"].to(state.device, model.dtype))
                 kwargs["patch_masks"] = torch.ones(len(batch["good"]), dtype=torch.bool, device=state.device)
                 amp = torch.autocast(state.device.type, dtype=amp_dtype, enabled=amp_dtype is not None)
                 with torch.inference_mode(), amp:

@@ -38,6 +38,12 @@ def distill(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an output made with another configuration."),
     num_workers: int = typer.Option(2, "--num-workers", help="DataLoader workers decoding images and tokenising."),
     flush_every: int = typer.Option(256, "--flush-every", help="Flush the shard in progress every ~N rows."),
+    dtype: str = typer.Option("float32", "--dtype",
+                              help="Teacher weights' dtype: float32, bfloat16 or float16 (half: may change tokens)."),
+    attn_implementation: str = typer.Option("eager", "--attn-implementation",
+                                            help="Teacher attention: eager or sdpa (fused kernels on GPU)."),
+    cache_implementation: str = typer.Option("dynamic", "--cache-implementation",
+                                             help="KV cache: dynamic or static (torch.compile'd on CUDA)."),
 ) -> None:
     """Distil the teacher's outputs over SRC into OUT (resumable: rerun the same command after a crash)."""
     from distill.run import DistillConfig, run_distill
@@ -48,7 +54,8 @@ def distill(
         max_new_tokens=max_new_tokens, no_repeat_ngram_size=no_repeat_ngram_size,
         num_return_sequences=num_return_sequences, answers=answers, vqa_mode=vqa_mode, limit=limit, shard_size=shard_size, images=images,
         columns=parse_columns(column), resolution=resolution, overwrite=overwrite, num_workers=num_workers,
-        image_root=image_root, revision=revision, flush_every=flush_every,
+        image_root=image_root, revision=revision, flush_every=flush_every, dtype=dtype,
+        attn_implementation=attn_implementation, cache_implementation=cache_implementation,
     )
     summary = run_distill(config)
     if summary is not None:
