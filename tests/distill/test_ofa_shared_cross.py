@@ -60,14 +60,15 @@ def _fixture_batch1():
 
 @pytest.fixture(scope="module")
 def setups():
-    return {"batch1": _fixture_batch1(), "batch8": _batch8()}
+    """name -> (model, its StockOFAModel twin, inputs)."""
+    return {name: (model, _as_stock(model), inputs)
+            for name, (model, inputs) in {"batch1": _fixture_batch1(), "batch8": _batch8()}.items()}
 
 
 @pytest.mark.parametrize("decoding", list(DECODINGS))
 @pytest.mark.parametrize("setup", ["batch1", "batch8"])
 def test_same_ids_and_scores_as_stock_generate(setups, setup, decoding):
-    model, inputs = setups[setup]
-    stock = _as_stock(model)
+    model, stock, inputs = setups[setup]
     kwargs = dict(inputs, max_new_tokens=8, forced_eos_token_id=None, return_dict_in_generate=True,
                   output_scores=True, **DECODINGS[decoding])
     with torch.inference_mode():
@@ -85,7 +86,7 @@ def test_same_ids_and_scores_as_stock_generate(setups, setup, decoding):
 
 
 def test_beams_share_one_cross_attention_row_per_sample(setups):
-    model, inputs = setups["batch8"]
+    model, _, inputs = setups["batch8"]
     out = model.generate(**inputs, max_new_tokens=4, num_beams=3, return_dict_in_generate=True)
     cache = out["cache"] if "cache" in out else out["past_key_values"]
     assert isinstance(cache, OFACache)
@@ -96,7 +97,7 @@ def test_beams_share_one_cross_attention_row_per_sample(setups):
 
 def test_grouped_decoder_equals_repeated_encoder_rows(setups):
     """The decoder given one encoder row per sample and g decoder rows per sample = the same with repeated rows."""
-    model, inputs = setups["batch8"]
+    model, _, inputs = setups["batch8"]
     generator = torch.Generator().manual_seed(2)
     decoder_ids = torch.randint(3, 300, (8 * 3, 5), generator=generator)
     with torch.no_grad():
