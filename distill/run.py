@@ -38,6 +38,7 @@ from typing import Any
 
 from distill import shards as sh
 from distill.errors import UserError, error_reason
+from distill.outputs import check_output_dir
 from distill.sources import REFERENCE_COLUMNS, ids_fingerprint, open_source, prompt_columns
 from distill.tasks.vqa import read_answers  # noqa: F401  (part of this module's API: evaluate/predict use it)
 
@@ -265,21 +266,59 @@ def _broadcast(state, value):
 
 
 def _check_manifest(out: Path, key: dict, overwrite: bool) -> None:
+    """Refuse (or, with `overwrite`, clear) an output made by a different run. Only computed results pin the run
+    identity: a manifest left by a run that wrote nothing (it crashed loading the model, say) is simply replaced."""
     manifest_file = out / sh.MANIFEST
+    computed = sh.has_results(out)
     if not manifest_file.is_file():
-        if (out / sh.SHARDS_DIR).is_dir() and not overwrite:
+        if computed and not overwrite:
             raise UserError(f"{out} holds shards but no manifest.json; pass --overwrite to start over")
+        if computed:
+            sh.clear_output(out)
         return
     old = sh.read_json(manifest_file).get("key", {})
     new = json.loads(json.dumps(key, default=str))
     if old != new:
-        if overwrite:
+        if overwrite or not computed:
             sh.clear_output(out)
             return
         diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
         detail = "; ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in diff[:3])
         raise UserError(f"{out} was made by a different run ({detail}); "
                         "pass --overwrite to replace it, or use another --out")
+
+
+def _finished(out: Path, key: dict) -> dict | None:
+    """The manifest of a complete output made by this very run, else None."""
+    if not (sh.is_assembled(out) and (out / sh.MANIFEST).is_file()):
+        return None
+    manifest = sh.read_json(out / sh.MANIFEST)
+    same = manifest.get("key") == json.loads(json.dumps(key, default=str))
+    return manifest if same and manifest.get("status") == "complete" else None
+
+
+def _claim(out: Path, lock: sh.RunLock, key: dict, ds, config: "DistillConfig", num_shards: int) -> dict | None:
+    """Rank 0: the finished manifest when there is nothing to do (nothing is written then, so a read-only output
+    works), else take the lock, check the run identity and write the "running" manifest (returns None)."""
+    if not config.overwrite:
+        finished = _finished(out, key)
+        if finished is not None:
+            try:  # tidy what a crash after the final step left, when we may; reading needs no lock
+                if lock.acquire():
+                    sh.remove_shards(out)
+            except OSError:
+                pass
+            return finished
+    check_output_dir(out)
+    if not lock.acquire():
+        raise UserError(f"another distill run (pid {lock.holder()}) is writing {out}; "
+                        "wait for it, or use another --out")
+    _check_manifest(out, key, config.overwrite)
+    (out / sh.SHARDS_DIR).mkdir(parents=True, exist_ok=True)
+    manifest = sh.read_json(out / sh.MANIFEST) if (out / sh.MANIFEST).is_file() else {"wall_time_s": 0.0}
+    manifest.update(_manifest_static(key, ds, config, num_shards))
+    sh.write_json(out / sh.MANIFEST, manifest)
+    return None
 
 
 def run_distill(config: DistillConfig) -> DistillSummary:
@@ -294,6 +333,7 @@ def run_distill(config: DistillConfig) -> DistillSummary:
     for name, allowed in TEACHER_CHOICES.items():
         if getattr(config, name) not in allowed:
             raise UserError(f"{name} must be one of {', '.join(allowed)}, got {getattr(config, name)!r}")
+    check_output_dir(config.out, writable=False)  # an existing file: refused now; writability once work is needed
     with state.main_process_first():  # rank 0 builds any datasets cache (TSV/JSON parsing, maps) the others reuse
         ds = open_source(config.data, config.split, config.columns, task, config.image_root, config.limit)
     folder, teacher_id = resolve_teacher(config.teacher, config.revision)
@@ -318,24 +358,23 @@ def run_distill(config: DistillConfig) -> DistillSummary:
     # Released on every exit, errors included: an in-process caller (tests, notebooks) may start another run.
     with sh.RunLock(out) as lock:
         features = output_features(ds.features, task, config.images, config.num_return_sequences > 1)
-        verdict = None
+        verdict: tuple[str, Any] = ("work", None)
         if state.is_main_process:
             try:
-                if not lock.acquire():
-                    raise UserError(f"another distill run is writing {out} (it holds {lock.path}); "
-                                    "wait for it, or use another --out")
-                _check_manifest(out, key, config.overwrite)
-                (out / sh.SHARDS_DIR).mkdir(parents=True, exist_ok=True)
-                manifest = sh.read_json(out / sh.MANIFEST) if (out / sh.MANIFEST).is_file() else {"wall_time_s": 0.0}
-                manifest.update(_manifest_static(key, ds, config, len(plan)))
-                sh.write_json(out / sh.MANIFEST, manifest)
+                finished = _claim(out, lock, key, ds, config, len(plan))
+                if finished is not None:
+                    verdict = ("noop", DistillSummary(str(out), finished["rows"], finished["failures"], len(plan),
+                                                      0, time.time() - t0, noop=True))
             except UserError as err:
-                verdict = str(err)
+                verdict = ("error", str(err))
         verdict = _broadcast(state, verdict)
-        if verdict is not None:
-            raise UserError(verdict)
+        if verdict[0] == "error":
+            raise UserError(verdict[1])
+        if verdict[0] == "noop":
+            return verdict[1]
 
-        done = sh.completed_shards(out, len(plan))
+        # Assembled but the manifest not final: a crash after the last shard; nothing is left to generate.
+        done = set(range(len(plan))) if sh.is_assembled(out) else sh.completed_shards(out, len(plan))
         state.wait_for_everyone()  # every rank has listed the same complete shards before anyone writes
         pending = [i for i in range(len(plan)) if i not in done]
         mine = sh.assign_shards(pending, state.process_index, state.num_processes)
@@ -349,7 +388,9 @@ def run_distill(config: DistillConfig) -> DistillSummary:
         new_rows = _sum_over_ranks(state, new_rows)
         summary = None
         if state.is_main_process:
-            rows, failures = sh.assemble(out, len(plan), features, key["source_ids_sha256"][:16], config.split)
+            if not sh.is_assembled(out):
+                sh.assemble(out, len(plan), features, config.split)
+            rows, failures = sh.counts(out)
             manifest = sh.read_json(out / sh.MANIFEST)
             wall = time.time() - t0
             manifest.update({
@@ -358,6 +399,7 @@ def run_distill(config: DistillConfig) -> DistillSummary:
                 "last_run": {"wall_time_s": round(wall, 3), "new_rows": new_rows, "world_size": state.num_processes},
             })
             sh.write_json(out / sh.MANIFEST, manifest)
+            sh.remove_shards(out)  # the dataset now lives in the assembled files, once
             summary = DistillSummary(str(out), rows, failures, len(plan), new_rows, wall, noop=not pending)
         return _broadcast(state, summary)
 

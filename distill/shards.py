@@ -1,39 +1,58 @@
 """Crash-safe sharded output of a distillation run: shard plan, atomic shard writer, run lock, manifest, assembly.
 
-Layout of an output folder `DIR` (opened with `datasets.load_from_disk(DIR)` once the run is complete):
+Layout of an output folder `DIR`. While the run works:
 
     DIR/manifest.json                    run identity (teacher, generation config, source) + counts, wall time
-    DIR/state.json, DIR/dataset_info.json written last, when every shard is complete: they make DIR itself a
-                                         `save_to_disk` folder whose data files are the shards (no copy)
-    DIR/quarantine.jsonl                 every skipped row: {"id", "index", "reason"} (merged from the shards)
     DIR/shards/shard-00012.arrow         shard 12 = source rows [12*S, 13*S), an Arrow IPC stream (the format of
-                                         `datasets` cache files: `Dataset.from_file` opens one shard)
+                                         `datasets` cache files: `datasets.Dataset.from_file` opens one shard)
     DIR/shards/shard-00012.quarantine.jsonl   its skipped rows (written before the shard is renamed complete)
     DIR/shards/shard-00012.arrow.partial + .progress.json   a shard in progress (only while running/after a crash)
-    DIR/.lock                            `fcntl.flock`-ed by rank 0 of the run that owns DIR
+    DIR/.lock                            locked by rank 0 of the run that owns DIR (`distill.locks`)
+
+Once every shard is complete, `DIR` becomes a plain `save_to_disk` folder, opened by `datasets.load_from_disk(DIR)`:
+
+    DIR/data-00000-of-0000N.arrow, DIR/dataset_info.json, DIR/state.json   written by `Dataset.save_to_disk`
+    DIR/quarantine.jsonl                 every skipped row: {"id", "index", "reason"} (merged from the shards)
+    DIR/manifest.json                    status "complete"; `DIR/shards/` is then removed
+
+Why this layout (only public `datasets` APIs; `datasets`' own files are written by `datasets` alone):
+- shards stay Arrow IPC *streams* while running: appending a record batch per flush, and recovering a crashed
+  partial up to the last flush, need a format without a footer (a parquet file is unreadable until closed);
+- assembly is `concatenate_datasets([Dataset.from_file(shard) ...]).save_to_disk(DIR/.assembling)`, then the files
+  are moved into `DIR` (`state.json` last: a folder with it is complete). The shards are memory-mapped, so this is
+  one sequential copy, done once per dataset at the very end (seconds per GB, against hours of generation), and
+  the shards are deleted afterwards, so the dataset is on disk once (twice only during the copy: the disk must
+  hold it twice at that moment). The alternative that avoids the copy, keeping the shards as the data files,
+  needs either `datasets`' private `state.json` keys or a non-standard loading entry for every reader; parquet
+  shards (loaded with `load_dataset("parquet")`) would still be converted into the `datasets` cache on load.
+- a folder that is already assembled is never rewritten: a re-run only reads `manifest.json`.
 
 Crash safety: a shard is written to `.partial`; every flush appends one record batch and then atomically replaces
 `.progress.json` ({rows, source_done, quarantine}), so the progress file never claims more than the stream holds.
 A resume copies the first `rows` rows of the partial stream into a fresh partial (a torn tail batch is dropped)
 and continues at source row `source_done`. Completion is `os.replace(partial, final)`: a shard file under its
-final name is always whole, and is never rewritten.
+final name is always whole, and is never rewritten. A crash during assembly leaves the shards untouched (the next
+run assembles again); a crash after `state.json` is in place leaves a complete dataset (the next run finishes the
+manifest and removes the shards).
 """
 from __future__ import annotations
 
-import fcntl
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 
 from distill.errors import UserError
+from distill.locks import ProcessLock
 
 SHARDS_DIR = "shards"
 MANIFEST = "manifest.json"
 QUARANTINE = "quarantine.jsonl"
 LOCK = ".lock"
+ASSEMBLING = ".assembling"
 
 
 def plan_shards(num_rows: int, shard_size: int) -> list[tuple[int, int]]:
@@ -184,85 +203,94 @@ class ShardWriter:
             self._fh.close()
 
 
-class RunLock:
-    """An exclusive, non-blocking `fcntl.flock` on `DIR/.lock`, held by rank 0 for the whole run.
-
-    The kernel drops it when the process dies (even by SIGKILL), so a crashed run never leaves a stale lock.
-    """
+class RunLock(ProcessLock):
+    """`DIR/.lock`, held by rank 0 for the whole run (a `distill.locks.ProcessLock`: it belongs to rank 0 alone, not
+    to the DataLoader workers it forks, and the kernel drops it when rank 0 dies, even by SIGKILL)."""
 
     def __init__(self, out: Path):
-        self.path = Path(out) / LOCK
-        self._fh = None
+        super().__init__(Path(out) / LOCK)
 
-    def acquire(self) -> bool:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fh = open(self.path, "a+")
-        try:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            fh.close()
-            return False
-        fh.seek(0)
-        fh.truncate()
-        fh.write(f"{os.getpid()}\n")
-        fh.flush()
-        self._fh = fh
-        return True
 
-    def release(self) -> None:
-        if self._fh is not None:
-            fcntl.flock(self._fh.fileno(), fcntl.LOCK_UN)
-            self._fh.close()
-            self._fh = None
+def _datasets_files() -> tuple[str, str]:
+    from datasets import config
 
-    def __enter__(self) -> "RunLock":
-        return self  # acquired explicitly (rank 0 only); the context manager guarantees the release
-
-    def __exit__(self, *exc) -> None:
-        self.release()
+    return config.DATASET_STATE_JSON_FILENAME, config.DATASET_INFO_FILENAME
 
 
 def is_assembled(out: Path) -> bool:
-    return (Path(out) / "state.json").is_file() and (Path(out) / "dataset_info.json").is_file()
+    """True once `out` is a complete `save_to_disk` folder (its state file is moved in last)."""
+    return all((Path(out) / name).is_file() for name in _datasets_files())
+
+
+def has_results(out: Path) -> bool:
+    """True when `out` holds anything a run computed: the assembled dataset, a complete shard or a flushed partial.
+    A run that crashed before its first flush (e.g. loading the model) leaves nothing that counts."""
+    shards = Path(out) / SHARDS_DIR
+    return is_assembled(out) or (shards.is_dir() and any(
+        p.name.endswith((".arrow", ".progress.json")) for p in shards.iterdir()))
+
+
+def counts(out: Path) -> tuple[int, int]:
+    """(rows, quarantined rows) of an assembled folder."""
+    from datasets import load_from_disk
+
+    out = Path(out)
+    bad = out / QUARANTINE
+    failures = sum(1 for ln in bad.read_text(encoding="utf-8").splitlines() if ln.strip()) if bad.is_file() else 0
+    return load_from_disk(str(out)).num_rows, failures
+
+
+def remove_shards(out: Path) -> None:
+    """Delete the shards (and an interrupted assembly) once the assembled dataset and the manifest are final."""
+    for name in (SHARDS_DIR, ASSEMBLING):
+        shutil.rmtree(Path(out) / name, ignore_errors=True)
 
 
 def clear_output(out: Path) -> None:
     """Remove what a run wrote in `out` (for `--overwrite`), leaving the lock file and foreign files alone."""
     out = Path(out)
-    for name in ("state.json", "dataset_info.json", MANIFEST, QUARANTINE):
+    if is_assembled(out):
+        from datasets import load_from_disk
+
+        try:
+            files = [Path(f["filename"]) for f in load_from_disk(str(out)).cache_files]
+        except Exception:  # noqa: BLE001 (an unreadable leftover: its data files stay, the state file goes)
+            files = []
+        for f in files:
+            if f.parent.resolve() == out.resolve():
+                f.unlink(missing_ok=True)
+    for name in (*_datasets_files(), MANIFEST, QUARANTINE):
         (out / name).unlink(missing_ok=True)
-    shards = out / SHARDS_DIR
-    if shards.is_dir():
-        for f in shards.iterdir():
-            f.unlink()
-        shards.rmdir()
+    remove_shards(out)
 
 
-def assemble(out: Path, num_shards: int, features, fingerprint: str, split: str | None) -> tuple[int, int]:
-    """Make `out` a `load_from_disk` folder over the complete shards; merge quarantine. Returns (rows, failures)."""
-    from dataclasses import asdict
+def _fsync(path: Path) -> None:
+    with open(path, "rb") as fh:
+        os.fsync(fh.fileno())
 
-    from datasets import DatasetInfo
+
+def assemble(out: Path, num_shards: int, features, split: str | None) -> None:
+    """Make `out` a `save_to_disk` folder of the complete shards, in shard order, and merge their quarantine files
+    into `out/quarantine.jsonl`. The shards are left in place (see `remove_shards`)."""
+    from datasets import Dataset, DatasetInfo, concatenate_datasets
 
     out = Path(out)
-    rows = 0
-    for i in range(num_shards):
-        with pa.memory_map(str(shard_path(out, i))) as src:
-            rows += pa.ipc.open_stream(src).read_all().num_rows
     bad_lines = []
     for i in range(num_shards):
         side = shard_path(out, i).with_name(f"shard-{i:05d}.quarantine.jsonl")
         if side.is_file():
             bad_lines += [ln for ln in side.read_text(encoding="utf-8").splitlines() if ln.strip()]
     _atomic_write_text(out / QUARANTINE, "".join(ln + "\n" for ln in bad_lines), fsync=True)
-    write_json(out / "dataset_info.json", asdict(DatasetInfo(features=features)))
-    write_json(out / "state.json", {
-        "_data_files": [{"filename": f"{SHARDS_DIR}/{shard_path(out, i).name}"} for i in range(num_shards)],
-        "_fingerprint": fingerprint,
-        "_format_columns": None,
-        "_format_kwargs": {},
-        "_format_type": None,
-        "_output_all_columns": False,
-        "_split": split,
-    })
-    return rows, len(bad_lines)
+
+    info = DatasetInfo(features=features)
+    parts = [Dataset.from_file(str(shard_path(out, i)), info=info, split=split) for i in range(num_shards)]
+    ds = (concatenate_datasets(parts, info=info, split=split) if parts
+          else Dataset.from_dict({k: [] for k in features}, features=features, split=split))
+    tmp = out / ASSEMBLING
+    shutil.rmtree(tmp, ignore_errors=True)
+    ds.save_to_disk(str(tmp))
+    state_file = _datasets_files()[0]
+    for name in sorted(os.listdir(tmp), key=lambda n: n == state_file):  # the state file last: it marks completion
+        _fsync(tmp / name)  # the shards are deleted later: their copy must be on disk first
+        os.replace(tmp / name, out / name)
+    tmp.rmdir()

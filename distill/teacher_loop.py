@@ -12,6 +12,7 @@ from typing import Any
 
 from distill import shards as sh
 from distill.sources import REFERENCE_COLUMNS, prompt_columns
+from distill.workers import DieWithParent
 
 
 # ---------------------------------------------------------------------------------------------------- workers
@@ -174,6 +175,7 @@ def generate_shards(config, task, ds, plan, mine, features, folder, tokenizer, g
     loader = DataLoader(
         _Rows(ds), batch_sampler=batches, collate_fn=_Collate(task, tokenizer, processor, resolution, config.images),
         num_workers=config.num_workers, persistent_workers=False, prefetch_factor=4 if config.num_workers else None,
+        worker_init_fn=DieWithParent(),  # a killed run leaves no orphan workers behind
     )
     total = sum(len(b) for b in batches)
     bar = tqdm(total=total, unit="row", desc=f"distill {task.name}", dynamic_ncols=True, smoothing=0.1,

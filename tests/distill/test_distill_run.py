@@ -48,7 +48,17 @@ def _rows(out) -> list[dict]:
 
 
 def _stats(out) -> dict:
-    return {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in (Path(out) / sh.SHARDS_DIR).glob("shard-*.arrow")}
+    """inode and mtime of every Arrow file under `out` (shards while running, the dataset's files when complete)."""
+    return {str(p.relative_to(out)): (p.stat().st_ino, p.stat().st_mtime_ns) for p in Path(out).rglob("*.arrow")}
+
+
+def _rows_done(out) -> int:
+    """Rows a resume must not generate again: those of complete shards and those a partial's progress vouches for."""
+    from datasets import Dataset
+
+    shards = Path(out) / sh.SHARDS_DIR
+    done = sum(Dataset.from_file(str(p)).num_rows for p in shards.glob("shard-*.arrow"))
+    return done + sum(json.loads(p.read_text())["rows"] for p in shards.glob("*.progress.json"))
 
 
 def test_rows_match_a_bare_generate_on_the_same_batches(world):
@@ -105,14 +115,55 @@ def test_rows_match_a_bare_generate_on_the_same_batches(world):
     assert m["narvl_pipe_version"] and m["wall_time_s"] > 0
 
 
-def _wait_for(cond, proc, what: str, timeout: float = 120.0) -> None:
+def _wait_for(cond, proc, what: str, timeout: float = 120.0, stderr=None) -> None:
     t0 = time.time()
     while not cond():
-        if proc.poll() is not None:
-            raise AssertionError(f"the run ended before {what}: {proc.stderr.read()[-2000:]}")
+        if proc is not None and proc.poll() is not None:
+            text = (stderr.seek(0), stderr.read())[1] if stderr is not None else proc.stderr.read()
+            raise AssertionError(f"the run ended before {what}: {text[-2000:]}")
         if time.time() - t0 > timeout:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.005)
+
+
+def _children(pid: int) -> list[int]:
+    """The live child processes of `pid` (Linux /proc)."""
+    kids = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        kids += [int(k) for k in (task / "children").read_text().split()]
+    return kids
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state not in ("Z", "X")  # a zombie has exited
+
+
+def test_sigkill_with_workers_then_immediate_resume_equals_uninterrupted(world, tmp_path):
+    """`kill -9` of the main process while DataLoader workers run, then the same command at once: it resumes (the
+    workers neither hold the lock nor outlive their parent) and the rows equal an uninterrupted run."""
+    out = tmp_path / "killed"
+    log = open(tmp_path / "stderr.txt", "w+")
+    proc = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "distill", *_args(world, out), "--num-workers", "2"],
+                            cwd=REPO, env=cli_env(), stdout=subprocess.DEVNULL, stderr=log, text=True)
+    try:
+        _wait_for(lambda: any((out / sh.SHARDS_DIR).glob("*.progress.json")) and len(_children(proc.pid)) >= 2,
+                  proc, "a flush inside a shard with the workers running", stderr=log)
+        workers = _children(proc.pid)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    done = _rows_done(out)  # reads a few files: no pause worth the name
+    summary = run_distill(DistillConfig(**{**world["base"].__dict__, "out": str(out)}))  # no pause: at once
+    assert not summary.noop and summary.new_rows == N_ROWS - len(BAD) - done > 0
+    rows = _rows(out)
+    assert len({r["id"] for r in rows}) == len(rows) and rows == _rows(world["base"].out)
+    _wait_for(lambda: not any(map(_alive, workers)), None, "the killed run's workers to exit", timeout=30)
 
 
 def test_sigkill_then_resume_on_two_processes_equals_uninterrupted(world, tmp_path):
@@ -124,7 +175,7 @@ def test_sigkill_then_resume_on_two_processes_equals_uninterrupted(world, tmp_pa
         # The manifest is written right after the lock is taken, before the model loads: a second run on the same
         # --out started now is refused while the first holds the lock.
         _wait_for(lambda: (out / sh.MANIFEST).is_file(), proc, "the lock")
-        with pytest.raises(UserError, match="another distill run is writing"):
+        with pytest.raises(UserError, match=r"another distill run \(pid \d+\) is writing"):
             run_distill(DistillConfig(**{**world["base"].__dict__, "out": str(out)}))
         _wait_for(lambda: len(list(shards.glob("*.arrow"))) >= 2 and any(shards.glob("*.progress.json")), proc,
                   "a flush inside a shard")
@@ -134,20 +185,20 @@ def test_sigkill_then_resume_on_two_processes_equals_uninterrupted(world, tmp_pa
         if proc.poll() is None:
             proc.kill()
     assert not sh.is_assembled(out)
-    before = _stats(out)
-    assert 2 <= len(before) < N_ROWS // SHARD
+    assert 2 <= len(list((out / sh.SHARDS_DIR).glob("shard-*.arrow"))) < N_ROWS // SHARD
+    done = _rows_done(out)
     resumed = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
          "-m", "pipelines.cli", "distill", *_args(world, out)],
         cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"{N_ROWS - len(BAD)} rows, {len(BAD)} quarantined" in resumed.stdout
-    after = _stats(out)
-    assert {k: after[k] for k in before} == before  # completed shards were never rewritten
+    # Nothing done before the kill was generated again (complete shards, flushed partial rows).
+    assert json.loads((out / sh.MANIFEST).read_text())["last_run"]["new_rows"] == N_ROWS - len(BAD) - done
     assert _rows(out) == _rows(world["base"].out)
     quarantined = lambda o: [(b["id"], b["index"]) for b in map(json.loads, (Path(o) / "quarantine.jsonl").read_text().splitlines())]  # noqa: E731
     assert quarantined(out) == quarantined(world["base"].out)
-    assert not list((out / sh.SHARDS_DIR).glob("*.partial*")) and not list((out / sh.SHARDS_DIR).glob("*.progress.json"))
+    assert not (out / sh.SHARDS_DIR).exists()  # the dataset is stored once: in the assembled files
 
 
 def test_two_processes_equal_one(world, tmp_path):
@@ -173,7 +224,7 @@ def test_finished_run_is_a_noop_without_loading_the_model(world, monkeypatch):
     monkeypatch.setattr(OFAModel, "from_pretrained", boom)
     summary = run_distill(world["base"])
     assert summary.noop and summary.new_rows == 0 and summary.rows == N_ROWS - len(BAD)
-    assert _stats(world["base"].out) == before
+    assert before and _stats(world["base"].out) == before
 
 
 def _cli_main(argv, capsys) -> tuple[int, str]:

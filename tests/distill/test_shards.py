@@ -85,23 +85,53 @@ def test_crash_before_first_flush_after_resume_keeps_old_partial(tmp_path):
     assert Dataset.from_file(str(w3.final)).to_list() == _rows(0, 6)
 
 
-def test_assemble_makes_a_load_from_disk_folder(tmp_path):
-    schema = FEATS.arrow_schema
+def test_assemble_writes_what_save_to_disk_writes_and_stores_the_data_once(tmp_path):
+    """The finished folder is `datasets`' own `save_to_disk` layout (no hand-written `datasets` files), opens with
+    `load_from_disk`, and once the shards are removed the rows are on disk once."""
+    out, schema = tmp_path / "out", FEATS.arrow_schema
     for i, (lo, hi) in enumerate(sh.plan_shards(7, 3)):
-        w = sh.ShardWriter(tmp_path, i, schema)
+        w = sh.ShardWriter(out, i, schema)
         w.resume()
         w.add(_rows(lo, hi) if i != 1 else [])
         if i == 1:
             for j in range(lo, hi):
                 w.quarantine(f"r{j}", j, "empty question")
         w.complete(hi - lo)
-    assert sh.completed_shards(tmp_path, 3) == {0, 1, 2}
-    rows, failures = sh.assemble(tmp_path, 3, FEATS, "abc", "train")
-    assert (rows, failures) == (4, 3)
-    ds = load_from_disk(str(tmp_path))
-    assert ds.to_list() == _rows(0, 3) + _rows(6, 7)
-    assert ds.features == FEATS
-    assert [json.loads(l)["id"] for l in (tmp_path / sh.QUARANTINE).read_text().splitlines()] == ["r3", "r4", "r5"]
+    assert sh.completed_shards(out, 3) == {0, 1, 2} and not sh.is_assembled(out)
+    sh.assemble(out, 3, FEATS, "train")
+    sh.remove_shards(out)
+    assert sh.is_assembled(out) and sh.counts(out) == (4, 3)
+    ds = load_from_disk(str(out))
+    assert ds.to_list() == _rows(0, 3) + _rows(6, 7) and ds.features == FEATS and ds.split == "train"
+    assert [json.loads(l)["id"] for l in (out / sh.QUARANTINE).read_text().splitlines()] == ["r3", "r4", "r5"]
+
+    ref = tmp_path / "ref"  # the independent reference: datasets writing the same rows itself
+    Dataset.from_list(_rows(0, 3) + _rows(6, 7), features=FEATS, split="train").save_to_disk(str(ref))
+    ours = sorted(p.name for p in out.iterdir())
+    assert ours == sorted([*os.listdir(ref), sh.QUARANTINE])  # nothing else: no shards/, no .assembling/
+    assert json.loads((out / "dataset_info.json").read_text()) == json.loads((ref / "dataset_info.json").read_text())
+    assert [f["filename"] for f in ds.cache_files] == [str(out / n) for n in sorted(os.listdir(ref)) if n.endswith(".arrow")]
+
+
+def test_an_assembly_cut_short_leaves_the_shards_to_assemble_again(tmp_path, monkeypatch):
+    out, schema = tmp_path / "out", FEATS.arrow_schema
+    for i, (lo, hi) in enumerate(sh.plan_shards(4, 2)):
+        w = sh.ShardWriter(out, i, schema)
+        w.resume(); w.add(_rows(lo, hi)); w.complete(hi - lo)
+    real = os.replace
+
+    def crash_on_state(src, dst):  # the process dies just before the state file would complete the folder
+        if str(dst).endswith("state.json"):
+            raise KeyboardInterrupt
+        real(src, dst)
+
+    monkeypatch.setattr(sh.os, "replace", crash_on_state)
+    with pytest.raises(KeyboardInterrupt):
+        sh.assemble(out, 2, FEATS, "train")
+    monkeypatch.setattr(sh.os, "replace", real)
+    assert not sh.is_assembled(out) and sh.completed_shards(out, 2) == {0, 1}
+    sh.assemble(out, 2, FEATS, "train")
+    assert load_from_disk(str(out)).to_list() == _rows(0, 4)
 
 
 _HOLDER = """
