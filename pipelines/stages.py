@@ -34,7 +34,6 @@ Cache rules:
 from __future__ import annotations
 
 import dataclasses
-import fcntl
 import hashlib
 import json
 import os
@@ -46,6 +45,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
 from distill.errors import UserError
+from distill.locks import ProcessLock
 
 FINGERPRINT_VERSION = 1  # bump when the artifact layout of any stage changes incompatibly
 COMPLETE_MARKER = "stage_complete.json"
@@ -371,14 +371,13 @@ def run_pipeline(
     stages = plan(pipe, out)
     rerun = downstream(pipe, force)
     out.mkdir(parents=True, exist_ok=True)
-    lock = open(out / LOCK_FILE, "w")
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        lock.close()
-        raise UserError(f"another `narvl-pipe run` is using {out}; wait for it or pick another --out") from None
+    # The lock belongs to this process alone (not to the DataLoader workers a stage forks): see `distill.locks`.
+    lock = ProcessLock(out / LOCK_FILE)
+    if not lock.acquire():
+        raise UserError(f"another `narvl-pipe run` (pid {lock.holder()}) is using {out}; "
+                        "wait for it or pick another --out")
     outcomes: list[StageOutcome] = []
-    try:
+    with lock:
         _mark_forced(stages, rerun)
         width = max(len(s.spec.name) for s in stages)
         for i, stage in enumerate(stages, 1):
@@ -413,7 +412,4 @@ def run_pipeline(
             _link(out, stage)
             outcomes.append(StageOutcome(stage.spec.name, status, stage.dir, seconds, cpu))
             log(f"{head} done     in {format_duration(seconds)} (cpu {format_duration(cpu)}{note})")
-    finally:
-        fcntl.flock(lock, fcntl.LOCK_UN)
-        lock.close()
     return outcomes

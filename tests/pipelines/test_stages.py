@@ -280,14 +280,15 @@ def test_yaml_file_and_concurrent_run_refused(tmp_path):
     yaml_file.write_text("name: p\nstages:\n  - name: a\n    kind: make\n    config: {value: 3}\n")
     pipe = load_pipeline(yaml_file)
     assert pipe.name == "p" and pipe.stages[0].config == {"value": 3}
-    import fcntl
+    from distill.locks import ProcessLock
 
     out = tmp_path / "out"
     out.mkdir()
-    with open(out / stages.LOCK_FILE, "w") as held:
-        fcntl.flock(held, fcntl.LOCK_EX)
-        with pytest.raises(UserError, match="another `narvl-pipe run`"):
+    with ProcessLock(out / stages.LOCK_FILE) as held:  # held in this process: refused too (distill.locks)
+        assert held.acquire()
+        with pytest.raises(UserError, match=rf"another `narvl-pipe run` \(pid {os.getpid()}\)"):
             run_pipeline(pipe, out, log=lambda s: None)
+    assert [o.status for o in run_pipeline(pipe, out, log=lambda s: None)] == ["ran"]
 
 
 SCRIPT = textwrap.dedent(
@@ -303,6 +304,10 @@ SCRIPT = textwrap.dedent(
         out: str = ""
 
     def slow(cfg, out):
+        if os.environ.get("FORK_CHILD") and os.fork() == 0:  # like a DataLoader worker: inherits every fd
+            (out.parent / "child.pid").write_text(str(os.getpid()))
+            time.sleep(120)
+            os._exit(0)
         for i in range(cfg.n_items):
             item = out / f"item{i}.txt"
             if item.exists():
@@ -340,3 +345,33 @@ def test_sigkill_mid_stage_then_resume_in_new_process(tmp_path):
     assert log.read_text().split() == [str(i) for i in range(6)]  # nothing recomputed, nothing lost
     res = subprocess.run([sys.executable, str(script), str(out)], capture_output=True, text=True, check=True)
     assert "STATUS s skipped" in res.stdout
+
+
+def test_sigkill_leaves_no_lock_with_a_forked_child_and_resumes_at_once(tmp_path):
+    """The stage lock belongs to the `run` process, not to children a stage forked: right after `kill -9` of the
+    run (its child still alive), the same command resumes."""
+    script = tmp_path / "slow_pipeline.py"
+    script.write_text(SCRIPT)
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, str(script), str(out)], env={**os.environ, "DELAY": "0.3", "FORK_CHILD": "1"},
+                            stdout=subprocess.PIPE, text=True)
+    child_file, log = out / "child.pid", out / "computed.log"
+    child = None
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline and not (child_file.is_file() and child_file.read_text() and log.exists()):
+            time.sleep(0.05)
+        child = int(child_file.read_text())
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        os.kill(child, 0)  # the forked child outlives the run (nothing here makes it die)
+        res = subprocess.run([sys.executable, str(script), str(out)], env={**os.environ, "DELAY": "0"},
+                             capture_output=True, text=True)
+        assert res.returncode == 0, res.stderr[-2000:]
+        assert "STATUS s resumed" in res.stdout
+        assert log.read_text().split() == [str(i) for i in range(6)]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        if child is not None:
+            os.kill(child, signal.SIGKILL)
