@@ -3,16 +3,19 @@
 Order of work (each rank of a `torchrun`/`accelerate launch` job, or one plain process):
 1. open and validate the source, resolve the teacher folder and its revision, resolve the generation config;
    nothing here loads the model, so a bad split/column/teacher fails in seconds with a one-line `UserError`;
-2. rank 0 takes `DIR/.lock` (a second run on the same `--out` is refused), compares the run identity with an existing
-   `manifest.json` (a different teacher/task/generation/source is refused unless `--overwrite`), and broadcasts the
-   verdict so every rank of this run agrees; ranks of one run never refuse each other;
-3. every rank lists the complete shards, then a barrier (so all ranks see the same set); if all are complete the run
-   only (re)assembles the folder and returns, without loading the model;
+2. rank 0 checks `DIR` (`distill.manifest.claim`): a complete output of this very run is a no-op that writes
+   nothing (a read-only `DIR` is fine); otherwise `DIR` must be writable, rank 0 takes `DIR/.lock` (a second run on
+   the same `--out` is refused; the lock is rank 0's alone, see `distill.locks`), compares the run identity with an
+   existing `manifest.json` (a different teacher/task/generation/source is refused unless `--overwrite`; a manifest
+   of a run that computed nothing is replaced) and broadcasts the verdict so every rank of this run agrees; ranks
+   of one run never refuse each other;
+3. every rank lists the complete shards, then a barrier (so all ranks see the same set);
 4. the pending shards are dealt round robin to the ranks (`distill.shards.assign_shards`); each rank loads the frozen
-   teacher (`model.to(device).eval()`, no DDP), decodes images and tokenises prompts in DataLoader workers, runs
-   `generate()` under `torch.inference_mode()` and writes its own shards; generations are never gathered;
-   (the loop lives in `distill.teacher_loop`);
-5. barrier, then rank 0 assembles `DIR` (see `distill.shards` for the layout) and finalises the manifest.
+   teacher (`model.to(device).eval()`, no DDP), decodes images and tokenises prompts in DataLoader workers (which
+   die with their parent, `distill.workers`), runs `generate()` under `torch.inference_mode()` and writes its own
+   shards; generations are never gathered (the loop lives in `distill.teacher_loop`);
+5. barrier, then rank 0 assembles `DIR` into a `save_to_disk` folder (see `distill.shards` for the layout),
+   finalises the manifest and removes the shards.
 
 Row schema of the output: `id, task, prompt`, the task inputs, `target` (the teacher's best text: the top beam, ranked
 by beam search's length-normalised score with length_penalty 1.0, as OFA ranks; for entailment the best-scoring
@@ -30,12 +33,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from distill import manifest as manifest_lib
 from distill import shards as sh
 from distill.errors import UserError, error_reason
 from distill.outputs import check_output_dir
@@ -265,62 +268,6 @@ def _broadcast(state, value):
     return box[0]
 
 
-def _check_manifest(out: Path, key: dict, overwrite: bool) -> None:
-    """Refuse (or, with `overwrite`, clear) an output made by a different run. Only computed results pin the run
-    identity: a manifest left by a run that wrote nothing (it crashed loading the model, say) is simply replaced."""
-    manifest_file = out / sh.MANIFEST
-    computed = sh.has_results(out)
-    if not manifest_file.is_file():
-        if computed and not overwrite:
-            raise UserError(f"{out} holds shards but no manifest.json; pass --overwrite to start over")
-        if computed:
-            sh.clear_output(out)
-        return
-    old = sh.read_json(manifest_file).get("key", {})
-    new = json.loads(json.dumps(key, default=str))
-    if old != new:
-        if overwrite or not computed:
-            sh.clear_output(out)
-            return
-        diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-        detail = "; ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in diff[:3])
-        raise UserError(f"{out} was made by a different run ({detail}); "
-                        "pass --overwrite to replace it, or use another --out")
-
-
-def _finished(out: Path, key: dict) -> dict | None:
-    """The manifest of a complete output made by this very run, else None."""
-    if not (sh.is_assembled(out) and (out / sh.MANIFEST).is_file()):
-        return None
-    manifest = sh.read_json(out / sh.MANIFEST)
-    same = manifest.get("key") == json.loads(json.dumps(key, default=str))
-    return manifest if same and manifest.get("status") == "complete" else None
-
-
-def _claim(out: Path, lock: sh.RunLock, key: dict, ds, config: "DistillConfig", num_shards: int) -> dict | None:
-    """Rank 0: the finished manifest when there is nothing to do (nothing is written then, so a read-only output
-    works), else take the lock, check the run identity and write the "running" manifest (returns None)."""
-    if not config.overwrite:
-        finished = _finished(out, key)
-        if finished is not None:
-            try:  # tidy what a crash after the final step left, when we may; reading needs no lock
-                if lock.acquire():
-                    sh.remove_shards(out)
-            except OSError:
-                pass
-            return finished
-    check_output_dir(out)
-    if not lock.acquire():
-        raise UserError(f"another distill run (pid {lock.holder()}) is writing {out}; "
-                        "wait for it, or use another --out")
-    _check_manifest(out, key, config.overwrite)
-    (out / sh.SHARDS_DIR).mkdir(parents=True, exist_ok=True)
-    manifest = sh.read_json(out / sh.MANIFEST) if (out / sh.MANIFEST).is_file() else {"wall_time_s": 0.0}
-    manifest.update(_manifest_static(key, ds, config, num_shards))
-    sh.write_json(out / sh.MANIFEST, manifest)
-    return None
-
-
 def run_distill(config: DistillConfig) -> DistillSummary:
     """Run (or resume, or no-op) the teacher over the source; see the module docstring."""
     from distill.tasks import get_task
@@ -361,7 +308,7 @@ def run_distill(config: DistillConfig) -> DistillSummary:
         verdict: tuple[str, Any] = ("work", None)
         if state.is_main_process:
             try:
-                finished = _claim(out, lock, key, ds, config, len(plan))
+                finished = manifest_lib.claim(out, lock, key, ds, config, len(plan))
                 if finished is not None:
                     verdict = ("noop", DistillSummary(str(out), finished["rows"], finished["failures"], len(plan),
                                                       0, time.time() - t0, noop=True))
@@ -423,39 +370,3 @@ def _sum_over_ranks(state, value: int) -> int:
     t = torch.tensor([value], dtype=torch.int64, device=state.device)
     dist.all_reduce(t)
     return int(t.item())
-
-
-def _metric_implementation(task_name: str, ds) -> str:
-    """What `narvl-pipe evaluate` scores this task with (named on the dataset card)."""
-    from distill.tasks import get_task
-
-    task = get_task(task_name)
-    rows = ds.select_columns(["answer_scores"]).select(range(min(len(ds), 64))) \
-        if "answer_scores" in ds.column_names else ()
-    return task.metric_implementation(list(rows))
-
-
-def _manifest_static(key: dict, ds, config: DistillConfig, num_shards: int) -> dict:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        pkg_version = version("narvl-pipe")
-    except PackageNotFoundError:
-        pkg_version = "unknown"
-    return {
-        "key": json.loads(json.dumps(key, default=str)),
-        "narvl_pipe_version": pkg_version,
-        "task": key["task"],
-        "teacher": key["teacher"],
-        "generation": key["generation"],
-        "source": {"data": key["data"], "split": key["split"], "columns": key["columns"], "limit": key["limit"],
-                   "fingerprint": getattr(ds, "_fingerprint", None), "ids_sha256": key["source_ids_sha256"],
-                   "num_rows": key["num_rows"]},
-        "shard_size": config.shard_size,
-        "shards": num_shards,
-        "images": config.images,
-        "metric_implementation": _metric_implementation(key["task"], ds),
-        "load": "datasets.load_from_disk(<this folder>)",
-        "status": "running",
-        "config": {k: v for k, v in asdict(config).items() if k not in ("progress",)},
-    }

@@ -241,7 +241,21 @@ def counts(out: Path) -> tuple[int, int]:
 
 
 def remove_shards(out: Path) -> None:
-    """Delete the shards (and an interrupted assembly) once the assembled dataset and the manifest are final."""
+    """Delete the shards (and an interrupted assembly) once the assembled dataset and the manifest are final.
+
+    Never when the dataset's own files are the shards: a folder assembled by an earlier narvl-pipe (whose
+    `state.json` points into `shards/`) keeps them."""
+    out = Path(out)
+    if is_assembled(out):
+        from datasets import load_from_disk
+
+        shards = (out / SHARDS_DIR).resolve()
+        if any(shards in Path(f["filename"]).resolve().parents for f in load_from_disk(str(out)).cache_files):
+            return
+    _remove_work_files(out)
+
+
+def _remove_work_files(out: Path) -> None:
     for name in (SHARDS_DIR, ASSEMBLING):
         shutil.rmtree(Path(out) / name, ignore_errors=True)
 
@@ -261,7 +275,7 @@ def clear_output(out: Path) -> None:
                 f.unlink(missing_ok=True)
     for name in (*_datasets_files(), MANIFEST, QUARANTINE):
         (out / name).unlink(missing_ok=True)
-    remove_shards(out)
+    _remove_work_files(out)
 
 
 def _fsync(path: Path) -> None:

@@ -41,7 +41,10 @@ def train_student(
     report_to: str = typer.Option("auto", "--report-to", help="auto (tensorboard if installed), none, or a tracker."),
 ) -> None:
     """Train a NARVL student with Query-CTC on teacher targets (KD) or raw references."""
+    from distill.outputs import check_output_dir
     from student.train_student import StudentTrainConfig, train_student as run
+
+    check_output_dir(out)  # a file or a read-only folder: one line now, not a traceback after the model loads
 
     cfg = StudentTrainConfig(
         output_dir=out, task=task, data=data, init=init, num_queries=num_queries, target_column=target_column,
@@ -75,7 +78,11 @@ def evaluate(
     """Score a model with the task metric, print it with the latency per sample, and write predictions."""
     import json
 
+    from distill.outputs import check_output_file
     from student.evaluate import evaluate as run
+
+    for path in filter(None, (out, json_out)):  # before the model loads
+        check_output_file(path)
 
     result = run(model, task, data, split=split, batch_size=batch_size, num_beams=num_beams, limit=limit, out=out,
                  answers=answers)

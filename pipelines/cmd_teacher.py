@@ -47,7 +47,10 @@ def train_teacher(
     report_to: str = typer.Option("auto", "--report-to", help="auto (tensorboard if installed), none, or a tracker."),
 ) -> None:
     """Fine-tune (or train from scratch with --arch) the autoregressive OFA teacher with label-smoothed CE."""
+    from distill.outputs import check_output_dir
     from pipelines.teacher import TeacherTrainConfig, train_teacher as run
+
+    check_output_dir(out)  # a file or a read-only folder: one line now, not a traceback after the model loads
 
     cfg = TeacherTrainConfig(
         output_dir=out, task=task, data=data, init=init, arch=arch, d_model=d_model, layers=layers, heads=heads,

@@ -93,3 +93,17 @@ def cli(*args: str, check: bool = False) -> subprocess.CompletedProcess:
     if check and proc.returncode != 0:
         raise AssertionError(f"distill failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc
+
+
+def without_root_override() -> None:
+    """`preexec_fn` for a subprocess that must see permissions as a normal user does: as root, drop the capabilities
+    that bypass them (CAP_DAC_OVERRIDE 1, CAP_DAC_READ_SEARCH 2) from the bounding set, so after exec a `chmod a-w`
+    folder is read-only for it too. Nothing to do for a non-root user."""
+    if os.geteuid() != 0:
+        return
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    for cap in (1, 2):
+        if libc.prctl(24, cap, 0, 0, 0) != 0:  # PR_CAPBSET_DROP
+            raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP) failed")

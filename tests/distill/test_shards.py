@@ -157,3 +157,20 @@ def test_lock_is_exclusive_and_dies_with_its_process(tmp_path):
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_a_folder_of_the_earlier_layout_keeps_its_shards(tmp_path):
+    """Earlier versions made `DIR` loadable with a `state.json` pointing at `shards/` (the files this test writes
+    by hand, as they did): tidying up after a run must never delete those data files."""
+    from dataclasses import asdict
+
+    from datasets import DatasetInfo
+
+    w = sh.ShardWriter(tmp_path, 0, FEATS.arrow_schema)
+    w.resume(); w.add(_rows(0, 3)); w.complete(3)
+    sh.write_json(tmp_path / "dataset_info.json", asdict(DatasetInfo(features=FEATS)))
+    sh.write_json(tmp_path / "state.json", {
+        "_data_files": [{"filename": "shards/shard-00000.arrow"}], "_fingerprint": "abc", "_format_columns": None,
+        "_format_kwargs": {}, "_format_type": None, "_output_all_columns": False, "_split": "train"})
+    sh.remove_shards(tmp_path)
+    assert sh.shard_path(tmp_path, 0).is_file() and load_from_disk(str(tmp_path)).to_list() == _rows(0, 3)
