@@ -131,8 +131,11 @@ def _wait_for(cond, proc, what: str, timeout: float = 120.0, stderr=None) -> Non
 def _children(pid: int) -> list[int]:
     """The live child processes of `pid` (Linux /proc)."""
     kids = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        kids += [int(k) for k in (task / "children").read_text().split()]
+    try:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            kids += [int(k) for k in (task / "children").read_text().split()]
+    except (FileNotFoundError, ProcessLookupError):  # it just exited: `_wait_for` reports that
+        return []
     return kids
 
 
