@@ -28,12 +28,22 @@ def run(
     typer.echo(f"done: {timing_line(outcomes, time.perf_counter() - start)}")
 
 
+DEMO_PIPELINES = {"caption": "demo.yaml", "all": "demo_all.yaml"}
+"""`narvl-pipe demo --tasks X` -> the packaged pipeline it runs."""
+
+
 def demo(
     out: Path = typer.Option(Path("runs/demo"), "--out", help="Output folder (artifacts of every stage + the report)."),
+    tasks: str = typer.Option("caption", "--tasks", help="caption (the 10-minute demo) or all (caption, VQA, "
+                              "grounding and entailment with one multi-task teacher: the paper's table; longer)."),
     force: List[str] = typer.Option([], "--force", metavar="STAGE", help="Re-run this demo stage and the stages after it; repeatable."),
 ) -> None:
     """Offline end to end on the shapes world: AR teacher -> distill -> NAR students (KD vs raw) -> report."""
-    run_demo(out, force)
+    from distill.errors import UserError
+
+    if tasks not in DEMO_PIPELINES:
+        raise UserError(f"--tasks must be one of {', '.join(DEMO_PIPELINES)}, got {tasks!r}")
+    run_demo(out, force, Path(str(importlib.resources.files("pipelines") / DEMO_PIPELINES[tasks])))
 
 
 def run_demo(out: Path, force: List[str] = (), pipeline_file: Path | None = None) -> dict:
@@ -42,7 +52,7 @@ def run_demo(out: Path, force: List[str] = (), pipeline_file: Path | None = None
 
     import datasets
 
-    from pipelines.report import REPORT_FILES, format_checks, format_table, metric_name
+    from pipelines.report import REPORT_FILES, format_checks, format_examples, format_table
     from pipelines.stages import load_pipeline, run_pipeline
 
     import transformers
@@ -54,8 +64,8 @@ def run_demo(out: Path, force: List[str] = (), pipeline_file: Path | None = None
     out = Path(out)
     typer.echo(
         "narvl-pipe demo: distil an autoregressive OFA teacher into a one-pass NARVL student, offline, on the\n"
-        "shapes world (captioning). Stages: world -> AR teacher -> teacher beam search over train (distill) ->\n"
-        "NAR student on teacher captions (KD) and on raw multimodal references (raw) -> test-split evaluation.\n"
+        f"shapes world ({pipe.name}: {pipeline_file.name}). Stages: world -> AR teacher -> teacher outputs over train\n"
+        "(distill) -> NAR students on teacher outputs (KD) and on raw references (raw) -> test-split evaluation.\n"
         f"Every stage is cached in {out}/<stage>-<fingerprint>/ (a re-run skips finished stages).\n"
     )
     start = time.perf_counter()
@@ -67,15 +77,18 @@ def run_demo(out: Path, force: List[str] = (), pipeline_file: Path | None = None
     report = json.loads((out / "report.json").read_text())
     typer.echo(f"\n{report['title']}\n")
     typer.echo(format_table(report))
-    rows = report["rows"]
-    typer.echo(f"\n{metric_name(report)}: on all "
-               f"{rows[0]['num_samples']} test images; ms/sample: batch {rows[0].get('latency_batch_size', '?')}, "
-               f"mean over {rows[0].get('latency_samples', '?')} test images on this machine.")
+    rows = [r for r in report["rows"] if r.get("ms_per_sample") is not None]
+    typer.echo(f"\nscores on all {rows[0]['num_samples'] if rows else '?'} test rows; {report.get('latency', '')}, "
+               "on this machine.")
     typer.echo(f"Metrics computed by: {report.get('metric_implementation', 'unrecorded')}.")
     typer.echo("\nThe paper's claims, in miniature:")
     typer.echo(format_checks(report))
+    if any(report.get("examples", {}).values()):
+        typer.echo("\nExample predictions (the first test rows):")
+        typer.echo(format_examples(report))
     if report.get("note"):
         typer.echo(f"\nNote: {report['note']}")
+    typer.echo("\n" + format_stage_times(outcomes))
     typer.echo(f"\n{timing_line(outcomes, wall)}; report: {out / 'report.md'}, {out / 'report.json'}, "
                f"{out / 'report.png'}")
     return report
@@ -96,3 +109,19 @@ def timing_line(outcomes, wall: float) -> str:
     if cached:
         line += f" ({len(cached)} of {len(outcomes)} stages cached; {earlier.replace('them', 'those')})"
     return line
+
+
+def format_stage_times(outcomes) -> str:
+    """Wall and CPU seconds per stage; a cached stage shows what it took when it was computed."""
+    width = max(len(o.name) for o in outcomes)
+    lines = [f"{'stage':<{width}}  {'wall s':>7}  {'cpu s':>7}"]
+    total = [0.0, 0.0]
+    for o in outcomes:
+        wall, cpu, when = o.seconds, o.cpu_seconds, ""
+        if o.status == "skipped":
+            wall, cpu = (o.cached or {}).get("seconds", 0.0), (o.cached or {}).get("cpu_seconds", 0.0)
+            when = "  (cached: when it was computed)"
+        total[0] += wall
+        total[1] += cpu
+        lines.append(f"{o.name:<{width}}  {wall:7.1f}  {cpu:7.1f}{when}")
+    return "\n".join(lines + [f"{'total':<{width}}  {total[0]:7.1f}  {total[1]:7.1f}"])

@@ -2,9 +2,12 @@
 
 Inputs are evaluate-stage folders, each holding `metrics.json` (written by `pipelines.stage_kinds`):
 `{"task", "metric", "score", "ms_per_sample", "num_samples", "model", "decoding", "metrics": {...},
-"metric_implementation"}`. The table shows the headline metric, then every other metric of the rows (e.g. BLEU-4,
-METEOR, ROUGE-L for captions), and the report names the implementation that computed them.
-Speed-ups are relative to the `reference` system (teacher beam search, the paper's AR baseline).
+"metric_implementation"}`, and `predictions.jsonl`; a `baseline` stage folder (`pipelines.baseline`) has the same files, without latency.
+Systems are grouped by task (one group for `results`, one per entry of `tasks`). In each group speed-ups are relative
+to the `reference` system (the AR teacher with OFA's decoding, the paper's baseline), the paper's claims are checked
+on the student, and a few example predictions are shown next to the reference answer. A one-task table also shows
+every other metric of the rows (e.g. BLEU-4, METEOR, ROUGE-L for captions); the report names the implementation
+that computed them.
 """
 from __future__ import annotations
 
@@ -15,7 +18,11 @@ from pathlib import Path
 from typing import Any
 
 METRICS_FILE = "metrics.json"
+PREDICTIONS_FILE = "predictions.jsonl"
 REPORT_FILES = ("report.md", "report.json", "report.png")
+DISPLAY_NAMES = {"cider": "CIDEr", "bleu1": "BLEU-1", "bleu2": "BLEU-2", "bleu3": "BLEU-3", "bleu4": "BLEU-4",
+                 "meteor": "METEOR", "rouge_l": "ROUGE-L", "spice": "SPICE", "vqa_accuracy": "VQA acc",
+                 "acc@0.5": "Acc@0.5", "accuracy": "accuracy"}
 
 
 @dataclass
@@ -23,15 +30,28 @@ class ReportConfig:
     """What the report compares."""
 
     results: dict[str, str] = field(default_factory=dict)
-    """System label -> evaluate-stage folder holding metrics.json; the table keeps this order."""
+    """System label -> evaluate-stage folder holding metrics.json; the table keeps this order (one task)."""
+    tasks: dict[str, dict[str, str]] = field(default_factory=dict)
+    """Task -> {system label -> folder}: one group of rows per task, in this order (the multi-task table). The
+    labels `reference`, `kd`/`student`, `raw` and `baseline` play the same roles in every group."""
     reference: str = "teacher-beam5"
     """Label of the baseline for speed-ups and for the student-quality ratio."""
     kd: str = "student-kd"
     """Label of the student trained on teacher targets (for the claim checks; skipped when absent)."""
+    student: str = "student"
+    """Label of a group's student when it has no `kd` one (tasks the paper does not distil: trained on the labels)."""
     raw: str = "student-raw"
     """Label of the student trained on raw references (for the claim checks; skipped when absent)."""
+    baseline: str = "baseline"
+    """Label of the constant-prediction row (`baseline` stage): no latency, and the source of the examples'
+    reference answers."""
     kd_quality_ratio: float = 0.9
-    """The claim 'student-KD is close to the teacher' holds when kd score >= this ratio x reference score."""
+    """The claim 'student is close to the teacher' holds when its score >= this ratio x the reference score."""
+    quality_margin: dict[str, float] = field(default_factory=lambda: {"grounding": 2.0, "entailment": 2.0})
+    """Tasks whose 'close to the teacher' claim is 'within this many points or better' instead of the ratio (the
+    paper's grounding and entailment students are within a point or two of OFA)."""
+    num_examples: int = 3
+    """Example predictions shown per task (the first rows of the baseline's predictions)."""
     title: str = "narvl-pipe report"
     """Heading of report.md and of the plot."""
     note: str | None = None
@@ -39,7 +59,7 @@ class ReportConfig:
 
 
 def load_results(results: dict[str, str]) -> list[dict[str, Any]]:
-    """One entry per system: its label plus the fields of its metrics.json."""
+    """One entry per system: its label, the fields of its metrics.json and its folder."""
     from distill.errors import UserError
 
     entries = []
@@ -47,48 +67,112 @@ def load_results(results: dict[str, str]) -> list[dict[str, Any]]:
         path = Path(folder) / METRICS_FILE
         if not path.is_file():
             raise UserError(f"report: {label!r} has no {METRICS_FILE} in {folder}")
-        entries.append({"label": label, **json.loads(path.read_text())})
+        entries.append({"label": label, **json.loads(path.read_text()), "folder": str(folder)})
     return entries
 
 
-def build_report(entries: list[dict[str, Any]], cfg: ReportConfig) -> dict[str, Any]:
-    """Rows with speed-ups over the reference, and the paper's three claims checked on these numbers."""
-    ref = next((e for e in entries if e["label"] == cfg.reference), None)
-    rows = []
-    for e in entries:
-        speedup = ref["ms_per_sample"] / e["ms_per_sample"] if ref and e["ms_per_sample"] > 0 else None
-        rows.append({**e, "speedup": speedup})
-    by = {r["label"]: r for r in rows}
-    implementations = list(dict.fromkeys(e.get("metric_implementation") or "unrecorded" for e in entries))
-    report = {"title": cfg.title, "reference": cfg.reference, "rows": rows, "checks": [], "note": cfg.note,
-              "metric_implementation": "; ".join(implementations),
+def metric_display(metric: str) -> str:
+    """A metric's display name ("CIDEr" for cider)."""
+    return DISPLAY_NAMES.get(metric, metric)
+
+
+def _check_group(task: str, by: dict[str, dict], cfg: ReportConfig, prefix: str) -> list[dict[str, Any]]:
+    """The paper's claims in one group: student close to the teacher, faster, and above the raw student."""
+    ref, raw = by.get(cfg.reference), by.get(cfg.raw)
+    student = by.get(cfg.kd) or by.get(cfg.student)
+    checks = []
+    if student and ref:
+        label, metric = student["label"], metric_display(ref["metric"])
+        margin = cfg.quality_margin.get(task)
+        if margin is not None:
+            claim = f"{label} {metric} within {margin:g} points of {cfg.reference} or better"
+            passed = student["score"] >= ref["score"] - margin
+            detail = f"{student['score']:.1f} vs {ref['score']:.1f} = {student['score'] - ref['score']:+.1f}"
+        else:
+            claim = f"{label} {metric} >= {cfg.kd_quality_ratio:g} x {cfg.reference}"
+            passed = student["score"] >= cfg.kd_quality_ratio * ref["score"]
+            ratio = f" = {student['score'] / ref['score']:.2f}x" if ref["score"] > 0 else ""
+            detail = f"{student['score']:.1f} vs {ref['score']:.1f}{ratio}"
+        checks.append({"task": task, "claim": prefix + claim, "passed": passed, "detail": detail})
+        checks.append({"task": task, "claim": f"{prefix}{label} faster than {cfg.reference}",
+                       "passed": student["speedup"] is not None and student["speedup"] > 1.0,
+                       "detail": f"{student['speedup']:.1f}x speed-up" if student["speedup"] else "no latency"})
+    if student and raw and student is by.get(cfg.kd):
+        checks.append({"task": task, "claim": f"{prefix}{cfg.kd} {metric_display(raw['metric'])} > {cfg.raw}",
+                       "passed": student["score"] > raw["score"],
+                       "detail": f"{student['score']:.1f} vs {raw['score']:.1f}"})
+    return checks
+
+
+def _read_predictions(folder: str) -> dict[str, dict]:
+    path = Path(folder) / PREDICTIONS_FILE
+    if not path.is_file():
+        return {}
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return {r["id"]: r for r in rows}
+
+
+def _shown(pred: dict | None, task: str) -> str:
+    if pred is None:
+        return "-"
+    if task == "grounding":  # the box the metric scores (in image pixels), not the bin tokens
+        box = pred.get("prediction")
+        return "[" + ", ".join(f"{v:.0f}" for v in box) + "]" if box else f"no box ({pred.get('output', '')!r})"
+    return str(pred.get("output", ""))
+
+
+def _examples(task: str, entries: list[dict], cfg: ReportConfig) -> list[dict[str, Any]]:
+    """The first `num_examples` rows of the baseline's predictions: id, input, reference, and each model's output."""
+    base = next((e for e in entries if e["label"] == cfg.baseline), None)
+    if base is None or cfg.num_examples <= 0:
+        return []
+    refs = list(_read_predictions(base["folder"]).values())[: cfg.num_examples]
+    models = {e["label"]: _read_predictions(e["folder"]) for e in entries if e["label"] != cfg.baseline}
+    return [{"id": r["id"], "input": r.get("input", ""), "reference": r.get("reference", ""),
+             "outputs": {label: _shown(preds.get(r["id"]), task) for label, preds in models.items()}}
+            for r in refs]
+
+
+def build_report(entries: list[dict[str, Any]] | dict[str, list[dict[str, Any]]], cfg: ReportConfig) -> dict[str, Any]:
+    """Rows with speed-ups over each group's reference, the paper's claims checked, and examples per task.
+
+    `entries`: one task's systems (a list, as `load_results` returns), or task -> systems.
+    """
+    groups = entries if isinstance(entries, dict) else {(entries[0]["task"] if entries else ""): entries}
+    implementations = list(dict.fromkeys(e.get("metric_implementation") or "unrecorded"
+                                         for group in groups.values() for e in group))
+    report = {"title": cfg.title, "reference": cfg.reference, "tasks": list(groups), "rows": [], "checks": [],
+              "examples": {}, "note": cfg.note, "metric_implementation": "; ".join(implementations),
               "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    metric = metric_name(report)
-    kd, raw = by.get(cfg.kd), by.get(cfg.raw)
-    if kd and ref:
-        ratio = f" = {kd['score'] / ref['score']:.2f}x" if ref["score"] > 0 else ""
-        report["checks"].append({
-            "claim": f"{cfg.kd} {metric} >= {cfg.kd_quality_ratio:g} x {cfg.reference}",
-            "passed": kd["score"] >= cfg.kd_quality_ratio * ref["score"],
-            "detail": f"{kd['score']:.1f} vs {ref['score']:.1f}{ratio}"})
-        report["checks"].append({"claim": f"{cfg.kd} faster than {cfg.reference}", "passed": kd["speedup"] > 1.0,
-                                 "detail": f"{kd['speedup']:.1f}x speed-up"})
-    if kd and raw:
-        report["checks"].append({"claim": f"{cfg.kd} {metric} > {cfg.raw}", "passed": kd["score"] > raw["score"],
-                                 "detail": f"{kd['score']:.1f} vs {raw['score']:.1f}"})
+    prefix = len(groups) > 1
+    for task, group in groups.items():
+        ref = next((e for e in group if e["label"] == cfg.reference), None)
+        rows = []
+        for e in group:
+            ms = e.get("ms_per_sample")
+            speedup = ref["ms_per_sample"] / ms if ref and ms else None
+            rows.append({**e, "group": task, "speedup": speedup})
+        report["rows"] += rows
+        report["checks"] += _check_group(task, {r["label"]: r for r in rows}, cfg, f"{task}: " if prefix else "")
+        report["examples"][task] = _examples(task, group, cfg)
+    report["latency"] = latency_note(report["rows"])
     return report
 
 
-DISPLAY_NAMES = {"cider": "CIDEr", "bleu1": "BLEU-1", "bleu2": "BLEU-2", "bleu3": "BLEU-3", "bleu4": "BLEU-4",
-                 "meteor": "METEOR", "rouge_l": "ROUGE-L", "spice": "SPICE", "vqa_accuracy": "VQA acc",
-                 "acc@0.5": "Acc@0.5", "accuracy": "accuracy"}
+def latency_note(rows: list[dict[str, Any]]) -> str:
+    """How the ms/sample column was measured (batch size, thread count, statistic), from the rows' records."""
+    timed = [r for r in rows if r.get("ms_per_sample") is not None]
+    seen = sorted({(r.get("latency_batch_size", r.get("batch_size", "?")), r.get("latency_threads", "?"),
+                    r.get("latency_statistic", "mean"), r.get("latency_calls", r.get("latency_samples", "?")))
+                   for r in timed}, key=str)
+    parts = [f"batch {b}, {t} CPU thread(s), {s} over {n} calls" for b, t, s, n in seen]
+    return "ms/sample: model + decoding time per sample (image loading excluded); " + "; ".join(parts)
 
 
 def metric_name(report: dict[str, Any]) -> str:
-    """The shared metric's display name ("CIDEr" for cider)."""
+    """The shared metric's display name ("CIDEr" for cider), or "score" when the rows mix metrics."""
     names = {r["metric"] for r in report["rows"]}
-    name = names.pop() if len(names) == 1 else "score"
-    return DISPLAY_NAMES.get(name, name)
+    return metric_display(names.pop()) if len(names) == 1 else "score"
 
 
 def _other_metrics(report: dict[str, Any]) -> list[str]:
@@ -99,23 +183,26 @@ def _other_metrics(report: dict[str, Any]) -> list[str]:
 
 
 def format_table(report: dict[str, Any], markdown: bool = False) -> str:
-    """The comparison table (plain aligned text for the terminal, or Markdown): the headline metric, the other
-    metrics the evaluations computed, latency and speed-up."""
-    metric = metric_name(report)
-    others = _other_metrics(report)
-    head = ["system", "decoding", metric, *[DISPLAY_NAMES.get(k, k) for k in others], "ms/sample",
-            f"speed-up vs {report['reference']}"]
-    body = [
-        [r["label"], r.get("decoding", ""), f"{r['score']:.1f}",
-         *[f"{r['metrics'][k]:.1f}" if k in (r.get("metrics") or {}) else "-" for k in others],
-         f"{r['ms_per_sample']:.1f}", f"{r['speedup']:.1f}x" if r["speedup"] is not None else "-"]
-        for r in report["rows"]
-    ]
+    """The comparison table (plain aligned text for the terminal, or Markdown): one block of rows per task with its
+    headline metric, latency and speed-up; a one-task table adds the other metrics the evaluations computed."""
+    multi = len(report.get("tasks", [])) > 1
+    others = [] if multi else _other_metrics(report)
+    head = (["task"] if multi else []) + ["system", "decoding"] + (["metric", "score"] if multi else [metric_name(report)])
+    head += [DISPLAY_NAMES.get(k, k) for k in others] + ["ms/sample", "speed-up vs " + report["reference"]]
+    body = []
+    for r in report["rows"]:
+        ms, sp = r.get("ms_per_sample"), r.get("speedup")
+        cells = [r["label"], r.get("decoding", "")]
+        cells += [metric_display(r["metric"]), f"{r['score']:.1f}"] if multi else [f"{r['score']:.1f}"]
+        cells += [f"{r['metrics'][k]:.1f}" if k in (r.get("metrics") or {}) else "-" for k in others]
+        cells += [f"{ms:.1f}" if ms is not None else "-", f"{sp:.1f}x" if sp is not None else "-"]
+        body.append(([r["group"]] if multi else []) + cells)
     if markdown:
         lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
         return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in body])
     widths = [max(len(str(x)) for x in col) for col in zip(head, *body)]
-    fmt = lambda row: "  ".join(str(x).ljust(w) if i < 2 else str(x).rjust(w) for i, (x, w) in enumerate(zip(row, widths)))  # noqa: E731
+    left = 4 if multi else 2  # text columns are left-aligned, numbers right-aligned
+    fmt = lambda row: "  ".join(str(x).ljust(w) if i < left else str(x).rjust(w) for i, (x, w) in enumerate(zip(row, widths)))  # noqa: E731
     return "\n".join([fmt(head), "  ".join("-" * w for w in widths)] + [fmt(row) for row in body])
 
 
@@ -124,30 +211,60 @@ def format_checks(report: dict[str, Any]) -> str:
                      for c in report["checks"])
 
 
+def format_examples(report: dict[str, Any], markdown: bool = False) -> str:
+    """Each task's example predictions: image id, the text input, the reference and every model's output."""
+    out = []
+    for task, examples in report.get("examples", {}).items():
+        for ex in examples:
+            if markdown:
+                out.append(f"- **{task}** `{ex['id']}`" + (f" ({ex['input']})" if ex["input"] else "") + ": "
+                           + "; ".join([f"reference *{ex['reference']}*"]
+                                       + [f"{k} *{v}*" for k, v in ex["outputs"].items()]))
+                continue
+            out.append(f"{task}  {ex['id']}" + (f"  \"{ex['input']}\"" if ex["input"] else ""))
+            width = max(len("reference"), *(len(k) for k in ex["outputs"]))
+            out += [f"  {k.ljust(width)}  {v}" for k, v in [("reference", ex["reference"]), *ex["outputs"].items()]]
+    return "\n".join(out)
+
+
 def plot(report: dict[str, Any], path: Path) -> None:
-    """Quality (y) against latency (x, log scale) with one labelled point per system."""
+    """One panel per task: quality (y, from 0) against latency (x, log scale), one labelled point per system; the
+    baseline (no latency) is a dashed horizontal line."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4.2), dpi=120)
-    for r in report["rows"]:
-        student = r.get("model_type") == "narvl"
-        ax.scatter(r["ms_per_sample"], r["score"], s=60, marker="o" if student else "s",
-                   color="tab:orange" if student else "tab:blue", zorder=3)
-        ax.annotate(r["label"], (r["ms_per_sample"], r["score"]), textcoords="offset points", xytext=(6, 5), fontsize=9)
     from matplotlib.lines import Line2D
 
-    ax.legend(handles=[Line2D([], [], marker="s", color="tab:blue", ls="", label="AR teacher (OFA)"),
-                       Line2D([], [], marker="o", color="tab:orange", ls="", label="NAR student (NARVL)")],
-              loc="lower right", fontsize=8)
-    ax.set_xscale("log")
-    ax.set_xlabel("latency (ms / sample, log scale; left is faster)")
-    ax.set_ylabel(metric_name(report))
-    ax.set_title(report["title"], fontsize=10)
-    ax.grid(True, which="both", alpha=0.3)
-    ax.margins(x=0.25, y=0.15)
+    tasks = report.get("tasks") or [""]
+    fig, axes = plt.subplots(1, len(tasks), figsize=(4.6 * len(tasks) + 1.4, 4.2), dpi=120, squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        rows = [r for r in report["rows"] if r.get("group", "") == task]
+        for r in rows:
+            if r.get("ms_per_sample") is None:
+                ax.axhline(r["score"], color="gray", ls="--", lw=1)
+                ax.annotate(f"{r['label']} ({r.get('decoding', '')})", (0.02, r["score"]), xycoords=("axes fraction", "data"),
+                            textcoords="offset points", xytext=(0, 3), fontsize=7, color="gray")
+                continue
+            student = r.get("model_type") == "narvl"
+            ax.scatter(r["ms_per_sample"], r["score"], s=60, marker="o" if student else "s",
+                       color="tab:orange" if student else "tab:blue", zorder=3)
+            ax.annotate(r["label"], (r["ms_per_sample"], r["score"]), textcoords="offset points", xytext=(6, 5),
+                        fontsize=8)
+        top = max([r["score"] for r in rows] + [1.0])
+        ax.set_ylim(0, top * 1.15)  # from 0: a small gap between two systems looks small
+        ax.set_xscale("log")
+        ax.set_xlabel("ms / sample (log scale; left is faster)")
+        ax.set_ylabel(metric_display(rows[0]["metric"]) + " (axis from 0)" if rows else "")
+        ax.set_title(task or report["title"], fontsize=10)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.margins(x=0.3)
+    axes[0][-1].legend(handles=[Line2D([], [], marker="s", color="tab:blue", ls="", label="AR teacher (OFA)"),
+                                Line2D([], [], marker="o", color="tab:orange", ls="", label="NAR student (NARVL)"),
+                                Line2D([], [], color="gray", ls="--", label="constant baseline")],
+                       loc="lower right", fontsize=7)
+    if len(tasks) > 1:
+        fig.suptitle(report["title"], fontsize=10)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -162,10 +279,14 @@ def write_report(report: dict[str, Any], out_dir: str | Path) -> list[Path]:
     plot(report, png)
     text = [f"# {report['title']}", "", format_table(report, markdown=True), "",
             f"Metrics computed by: {report.get('metric_implementation', 'unrecorded')}.", ""]
+    if report.get("latency"):
+        text += [report["latency"] + ".", ""]
     if report["checks"]:
         text += ["Claims of the paper, checked on these numbers:", ""]
         text += [f"- {'PASS' if c['passed'] else 'FAIL'}: {c['claim']} ({c['detail']})" for c in report["checks"]]
         text.append("")
+    if any(report.get("examples", {}).values()):
+        text += ["Example predictions (the first test rows):", "", format_examples(report, markdown=True), ""]
     if report.get("note"):
         text += [f"Note: {report['note']}", ""]
     text += [f"![quality vs latency]({png.name})", ""]
@@ -175,6 +296,11 @@ def write_report(report: dict[str, Any], out_dir: str | Path) -> list[Path]:
 
 def run_report(cfg: ReportConfig, out_dir: Path) -> dict[str, Any]:
     """The report stage function."""
-    report = build_report(load_results(cfg.results), cfg)
+    from distill.errors import UserError
+
+    if bool(cfg.results) == bool(cfg.tasks):
+        raise UserError("report: set exactly one of results (one task) and tasks (task -> systems)")
+    entries = load_results(cfg.results) if cfg.results else {t: load_results(r) for t, r in cfg.tasks.items()}
+    report = build_report(entries, cfg)
     write_report(report, out_dir)
     return report

@@ -7,6 +7,7 @@
 | `distill`       | `distill.run.DistillConfig`              | `run_distill(cfg)`                    | complete shards     |
 | `train-student` | `student.train_student.StudentTrainConfig` | `train_student(cfg)`                | trainer checkpoints |
 | `evaluate`      | `EvaluateStageConfig` (below)            | `student.evaluate.evaluate(...)`      | - (restarts)        |
+| `baseline`      | `pipelines.baseline.BaselineConfig`      | `run_baseline(cfg, dir)`              | - (restarts)        |
 | `report`        | `pipelines.report.ReportConfig`          | `pipelines.report.run_report`         | - (restarts)        |
 
 The artifact folder is passed as the config's output field (`out`/`output_dir`), and trainers always get
@@ -22,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from distill.run import DistillConfig, run_distill
+from pipelines.baseline import BaselineConfig, run_baseline
 from pipelines.report import METRICS_FILE, ReportConfig, run_report
 from pipelines.shapes import ShapesConfig, write_shapes
 from pipelines.stages import StageKind
@@ -55,35 +57,64 @@ class EvaluateStageConfig:
     """Batch size of the quality pass."""
     limit: int | None = None
     """Score only the first N rows."""
+    answers: str | None = None
+    """VQA: the answer list file the AR teacher decodes over (required for it; see `narvl-pipe evaluate --answers`)."""
     latency_batch_size: int = 1
     """Batch size of the latency measurement (1, as in the paper's table)."""
     latency_limit: int | None = 50
-    """Rows timed for latency (None: all; 0: report the quality pass's batched time instead)."""
+    """Rows timed for latency, one call per `latency_batch_size` rows after one warm-up call; the figure is the
+    median over the calls (None: all rows; 0: report the quality pass's batched mean instead)."""
+
+
+def measure_latency(cfg: EvaluateStageConfig) -> tuple[float, int]:
+    """(median ms per sample over timed calls, number of calls): one `predict_rows` call per batch of
+    `latency_batch_size` rows, after a warm-up call. A median, so a burst of load on a shared machine moves it
+    less than a mean."""
+    import statistics
+
+    from distill.sources import open_source
+    from distill.tasks import get_task
+    from student.evaluate import _candidates, load_model, predict_rows
+
+    task = get_task(cfg.task)
+    lm = load_model(cfg.model)
+    rows = [dict(r) for r in open_source(cfg.data, cfg.split, None, task, limit=cfg.limit)]
+    candidates = _candidates(task, rows, cfg.answers) if lm.kind == "ofa" else None
+    timed = rows[: cfg.latency_limit] if cfg.latency_limit is not None else rows
+    b = cfg.latency_batch_size
+    predict_rows(lm, task, timed[:b], b, cfg.num_beams, candidates)  # warm-up: first-call allocations
+    calls = [timed[i: i + b] for i in range(0, len(timed), b)]
+    ms = [1000.0 * predict_rows(lm, task, chunk, b, cfg.num_beams, candidates)[2] / len(chunk) for chunk in calls]
+    return statistics.median(ms), len(ms)
 
 
 def _run_evaluate(cfg: EvaluateStageConfig, out: Path) -> None:
+    import torch
+
     from student.evaluate import evaluate
 
     quality = evaluate(cfg.model, cfg.task, cfg.data, split=cfg.split, batch_size=cfg.batch_size,
-                       num_beams=cfg.num_beams, limit=cfg.limit, out=out / "predictions.jsonl")
-    latency = quality
+                       num_beams=cfg.num_beams, limit=cfg.limit, out=out / "predictions.jsonl", answers=cfg.answers)
+    ms, calls, latency_batch = quality.ms_per_sample, 1, quality.batch_size
     if cfg.latency_limit != 0:
-        latency = evaluate(cfg.model, cfg.task, cfg.data, split=cfg.split, batch_size=cfg.latency_batch_size,
-                           num_beams=cfg.num_beams, limit=cfg.latency_limit, progress=False, score=False)
+        (ms, calls), latency_batch = measure_latency(cfg), cfg.latency_batch_size
     from distill.tasks import get_task
 
     metric = next(iter(quality.metrics))
     if quality.kind == "narvl":
         decoding = "one pass + CTC" if (cfg.num_beams or 1) == 1 else f"one pass + CTC beam {cfg.num_beams}"
+    elif quality.task == "entailment":
+        decoding = "AR candidate scoring"  # OFA scores yes/no/maybe, it does not generate
     else:
         beams = cfg.num_beams or get_task(cfg.task).generation.get("num_beams", 1)
         decoding = "AR greedy" if beams == 1 else f"AR beam {beams}"
+        decoding += {"vqa": " over answer trie", "grounding": ", 4 bins"}.get(quality.task, "")
     record = {
         "task": quality.task, "model": quality.model, "model_type": quality.kind, "decoding": decoding,
         "metric": metric, "score": quality.metrics[metric], "metrics": quality.metrics,
         "metric_implementation": quality.metric_implementation,
-        "num_samples": quality.num_samples, "ms_per_sample": latency.ms_per_sample,
-        "latency_batch_size": latency.batch_size, "latency_samples": latency.num_samples,
+        "num_samples": quality.num_samples, "ms_per_sample": ms, "latency_statistic": "median" if calls > 1 else "mean",
+        "latency_batch_size": latency_batch, "latency_calls": calls, "latency_threads": torch.get_num_threads(),
         "batched_ms_per_sample": quality.ms_per_sample, "batch_size": quality.batch_size,
     }
     (out / METRICS_FILE).write_text(json.dumps(record, indent=2) + "\n")
@@ -102,5 +133,6 @@ def builtin_kinds() -> list[StageKind]:
                   fixed={"resume": True}, resumable=True, non_result=TRAIN_NON_RESULT,
                   resume_state=(CHECKPOINT_DIR,)),
         StageKind("evaluate", EvaluateStageConfig, _run_evaluate),
+        StageKind("baseline", BaselineConfig, run_baseline),
         StageKind("report", ReportConfig, run_report),
     ]

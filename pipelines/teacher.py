@@ -22,8 +22,8 @@ import torch.nn.functional as F
 from distill.errors import UserError
 from student.trainer import TrainConfig, TrainResult
 
-__all__ = ["ARCHS", "TeacherTrainConfig", "arch_help", "build_ofa_config", "default_resolution", "teacher_loss",
-           "train_teacher"]
+__all__ = ["ARCHS", "TaskMixture", "TeacherTrainConfig", "arch_help", "build_ofa_config", "default_resolution",
+           "teacher_loss", "train_teacher"]
 
 ARCHS: dict[str, dict[str, Any]] = {
     "tiny": dict(encoder_layers=4, decoder_layers=4, d_model=256, heads=4, resnet_type="resnet50", params="33M",
@@ -56,7 +56,11 @@ class TeacherTrainConfig(TrainConfig):
     """`narvl-pipe train-teacher` settings; the optimisation fields are those of `TrainConfig`."""
 
     task: str
-    """caption, vqa, grounding or entailment."""
+    """caption, vqa, grounding or entailment: the task trained (single-task) and evaluated during training."""
+    tasks: list[str] | None = None
+    """Train ONE teacher on a mixture of these tasks, as OFA is one model for all of them: every training row
+    appears once per task (its prompt and target for that task) in one shuffled stream. `task` must be one of them
+    and is the one evaluated. None: `task` alone."""
     data: str
     """Training source (any `distill.sources` SRC; a distilled dataset's references are used too)."""
     init: str | None = None
@@ -95,7 +99,42 @@ class TeacherTrainConfig(TrainConfig):
     eval_num_beams: int | None = None
     """Beam size of the evaluation (default: the task's OFA setting)."""
     label_smoothing: float | None = None
-    """Label smoothing of the cross-entropy (default: the task's, 0.1; entailment 0)."""
+    """Label smoothing of the cross-entropy (default: the task's, 0.1; entailment 0; a mixture: 0.1 unless all
+    its tasks agree, OFA's pre-training value)."""
+
+
+class TaskMixture:
+    """Several `student.data.TaskRows` as one map-style training set: index i is row i of the first part, then the
+    second part's rows, and so on. The trainer's seeded sampler shuffles across parts, so batches mix the tasks."""
+
+    def __init__(self, parts: list):
+        self.parts = parts
+        self.offsets = [0]
+        for part in parts:
+            self.offsets.append(self.offsets[-1] + len(part))
+
+    def __len__(self) -> int:
+        return self.offsets[-1]
+
+    def example(self, row: int, draw: int) -> dict[str, Any]:
+        import bisect
+
+        k = bisect.bisect_right(self.offsets, int(row)) - 1
+        return self.parts[k].example(int(row) - self.offsets[k], draw)
+
+
+def _task_names(cfg: TeacherTrainConfig) -> list[str]:
+    """The trained tasks, validated: `[task]`, or `tasks` (distinct, containing `task`)."""
+    from distill.tasks import get_task
+
+    if cfg.tasks is None:
+        return [cfg.task]
+    names = [get_task(t).name for t in cfg.tasks]
+    if not names or len(set(names)) != len(names):
+        raise UserError(f"tasks must be a non-empty list of distinct tasks, got {cfg.tasks}")
+    if get_task(cfg.task).name not in names:
+        raise UserError(f"task {cfg.task!r} (the evaluated one) must be one of tasks {names}")
+    return names
 
 
 def build_ofa_config(cfg: TeacherTrainConfig, vocab_size: int, resolution: int):
@@ -173,7 +212,10 @@ def train_teacher(cfg: TeacherTrainConfig) -> TrainResult:
     if cfg.init and (cfg.arch or cfg.config_json):
         raise UserError("--init and --arch/--config-json are exclusive: fine-tune a checkpoint or build a new model")
     task = get_task(cfg.task)
-    ds = load_training_data(cfg.data, cfg.split, task, cfg.limit)  # the data first: a bad source fails before a load
+    names = _task_names(cfg)
+    # the data first: a bad source fails before a load
+    datasets_by_task = {name: load_training_data(cfg.data, cfg.split, get_task(name), cfg.limit) for name in names}
+    ds = datasets_by_task[task.name]
     set_seed(cfg.seed)
     if cfg.init:
         model = load_pretrained(OFAModel, cfg.init)
@@ -194,7 +236,9 @@ def train_teacher(cfg: TeacherTrainConfig) -> TrainResult:
         raise UserError(f"tokenizer has {len(tokenizer)} tokens but the model only {model.config.vocab_size}")
 
     skips = SkipLog.for_training(cfg.output_dir, cfg.resume)
-    train_rows = TaskRows(ds, task, tokenizer, processor, target_column="references", seed=cfg.seed, skips=skips)
+    parts = [TaskRows(part_ds, get_task(name), tokenizer, processor, target_column="references", seed=cfg.seed,
+                      skips=skips) for name, part_ds in datasets_by_task.items()]
+    train_rows = parts[0] if len(parts) == 1 else TaskMixture(parts)
     eval_fn = None
     rows = _eval_rows(cfg, task)
     if rows:
@@ -202,14 +246,17 @@ def train_teacher(cfg: TeacherTrainConfig) -> TrainResult:
 
         cands = candidate_answers(r for r in ds.select_columns(["answers"])) if task.name == "vqa" else None
         eval_fn = make_eval_fn(task, rows, tokenizer, processor, "ofa", cfg.eval_batch_size, cfg.eval_num_beams, cands)
-    eps = task.label_smoothing if cfg.label_smoothing is None else cfg.label_smoothing
+    eps = cfg.label_smoothing
+    if eps is None:
+        smoothing = {get_task(n).label_smoothing for n in names}
+        eps = smoothing.pop() if len(smoothing) == 1 else 0.1
     pad, bos = tokenizer.pad_token_id, tokenizer.bos_token_id
     resolved = dataclasses.replace(cfg, label_smoothing=eps, resolution=processor.size)
     result = train(model, teacher_loss(eps), train_rows, resolved,
                    collate_fn=partial(collate, pad_id=pad, bos_id=bos), eval_fn=eval_fn, run_config=_jsonable(resolved))
     if result.is_main_process:
         record = {**_jsonable(resolved), "final_step": result.step, "eval": result.eval_metrics,
-                  "num_train_rows": len(ds), "skipped_rows": skips.report()}
+                  "num_train_rows": len(ds), "num_train_examples": len(train_rows), "skipped_rows": skips.report()}
         save_model_folder(result.model, tokenizer, processor, cfg.output_dir, record)
     return result
 

@@ -10,13 +10,15 @@ from PIL import Image
 from pipelines.report import ReportConfig, format_table, run_report
 
 
-def _metrics(tmp_path, label, score, ms, model_type):
-    folder = tmp_path / label
+def _metrics(tmp_path, label, score, ms, model_type, task="caption", metric="cider", predictions=()):
+    folder = tmp_path / f"{task}-{label}"
     folder.mkdir()
     (folder / "metrics.json").write_text(json.dumps({
-        "task": "caption", "metric": "cider", "score": score, "ms_per_sample": ms, "num_samples": 10,
-        "model": f"/runs/{label}", "model_type": model_type, "decoding": "x", "metrics": {"cider": score},
+        "task": task, "metric": metric, "score": score, "ms_per_sample": ms, "num_samples": 10,
+        "model": f"/runs/{label}", "model_type": model_type, "decoding": "x", "metrics": {metric: score},
+        "latency_batch_size": 1, "latency_threads": 2, "latency_statistic": "median", "latency_calls": 10,
     }))
+    (folder / "predictions.jsonl").write_text("".join(json.dumps(p) + "\n" for p in predictions))
     return str(folder)
 
 
@@ -55,6 +57,70 @@ def test_report_states_failed_claims(tmp_path):
     report = run_report(ReportConfig(results=results), out)
     assert [c["passed"] for c in report["checks"]] == [False, False, False]
     assert (out / "report.md").read_text().count("FAIL") == 3
+
+
+def test_multi_task_report_groups_claims_baselines_and_examples(tmp_path):
+    """One group per task: speed-ups against that task's teacher; the ratio claim for caption, the 2-point margin
+    for grounding; KD > raw only where a KD student exists; baseline rows without latency; examples joined by id."""
+    ids = range(5)
+    base = lambda task, out: [{"id": f"r{i}", "input": f"q{i}", "reference": f"ref{i}", "output": out,
+                               "prediction": out} for i in ids]  # noqa: E731
+    model = lambda tag: [{"id": f"r{i}", "output": f"{tag}{i}", "prediction": f"{tag}{i}"} for i in reversed(ids)]  # noqa: E731
+    boxes = [{"id": f"r{i}", "output": "<bin_1><bin_2><bin_3><bin_4>", "prediction": [1.4, 2.0, 30.6, 40.0]}
+             for i in ids]
+    tasks = {
+        "caption": {
+            "baseline": _metrics(tmp_path, "baseline", 50.0, None, "baseline", predictions=base("caption", "a b")),
+            "teacher": _metrics(tmp_path, "teacher", 100.0, 40.0, "ofa", predictions=model("t")),
+            "student-kd": _metrics(tmp_path, "student-kd", 89.0, 10.0, "narvl", predictions=model("s")),
+            "student-raw": _metrics(tmp_path, "student-raw", 95.0, 8.0, "narvl"),
+        },
+        "grounding": {
+            "baseline": _metrics(tmp_path, "baseline", 5.0, None, "baseline", "grounding", "acc@0.5",
+                                 base("grounding", "[1, 1, 9, 9]")),
+            "teacher": _metrics(tmp_path, "teacher", 60.0, 30.0, "ofa", "grounding", "acc@0.5", boxes),
+            "student": _metrics(tmp_path, "student", 58.5, 60.0, "narvl", "grounding", "acc@0.5", boxes),
+        },
+    }
+    out = tmp_path / "report"
+    report = run_report(ReportConfig(tasks=tasks, reference="teacher", num_examples=2), out)
+    assert [(r["group"], r["label"]) for r in report["rows"]] == [(t, label) for t in tasks for label in tasks[t]]
+    speedups = {(r["group"], r["label"]): r["speedup"] for r in report["rows"]}
+    assert speedups == pytest.approx({("caption", "baseline"): None, ("caption", "teacher"): 1.0,
+                                      ("caption", "student-kd"): 4.0, ("caption", "student-raw"): 5.0,
+                                      ("grounding", "baseline"): None, ("grounding", "teacher"): 1.0,
+                                      ("grounding", "student"): 0.5})
+    checks = {c["claim"]: c["passed"] for c in report["checks"]}
+    assert checks == {
+        "caption: student-kd CIDEr >= 0.9 x teacher": False,  # 89 < 90
+        "caption: student-kd faster than teacher": True,
+        "caption: student-kd CIDEr > student-raw": False,
+        "grounding: student Acc@0.5 within 2 points of teacher or better": True,  # -1.5 points
+        "grounding: student faster than teacher": False,
+    }
+    ex = report["examples"]
+    assert [e["id"] for e in ex["caption"]] == ["r0", "r1"]
+    assert ex["caption"][1] == {"id": "r1", "input": "q1", "reference": "ref1",
+                                "outputs": {"teacher": "t1", "student-kd": "s1", "student-raw": "-"}}
+    assert ex["grounding"][0]["outputs"]["student"] == "[1, 2, 31, 40]"  # the scored box, rounded, not the bins
+
+    lines = format_table(report).splitlines()
+    assert lines[0].split()[:5] == ["task", "system", "decoding", "metric", "score"]
+    assert lines[2].split() == ["caption", "baseline", "x", "CIDEr", "50.0", "-", "-"]
+    assert lines[-1].split() == ["grounding", "student", "x", "Acc@0.5", "58.5", "60.0", "0.5x"]
+    md = (out / "report.md").read_text()
+    assert "batch 1, 2 CPU thread(s), median over 10 calls" in md
+    assert "- **caption** `r0` (q0): reference *ref0*; teacher *t0*; student-kd *s0*; student-raw *-*" in md
+    assert md.count("FAIL") == 3 and md.count("PASS") == 2
+    with Image.open(out / "report.png") as png:
+        assert png.size[0] > png.size[1] * 1.5  # one panel per task, side by side
+
+
+def test_report_needs_results_or_tasks(tmp_path):
+    from distill.errors import UserError
+
+    with pytest.raises(UserError, match="exactly one of results"):
+        run_report(ReportConfig(), tmp_path)
 
 
 # ------------------------------------------------------------------------------------------------ end to end
