@@ -217,12 +217,13 @@ def test_packaged_demo_yaml_is_valid(tmp_path):
     pipe = load_pipeline(str(importlib.resources.files("pipelines") / "demo.yaml"))
     planned = plan(pipe, tmp_path)
     assert [s.spec.kind for s in planned] == ["data", "train-teacher", "distill", "train-student", "train-student",
-                                              "evaluate", "evaluate", "evaluate", "evaluate", "report"]
+                                              "evaluate", "evaluate", "evaluate", "evaluate", "baseline", "report"]
     by = {s.spec.name: s for s in planned}
     assert by["student-kd"].config["data"] == str(by["distill"].dir)
     assert by["student-raw"].config["target_column"] == "references"
     assert by["student-kd"].config["init"] == by["student-raw"].config["init"] == str(by["teacher"].dir)
-    assert list(by["report"].config["results"]) == ["teacher-greedy", "teacher-beam5", "student-kd", "student-raw"]
+    assert list(by["report"].config["results"]) == ["baseline", "teacher-greedy", "teacher-beam5", "student-kd",
+                                                    "student-raw"]
 
 
 def test_run_settings_that_change_no_artifact_are_not_fingerprinted(tmp_path):
@@ -245,6 +246,96 @@ def test_run_settings_that_change_no_artifact_are_not_fingerprinted(tmp_path):
     assert fingerprints(teacher=trainer_noise, **{"student-kd": trainer_noise}) == base
     assert fingerprints(distill={"num_workers": 0, "progress": False, "flush_every": 8, "overwrite": True}) == base
     changed = fingerprints(teacher={"lr": 3e-4})
-    assert {name for name in base if changed[name] != base[name]} == set(base) - {"shapes"}
+    assert {name for name in base if changed[name] != base[name]} == set(base) - {"shapes", "baseline"}
     changed = fingerprints(distill={"num_beams": 4})
     assert changed["distill"] != base["distill"] and changed["teacher"] == base["teacher"]
+
+
+
+def _packaged(name: str):
+    import importlib.resources
+
+    from pipelines.stages import load_pipeline
+
+    return load_pipeline(str(importlib.resources.files("pipelines") / name))
+
+
+def test_packaged_four_task_demo_yaml_is_valid(tmp_path):
+    """pipelines/demo_all.yaml plans against the stage dataclasses: one multi-task teacher shared by every stage, KD
+    and raw students for caption and VQA, label-trained students for grounding and entailment, a baseline per task."""
+    from pipelines.stages import plan
+
+    by = {s.spec.name: s for s in plan(_packaged("demo_all.yaml"), tmp_path)}
+    assert by["teacher"].config["tasks"] == ["caption", "vqa", "grounding", "entailment"]
+    assert by["shapes"].fingerprint == {s.spec.name: s for s in plan(_packaged("demo.yaml"), tmp_path)}["shapes"].fingerprint
+    teacher = str(by["teacher"].dir)
+    students = [n for n, s in by.items() if s.spec.kind == "train-student"]
+    assert all(by[n].config["init"] == teacher for n in students) and len(students) == 6
+    assert by["student-vqa-kd"].config["data"] == str(by["distill-vqa"].dir)
+    assert by["student-grounding"].config["target_column"] == "references"
+    tasks = by["report"].config["tasks"]
+    assert list(tasks) == ["caption", "vqa", "grounding", "entailment"]
+    assert all(tasks[t]["teacher"] == str(by[f"eval-teacher-{t}"].dir) for t in tasks)
+    assert all(tasks[t]["baseline"] == str(by[f"baseline-{t}"].dir) for t in tasks)
+    assert set(tasks["vqa"]) == {"baseline", "teacher", "student-kd", "student-raw"}
+    assert set(tasks["grounding"]) == {"baseline", "teacher", "student"}
+
+
+def tiny_four_task_pipeline() -> dict:
+    """pipelines/demo_all.yaml with tiny sizes: 24 train rows, 32 px, a 1-layer d=32 OFA, 2 steps everywhere."""
+    import yaml
+
+    import importlib.resources
+
+    pipe = yaml.safe_load((importlib.resources.files("pipelines") / "demo_all.yaml").read_text())
+    sizes = {
+        "data": {"n_train": 24, "n_val": 4, "n_test": 6, "size": 32, "tokenizer_vocab_size": 300},
+        "train-teacher": {**TINY_MODEL, **TRAIN, "max_steps": 2, "save_every": 0},
+        "distill": {"num_beams": 2, "batch_size": 8, "shard_size": 16, "num_workers": 0, "progress": False},
+        "train-student": {**TRAIN, "max_steps": 2, "save_every": 0},
+        "evaluate": {"batch_size": 8, "latency_limit": 2},
+    }
+    for stage in pipe["stages"]:
+        stage["config"].update(sizes.get(stage["kind"], {}))
+        if stage["name"] == "distill-caption":
+            stage["config"]["max_new_tokens"] = 8
+    return pipe
+
+
+@pytest.mark.slow
+def test_four_task_demo_end_to_end(tmp_path, capsys, one_thread):
+    """The four-task demo graph runs end to end: one report with a group per task, each with its baseline row
+    (no latency), teacher and students, claim checks per task and three examples per task."""
+    import yaml
+
+    from pipelines.cmd_run import run_demo
+
+    yaml_file = tmp_path / "tiny_all.yaml"
+    yaml_file.write_text(yaml.safe_dump(tiny_four_task_pipeline(), sort_keys=False))
+    report = run_demo(tmp_path / "run", pipeline_file=yaml_file)
+    assert report["tasks"] == ["caption", "vqa", "grounding", "entailment"]
+    labels = [(r["group"], r["label"]) for r in report["rows"]]
+    assert labels == [("caption", "baseline"), ("caption", "teacher"), ("caption", "student-kd"),
+                      ("caption", "student-raw"), ("vqa", "baseline"), ("vqa", "teacher"), ("vqa", "student-kd"),
+                      ("vqa", "student-raw"), ("grounding", "baseline"), ("grounding", "teacher"),
+                      ("grounding", "student"), ("entailment", "baseline"), ("entailment", "teacher"),
+                      ("entailment", "student")]
+    rows = {key: r for key, r in zip(labels, report["rows"])}
+    assert {r["metric"] for (t, _), r in rows.items() if t == "grounding"} == {"acc@0.5"}
+    assert rows["caption", "baseline"]["ms_per_sample"] is None and rows["caption", "baseline"]["speedup"] is None
+    assert all(r["ms_per_sample"] > 0 and r["latency_threads"] == 1 and r["latency_calls"] == 2
+               for (_, label), r in rows.items() if label != "baseline")
+    assert rows["vqa", "teacher"]["decoding"] == "AR beam 5 over answer trie"
+    assert rows["grounding", "teacher"]["decoding"] == "AR beam 5, 4 bins"
+    assert rows["entailment", "teacher"]["decoding"] == "AR candidate scoring"
+    assert [c["task"] for c in report["checks"]] == ["caption"] * 3 + ["vqa"] * 3 + ["grounding"] * 2 + ["entailment"] * 2
+    test_ids = [json.loads(line)["id"] for line in (tmp_path / "run" / "eval-teacher-vqa" / "predictions.jsonl")
+                .read_text().splitlines()]
+    for task, examples in report["examples"].items():
+        assert [e["id"] for e in examples] == test_ids[:3]
+        assert all(e["reference"] and set(e["outputs"]) == {label for t, label in labels if t == task} - {"baseline"}
+                   for e in examples)
+    printed = capsys.readouterr().out
+    assert "Example predictions" in printed and "grounding  shapes-0-test-000000" in printed
+    assert "1 CPU thread(s), median over 2 calls" in printed and "teacher" in printed
+    assert (tmp_path / "run" / "report.png").is_file()

@@ -177,3 +177,38 @@ def test_corrupt_init_weights_are_one_line(world, tmp_path):
     with pytest.raises(UserError, match=rf"cannot read weights file {ref / 'model.safetensors'} .*truncated"):
         train_teacher(TeacherTrainConfig(output_dir=str(tmp_path / "ft"), task="caption", data=str(world),
                                          init=str(ref), max_steps=1, report_to="none"))
+
+
+def test_multi_task_mixture_rows_and_training(world, tmp_path):
+    """`tasks`: one stream holding every row once per task (each part's own prompt and target), trained as one."""
+    from datasets import load_from_disk
+
+    from distill.image_processing import OFAImageProcessor
+    from distill.tasks import get_task
+    from distill.tokenizer import bin_token_ids, load_ofa_tokenizer
+    from pipelines.teacher import TaskMixture, TeacherTrainConfig, train_teacher
+    from student.data import TaskRows
+
+    tok, proc = load_ofa_tokenizer(world / "tokenizer"), OFAImageProcessor(size=32)
+    ds = load_from_disk(str(world))["train"]
+    parts = [TaskRows(ds, get_task(t), tok, proc, target_column="references") for t in ("caption", "grounding")]
+    mix = TaskMixture(parts)
+    assert len(mix) == 2 * len(ds) == 32
+    for i, (part, row) in enumerate([(0, 0), (0, 15), (1, 0), (1, 15)]):
+        got, want = mix.example(part * 16 + row, draw=i), parts[part].example(row, draw=i)
+        assert got["input_ids"] == want["input_ids"] and got["target"] == want["target"]
+    bins = set(bin_token_ids(tok))
+    assert not bins & set(mix.example(3, 0)["target"]) and set(mix.example(19, 0)["target"][:4]) <= bins
+
+    out = tmp_path / "multi"
+    base = dict(task="caption", data=str(world), arch="tiny", d_model=32, layers=1, heads=2, resnet_type="resnet18",
+                resolution=32, max_steps=2, batch_size=8, lr=1e-3, eval_limit=2, eval_num_beams=1, report_to="none")
+    train_teacher(TeacherTrainConfig(output_dir=str(out), tasks=["caption", "vqa", "grounding", "entailment"], **base))
+    record = json.loads((out / "train_config.json").read_text())
+    assert record["tasks"] == ["caption", "vqa", "grounding", "entailment"] and record["num_train_examples"] == 64
+    assert record["label_smoothing"] == 0.1 and "cider" in record["eval"]  # entailment's 0 is not shared: OFA's 0.1
+
+    with pytest.raises(UserError, match="must be one of tasks"):
+        train_teacher(TeacherTrainConfig(output_dir=str(tmp_path / "x"), tasks=["vqa", "grounding"], **base))
+    with pytest.raises(UserError, match="distinct"):
+        train_teacher(TeacherTrainConfig(output_dir=str(tmp_path / "y"), tasks=["caption", "caption"], **base))
