@@ -1,4 +1,5 @@
-# Two entry points for a fresh machine: `make demo` and `make test`. Both create .venv and install first.
+# Entry points for a fresh machine: `make demo` (caption, ~10 min), `make demo-all` (the four tasks) and `make test`.
+# All create .venv and install first.
 VENV ?= .venv
 PY := $(VENV)/bin/python
 export HF_HUB_OFFLINE ?= 1
@@ -19,4 +20,7 @@ test: $(VENV)/.installed
 demo: $(VENV)/.installed
 	$(VENV)/bin/narvl-pipe demo --out runs/demo
 
-.PHONY: install test demo
+demo-all: $(VENV)/.installed
+	$(VENV)/bin/narvl-pipe demo --tasks all --out runs/demo
+
+.PHONY: install test demo demo-all
