@@ -235,6 +235,7 @@ def plot(report: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.lines import Line2D
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
     tasks = report.get("tasks") or [""]
     fig, axes = plt.subplots(1, len(tasks), figsize=(4.6 * len(tasks) + 1.4, 4.2), dpi=120, squeeze=False)
@@ -254,6 +255,9 @@ def plot(report: dict[str, Any], path: Path) -> None:
         top = max([r["score"] for r in rows] + [1.0])
         ax.set_ylim(0, top * 1.15)  # from 0: a small gap between two systems looks small
         ax.set_xscale("log")
+        ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))  # 1-2-5 ticks, plain numbers: readable
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel("ms / sample (log scale; left is faster)")
         ax.set_ylabel(metric_display(rows[0]["metric"]) + " (axis from 0)" if rows else "")
         ax.set_title(task or report["title"], fontsize=10)
