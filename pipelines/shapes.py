@@ -50,6 +50,8 @@ NEUTRAL_PROPERTIES = ("heavy", "soft", "warm", "old")  # not depicted: the image
 LABELS = ("entailment", "contradiction", "neutral")
 SPLITS = ("train", "validation", "test")
 NUM_VQA_ANSWERS = 10  # VQAv2 rows hold 10 human answers; here all 10 are the exact answer
+ANSWERS_FILE = "answers.txt"
+"""The world's closed VQA answer list, one per line, in the world folder: the AR teacher's `--answers` file."""
 
 # The closed VQA answer set (for the answer trie): colours, counts, yes/no, and "colour kind" for relation questions.
 SHAPES_ANSWERS: tuple[str, ...] = (
@@ -371,7 +373,8 @@ def train_shapes_tokenizer(dataset: "datasets.DatasetDict", config: ShapesConfig
 
 
 def write_shapes(out_dir: str | Path, config: ShapesConfig | None = None, overwrite: bool = False) -> Path:
-    """Write `out_dir/` = `save_to_disk` DatasetDict + `tokenizer/` + `shapes_config.json`; return `out_dir`.
+    """Write `out_dir/` = `save_to_disk` DatasetDict + `tokenizer/` + `shapes_config.json` + `answers.txt` (the VQA
+    answer list, `SHAPES_ANSWERS`); return `out_dir`.
 
     The folder is assembled under a temporary sibling and renamed into place, so `out_dir` is either complete or
     absent. An existing `out_dir` is replaced only with `overwrite=True`, and only if it is a shapes world.
@@ -393,6 +396,7 @@ def write_shapes(out_dir: str | Path, config: ShapesConfig | None = None, overwr
     dataset.save_to_disk(str(tmp))
     tokenizer.save_pretrained(str(tmp / "tokenizer"))
     (tmp / "shapes_config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2) + "\n")
+    (tmp / ANSWERS_FILE).write_text("".join(a + "\n" for a in SHAPES_ANSWERS))
     if out_dir.exists():
         shutil.rmtree(out_dir)
     tmp.rename(out_dir)

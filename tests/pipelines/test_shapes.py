@@ -210,6 +210,10 @@ def test_cli_writes_loadable_world_and_tokenizer(tmp_path):
     assert ds["test"][0]["image"].size == (48, 48)
     config = ShapesConfig(**json.loads((out / "shapes_config.json").read_text()))
     assert (config.n_train, config.seed, config.size) == (12, 5, 48)
+    from distill.tasks.vqa import read_answers  # the AR teacher's --answers file: every answer a row can hold
+
+    answers = read_answers(str(out / "answers.txt"))
+    assert answers == list(SHAPES_ANSWERS) and {a for split in ds.values() for r in split["answers"] for a in r} <= set(answers)
 
     tok = load_ofa_tokenizer(out / "tokenizer")
     assert tok.convert_tokens_to_ids(["<s>", "<pad>", "</s>", "<unk>"]) == [0, 1, 2, 3]
