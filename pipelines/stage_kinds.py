@@ -84,7 +84,7 @@ def measure_latency(cfg: EvaluateStageConfig) -> tuple[float, int]:
     b = cfg.latency_batch_size
     predict_rows(lm, task, timed[:b], b, cfg.num_beams, candidates)  # warm-up: first-call allocations
     calls = [timed[i: i + b] for i in range(0, len(timed), b)]
-    ms = [1000.0 * predict_rows(lm, task, chunk, b, cfg.num_beams, candidates)[2] / len(chunk) for chunk in calls]
+    ms = [1000.0 * predict_rows(lm, task, chunk, b, cfg.num_beams, candidates).seconds / len(chunk) for chunk in calls]
     return statistics.median(ms), len(ms)
 
 
