@@ -27,10 +27,11 @@ def main() -> None:
     ap.add_argument("--results", type=Path, default=Path(__file__).parent / "results" / "demo_latency.json")
     args = ap.parse_args()
 
-    stages = []
+    stages, seen = [], set()
     for cfg_file in sorted(args.out.glob("*/stage_config.json")):
-        if cfg_file.parent.is_symlink():
+        if cfg_file.resolve() in seen:  # OUT/<name> links to OUT/<name>-<fingerprint>
             continue
+        seen.add(cfg_file.resolve())
         record = json.loads(cfg_file.read_text())
         if record["kind"] == "evaluate":
             stages.append((record["name"], EvaluateStageConfig(**record["config"])))
