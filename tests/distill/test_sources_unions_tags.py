@@ -132,8 +132,9 @@ def test_object_tags_travel_through_distill_into_the_students_prompt(tmp_path):
     teacher = make_teacher(tmp_path / "teacher")
     rows = make_dataset(2, "vqa").add_column("object_tags", [["red", "circle"], []])
     rows.save_to_disk(str(tmp_path / "src"))
+    (tmp_path / "answers.txt").write_text("red\nblue\ngreen\n")
     run_distill(DistillConfig(task="vqa", teacher=str(teacher), data=str(tmp_path / "src"), out=str(tmp_path / "d"),
-                              answers=None, num_beams=1, max_new_tokens=3, num_workers=0, progress=False,
+                              answers=str(tmp_path / "answers.txt"), num_beams=2, max_new_tokens=3, num_workers=0, progress=False,
                               batch_size=2))
     vqa = get_task("vqa")
     distilled = load_training_data(tmp_path / "d", "train", vqa)
