@@ -69,7 +69,7 @@ class DistillConfig:
     out: str
     """Output folder; `datasets.load_from_disk(out)` opens it when the run is complete."""
     split: str = "train"
-    """Split of the source to distil."""
+    """Split of the source to distil, or a union such as `train+restval`."""
     batch_size: int = 32
     """Rows per generate() call (per process)."""
     num_beams: int | None = None
@@ -151,22 +151,9 @@ def resolve_teacher(teacher: str, revision: str | None) -> tuple[Path, dict]:
 
     Checks that the folder holds a config and tokenizer files, without loading anything.
     """
-    path = Path(teacher)
-    if path.is_dir():
-        folder, ident = path, {"id": str(path.resolve())}
-    elif path.exists():
-        raise UserError(f"--teacher {teacher} is a file; expected a folder (save_pretrained) or a Hub model id")
-    else:
-        from huggingface_hub import snapshot_download
+    from distill.hub_ids import resolve_model_folder
 
-        try:
-            folder = Path(snapshot_download(teacher, revision=revision))
-        except Exception as exc:  # noqa: BLE001 (offline, unknown id: one user-facing line)
-            raise UserError(f"--teacher {teacher}: not a local folder, and the Hub download failed: "
-                            f"{error_reason(exc)}") from exc
-        ident = {"id": teacher, "revision": folder.name}  # snapshots/<commit sha>
-    if not (folder / "config.json").is_file():
-        raise UserError(f"teacher {teacher} has no config.json (expected a save_pretrained folder)")
+    folder, ident = resolve_model_folder(teacher, revision, field="--teacher")
     has_bpe = (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file()
     if not ((folder / "tokenizer.json").is_file() or has_bpe):
         raise UserError(f"teacher {teacher} has no tokenizer files (tokenizer.json, or vocab.json + merges.txt)")

@@ -28,6 +28,11 @@ images are decoded later (in DataLoader workers), a missing `premise` -> "".
 
 Validation (split, mapped columns, the task's input columns) raises `UserError` with one line naming what exists,
 and never needs the model.
+
+A split may be a union, `train+restval` (Karpathy's usual 113k COCO training set): every part is opened and
+canonicalised on its own (so generated ids stay distinct) and the parts are concatenated in order, for every kind of
+source. VQA's `object_tags` (OFA's "predicted labels" column, `&&`-separated) are kept when the source has them; an
+entailment source without any premise gets a one-time warning that the no-premise prompt is used.
 """
 from __future__ import annotations
 
@@ -35,6 +40,7 @@ import base64
 import binascii
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
@@ -71,10 +77,33 @@ def _available(names) -> str:
     return ", ".join(sorted(str(n) for n in names)) or "(none)"
 
 
-def _pick_split(dd, split: str, src: str):
-    if split not in dd:
-        raise UserError(f"split '{split}' not found in {src}; available: {_available(dd.keys())}")
-    return dd[split]
+def split_parts(split: str) -> list[str]:
+    """`"train+restval"` -> `["train", "restval"]` (a single split gives itself); empty or repeated parts are errors."""
+    parts = [p.strip() for p in str(split).split("+")]
+    if not all(parts) or len(set(parts)) != len(parts):
+        raise UserError(f"split '{split}': expected a split name or a union of distinct ones, e.g. train+restval")
+    return parts
+
+
+def pick_split(dd, split: str, src: str):
+    """`dd[split]` of a `DatasetDict`, or the concatenation of a union's parts (`train+restval`), in order."""
+    parts = split_parts(split)
+    for part in parts:
+        if part not in dd:
+            raise UserError(f"split '{part}' not found in {src}; available: {_available(dd.keys())}")
+    return dd[parts[0]] if len(parts) == 1 else _concatenate([dd[p] for p in parts], split, src)
+
+
+def _concatenate(datasets_: list, split: str, src: str):
+    from datasets import concatenate_datasets
+
+    try:
+        return concatenate_datasets(datasets_)
+    except ValueError as exc:  # different columns/types per split
+        raise UserError(f"split union '{split}' of {src}: the splits do not share one schema ({exc})") from exc
+
+
+_pick_split = pick_split  # the loaders below use the private name
 
 
 # ---------------------------------------------------------------------------------------------------- raw loaders
@@ -84,6 +113,9 @@ def load_saved(path: str | os.PathLike, split: str | None, src: str | None = Non
     import datasets
 
     path, src = Path(path), src or os.fspath(path)
+    parts = split_parts(split) if split else []
+    if len(parts) > 1 and (path / "dataset_dict.json").is_file():  # a union: its parts in order
+        return _concatenate([load_saved(path, p, src) for p in parts], split, src)
     if (path / "dataset_dict.json").is_file():
         splits = json.loads((path / "dataset_dict.json").read_text(encoding="utf-8")).get("splits", [])
         if split not in splits:
@@ -338,8 +370,16 @@ def _canonicalise(ds, split: str, columns_map: Mapping[str, str], task, src: str
         ds = ds.add_column("id", [f"{split}-{i}" for i in range(len(ds))])
     elif ds.features["id"] != Value("string"):
         ds = ds.cast_column("id", Value("string"))
-    if "premise" in prompt_columns(task) and "premise" not in ds.column_names:
-        ds = ds.add_column("premise", [""] * len(ds))
+    if "premise" in prompt_columns(task):
+        if "premise" not in ds.column_names:
+            ds = ds.add_column("premise", [""] * len(ds))
+        if not any(str(p or "").strip() for p in ds["premise"]):
+            warnings.warn(f"{src} ({split}) has no premise: entailment uses the no-premise prompt ' does the image "
+                          "describe \" {hypothesis} \"?' (NARVL's and OFA's SNLI-VE scripts pass --add-caption: "
+                          "' can image and text1 \" {premise} \" imply text2 \" {hypothesis} \"?')", stacklevel=2)
+    if "object_tags" in ds.column_names and isinstance(ds.features["object_tags"], Value):
+        ds = ds.map(lambda b: {"object_tags": [(v or "").split("&&") if (v or "").strip() else []
+                                               for v in b["object_tags"]]}, batched=True, desc="object_tags -> list")
     for col in ("captions", "answers"):
         if col in ds.column_names and isinstance(ds.features[col], Value):
             ds = ds.map(_to_list, batched=True, fn_kwargs={"col": col}, desc=f"{col} -> list")
@@ -375,6 +415,10 @@ def open_source(
     """
     src = os.fspath(src)
     image_root = os.fspath(image_root) if image_root is not None else None
+    parts = split_parts(split)
+    if len(parts) > 1:
+        ds = _concatenate([open_source(src, p, columns_map, task, image_root) for p in parts], split, src)
+        return ds.select(range(min(int(limit), len(ds)))) if limit is not None else ds
     ds = _load_raw(src, split, task.name, image_root)
     ds = _canonicalise(ds, split, dict(columns_map or {}), task, src, image_root)
     if limit is not None:

@@ -185,9 +185,12 @@ def _substitute(value: Any, targets: Mapping[str, str]) -> Any:
     return value
 
 
-def load_pipeline(path: str | Path) -> Pipeline:
-    """Parse and validate a pipeline YAML (kinds exist, names unique, references point at earlier stages)."""
+def load_pipeline(path: str | Path, sets: Mapping[str, str] | None = None) -> Pipeline:
+    """Parse and validate a pipeline YAML (kinds exist, names unique, references point at earlier stages); its
+    `${vars.NAME}` are filled from `sets`, the environment or their defaults (`pipelines.variables`)."""
     import yaml
+
+    from pipelines.variables import substitute_variables
 
     path = Path(path)
     if not path.is_file():
@@ -196,6 +199,8 @@ def load_pipeline(path: str | Path) -> Pipeline:
         doc = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
         raise UserError(f"{path} is not valid YAML: {str(err).splitlines()[0]}") from None
+    if isinstance(doc, Mapping) and ("variables" in doc or sets):
+        doc = substitute_variables(doc, sets, source=str(path))
     pipe = parse_pipeline(doc, default_name=path.stem)
     pipe.source = path
     return pipe

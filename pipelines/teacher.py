@@ -20,24 +20,11 @@ import torch
 import torch.nn.functional as F
 
 from distill.errors import UserError
+from student.presets import OFA_ARCHS as ARCHS, RecipeFields, drop_path_fields
 from student.trainer import TrainConfig, TrainResult
 
 __all__ = ["ARCHS", "TaskMixture", "TeacherTrainConfig", "arch_help", "build_ofa_config", "default_resolution",
            "teacher_loss", "train_teacher"]
-
-ARCHS: dict[str, dict[str, Any]] = {
-    "tiny": dict(encoder_layers=4, decoder_layers=4, d_model=256, heads=4, resnet_type="resnet50", params="33M",
-                 resolution=256),
-    "medium": dict(encoder_layers=4, decoder_layers=4, d_model=512, heads=8, resnet_type="resnet101", params="93M"),
-    "base": dict(encoder_layers=6, decoder_layers=6, d_model=768, heads=12, resnet_type="resnet101", params="180M",
-                 resolution=384),
-    "large": dict(encoder_layers=12, decoder_layers=12, d_model=1024, heads=16, resnet_type="resnet152",
-                  params="470M"),
-    "huge": dict(encoder_layers=24, decoder_layers=12, d_model=1280, heads=16, resnet_type="resnet152", params="930M"),
-}
-"""OFA sizes (DESIGN.md section 3); the FFN is 4 x d_model. `resolution`: the image side of the OFA-Sys model card
-(tiny 256, base 384), the default of a model built with `--arch`; the others use the task's (480, RefCOCO 512)."""
-
 
 def arch_help() -> str:
     """One line per size for `--help`: what `--arch NAME` builds and the image side it defaults to."""
@@ -52,8 +39,10 @@ def default_resolution(cfg: "TeacherTrainConfig", task) -> int:
 
 
 @dataclass(kw_only=True)
-class TeacherTrainConfig(TrainConfig):
-    """`narvl-pipe train-teacher` settings; the optimisation fields are those of `TrainConfig`."""
+class TeacherTrainConfig(RecipeFields, TrainConfig):
+    """`narvl-pipe train-teacher` settings; the optimisation fields are those of `TrainConfig`, and the ones of
+    `RecipeFields` left unset take OFA's script for the task and size (`student.presets.TEACHER_RECIPES`; a model
+    built from scratch with `arch` never freezes its embeddings unless asked)."""
 
     task: str
     """caption, vqa, grounding or entailment: the task trained (single-task) and evaluated during training."""
@@ -64,7 +53,10 @@ class TeacherTrainConfig(TrainConfig):
     data: str
     """Training source (any `distill.sources` SRC; a distilled dataset's references are used too)."""
     init: str | None = None
-    """OFA checkpoint folder to fine-tune (with its tokenizer and image processor); exclusive with `arch`."""
+    """OFA checkpoint (folder or Hub id) to fine-tune (with its tokenizer and image processor); exclusive with
+    `arch`."""
+    init_revision: str | None = None
+    """Hub revision of `init` (ignored for a local folder)."""
     arch: str | None = None
     """Build a fresh OFA of this size: tiny, medium, base, large or huge (default tiny when no `init`)."""
     d_model: int | None = None
@@ -85,7 +77,7 @@ class TeacherTrainConfig(TrainConfig):
     """Image side (default: the init's image processor; with `arch` the size's model-card side, tiny 256 and base
     384, else the task's OFA resolution)."""
     split: str = "train"
-    """Training split."""
+    """Training split, or a union such as `train+restval`."""
     limit: int | None = None
     """Train on the first N rows only."""
     eval_data: str | None = None
@@ -157,6 +149,7 @@ def build_ofa_config(cfg: TeacherTrainConfig, vocab_size: int, resolution: int):
         resnet_type=cfg.resnet_type or a["resnet_type"],
         image_bucket_size=max(42, -(-resolution // 16)),  # the patch grid must fit the position tables
     )
+    fields.update(drop_path_fields(cfg.drop_path))
     if cfg.config_json:
         p = Path(cfg.config_json)
         if not p.is_file():
@@ -200,6 +193,7 @@ def train_teacher(cfg: TeacherTrainConfig) -> TrainResult:
     processor, `train_config.json`)."""
     from accelerate.utils import set_seed
 
+    from distill.hub_ids import resolve_model_folder
     from distill.image_processing import OFAImageProcessor
     from distill.loading import load_pretrained
     from distill.ofa import OFAModel
@@ -207,6 +201,8 @@ def train_teacher(cfg: TeacherTrainConfig) -> TrainResult:
     from distill.tokenizer import load_ofa_tokenizer
     from student.data import SkipLog, TaskRows, collate, load_training_data
     from student.evaluate import make_eval_fn, save_model_folder
+    from student.presets import ofa_size, resolve
+    from student.train_setup import freeze_token_embeddings
     from student.trainer import train
 
     if cfg.init and (cfg.arch or cfg.config_json):
@@ -216,12 +212,23 @@ def train_teacher(cfg: TeacherTrainConfig) -> TrainResult:
     # the data first: a bad source fails before a load
     datasets_by_task = {name: load_training_data(cfg.data, cfg.split, get_task(name), cfg.limit) for name in names}
     ds = datasets_by_task[task.name]
-    set_seed(cfg.seed)
+    provenance: dict[str, Any] = {}
     if cfg.init:
-        model = load_pretrained(OFAModel, cfg.init)
-        tokenizer = load_ofa_tokenizer(cfg.tokenizer or cfg.init)
-        proc_file = Path(cfg.init) / "preprocessor_config.json"
-        processor = (OFAImageProcessor.from_pretrained(cfg.init) if proc_file.is_file()
+        init, provenance["init_identity"] = resolve_model_folder(cfg.init, cfg.init_revision, field="init")
+        size = ofa_size(json.loads((init / "config.json").read_text()))
+    else:
+        init = None
+        if cfg.freeze_embeddings is None:  # the scripts freeze pretrained embeddings; fresh ones must learn
+            cfg = dataclasses.replace(cfg, freeze_embeddings=False)
+        custom = any(v is not None for v in (cfg.d_model, cfg.layers, cfg.heads, cfg.ffn_dim, cfg.config_json))
+        size = None if custom else ofa_size(ARCHS.get(cfg.arch or "tiny", {}))
+    cfg, provenance["recipe"] = resolve(cfg, "teacher", size)
+    set_seed(cfg.seed)
+    if init is not None:
+        model = load_pretrained(OFAModel, init, **drop_path_fields(cfg.drop_path))
+        tokenizer = load_ofa_tokenizer(cfg.tokenizer or str(init))
+        proc_file = init / "preprocessor_config.json"
+        processor = (OFAImageProcessor.from_pretrained(str(init)) if proc_file.is_file()
                      else OFAImageProcessor(size=task.resolution))
         if cfg.resolution:
             processor.size = cfg.resolution
@@ -234,6 +241,8 @@ def train_teacher(cfg: TeacherTrainConfig) -> TrainResult:
         model = OFAModel(build_ofa_config(cfg, len(tokenizer), processor.size))
     if len(tokenizer) > model.config.vocab_size:
         raise UserError(f"tokenizer has {len(tokenizer)} tokens but the model only {model.config.vocab_size}")
+    if cfg.freeze_embeddings:
+        freeze_token_embeddings(model)
 
     skips = SkipLog.for_training(cfg.output_dir, cfg.resume)
     parts = [TaskRows(part_ds, get_task(name), tokenizer, processor, target_column="references", seed=cfg.seed,
@@ -251,12 +260,14 @@ def train_teacher(cfg: TeacherTrainConfig) -> TrainResult:
         smoothing = {get_task(n).label_smoothing for n in names}
         eps = smoothing.pop() if len(smoothing) == 1 else 0.1
     pad, bos = tokenizer.pad_token_id, tokenizer.bos_token_id
-    resolved = dataclasses.replace(cfg, label_smoothing=eps, resolution=processor.size)
+    resolved = dataclasses.replace(cfg, label_smoothing=eps, resolution=processor.size,
+                                   drop_path=model.config.encoder_drop_path_rate)
     result = train(model, teacher_loss(eps), train_rows, resolved,
                    collate_fn=partial(collate, pad_id=pad, bos_id=bos), eval_fn=eval_fn, run_config=_jsonable(resolved))
     if result.is_main_process:
-        record = {**_jsonable(resolved), "final_step": result.step, "eval": result.eval_metrics,
-                  "num_train_rows": len(ds), "num_train_examples": len(train_rows), "skipped_rows": skips.report()}
+        record = {**_jsonable(resolved), **result.resolved, **provenance, "final_step": result.step,
+                  "eval": result.eval_metrics, "num_train_rows": len(ds), "num_train_examples": len(train_rows),
+                  "skipped_rows": skips.report()}
         save_model_folder(result.model, tokenizer, processor, cfg.output_dir, record)
     return result
 

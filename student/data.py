@@ -62,9 +62,9 @@ def load_training_data(src: str | os.PathLike, split: str = "train", task=None, 
         except Exception:  # noqa: BLE001 (not a plain datasets folder/id: let open_source detect the format)
             dd = None
         if dd is not None:
-            if split not in dd:
-                raise UserError(f"split '{split}' not found in {src}; available: {', '.join(dd)}")
-            ds = dd[split]
+            from distill.sources import pick_split
+
+            ds = pick_split(dd, split, src)
     if ds is None or not is_distilled(ds):
         if task is None:
             raise UserError(f"{src} holds no teacher targets; opening it as a canonical source needs the task")

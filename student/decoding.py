@@ -1,45 +1,103 @@
 """CTC decoding of NARVL's query outputs: one-pass greedy (what the paper reports) and CTC prefix beam search.
 
-A labeling of the N queries decodes to a sequence by: merge adjacent repeats, drop blanks (and `<pad>`, which is
-never a target), cut at the first EOS (EOS excluded).
+A labeling of the N queries (one argmax label per query) becomes a token sequence by a per-task `DecodingRule`,
+NARVL's own (amazon-science/NARVL, read at 1ed7fc3):
+
+* caption and VQA merge adjacent repeated labels, then drop blanks, `<pad>` and every EOS wherever it occurs:
+  their `IterativeRefinementGenerator` is built with `collapse_repetition=True` (`tasks/mm_tasks/caption.py`,
+  `vqa_gen.py`; `--iter-decode-collapse-repetition` in `run_scripts/*_nat/evaluate_*.sh`), the blank symbol is added
+  with `ignore_in_string=True` (`tasks/ofa_task.py`), and `utils/eval_utils.py` turns tokens into text with fairseq's
+  `Dictionary.string`, which skips EOS (and BOS) at any position rather than stopping at the first one;
+* grounding (`eval_nat_refcoco`) does not merge repeats (`collapse_repetition=False` in `tasks/mm_tasks/refcoco.py`),
+  keeps only the `<bin_k>` tokens of the labeling (every other token is ignored) and yields a box only when exactly
+  4 bins remain;
+* entailment (`eval_nat_snli_ve`) does not merge repeats either (`collapse_repetition=False` in `snli_ve.py`), drops
+  blanks and EOS everywhere, and takes the first remaining token as the answer (`distill.tasks.entailment`).
+
+`DecodingRule(eos="cut")` (stop at the first EOS) is kept for callers that want the plain CTC-with-terminator
+reading; no task uses it.
 """
 from __future__ import annotations
 
 import math
 from collections import defaultdict
+from dataclasses import dataclass
 
 import torch
 
-__all__ = ["collapse", "ctc_decode", "ctc_greedy_decode", "ctc_prefix_beam_search", "ctc_sequence_log_prob"]
+__all__ = ["DecodingRule", "NARVL_RULES", "narvl_rule", "collapse", "ctc_decode", "ctc_greedy_decode",
+           "ctc_prefix_beam_search", "ctc_sequence_log_prob"]
 
 _NEG_INF = -math.inf
 
 
+@dataclass(frozen=True)
+class DecodingRule:
+    """How one labeling of the N queries becomes a token sequence (see the module docstring for NARVL's per task)."""
+
+    merge_repeats: bool = True
+    """Merge adjacent equal labels before anything is dropped (CTC collapse: "a a" -> "a", "a blank a" -> "a a")."""
+    eos: str = "drop"
+    """`drop`: every EOS is removed wherever it occurs (NARVL); `cut`: the sequence stops at the first EOS."""
+    keep_ids: frozenset[int] | None = None
+    """When set, only these labels are kept and every other one is ignored (grounding: the `<bin_k>` ids)."""
+
+    def __post_init__(self):
+        if self.eos not in ("drop", "cut"):
+            raise ValueError(f"DecodingRule.eos must be 'drop' or 'cut', got {self.eos!r}")
+
+
+NARVL_RULES: dict[str, DecodingRule] = {
+    "caption": DecodingRule(merge_repeats=True),
+    "vqa": DecodingRule(merge_repeats=True),
+    "grounding": DecodingRule(merge_repeats=False),
+    "entailment": DecodingRule(merge_repeats=False),
+}
+"""NARVL's rule per task; grounding's `keep_ids` (the bin ids) come from the tokenizer, see `narvl_rule`."""
+
+
+def narvl_rule(task: str | None, bin_ids: list[int] | None = None) -> DecodingRule:
+    """NARVL's decoding rule of `task` (None: the caption rule); grounding keeps only `bin_ids` when given."""
+    rule = NARVL_RULES.get(task or "caption", NARVL_RULES["caption"])
+    if task == "grounding" and bin_ids is not None:
+        rule = DecodingRule(merge_repeats=False, keep_ids=frozenset(int(i) for i in bin_ids))
+    return rule
+
+
 def collapse(
-    ids: torch.Tensor, blank_id: int, eos_id: int | None = None, pad_id: int | None = 1
+    ids: torch.Tensor, blank_id: int, eos_id: int | None = None, pad_id: int | None = 1,
+    rule: DecodingRule = DecodingRule(),
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Collapse per-query labels into left-packed sequences, batched with tensor ops.
+    """Collapse per-query labels into left-packed sequences by `rule`, batched with tensor ops.
 
     Args:
         ids (torch.Tensor): one label per query, shape ``(B, N)``.
-        blank_id (int): the CTC blank, dropped after merging repeats.
-        eos_id (int | None): when given, each sequence is cut at its first EOS (EOS excluded).
+        blank_id (int): the CTC blank, dropped (after merging repeats when the rule merges).
+        eos_id (int | None): EOS, dropped everywhere or cut at (``rule.eos``); None: an ordinary label.
         pad_id (int | None): dropped like the blank (never a target), and the fill value of the output
             (``blank_id`` when None).
+        rule (DecodingRule): merge or not, EOS drop or cut, kept ids (default: NARVL's caption rule).
 
     Returns:
         tuple[torch.Tensor, torch.Tensor]: ``tokens`` of shape ``(B, N)``, each row's sequence first and then
         ``pad_id``; and ``lengths`` of shape ``(B,)``.
     """
-    # Merge repeats on the raw labels first: "a blank a" stays two a's, "a a" becomes one.
     keep = torch.ones_like(ids, dtype=torch.bool)
-    keep[:, 1:] = ids[:, 1:] != ids[:, :-1]
+    if rule.merge_repeats:
+        # Merge repeats on the raw labels first: "a blank a" stays two a's, "a a" becomes one.
+        keep[:, 1:] = ids[:, 1:] != ids[:, :-1]
     keep &= ids != blank_id
     if pad_id is not None:
         keep &= ids != pad_id
     if eos_id is not None:
-        # Everything from the first kept EOS onwards goes (cumsum > 0 marks it and what follows).
-        keep &= ((ids == eos_id) & keep).cumsum(1) == 0
+        if rule.eos == "cut":
+            # Everything from the first kept EOS onwards goes (cumsum > 0 marks it and what follows).
+            keep &= ((ids == eos_id) & keep).cumsum(1) == 0
+        else:
+            keep &= ids != eos_id
+    if rule.keep_ids is not None:
+        allowed = torch.tensor(sorted(rule.keep_ids), dtype=ids.dtype, device=ids.device)
+        keep &= torch.isin(ids, allowed)
     lengths = keep.sum(1)
     slot = keep.long().cumsum(1) - 1
     tokens = torch.full_like(ids, blank_id if pad_id is None else pad_id)
@@ -49,20 +107,22 @@ def collapse(
 
 
 def ctc_greedy_decode(
-    logits: torch.Tensor, blank_id: int, eos_id: int, pad_id: int | None = 1
+    logits: torch.Tensor, blank_id: int, eos_id: int, pad_id: int | None = 1, rule: DecodingRule = DecodingRule()
 ) -> list[list[int]]:
-    """Greedy CTC decoding: argmax per query, merge repeats, drop blanks, cut at EOS.
+    """Greedy CTC decoding: argmax per query, then `rule` (default NARVL's caption/VQA rule: merge repeats, drop
+    blanks, `<pad>` and every EOS).
 
     Args:
         logits (torch.Tensor): scores (or log-probs) per query, shape ``(B, N, V + 1)``.
         blank_id (int): index of the blank.
-        eos_id (int): end of sequence; the output stops before it.
+        eos_id (int): end of sequence, never in the output.
         pad_id (int | None): `<pad>`, dropped if ever predicted (None: an ordinary label).
+        rule (DecodingRule): the task's rule (`narvl_rule(task)`).
 
     Returns:
         list[list[int]]: B token-id lists, EOS excluded.
     """
-    tokens, lengths = collapse(logits.argmax(-1), blank_id, eos_id, pad_id)
+    tokens, lengths = collapse(logits.argmax(-1), blank_id, eos_id, pad_id, rule)
     # The only Python-level step: the ragged split.
     return [row[:n] for row, n in zip(tokens.tolist(), lengths.tolist())]
 
@@ -152,9 +212,15 @@ def ctc_sequence_log_prob(
 
 
 def ctc_prefix_beam_search(
-    log_probs: torch.Tensor, beam_size: int, blank_id: int, eos_id: int, pad_id: int | None = 1
+    log_probs: torch.Tensor, beam_size: int, blank_id: int, eos_id: int, pad_id: int | None = 1,
+    rule: DecodingRule = DecodingRule(),
 ) -> list[list[tuple[list[int], float]]]:
-    """CTC prefix beam search over the query axis, with equal prefixes merged and the EOS cut.
+    """CTC prefix beam search over the query axis, with equal prefixes merged; EOS dropped or cut by `rule`.
+
+    With NARVL's rule (merge, drop EOS everywhere) EOS behaves exactly like a second blank (it is dropped after the
+    merge and separates repeats), so its mass is added to the blank's and no hypothesis ever finishes early. With
+    ``eos="cut"`` a prefix whose next label is EOS is finished. Rules that do not merge repeats (grounding,
+    entailment) are not CTC collapses and have no prefix search: NARVL decodes them greedily.
 
     Each open prefix carries the probability of the labelings that reach it ending in a blank and ending in a
     label; a prefix whose next label is EOS is finished and keeps its mass. Per query only the ``beam_size`` most
@@ -169,6 +235,7 @@ def ctc_prefix_beam_search(
         blank_id (int): index of the blank.
         eos_id (int): end of sequence (excluded from the output).
         pad_id (int | None): `<pad>`; merged into the blank, since greedy decoding drops it exactly like a blank.
+        rule (DecodingRule): must merge repeats; ``keep_ids`` is not supported.
 
     Returns:
         list[list[tuple[list[int], float]]]: per sample, up to ``beam_size`` ``(ids, log_prob)`` pairs, best first;
@@ -176,11 +243,16 @@ def ctc_prefix_beam_search(
     """
     if beam_size < 1:
         raise ValueError(f"beam_size must be >= 1, got {beam_size}")
-    log_probs = log_probs.detach().to(torch.float64, copy=True)  # a copy: the pad merge below writes in place
-    greedy = ctc_greedy_decode(log_probs, blank_id, eos_id, pad_id)
-    if pad_id is not None:
-        log_probs[..., blank_id] = torch.logaddexp(log_probs[..., blank_id], log_probs[..., pad_id])
-        log_probs[..., pad_id] = _NEG_INF
+    if not rule.merge_repeats or rule.keep_ids is not None:
+        raise ValueError("CTC prefix beam search needs a rule that merges repeats and keeps every label "
+                         "(caption, VQA); grounding and entailment decode greedily, as NARVL does")
+    log_probs = log_probs.detach().to(torch.float64, copy=True)  # a copy: the merges below write in place
+    greedy = ctc_greedy_decode(log_probs, blank_id, eos_id, pad_id, rule)
+    # Labels that greedy decoding drops exactly like a blank join the blank's mass.
+    for like_blank in (pad_id, eos_id if rule.eos == "drop" else None):
+        if like_blank is not None:
+            log_probs[..., blank_id] = torch.logaddexp(log_probs[..., blank_id], log_probs[..., like_blank])
+            log_probs[..., like_blank] = _NEG_INF
     k = min(beam_size, log_probs.size(-1))
     top = log_probs.topk(k, dim=-1).indices.tolist()
     results = []

@@ -17,6 +17,7 @@ from typing import Any, Sequence
 import torch
 
 from distill.errors import UserError
+from distill.hub_ids import resolve_model_folder
 
 __all__ = ["LoadedModel", "EvalResult", "Prediction", "RowPredictions", "model_kind", "check_model_folder",
            "load_model", "save_model_folder", "decode_batch", "predict_rows", "make_eval_fn", "evaluate", "predict"]
@@ -38,6 +39,8 @@ class LoadedModel:
     """`OFAImageProcessor` saved with the model (its `size` is the input resolution)."""
     kind: str
     """`narvl` or `ofa`."""
+    identity: dict = field(default_factory=dict)
+    """`{"id": folder}`, or `{"id": hub id, "revision": commit}` (`distill.hub_ids.resolve_model_folder`)."""
 
 
 def model_kind(model_dir: str | os.PathLike) -> str:
@@ -51,35 +54,43 @@ def model_kind(model_dir: str | os.PathLike) -> str:
     return kind
 
 
-def check_model_folder(model_dir: str | os.PathLike) -> str:
+def check_model_folder(model_dir: str | os.PathLike, task=None) -> str:
     """The folder's kind (`narvl`/`ofa`) after checking, without loading anything, that it has what `load_model`
-    reads: config.json and the image processor."""
+    reads: config.json and the image processor (optional with `task`: OFA-Sys Hub folders have none, and get OFA's
+    preprocessing at the task's resolution)."""
     kind = model_kind(model_dir)
-    if not (Path(model_dir) / "preprocessor_config.json").is_file():
+    if task is None and not (Path(model_dir) / "preprocessor_config.json").is_file():
         raise UserError(f"{model_dir} has no image processor (preprocessor_config.json)")
     return kind
 
 
-def load_model(model_dir: str | os.PathLike, device: str | torch.device | None = None) -> LoadedModel:
-    """Load a NARVL or OFA folder, or a NARVL ONNX export (`narvl-pipe export`, run by onnxruntime), with its
-    tokenizer and image processor (device: CUDA when available)."""
+def load_model(model_dir: str | os.PathLike, device: str | torch.device | None = None,
+               revision: str | None = None, task=None) -> LoadedModel:
+    """Load a NARVL or OFA folder, a Hub id (through the HF cache, at `revision`), or a NARVL ONNX export
+    (`narvl-pipe export`, run by onnxruntime), with its tokenizer and image processor (device: CUDA when available).
+    A checkpoint without an image processor (the OFA-Sys Hub folders) gets OFA's at `task`'s resolution."""
     from distill.image_processing import OFAImageProcessor
     from distill.loading import load_pretrained
     from distill.tokenizer import load_ofa_tokenizer
     from student.export import is_exported
 
+    model_dir, identity = resolve_model_folder(os.fspath(model_dir), revision, field="model")
     if is_exported(model_dir):
         from student.onnx_model import load_exported
 
         return load_exported(model_dir, device)
-    kind = check_model_folder(model_dir)
+    kind = check_model_folder(model_dir, task)
     if kind == "narvl":
         from student.modeling_narvl import NARVLModel as cls
     else:
         from distill.ofa import OFAModel as cls
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model = load_pretrained(cls, model_dir).to(device).eval()
-    return LoadedModel(model, load_ofa_tokenizer(model_dir), OFAImageProcessor.from_pretrained(str(model_dir)), kind)
+    if (Path(model_dir) / "preprocessor_config.json").is_file():
+        processor = OFAImageProcessor.from_pretrained(str(model_dir))
+    else:
+        processor = OFAImageProcessor(size=task.resolution)
+    return LoadedModel(model, load_ofa_tokenizer(model_dir), processor, kind, identity)
 
 
 def save_model_folder(model, tokenizer, image_processor, out: str | os.PathLike,
@@ -108,13 +119,22 @@ def decode_batch(lm: LoadedModel, task, inputs: dict[str, torch.Tensor], num_bea
                  candidates: Sequence[str] | None = None) -> list[list[int]]:
     """Output token ids per sample (no start token; for NARVL, CTC-collapsed and cut at EOS).
 
-    NARVL: one forward pass, greedy CTC (`num_beams` > 1: CTC prefix beam search). OFA: `generate()` with the task's
+    NARVL: one forward pass, greedy CTC by NARVL's rule of the task (`student.decoding`; `num_beams` > 1: CTC prefix
+    beam search, caption and VQA only). OFA: `generate()` with the task's
     OFA settings (`num_beams` overrides), or candidate scoring for entailment.
     """
     model, tok = lm.model, lm.tokenizer
     inputs = {k: v.to(model.device) for k, v in inputs.items()}
     if lm.kind == "narvl":
-        return model.decode(**inputs, num_beams=num_beams or 1)
+        if (num_beams or 1) > 1 and task.name in ("grounding", "entailment"):
+            raise UserError(f"num_beams {num_beams}: NARVL decodes {task.name} greedily (its rule does not merge "
+                            "repeats, so there is no CTC prefix search); leave num_beams unset")
+        bins = None
+        if task.name == "grounding":
+            from distill.tokenizer import bin_token_ids
+
+            bins = bin_token_ids(tok)
+        return model.decode(**inputs, num_beams=num_beams or 1, bin_ids=bins)
     settings = _generate_kwargs(model, task, tok, num_beams, candidates)
     nbests = task.ofa_inference(model, tok, inputs, settings, 1)  # VQA / entailment: OFA's recipe, as distill
     if nbests is not None:
@@ -235,6 +255,8 @@ class EvalResult:
     """Which implementation computed `metrics` (e.g. "pycocoevalcap 1.2, Java PTB tokenizer")."""
     predictions_path: str | None = None
     """JSONL of predictions, when written."""
+    model_revision: str | None = None
+    """Hub commit of `model` when it is a Hub id."""
     predictions: list[Any] = field(default_factory=list, repr=False)
     """Predictions aligned with the scored rows (the rows minus the skipped ones)."""
     num_skipped: int = 0
@@ -276,8 +298,10 @@ def _candidates(task, rows: Sequence[dict], answers: str | None) -> list[str] | 
 def evaluate(model: str | os.PathLike, task: str, data: str | os.PathLike, split: str = "validation",
              batch_size: int = 16, num_beams: int | None = None, limit: int | None = None,
              out: str | os.PathLike | None = None, answers: str | None = None,
-             device: str | None = None, progress: bool = True, score: bool = True) -> EvalResult:
-    """Score a NARVL or OFA folder on `split` of `data` with the task metric; optionally write predictions JSONL.
+             device: str | None = None, progress: bool = True, score: bool = True,
+             revision: str | None = None) -> EvalResult:
+    """Score a NARVL or OFA folder (or a Hub id, resolved through the HF cache at `revision`) on `split` of `data`
+    with the task metric; optionally write predictions JSONL.
 
     `answers`: VQA candidate list for the AR teacher (OFA's trainval_ans2label.pkl, or a text/JSON list; required
     for an AR VQA model, as for `narvl-pipe distill`). `score=False` skips the metric (latency-only runs).
@@ -287,21 +311,22 @@ def evaluate(model: str | os.PathLike, task: str, data: str | os.PathLike, split
     from student.data import SkipLog
 
     t = get_task(task)
-    kind = check_model_folder(model)  # inputs first: a bad split or column fails before any weight is read
+    model, identity = resolve_model_folder(os.fspath(model), revision, field="model")
+    kind = check_model_folder(model, t)  # inputs first: a bad split or column fails before any weight is read
     ds = open_source(data, split, None, t, limit=limit)
     rows = [dict(r) for r in ds]
     candidates = _candidates(t, rows, answers) if kind == "ofa" else None
-    lm = load_model(model, device)
+    lm = load_model(model, device, task=t)
     res = predict_rows(lm, t, rows, batch_size, num_beams, candidates, progress, scored=True)
     if not res.kept:
         raise _nothing_readable(len(rows), res.skipped)
     scored = [rows[i] for i in res.kept]
-    result = EvalResult(task=t.name, model=str(model), kind=lm.kind,
+    result = EvalResult(task=t.name, model=str(identity["id"] if "revision" in identity else model), kind=lm.kind,
                         metrics=t.evaluate(res.predictions, scored) if score else {},
                         metric_implementation=t.metric_implementation(scored) if score else "",
                         ms_per_sample=1000.0 * res.seconds / len(scored), num_samples=len(scored),
                         batch_size=batch_size, num_beams=num_beams, predictions=res.predictions,
-                        num_skipped=len(res.skipped), skipped=res.skipped)
+                        num_skipped=len(res.skipped), skipped=res.skipped, model_revision=identity.get("revision"))
     if out is not None:
         out = Path(out)
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -332,14 +357,16 @@ class Prediction:
 
 def predict(model: str | os.PathLike | LoadedModel, task: str, image: Any, text: str | None = None,
             premise: str | None = None, num_beams: int | None = None, answers: str | None = None,
-            device: str | None = None) -> Prediction:
+            device: str | None = None, revision: str | None = None) -> Prediction:
     """Predict for one image: `text` is the question (vqa), the region text (grounding) or the hypothesis
     (entailment, with an optional `premise`). VQA with the AR teacher needs `answers` (candidate list file)."""
     from distill.image_processing import load_image
     from distill.tasks import get_task
 
     t = get_task(task)
-    kind = model.kind if isinstance(model, LoadedModel) else check_model_folder(model)
+    if not isinstance(model, LoadedModel):
+        model, _ = resolve_model_folder(os.fspath(model), revision, field="model")
+    kind = model.kind if isinstance(model, LoadedModel) else check_model_folder(model, t)
     # Inputs first: a bad image, a missing text or answer list fails before any weight is read.
     load_image(image, name=image if isinstance(image, (str, os.PathLike)) else None)
     row: dict[str, Any] = {"id": "predict", "image": image}
@@ -355,6 +382,6 @@ def predict(model: str | os.PathLike | LoadedModel, task: str, image: Any, text:
         if not answers:
             raise UserError("VQA with the AR teacher needs --answers FILE (its candidate answer list)")
         candidates = _candidates(t, [], answers)
-    lm = model if isinstance(model, LoadedModel) else load_model(model, device)
+    lm = model if isinstance(model, LoadedModel) else load_model(model, device, task=t)
     res = predict_rows(lm, t, [row], 1, num_beams, candidates)
     return Prediction(output=res.texts[0], prediction=res.predictions[0])

@@ -2,11 +2,10 @@
 
 The maths follows the official NARVL criterion (amazon-science/NARVL, `criterions/ofa_nat_loss.py`, loss type
 `ctc`): `F.ctc_loss` over the query axis with `reduction='mean'` and `zero_infinity=True`, and fairseq-NAT label
-smoothing `(1 - eps) * ctc - eps * mean(log_probs)`. Two deliberate differences, both documented below:
+smoothing `(1 - eps) * ctc - eps * mean(log_probs)`. Infeasible samples (a target that cannot fit in N queries)
+are counted; as in the official criterion only their CTC term is zeroed (`zero_infinity`), their smoothing term is
+kept, and the batch mean still divides by B. One deliberate difference:
 
-* infeasible samples (a target that cannot fit in N queries) are counted and excluded from *every* term, the
-  smoothing term included (the official keeps their smoothing term); the batch mean still divides by B, exactly as
-  `F.ctc_loss(reduction='mean')` does after `zero_infinity` has zeroed them;
 * VQA soft scores weight each sample's loss. The official multiplies the log-probs by the score *before* CTC, which
   is not a weighting: CTC then computes `-log sum_a prod_n p^c = -log sum_a p(a)^c`, a tempered marginal over
   alignments (equal to `c * loss` only when a single alignment exists, e.g. grounding with N = target length and no
@@ -53,13 +52,12 @@ def query_ctc_loss(
 
     Per sample ``b`` with target length ``L_b`` (clamped to at least 1, as in ``F.ctc_loss``)::
 
-        l_b = (1 - eps) * ctc_b / L_b + eps * mean_{n, v}(-log p[b, n, v])
-        loss = sum_b w_b * l_b * feasible_b / B
+        l_b = (1 - eps) * feasible_b * ctc_b / L_b + eps * mean_{n, v}(-log p[b, n, v])
+        loss = sum_b w_b * l_b / B
 
-    With ``eps = 0`` and no weights this is exactly ``F.ctc_loss(log_softmax(logits).transpose(0, 1), targets,
-    N, target_lengths, blank=blank_id, reduction='mean', zero_infinity=True)``: infeasible samples add 0 but still
-    count in the divisor B. With ``eps > 0`` and all samples feasible it equals the official NARVL
-    ``(1 - eps) * ctc - eps * mean(log_probs)``.
+    Without weights this is exactly the official NARVL ``(1 - eps) * F.ctc_loss(log_softmax(logits).transpose(0, 1),
+    targets, N, target_lengths, blank=blank_id, reduction='mean', zero_infinity=True) - eps * mean(log_probs)``:
+    an infeasible sample's CTC term adds 0 but it still counts in the divisor B, and its smoothing term stays.
 
     Args:
         logits (torch.Tensor): unnormalised scores over the vocabulary plus the blank, shape ``(B, N, V + 1)``.
@@ -103,11 +101,11 @@ def query_ctc_loss(
         blank=blank_id, reduction="none", zero_infinity=True,
     )
     per_sample = nll / target_lengths.clamp(min=1)
+    # where() rather than a product: an infeasible sample's CTC gradient is exactly zero (never inf * 0).
+    per_sample = torch.where(feasible, per_sample, torch.zeros_like(per_sample))
     if label_smoothing > 0:
         smooth = -log_probs.mean(dim=(1, 2))
         per_sample = (1.0 - label_smoothing) * per_sample + label_smoothing * smooth
     if weights is not None:
         per_sample = per_sample * weights.to(device=logits.device, dtype=per_sample.dtype)
-    # where() rather than a product, so that an infeasible sample's gradient is exactly zero in every term.
-    per_sample = torch.where(feasible, per_sample, torch.zeros_like(per_sample))
     return per_sample.sum() / batch, (~feasible).sum()

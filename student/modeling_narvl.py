@@ -21,7 +21,7 @@ from distill.ofa.encoder import OFAEncoder, OFAEncoderOutput
 from distill.ofa.modeling_ofa import OFAPreTrainedModel
 
 from .configuration_narvl import NARVLConfig
-from .decoding import ctc_decode
+from .decoding import ctc_decode, narvl_rule
 from .loss import query_ctc_loss
 
 __all__ = ["NARVLModel", "NARVLOutput"]
@@ -152,11 +152,15 @@ class NARVLModel(OFAPreTrainedModel):
         patch_images: torch.FloatTensor | None = None,
         patch_masks: torch.Tensor | None = None,
         num_beams: int = 1,
+        bin_ids: list[int] | None = None,
     ) -> list[list[int]]:
-        """Token ids per sample (EOS excluded): greedy CTC (``num_beams=1``, the paper's setting) or the best
-        hypothesis of CTC prefix beam search."""
+        """Token ids per sample (EOS excluded) by NARVL's rule for ``config.task`` (`student.decoding.narvl_rule`):
+        greedy (``num_beams=1``, the paper's setting) or the best hypothesis of CTC prefix beam search (tasks whose
+        rule merges repeats only). ``bin_ids``: the `<bin_k>` ids, the only tokens grounding keeps."""
         logits = self(input_ids, patch_images=patch_images, patch_masks=patch_masks).logits
-        return ctc_decode(logits, self.blank_id, self.config.eos_token_id, self.config.pad_token_id, num_beams)
+        rule = narvl_rule(self.config.task, bin_ids)
+        return ctc_decode(logits, self.blank_id, self.config.eos_token_id, self.config.pad_token_id, num_beams,
+                          rule)
 
     @classmethod
     def from_ofa(cls, ofa: OFAModel | str | Path, num_queries: int, **kwargs) -> "NARVLModel":

@@ -1,8 +1,10 @@
 """`train-student`: train a NARVL student with Query-CTC on teacher targets (KD) or on raw references.
 
 The student starts from an OFA checkpoint (`NARVLModel.from_ofa`: every weight but the queries and the blank row)
-or continues a NARVL folder. The result is one usable folder: model, tokenizer, image processor and
-`train_config.json` (the resolved settings, the filter counts and the final metrics).
+or continues a NARVL folder; either may be a local folder or a Hub id (resolved through the HF cache). Every unset
+optimisation field takes NARVL's official recipe for the task and the init's size (`student.presets`). The result is
+one usable folder: model, tokenizer, image processor and `train_config.json` (the resolved settings, the recipe
+used, the filter counts and the final metrics).
 """
 from __future__ import annotations
 
@@ -16,28 +18,25 @@ from typing import Any
 import torch
 
 from distill.errors import UserError
+from student.presets import RecipeFields, drop_path_fields
 from student.trainer import TrainConfig, TrainResult
 
-__all__ = ["StudentTrainConfig", "student_loss", "default_lr", "train_student"]
-
-
-def default_lr(task: str) -> float:
-    """NARVL's recipe: 1e-5 for captioning, 5e-5 for VQA, grounding and entailment."""
-    return 1e-5 if task == "caption" else 5e-5
+__all__ = ["StudentTrainConfig", "student_loss", "train_student", "resolve_student_config"]
 
 
 @dataclass(kw_only=True)
-class StudentTrainConfig(TrainConfig):
-    """`narvl-pipe train-student` settings; the optimisation fields are those of `TrainConfig`."""
+class StudentTrainConfig(RecipeFields, TrainConfig):
+    """`narvl-pipe train-student` settings; the optimisation fields are those of `TrainConfig`, and the ones of
+    `RecipeFields` left unset take NARVL's script for the task and the init's size (`student.presets`)."""
 
     task: str
     """caption, vqa, grounding or entailment."""
     data: str
     """Distilled dataset (`narvl-pipe distill` output, a pushed folder or Hub id), or a canonical source for raw."""
     init: str
-    """OFA checkpoint folder (the student borrows its encoder and decoder), or a NARVL folder to continue."""
-    lr: float | None = None
-    """Peak learning rate (default: NARVL's, 1e-5 caption, 5e-5 others)."""
+    """OFA checkpoint (folder or Hub id; the student borrows its encoder and decoder), or a NARVL one to continue."""
+    init_revision: str | None = None
+    """Hub revision of `init` (ignored for a local folder)."""
     num_queries: int | None = None
     """Decoder queries N (default: the task's, caption 20, vqa 6, grounding 5, entailment 3)."""
     target_column: str = "target"
@@ -47,7 +46,7 @@ class StudentTrainConfig(TrainConfig):
     max_target_len: int | None = None
     """Drop rows whose teacher target (EOS included) is longer."""
     split: str = "train"
-    """Split of `data` (ignored for a distilled folder, which is one split)."""
+    """Split of `data`, or a union such as `train+restval` (ignored for a distilled folder, which is one split)."""
     limit: int | None = None
     """Train on the first N rows only."""
     tokenizer: str | None = None
@@ -105,8 +104,20 @@ def _eval_rows(cfg: StudentTrainConfig, task) -> list[dict] | None:
     return [dict(r) for r in ds]
 
 
-def build_student(cfg: StudentTrainConfig, task):
-    """(NARVLModel, tokenizer, image processor) from `cfg.init` (an OFA or a NARVL folder)."""
+def resolve_student_config(cfg: StudentTrainConfig) -> tuple[StudentTrainConfig, Path, dict[str, Any]]:
+    """(`cfg` with the recipe filled in, the init folder, a record of the init identity and recipe); no weights
+    are loaded (the size is read from the init's config.json)."""
+    from distill.hub_ids import resolve_model_folder
+    from student.presets import ofa_size, resolve
+
+    init, identity = resolve_model_folder(cfg.init, cfg.init_revision, field="init")
+    size = ofa_size(json.loads((init / "config.json").read_text()))
+    resolved, recipe = resolve(cfg, "student", size)
+    return resolved, init, {"init_identity": identity, "recipe": recipe}
+
+
+def build_student(cfg: StudentTrainConfig, task, init: Path | None = None):
+    """(NARVLModel, tokenizer, image processor) from `init` (default `cfg.init`; an OFA or a NARVL folder)."""
     from distill.image_processing import OFAImageProcessor
     from distill.loading import load_pretrained
     from distill.ofa import OFAModel
@@ -114,12 +125,13 @@ def build_student(cfg: StudentTrainConfig, task):
     from student.evaluate import model_kind
     from student.modeling_narvl import NARVLModel
 
-    init = Path(cfg.init)
+    init = Path(init or cfg.init)
     if not (init / "config.json").is_file():
-        raise UserError(f"--init {cfg.init}: not a model folder (no config.json)")
+        raise UserError(f"init {cfg.init}: not a model folder (no config.json)")
     eps = task.label_smoothing if cfg.label_smoothing is None else cfg.label_smoothing
+    layers = drop_path_fields(cfg.drop_path)
     if model_kind(init) == "narvl":
-        model = load_pretrained(NARVLModel, init)
+        model = load_pretrained(NARVLModel, init, **layers)
         if cfg.num_queries and cfg.num_queries != model.config.num_queries:
             raise UserError(f"--num-queries {cfg.num_queries} differs from the NARVL init's {model.config.num_queries}")
         model.config.label_smoothing = eps
@@ -127,8 +139,9 @@ def build_student(cfg: StudentTrainConfig, task):
             raise UserError("--dropout applies to an OFA init only (a NARVL init keeps its own)")
     else:
         extra = {} if cfg.dropout is None else {"dropout": cfg.dropout}
-        model = NARVLModel.from_ofa(load_pretrained(OFAModel, init), num_queries=cfg.num_queries or task.num_queries,
-                                    task=task.name, label_smoothing=eps, **extra)
+        model = NARVLModel.from_ofa(load_pretrained(OFAModel, init, **layers),
+                                    num_queries=cfg.num_queries or task.num_queries, task=task.name,
+                                    label_smoothing=eps, **extra)
     tokenizer = load_ofa_tokenizer(cfg.tokenizer or str(init))
     if (init / "preprocessor_config.json").is_file():
         processor = OFAImageProcessor.from_pretrained(str(init))
@@ -152,8 +165,13 @@ def train_student(cfg: StudentTrainConfig) -> TrainResult:
     task = get_task(cfg.task)
     ds = load_training_data(cfg.data, cfg.split, task, cfg.limit)  # the data first: a bad source fails before a load
     ds, report = filter_rows(ds, cfg.min_teacher_logprob, cfg.max_target_len)
+    cfg, init, provenance = resolve_student_config(cfg)
     set_seed(cfg.seed)  # the queries and blank row are drawn from it
-    model, tokenizer, processor = build_student(cfg, task)
+    model, tokenizer, processor = build_student(cfg, task, init)
+    if cfg.freeze_embeddings:
+        from student.train_setup import freeze_token_embeddings
+
+        freeze_token_embeddings(model)
     # Same CPU flag as the Accelerator reads: a PartialState made first without it stays single-process.
     main = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU")).is_main_process
     if main:
@@ -166,12 +184,13 @@ def train_student(cfg: StudentTrainConfig) -> TrainResult:
     if eval_rows:
         eval_fn = make_eval_fn(task, eval_rows, tokenizer, processor, "narvl", cfg.eval_batch_size, cfg.eval_num_beams)
     resolved = dataclasses.replace(
-        cfg, lr=cfg.lr if cfg.lr is not None else default_lr(task.name), num_queries=model.config.num_queries,
-        label_smoothing=model.config.label_smoothing, resolution=processor.size)
+        cfg, num_queries=model.config.num_queries, label_smoothing=model.config.label_smoothing,
+        resolution=processor.size, drop_path=model.config.encoder_drop_path_rate)
     pad, bos = tokenizer.pad_token_id, tokenizer.bos_token_id
     run_config = _jsonable(resolved)
     result = train(model, student_loss, rows, resolved, collate_fn=partial(collate, pad_id=pad, bos_id=bos),
                    eval_fn=eval_fn, run_config=run_config)
+    run_config.update(result.resolved, **provenance)
     if result.is_main_process:
         infeasible = result.history[-1].get("total_n_infeasible", 0) if result.history else 0
         if infeasible:

@@ -12,15 +12,15 @@ run. Three choices make that hold:
   global RNG, which would shift dropout masks after a resume.
 
 `batch_size` is the GLOBAL batch of one optimizer step (all processes and accumulation steps together), so runs on 1
-or several processes see the same samples per step and give the same loss curve.
+or several processes see the same samples per step and give the same loss curve. The accumulation steps follow from
+the process count and `per_device_batch_size` (as fairseq's `--batch-size` x `--update-freq` x GPUs), and the length
+from `epochs` unless `max_steps` is given.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
 import math
-import os
-import shutil
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -31,12 +31,11 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from distill.errors import UserError
+from student.checkpoints import CHECKPOINT_DIR, LOG_FILE, STATE_FILE, latest_checkpoint, save_checkpoint, truncate_log
+from student.ema import WeightEMA
+from student.train_setup import resolve_accumulation, resolve_length, resolve_mixed_precision
 
-__all__ = ["TrainConfig", "TrainResult", "StepBatchSampler", "train", "latest_checkpoint"]
-
-CHECKPOINT_DIR = "checkpoints"
-LOG_FILE = "log.jsonl"
-STATE_FILE = "trainer_state.json"
+__all__ = ["TrainConfig", "TrainResult", "StepBatchSampler", "train", "latest_checkpoint", "CHECKPOINT_DIR"]
 
 
 @dataclass
@@ -45,16 +44,22 @@ class TrainConfig:
 
     output_dir: str
     """Run folder: `checkpoints/`, `log.jsonl` and tracker logs go here."""
-    max_steps: int = 1000
-    """Number of optimizer steps."""
+    max_steps: int | None = None
+    """Number of optimizer steps (None: `epochs` passes over the training rows)."""
+    epochs: float | None = None
+    """Training length in passes over the rows, `ceil(epochs * rows / batch_size)` steps; `max_steps` overrides."""
     batch_size: int = 32
     """Global batch per optimizer step, summed over processes and accumulation steps."""
-    grad_accum: int = 1
-    """Gradient accumulation steps; `batch_size` must divide by `grad_accum * num_processes`."""
+    per_device_batch_size: int | None = None
+    """Largest micro-batch of one process (None: the whole share); the accumulation steps are
+    `batch_size / (processes * per_device_batch_size)`."""
+    grad_accum: int | None = None
+    """Gradient accumulation steps (None: from `per_device_batch_size`, else 1); `batch_size` must divide by
+    `grad_accum * num_processes`."""
     lr: float = 5e-5
     """Peak learning rate (NARVL: 1e-5 caption, 5e-5 VQA/grounding/entailment)."""
-    lr_end: float = 2e-7
-    """Learning rate reached at `max_steps` by the polynomial decay (OFA's end-learning-rate)."""
+    lr_end: float = 0.0
+    """Learning rate reached at the last step by the polynomial decay (fairseq's `end_learning_rate`, 0)."""
     lr_power: float = 1.0
     """Power of the polynomial decay (1 = linear)."""
     warmup_ratio: float = 0.06
@@ -67,8 +72,12 @@ class TrainConfig:
     """AdamW epsilon."""
     max_grad_norm: float = 1.0
     """Gradient clipping norm; 0 disables clipping."""
-    mixed_precision: str = "no"
-    """Accelerate mixed precision: `no`, `fp16` or `bf16`."""
+    mixed_precision: str = "auto"
+    """`auto` (CUDA: bf16 where supported, else fp16, as the scripts' `--fp16`; CPU: no; an `accelerate launch
+    --mixed_precision` setting wins), or `no`, `fp16`, `bf16`."""
+    ema_decay: float | None = None
+    """Keep an fp32 exponential moving average of the weights with this decay (None: off); it is what periodic and
+    final evaluations score and what the run returns (fairseq `--uses-ema --store-ema --ema-fp32`)."""
     seed: int = 0
     """Seed of initialisation, data order and dropout."""
     eval_every: int = 0
@@ -108,6 +117,8 @@ class TrainResult:
     """Task metrics of the final evaluation (empty without `eval_fn`)."""
     is_main_process: bool = True
     """True on the process that should write files."""
+    resolved: dict[str, Any] = field(default_factory=dict)
+    """Settings the trainer derived: `max_steps`, `grad_accum`, `per_device_batch_size`, `mixed_precision`."""
 
 
 class LossFn(Protocol):
@@ -172,14 +183,6 @@ class _DrawDataset(Dataset):
         return self.ds.example(row, draw) if self._with_draw else self.ds[row]
 
 
-def latest_checkpoint(output_dir: str | os.PathLike) -> Path | None:
-    """The most recent complete checkpoint folder (`checkpoints/step_XXXXXXXX`), or None."""
-    root = Path(output_dir) / CHECKPOINT_DIR
-    done = sorted(p for p in root.glob("step_*") if p.is_dir() and not p.name.endswith(".tmp")
-                  and (p / STATE_FILE).exists())
-    return done[-1] if done else None
-
-
 def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     # No decay on biases, norms and 1-D gains, as in fairseq/transformers recipes.
     decay, no_decay = [], []
@@ -204,34 +207,6 @@ def _tracker(report_to: str) -> str | None:
 def _flat_config(config: dict[str, Any]) -> dict[str, Any]:
     # Trackers (tensorboard hparams) only take scalars and strings.
     return {k: (v if isinstance(v, (int, float, str, bool)) else json.dumps(v)) for k, v in config.items()}
-
-
-def _save_checkpoint(accelerator, cfg: TrainConfig, step: int, extra: dict[str, Any]) -> None:
-    root = Path(cfg.output_dir) / CHECKPOINT_DIR
-    final = root / f"step_{step:08d}"
-    tmp = root / f"step_{step:08d}.tmp"
-    if accelerator.is_main_process:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))  # every process writes its own RNG state
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        (tmp / STATE_FILE).write_text(json.dumps({"step": step, **extra}, indent=1))
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)  # atomic: a checkpoint folder is complete or absent
-        olds = sorted(p for p in root.glob("step_*") if not p.name.endswith(".tmp"))
-        for old in olds[: max(0, len(olds) - cfg.keep_checkpoints)]:
-            shutil.rmtree(old, ignore_errors=True)
-    accelerator.wait_for_everyone()
-
-
-def _truncate_log(path: Path, step: int) -> None:
-    """Drop log lines past `step` (written by a killed run after its last checkpoint)."""
-    if not path.exists():
-        return
-    keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln).get("step", 0) <= step]
-    path.write_text("".join(ln + "\n" for ln in keep))
 
 
 def train(model: torch.nn.Module, loss_fn: LossFn, train_ds: Any, config: TrainConfig,
@@ -259,11 +234,16 @@ def train(model: torch.nn.Module, loss_fn: LossFn, train_ds: Any, config: TrainC
     if not cfg.resume and latest_checkpoint(out) is not None:
         raise UserError(f"{out} holds checkpoints of an earlier run: pass --resume to continue it, or choose "
                         "another output folder")
-    if cfg.max_steps < 1:
-        raise UserError(f"max_steps must be >= 1, got {cfg.max_steps}")
+    from accelerate import PartialState
+    from accelerate.utils import parse_flag_from_env
+
+    max_steps = resolve_length(cfg, len(train_ds))
+    state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
+    grad_accum, per_device = resolve_accumulation(cfg, state.num_processes)
+    precision = resolve_mixed_precision(cfg.mixed_precision, state.device)
     tracker = _tracker(cfg.report_to)
     accelerator = Accelerator(
-        mixed_precision=cfg.mixed_precision,
+        mixed_precision=precision,
         log_with=tracker,
         project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "logs")),
         step_scheduler_with_optimizer=False,  # one scheduler step per optimizer step, whatever the world size
@@ -274,16 +254,33 @@ def train(model: torch.nn.Module, loss_fn: LossFn, train_ds: Any, config: TrainC
     if accelerator.device.type == "cpu":  # predicted memory and step time: a run that cannot fit fails here
         from student.preflight import preflight
 
-        preflight(model, loss_fn, _DrawDataset(train_ds), collate_fn, cfg, accelerator)
+        preflight(model, loss_fn, _DrawDataset(train_ds), collate_fn,
+                  dataclasses.replace(cfg, grad_accum=grad_accum, max_steps=max_steps), accelerator)
+    resolved = {"max_steps": max_steps, "grad_accum": grad_accum, "per_device_batch_size": per_device,
+                "mixed_precision": accelerator.mixed_precision}
 
     optimizer = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=tuple(cfg.adam_betas),
                                   eps=cfg.adam_eps)
     # At least one decay step: the schedule divides by (max_steps - warmup).
-    warmup = min(int(math.ceil(cfg.warmup_ratio * cfg.max_steps)), cfg.max_steps - 1)
+    warmup = max(0, min(int(math.ceil(cfg.warmup_ratio * max_steps)), max_steps - 1))
     scheduler = get_polynomial_decay_schedule_with_warmup(
-        optimizer, num_warmup_steps=warmup, num_training_steps=cfg.max_steps,
+        optimizer, num_warmup_steps=warmup, num_training_steps=max_steps,
         lr_end=min(cfg.lr_end, cfg.lr * 0.999), power=cfg.lr_power)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    ema = None
+    if cfg.ema_decay:
+        ema = WeightEMA(accelerator.unwrap_model(model), cfg.ema_decay)
+        accelerator.register_for_checkpointing(ema)  # saved and restored with the run
+
+    def evaluate() -> dict[str, float]:
+        plain = accelerator.unwrap_model(model)
+        if ema is not None:
+            ema.swap(plain)
+        try:
+            return eval_fn(plain, accelerator)
+        finally:
+            if ema is not None:
+                ema.swap(plain)
 
     start_step, extra = 0, {}
     if ckpt is not None:
@@ -296,34 +293,34 @@ def train(model: torch.nn.Module, loss_fn: LossFn, train_ds: Any, config: TrainC
         if ckpt is None:
             log_path.unlink(missing_ok=True)
         else:
-            _truncate_log(log_path, start_step)
+            truncate_log(log_path, start_step)
     if tracker:
         accelerator.init_trackers(cfg.project_name, config=_flat_config(run_config or cfg.to_dict()))
 
     sampler = StepBatchSampler(len(train_ds), cfg.batch_size, accelerator.num_processes, accelerator.process_index,
-                               cfg.grad_accum, cfg.seed, start_step, cfg.max_steps)
+                               grad_accum, cfg.seed, start_step, max_steps)
     loader = DataLoader(_DrawDataset(train_ds), batch_sampler=sampler, collate_fn=collate_fn,
                         num_workers=cfg.num_workers, generator=torch.Generator().manual_seed(cfg.seed))
     batches = iter(loader)
     totals = {k: float(v) for k, v in extra.get("totals", {}).items()}
     history: list[dict[str, float]] = []
     eval_metrics: dict[str, float] = {}
-    bar = tqdm(total=cfg.max_steps, initial=start_step, desc="train", disable=not accelerator.is_main_process)
+    bar = tqdm(total=max_steps, initial=start_step, desc="train", disable=not accelerator.is_main_process)
     model.train()
     step = start_step
-    for step in range(start_step + 1, cfg.max_steps + 1):
+    for step in range(start_step + 1, max_steps + 1):
         t0 = time.perf_counter()
         step_loss = torch.zeros((), device=accelerator.device)
         counts: dict[str, torch.Tensor] = {}
-        for micro in range(cfg.grad_accum):
+        for micro in range(grad_accum):
             batch = send_to_device(next(batches), accelerator.device)
             # Gradients are all-reduced only on the last micro-batch.
-            sync = micro == cfg.grad_accum - 1
+            sync = micro == grad_accum - 1
             with accelerator.no_sync(model) if not sync else nullcontext():
                 with accelerator.autocast():
                     loss, c = loss_fn(model, batch)
-                accelerator.backward(loss / cfg.grad_accum)
-            step_loss += loss.detach().float() / cfg.grad_accum
+                accelerator.backward(loss / grad_accum)
+            step_loss += loss.detach().float() / grad_accum
             for k, v in c.items():
                 counts[k] = counts.get(k, 0) + torch.as_tensor(v, device=accelerator.device).detach().float()
         grad_norm = (accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
@@ -332,6 +329,8 @@ def train(model: torch.nn.Module, loss_fn: LossFn, train_ds: Any, config: TrainC
         optimizer.step()
         if not accelerator.optimizer_step_was_skipped:  # fp16: an overflowing step leaves the schedule alone
             scheduler.step()
+            if ema is not None:
+                ema.update(accelerator.unwrap_model(model))
         optimizer.zero_grad(set_to_none=True)
 
         # One all-reduce for the logs: mean loss over processes, summed counts.
@@ -345,10 +344,10 @@ def train(model: torch.nn.Module, loss_fn: LossFn, train_ds: Any, config: TrainC
             log[k] = v
             totals[k] = totals.get(k, 0.0) + v
             log[f"total_{k}"] = totals[k]
-        evaluated = eval_fn is not None and cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.max_steps
+        evaluated = eval_fn is not None and cfg.eval_every and step % cfg.eval_every == 0 and step < max_steps
         if evaluated:
             model.eval()
-            eval_metrics = eval_fn(accelerator.unwrap_model(model), accelerator)
+            eval_metrics = evaluate()
             model.train()
             log.update({f"eval/{k}": v for k, v in eval_metrics.items()})
         history.append(log)
@@ -360,16 +359,19 @@ def train(model: torch.nn.Module, loss_fn: LossFn, train_ds: Any, config: TrainC
         if tracker and (step % cfg.log_every == 0 or evaluated):
             accelerator.log({k: v for k, v in log.items() if k != "step"}, step=step)
         if cfg.save_every and step % cfg.save_every == 0:
-            _save_checkpoint(accelerator, cfg, step, {"totals": totals})
+            save_checkpoint(accelerator, cfg, step, {"totals": totals})
     bar.close()
 
+    if ema is not None:
+        ema.swap(accelerator.unwrap_model(model))  # the run's result is the average
+        ema = None
     if eval_fn is not None:
         model.eval()
-        eval_metrics = eval_fn(accelerator.unwrap_model(model), accelerator)
+        eval_metrics = evaluate()
         if tracker:
             accelerator.log({f"eval/{k}": v for k, v in eval_metrics.items()}, step=step)
     if tracker:
         accelerator.end_training()
     accelerator.wait_for_everyone()
     return TrainResult(model=accelerator.unwrap_model(model), step=step, history=history,
-                       eval_metrics=eval_metrics, is_main_process=accelerator.is_main_process)
+                       eval_metrics=eval_metrics, is_main_process=accelerator.is_main_process, resolved=resolved)

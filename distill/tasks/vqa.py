@@ -104,6 +104,8 @@ class VQATask(Task):
     """Object tags kept in the prompt (OFA's `max_object_length`)."""
 
     def prompt(self, row: Row) -> str:
+        """`" {question}?"`, then `" object: tag1 tag2 ..."` (the first `max_object_tags`) when the row has object
+        tags, as OFA's `vqa_gen_dataset` does with `--add-object` (which both OFA's and NARVL's VQA scripts pass)."""
         question = pre_question(row["question"], self.max_prompt_words)
         if not question.endswith("?"):
             question += "?"

@@ -98,14 +98,33 @@ def test_infeasible_samples_counted_zeroed_and_gradients_finite():
     blank = 6
     logits = torch.randn(4, 4, 7, requires_grad=True)
     targets, lengths = padded([[1, 2], [3, 3, 3, 2], [1, 2, 3, 4, 2], [4, 2]])
-    loss, n_inf = query_ctc_loss(logits, targets, lengths, blank, label_smoothing=0.1)
+    loss, n_inf = query_ctc_loss(logits, targets, lengths, blank)
     assert n_inf.item() == 2
     assert torch.isfinite(loss)
     loss.backward()
     assert torch.isfinite(logits.grad).all()
-    # Excluded from every term, the smoothing one included: no gradient reaches an infeasible sample.
+    # Without smoothing only the CTC term exists: no gradient reaches an infeasible sample.
     assert logits.grad[1].abs().max() == 0 and logits.grad[2].abs().max() == 0
     assert logits.grad[0].abs().max() > 0 and logits.grad[3].abs().max() > 0
+
+
+def test_infeasible_sample_keeps_its_smoothing_term_as_the_official_criterion():
+    """NARVL's `ofa_nat_loss`: `(1 - eps) * F.ctc_loss(..., 'mean', zero_infinity=True) - eps * mean(log_probs)`;
+    `zero_infinity` zeroes an infeasible sample's CTC term only, the smoothing mean still covers every sample."""
+    torch.manual_seed(1)
+    blank, eps = 6, 0.1
+    logits = torch.randn(4, 4, 7, requires_grad=True)
+    targets, lengths = padded([[1, 2], [3, 3, 3, 2], [1, 2, 3, 4, 2], [4, 2]])
+    loss, n_inf = query_ctc_loss(logits, targets, lengths, blank, label_smoothing=eps)
+    official = (1 - eps) * reference(logits, targets, lengths, blank, "mean") - eps * logits.log_softmax(-1).mean()
+    assert n_inf.item() == 2
+    torch.testing.assert_close(loss, official, rtol=0, atol=1e-6)
+    loss.backward()
+    # The infeasible samples' gradient is the smoothing term's alone: eps/B * d(-mean_{n,v} log p)/d logits.
+    smooth_only = logits.detach()[1:3].clone().requires_grad_(True)
+    (eps / 4 * -smooth_only.log_softmax(-1).mean(dim=(1, 2)).sum()).backward()
+    torch.testing.assert_close(logits.grad[1:3], smooth_only.grad, rtol=0, atol=1e-7)
+    assert smooth_only.grad.abs().max() > 0
 
 
 def test_label_smoothing_is_fairseq_nat_form():

@@ -66,13 +66,84 @@ def test_kd_student_folder_filters_and_logs(world_teacher_distilled, tmp_path):
     assert model.config.num_queries == 10 and model.config.task == "caption"
     tok, proc = load_ofa_tokenizer(out), OFAImageProcessor.from_pretrained(str(out))
     assert len(tok) == len(load_ofa_tokenizer(teacher)) and proc.size == 32
-    # Every weight but the queries and the blank row started from the teacher, and training moved them.
+    # Every weight but the queries and the blank row started from the teacher. Captioning freezes the token
+    # embeddings (NARVL's --freeze-encoder/decoder-embedding): after 4 steps they, the tied output projection and
+    # the blank row are exactly their initial values, while the layers and queries moved.
+    from accelerate.utils import set_seed
+
     from distill.ofa import OFAModel
 
     t = OFAModel.from_pretrained(str(teacher)).state_dict()
     s = model.state_dict()
     assert set(s) - set(t) == {"query_embed.weight", "blank_row"}
-    assert not torch.equal(s["encoder.embed_tokens.weight"], t["encoder.embed_tokens.weight"])
+    set_seed(0)  # train-student draws the new weights right after seeding
+    fresh = NARVLModel.from_ofa(str(teacher), num_queries=10).state_dict()
+    for key in ("encoder.embed_tokens.weight", "decoder.output_projection.weight", "blank_row"):
+        assert torch.equal(s[key], fresh[key]), key
+    assert not torch.equal(s["query_embed.weight"], fresh["query_embed.weight"])
+    assert not torch.equal(s["encoder.layers.0.fc1.weight"], t["encoder.layers.0.fc1.weight"])
+    assert record["freeze_embeddings"] is True and record["drop_path"] == 0.1 and record["lr_end"] == 0.0
+    assert record["recipe"]["source"].endswith("caption_nat/train_caption_stage1_huge_distill_from_huge_20.sh")
+    assert record["grad_accum"] == 2 and record["per_device_batch_size"] == 2  # batch 4 = 1 process x 2 x 2
+    assert record["mixed_precision"] == "no"  # CPU
+    assert model.config.encoder_drop_path_rate == 0.1 and model.config.decoder_drop_path_rate == 0.1
+
+
+def test_grounding_trains_the_embeddings(world_teacher_distilled, tmp_path):
+    """RefCOCO's script trains the token embeddings: they move (and with them the tied output projection)."""
+    from safetensors.torch import load_file
+
+    world, teacher, _ = world_teacher_distilled
+    out = tmp_path / "grounding"
+    h.cli("train-student", "--task", "grounding", "--data", world, "--target-column", "references", "--init",
+          teacher, "--out", out, "--max-steps", "2", "--batch-size", "4", "--lr", "1e-3", "--eval-limit", "2",
+          "--report-to", "none")
+    record = json.loads((out / "train_config.json").read_text())
+    assert record["freeze_embeddings"] is False and record["ema_decay"] is None
+    s, t = load_file(out / "model.safetensors"), load_file(teacher / "model.safetensors")
+    key = "encoder.embed_tokens.weight"
+    assert not torch.equal(s[key], t[key])
+
+
+def test_vqa_keeps_and_saves_the_ema(world_teacher_distilled, tmp_path):
+    """VQA's script keeps an fp32 EMA (decay 0.9999) that is evaluated and saved as the model: with a decay of
+    0.5 the saved weights equal the average computed from the per-step checkpoints' raw weights."""
+    from safetensors.torch import load_file
+
+    world, teacher, _ = world_teacher_distilled
+    out = tmp_path / "vqa"
+    args = ["train-student", "--task", "vqa", "--data", world, "--target-column", "references", "--init", teacher,
+            "--max-steps", "2", "--batch-size", "4", "--lr", "1e-2", "--eval-limit", "2", "--report-to", "none",
+            "--train-embeddings", "--save-every", "1", "--keep-checkpoints", "3"]
+    h.cli(*args, "--out", out, "--ema-decay", "0.5")
+    record = json.loads((out / "train_config.json").read_text())
+    assert record["ema_decay"] == 0.5
+    assert record["recipe"]["source"].endswith("vqa_nat/train_vqa_base_6.sh")
+    saved = load_file(out / "model.safetensors")
+    raw = [load_file(out / "checkpoints" / f"step_{i:08d}" / "model.safetensors") for i in (1, 2)]
+    from accelerate.utils import set_seed
+    from student.modeling_narvl import NARVLModel
+
+    set_seed(0)
+    init = NARVLModel.from_ofa(str(teacher), num_queries=6).state_dict()
+    for key in ("encoder.layers.0.fc1.weight", "query_embed.weight", "blank_row"):
+        expected = 0.5 * (0.5 * init[key] + 0.5 * raw[0][key]) + 0.5 * raw[1][key]
+        torch.testing.assert_close(saved[key], expected, rtol=0, atol=1e-6)
+        assert not torch.equal(saved[key], raw[1][key])
+    # The average is checkpointed with the run: resuming after step 1 ends with the same saved EMA weights.
+    import shutil
+
+    resumed = tmp_path / "resumed"
+    h.cli(*args, "--out", resumed, "--ema-decay", "0.5")
+    shutil.rmtree(resumed / "checkpoints" / "step_00000002")
+    (resumed / "model.safetensors").unlink()
+    h.cli(*args, "--out", resumed, "--ema-decay", "0.5", "--resume")
+    again = load_file(resumed / "model.safetensors")
+    assert max((again[k] - saved[k]).abs().max().item() for k in saved) <= 1e-6
+    # The default VQA recipe turns it on at 0.9999.
+    from student.presets import recipe_for
+
+    assert recipe_for("student", "vqa", "base").ema_decay == 0.9999
 
 
 def test_infeasible_targets_are_counted(world_teacher_distilled, tmp_path):
@@ -126,7 +197,8 @@ def test_raw_references_are_seeded_and_multimodal(world_teacher_distilled, tmp_p
 
 @pytest.mark.slow
 def test_two_processes_match_one_on_the_real_student(world_teacher_distilled, tmp_path):
-    """Same global batch 8: 1 process x 2 accumulation steps vs `torchrun --nproc_per_node 2` (DDP, gloo).
+    """Same global batch 8 in micro-batches of 4: 1 process x 2 accumulation steps vs `torchrun --nproc_per_node 2`
+    (DDP, gloo; the accumulation is derived there: 8 / (2 x 4) = 1).
 
     Tolerance 1e-5 on every logged loss and on every parameter; dropout 0 (per-rank masks differ by design).
     BatchNorm running statistics are not compared: DDP broadcasts rank 0's, a single process sees both halves.
@@ -139,7 +211,7 @@ def test_two_processes_match_one_on_the_real_student(world_teacher_distilled, tm
     _, teacher, distilled = world_teacher_distilled
     args = ["train-student", "--task", "caption", "--data", str(distilled), "--init", str(teacher),
             "--max-steps", "3", "--batch-size", "8", "--lr", "1e-3", "--num-queries", "10", "--dropout", "0",
-            "--eval-every", "2", "--eval-limit", "3", "--report-to", "none"]
+            "--drop-path", "0", "--per-device-batch-size", "4", "--eval-every", "2", "--eval-limit", "3", "--report-to", "none"]
     h.cli(*args, "--out", tmp_path / "one", "--grad-accum", "2")
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",

@@ -1,0 +1,98 @@
+"""Pipeline variables: the values a pipeline YAML leaves to its user (data paths, checkpoints), as `${vars.NAME}`.
+
+A pipeline declares them at the top level:
+
+    variables:
+      COCO_ROOT: {path: true, help: "folder holding dataset_coco.json and the COCO images"}
+      STUDENT_INIT: {default: OFA-Sys/ofa-base, help: "OFA checkpoint the student starts from"}
+
+and uses them in stage configs (`data: ${vars.COCO_ROOT}`). A value comes from `narvl-pipe run --set NAME=VALUE`,
+else the environment variable NAME, else the declared `default`. Everything is checked before any stage runs: an
+unset variable, or a `path: true` one whose file or folder does not exist, is a one-line "data not found" error
+naming the variable to set. The substituted values are part of the stage configs, hence of their fingerprints.
+"""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Mapping
+
+from distill.errors import UserError
+
+__all__ = ["VAR_REF", "parse_sets", "substitute_variables"]
+
+VAR_REF = re.compile(r"\$\{vars\.([A-Za-z_][A-Za-z0-9_]*)\}")
+_SPEC_KEYS = {"default", "path", "help"}
+
+
+def parse_sets(items: list[str] | None) -> dict[str, str]:
+    """`["COCO_ROOT=/data/coco", ...]` (repeated `--set`) -> `{"COCO_ROOT": "/data/coco"}`."""
+    out = {}
+    for item in items or []:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            raise UserError(f"--set {item!r}: expected NAME=VALUE, e.g. --set COCO_ROOT=/data/coco")
+        out[name.strip()] = value.strip()
+    return out
+
+
+def _specs(doc: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    raw = doc.get("variables") or {}
+    if not isinstance(raw, Mapping):
+        raise UserError("`variables:` must map each NAME to {default, path, help}")
+    specs = {}
+    for name, spec in raw.items():
+        spec = {"default": spec} if not isinstance(spec, Mapping) else dict(spec)
+        if set(spec) - _SPEC_KEYS:
+            raise UserError(f"variable {name}: unknown key(s) {', '.join(sorted(set(spec) - _SPEC_KEYS))}; "
+                            f"allowed: {', '.join(sorted(_SPEC_KEYS))}")
+        specs[str(name)] = spec
+    return specs
+
+
+def _replace(value: Any, values: Mapping[str, str]) -> Any:
+    if isinstance(value, str):
+        return VAR_REF.sub(lambda m: values[m.group(1)], value)
+    if isinstance(value, Mapping):
+        return {k: _replace(v, values) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_replace(v, values) for v in value]
+    return value
+
+
+def _used(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return VAR_REF.findall(value)
+    items = value.values() if isinstance(value, Mapping) else value if isinstance(value, list) else []
+    return [n for v in items for n in _used(v)]
+
+
+def substitute_variables(doc: Mapping[str, Any], sets: Mapping[str, str] | None = None,
+                         environ: Mapping[str, str] | None = None, source: str = "the pipeline") -> dict[str, Any]:
+    """`doc` with every `${vars.NAME}` in its stages replaced, after the checks described in the module docstring."""
+    specs = _specs(doc)
+    sets = dict(sets or {})
+    environ = os.environ if environ is None else environ
+    unknown = sorted(set(sets) - set(specs))
+    if unknown:
+        raise UserError(f"--set {', '.join(unknown)}: not a variable of {source} "
+                        f"(variables: {', '.join(specs) or 'none'})")
+    stages = doc.get("stages")
+    for name in _used(stages):
+        if name not in specs:
+            raise UserError(f"${{vars.{name}}} is used but not declared under `variables:` in {source}")
+    values: dict[str, str] = {}
+    for name, spec in specs.items():
+        value = sets.get(name, environ.get(name, spec.get("default")))
+        what = f" ({spec['help']})" if spec.get("help") else ""
+        if value is None or str(value).strip() == "":
+            raise UserError(f"data not found: set {name}{what}, e.g. `{name}=... narvl-pipe run {source}` "
+                            f"or `--set {name}=...`")
+        value = str(value)
+        if spec.get("path") and not Path(value).expanduser().exists():
+            raise UserError(f"data not found: {name}={value} does not exist; set {name}{what}")
+        values[name] = str(Path(value).expanduser()) if spec.get("path") else value
+    out = {k: v for k, v in doc.items() if k != "variables"}
+    out["stages"] = _replace(stages, values)
+    return out
