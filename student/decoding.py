@@ -269,10 +269,11 @@ def ctc_prefix_beam_search(
 
 
 def ctc_decode(
-    logits: torch.Tensor, blank_id: int, eos_id: int, pad_id: int | None = 1, num_beams: int = 1
+    logits: torch.Tensor, blank_id: int, eos_id: int, pad_id: int | None = 1, num_beams: int = 1,
+    rule: DecodingRule = DecodingRule(),
 ) -> list[list[int]]:
-    """NARVL's decoding rule, whatever ran the forward (PyTorch or an ONNX export): greedy CTC for ``num_beams=1``
-    (the paper's setting), else the best hypothesis of CTC prefix beam search.
+    """NARVL's decoding, whatever ran the forward (PyTorch or an ONNX export): greedy CTC for ``num_beams=1``
+    (the paper's setting), else the best hypothesis of CTC prefix beam search; `rule` is the task's (`narvl_rule`).
 
     Args:
         logits (torch.Tensor): scores per query, shape ``(B, N, V + 1)``.
@@ -281,6 +282,6 @@ def ctc_decode(
         list[list[int]]: B token-id lists, EOS excluded.
     """
     if num_beams == 1:
-        return ctc_greedy_decode(logits, blank_id, eos_id, pad_id)
-    beams = ctc_prefix_beam_search(logits.float().log_softmax(-1), num_beams, blank_id, eos_id, pad_id)
+        return ctc_greedy_decode(logits, blank_id, eos_id, pad_id, rule)
+    beams = ctc_prefix_beam_search(logits.float().log_softmax(-1), num_beams, blank_id, eos_id, pad_id, rule)
     return [hypotheses[0][0] for hypotheses in beams]

@@ -10,7 +10,7 @@ import torch
 
 from distill.errors import UserError
 
-from .decoding import ctc_decode
+from .decoding import ctc_decode, narvl_rule
 from .export import ExportSpec, read_spec
 from .modeling_narvl import NARVLOutput
 
@@ -67,10 +67,12 @@ class ONNXNARVLModel:
         return NARVLOutput(logits=torch.from_numpy(logits))
 
     def decode(self, input_ids: torch.Tensor, patch_images: torch.Tensor | None = None,
-               patch_masks: torch.Tensor | None = None, num_beams: int = 1) -> list[list[int]]:
+               patch_masks: torch.Tensor | None = None, num_beams: int = 1,
+               bin_ids: list[int] | None = None) -> list[list[int]]:
         """Token ids per sample, EOS excluded: the same rule as `NARVLModel.decode`."""
         logits = self(input_ids, patch_images).logits
-        return ctc_decode(logits, self.spec.blank_id, self.spec.eos_id, self.spec.pad_id, num_beams)
+        return ctc_decode(logits, self.spec.blank_id, self.spec.eos_id, self.spec.pad_id, num_beams,
+                          narvl_rule(self.spec.task, bin_ids))
 
 
 def load_exported(path: str | os.PathLike, device: str | torch.device | None = None, num_threads: int | None = None):
