@@ -26,7 +26,12 @@ def resolve_model_folder(name: str, revision: str | None = None, field: str = "m
         raise UserError(f"{field} {name} is a file; expected a folder (save_pretrained) or a Hub model id")
     else:
         from huggingface_hub import snapshot_download
+        from huggingface_hub.utils import HFValidationError, validate_repo_id
 
+        try:
+            validate_repo_id(name)
+        except HFValidationError:  # a path that does not exist, not a Hub id: say that, not a Hub error
+            raise UserError(f"{field} {name}: no such folder (and not a Hub model id)") from None
         try:
             folder = Path(snapshot_download(name, revision=revision))
         except Exception as exc:  # noqa: BLE001 (offline, unknown id: one user-facing line)

@@ -147,4 +147,4 @@ def test_serve_settings_are_checked(setup, tmp_path):
     res = CliRunner().invoke(app, ["serve", "--model", str(student), "--max-batch-size", "0"])
     assert res.exit_code == 2 and "--max-batch-size" in res.output
     res = CliRunner().invoke(app, ["serve", "--model", str(tmp_path / "nowhere")])
-    assert isinstance(res.exception, UserError) and "no config.json" in str(res.exception)
+    assert isinstance(res.exception, UserError) and "no such folder" in str(res.exception)
