@@ -161,6 +161,7 @@ def test_cpu_run_that_cannot_fit_fails_before_training(world, tmp_path):
     out = tmp_path / "t"
     result = CliRunner().invoke(app, ["train-teacher", "--task", "caption", "--data", world, "--out", out,
                                       *h.TINY_TEACHER, "--resolution", "256", "--batch-size", "1000000",
+                                      "--per-device-batch-size", "1000000",  # one micro-batch: no accumulation
                                       "--max-steps", "1"])
     assert isinstance(result.exception, UserError), result.output
     assert str(result.exception).startswith("this run needs about ") and "\n" not in str(result.exception)
