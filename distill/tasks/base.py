@@ -184,6 +184,6 @@ class Task(abc.ABC):
         """The metric of training-time evaluations (fast, in-process); by default `evaluate`."""
         return self.evaluate(predictions, rows)
 
+    @abc.abstractmethod
     def metric_implementation(self, rows: Sequence[Row] = ()) -> str:
         """Names the implementation `evaluate` uses (shown by evaluate, reports and dataset cards)."""
-        raise NotImplementedError
