@@ -50,9 +50,9 @@ def build(root: Path, rows: int, size: int = 64) -> None:
     from datasets import Dataset, Features, Image, List, Value
     from PIL import Image as PILImage
 
-    from distill.image_processing import OFAImageProcessor
+    from distill.ofa.image_processing_ofa import OFAImageProcessor
     from distill.ofa import OFAConfig, OFAModel
-    from distill.tokenizer import train_tiny_tokenizer
+    from distill.ofa.tokenization_ofa import train_tiny_tokenizer
 
     words = ["a red circle", "a blue square", "two green triangles on the left", "a small yellow star"]
     teacher = root / "teacher"
@@ -144,8 +144,9 @@ def measure(kind: str, root: Path, rows: int, batch_size: int, shard_size: int, 
     else:
         from datasets import Image, load_from_disk
 
-        from distill.image_processing import OFAImageProcessor, load_image
-        from distill.tokenizer import load_ofa_tokenizer
+        from distill.images import load_image
+        from distill.ofa.image_processing_ofa import OFAImageProcessor
+        from distill.ofa.tokenization_ofa import load_ofa_tokenizer
     imports_s = time.perf_counter() - T_START
 
     starts: list[tuple[float, int]] = []  # (time, rows) at the start of every generate() call

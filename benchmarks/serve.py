@@ -35,10 +35,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from distill.image_processing import OFAImageProcessor
+from distill.ofa.image_processing_ofa import OFAImageProcessor
 from distill.ofa import OFAConfig, OFAModel
 from distill.tasks import get_task
-from distill.tokenizer import load_ofa_tokenizer
+from distill.ofa.tokenization_ofa import load_ofa_tokenizer
 from pipelines.serve import background_server, create_app
 from student.data import encode_prompts
 from student.evaluate import load_model, save_model_folder

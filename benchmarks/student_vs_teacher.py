@@ -53,7 +53,7 @@ def build_ofa(size: str) -> OFAModel:
 
 
 def prompt_ids(task: str, batch: int) -> torch.Tensor:
-    from distill.tokenizer import load_ofa_tokenizer
+    from distill.ofa.tokenization_ofa import load_ofa_tokenizer
 
     tok = load_ofa_tokenizer(FIXTURE_TOKENIZER)
     t = get_task(task)

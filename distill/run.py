@@ -271,7 +271,7 @@ def run_distill(config: DistillConfig) -> DistillSummary:
     with state.main_process_first():  # rank 0 builds any datasets cache (TSV/JSON parsing, maps) the others reuse
         ds = open_source(config.data, config.split, config.columns, task, config.image_root, config.limit)
     folder, teacher_id = resolve_teacher(config.teacher, config.revision)
-    from distill.tokenizer import load_ofa_tokenizer
+    from distill.ofa.tokenization_ofa import load_ofa_tokenizer
 
     tokenizer = load_ofa_tokenizer(folder)
     candidates = vqa_candidates(config.answers, task)

@@ -49,7 +49,7 @@ class _Collate:
         import numpy as np
         import torch
 
-        from distill.image_processing import ImageLoadError, load_image
+        from distill.images import ImageLoadError, load_image
 
         good, bad, pixels = [], [], []
         for index, row in items:
@@ -146,7 +146,7 @@ def generate_shards(config, task, ds, plan, mine, features, folder, tokenizer, g
     from torch.utils.data import DataLoader
     from tqdm.auto import tqdm
 
-    from distill.image_processing import OFAImageProcessor
+    from distill.ofa.image_processing_ofa import OFAImageProcessor
 
     if not mine:
         return 0  # nothing pending for this rank: no model load

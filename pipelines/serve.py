@@ -28,7 +28,7 @@ from PIL import UnidentifiedImageError
 from starlette.datastructures import UploadFile
 
 from distill.errors import UserError
-from distill.image_processing import ImageLoadError
+from distill.images import ImageLoadError
 
 __all__ = ["ServeConfig", "BatchQueue", "create_app", "background_server", "serve"]
 

@@ -364,7 +364,7 @@ def _vocabulary_texts() -> list[str]:
 
 def train_shapes_tokenizer(dataset: "datasets.DatasetDict", config: ShapesConfig) -> "PreTrainedTokenizerFast":
     """A byte-level BPE over the world's texts with OFA's id rules (specials, BPE, `<mask>`, no codes, bins)."""
-    from distill.tokenizer import train_tiny_tokenizer
+    from distill.ofa.tokenization_ofa import train_tiny_tokenizer
 
     texts = _vocabulary_texts()
     for split in dataset.values():

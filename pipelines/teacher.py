@@ -194,11 +194,11 @@ def train_teacher(cfg: TeacherTrainConfig) -> TrainResult:
     from accelerate.utils import set_seed
 
     from distill.hub_ids import resolve_model_folder
-    from distill.image_processing import OFAImageProcessor
+    from distill.ofa.image_processing_ofa import OFAImageProcessor
     from distill.loading import load_pretrained
     from distill.ofa import OFAModel
     from distill.tasks import get_task
-    from distill.tokenizer import load_ofa_tokenizer
+    from distill.ofa.tokenization_ofa import load_ofa_tokenizer
     from student.data import SkipLog, TaskRows, collate, load_training_data
     from student.evaluate import make_eval_fn, save_model_folder
     from student.presets import ofa_size, resolve

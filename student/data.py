@@ -323,7 +323,7 @@ def encode_readable(rows: list[dict], task, tokenizer, image_processor, resoluti
                     ) -> tuple[dict | None, list[int], list[tuple[int, str]]]:
     """Model inputs for the rows whose image can be read: `(inputs or None, their positions in rows, [(position,
     reason)] of the others)`; inputs as `encode_prompts` returns them."""
-    from distill.image_processing import ImageLoadError
+    from distill.images import ImageLoadError
 
     size = resolution or getattr(image_processor, "size", None)
     kept, pixels, bad = [], [], []
@@ -343,7 +343,7 @@ def encode_readable(rows: list[dict], task, tokenizer, image_processor, resoluti
 def encode_prompts(rows: list[dict], task, tokenizer, image_processor, resolution: int | None = None) -> dict:
     """Model inputs for inference on canonical rows: `input_ids` (B, S), `patch_images` (B, 3, H, W), `patch_masks`
     (B,). An unreadable image raises `ImageLoadError`."""
-    from distill.image_processing import ImageLoadError
+    from distill.images import ImageLoadError
 
     inputs, _, bad = encode_readable(rows, task, tokenizer, image_processor, resolution)
     if bad:

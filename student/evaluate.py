@@ -18,6 +18,7 @@ import torch
 
 from distill.errors import UserError
 from distill.hub_ids import resolve_model_folder
+from distill.ofa.processing_ofa import OFAProcessor
 
 __all__ = ["LoadedModel", "EvalResult", "Prediction", "RowPredictions", "model_kind", "check_model_folder",
            "load_model", "save_model_folder", "decode_batch", "predict_rows", "make_eval_fn", "evaluate", "predict"]
@@ -69,9 +70,9 @@ def load_model(model_dir: str | os.PathLike, device: str | torch.device | None =
     """Load a NARVL or OFA folder, a Hub id (through the HF cache, at `revision`), or a NARVL ONNX export
     (`narvl-pipe export`, run by onnxruntime), with its tokenizer and image processor (device: CUDA when available).
     A checkpoint without an image processor (the OFA-Sys Hub folders) gets OFA's at `task`'s resolution."""
-    from distill.image_processing import OFAImageProcessor
+    from distill.ofa.image_processing_ofa import OFAImageProcessor
     from distill.loading import load_pretrained
-    from distill.tokenizer import load_ofa_tokenizer
+    from distill.ofa.tokenization_ofa import load_ofa_tokenizer
     from student.export import is_exported
 
     model_dir, identity = resolve_model_folder(os.fspath(model_dir), revision, field="model")
@@ -83,7 +84,7 @@ def load_model(model_dir: str | os.PathLike, device: str | torch.device | None =
     if kind == "narvl":
         from student.modeling_narvl import NARVLModel as cls
     else:
-        from distill.ofa import OFAModel as cls
+        from distill.ofa import OFAProcessor, OFAModel as cls
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model = load_pretrained(cls, model_dir).to(device).eval()
     if (Path(model_dir) / "preprocessor_config.json").is_file():
@@ -95,12 +96,13 @@ def load_model(model_dir: str | os.PathLike, device: str | torch.device | None =
 
 def save_model_folder(model, tokenizer, image_processor, out: str | os.PathLike,
                       train_config: dict[str, Any] | None = None) -> Path:
-    """Write one usable folder: model (safetensors), tokenizer, image processor, and `train_config.json`."""
+    """Write one usable folder: model (safetensors), tokenizer, image processor, their `OFAProcessor`
+    (`AutoProcessor.from_pretrained(out)`), and `train_config.json`."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(out))
-    tokenizer.save_pretrained(str(out))
-    image_processor.save_pretrained(str(out))
+    OFAProcessor(image_processor, tokenizer).save_pretrained(str(out))
+    image_processor.save_pretrained(str(out))  # preprocessor_config.json too: readers of older folders use it
     if train_config is not None:
         (out / "train_config.json").write_text(json.dumps(train_config, indent=1, default=str))
     return out
@@ -131,7 +133,7 @@ def decode_batch(lm: LoadedModel, task, inputs: dict[str, torch.Tensor], num_bea
                             "repeats, so there is no CTC prefix search); leave num_beams unset")
         bins = None
         if task.name == "grounding":
-            from distill.tokenizer import bin_token_ids
+            from distill.ofa.tokenization_ofa import bin_token_ids
 
             bins = bin_token_ids(tok)
         return model.decode(**inputs, num_beams=num_beams or 1, bin_ids=bins)
@@ -360,7 +362,7 @@ def predict(model: str | os.PathLike | LoadedModel, task: str, image: Any, text:
             device: str | None = None, revision: str | None = None) -> Prediction:
     """Predict for one image: `text` is the question (vqa), the region text (grounding) or the hypothesis
     (entailment, with an optional `premise`). VQA with the AR teacher needs `answers` (candidate list file)."""
-    from distill.image_processing import load_image
+    from distill.images import load_image
     from distill.tasks import get_task
 
     t = get_task(task)

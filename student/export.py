@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from distill.errors import UserError
+from distill.ofa.processing_ofa import OFAProcessor
 
 __all__ = ["EXPORT_FILE", "ONNX_FILE", "FORMATS", "DEFAULT_OPSET", "ExportSpec", "ExportResult", "is_exported",
            "read_spec", "export_onnx"]
@@ -208,7 +209,7 @@ def export_onnx(model_dir: str | os.PathLike, out: str | os.PathLike, opset: int
         diff = max(diff, float((torch.from_numpy(got) - want).abs().max()))
 
     cfg.save_pretrained(str(out))
-    tok.save_pretrained(str(out))
+    OFAProcessor(proc, tok).save_pretrained(str(out))  # AutoProcessor.from_pretrained(out) works
     proc.save_pretrained(str(out))
     v1 = cfg.vocab_size + 1
     spec = ExportSpec(

@@ -77,8 +77,8 @@ class ONNXNARVLModel:
 
 def load_exported(path: str | os.PathLike, device: str | torch.device | None = None, num_threads: int | None = None):
     """An export folder as a `student.evaluate.LoadedModel` of kind `narvl`."""
-    from distill.image_processing import OFAImageProcessor
-    from distill.tokenizer import load_ofa_tokenizer
+    from distill.ofa.image_processing_ofa import OFAImageProcessor
+    from distill.ofa.tokenization_ofa import load_ofa_tokenizer
 
     from .evaluate import LoadedModel
 

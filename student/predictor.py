@@ -72,12 +72,12 @@ class Predictor:
         return () if need is None else (need, PREMISE_FIELD) if self.task.name == "entailment" else (need,)
 
     def row(self, image: Any, fields: Mapping[str, Any], row_id: str = "request") -> dict[str, Any]:
-        """A canonical row from an image (anything `distill.image_processing.load_image` takes) and text fields.
+        """A canonical row from an image (anything `distill.images.load_image` takes) and text fields.
 
         The image is decoded fully here, so that a broken one is refused before it joins a batch. Raises
         `UserError` (an `ImageLoadError` for the image) naming what is wrong.
         """
-        from distill.image_processing import load_image
+        from distill.images import load_image
 
         row: dict[str, Any] = {"id": row_id, "image": load_image(image, name="the request image")}
         for i, name in enumerate(self.text_fields):

@@ -118,10 +118,10 @@ def resolve_student_config(cfg: StudentTrainConfig) -> tuple[StudentTrainConfig,
 
 def build_student(cfg: StudentTrainConfig, task, init: Path | None = None):
     """(NARVLModel, tokenizer, image processor) from `init` (default `cfg.init`; an OFA or a NARVL folder)."""
-    from distill.image_processing import OFAImageProcessor
+    from distill.ofa.image_processing_ofa import OFAImageProcessor
     from distill.loading import load_pretrained
     from distill.ofa import OFAModel
-    from distill.tokenizer import load_ofa_tokenizer
+    from distill.ofa.tokenization_ofa import load_ofa_tokenizer
     from student.evaluate import model_kind
     from student.modeling_narvl import NARVLModel
 

@@ -12,10 +12,10 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from distill.errors import UserError
-from distill.image_processing import image_size
+from distill.images import image_size
 from distill.tasks.base import Row, Task, pre_caption
 from distill.tasks.metrics import GROUNDING_IMPLEMENTATION, grounding_accuracy
-from distill.tokenizer import (
+from distill.ofa.tokenization_ofa import (
     bin_token_ids,
     bins_to_text,
     bins_to_token_ids,

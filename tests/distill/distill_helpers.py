@@ -18,9 +18,9 @@ def make_teacher(folder: Path, resolution: int = 32, seed: int = 0) -> Path:
     """A seeded 1-layer OFA (d_model 32, resnet18 stem) + a BPE trained here + an image processor, saved to `folder`."""
     import torch
 
-    from distill.image_processing import OFAImageProcessor
+    from distill.ofa.image_processing_ofa import OFAImageProcessor
     from distill.ofa import OFAConfig, OFAModel
-    from distill.tokenizer import train_tiny_tokenizer
+    from distill.ofa.tokenization_ofa import train_tiny_tokenizer
 
     tok = train_tiny_tokenizer(WORDS * 20, vocab_size=300, num_codes=0, num_bins=16)
     torch.manual_seed(seed)

@@ -62,9 +62,10 @@ def _rows_done(out) -> int:
 
 
 def test_rows_match_a_bare_generate_on_the_same_batches(world):
-    from distill.image_processing import OFAImageProcessor, load_image
+    from distill.images import load_image
+    from distill.ofa.image_processing_ofa import OFAImageProcessor
     from distill.ofa import OFAModel
-    from distill.tokenizer import load_ofa_tokenizer
+    from distill.ofa.tokenization_ofa import load_ofa_tokenizer
 
     out, s = Path(world["base"].out), world["summary"]
     assert (s.rows, s.failures, s.shards, s.noop) == (N_ROWS - len(BAD), len(BAD), N_ROWS // SHARD, False)
@@ -332,7 +333,7 @@ def test_overwrite_replaces_an_output_made_differently(world, tmp_path):
 
 
 def test_vqa_answers_trie_nbest_and_empty_question(world, tmp_path):
-    from distill.tokenizer import load_ofa_tokenizer
+    from distill.ofa.tokenization_ofa import load_ofa_tokenizer
 
     tok = load_ofa_tokenizer(world["teacher"])
     # Images as relative file paths in a `file` column (mapped with --column image=file); row 6's file is missing.
@@ -374,7 +375,7 @@ def test_vqa_answers_trie_nbest_and_empty_question(world, tmp_path):
 
 
 def test_grounding_and_entailment(world, tmp_path):
-    from distill.tokenizer import bin_token_ids, load_ofa_tokenizer
+    from distill.ofa.tokenization_ofa import bin_token_ids, load_ofa_tokenizer
 
     tok = load_ofa_tokenizer(world["teacher"])
     for task in ("grounding", "entailment"):

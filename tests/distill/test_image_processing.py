@@ -8,7 +8,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 from distill.errors import UserError
-from distill.image_processing import ImageLoadError, OFAImageProcessor, image_size, load_image
+from distill.images import ImageLoadError, image_size, load_image
+from distill.ofa.image_processing_ofa import OFAImageProcessor
 
 SIZE = 32
 

@@ -14,7 +14,7 @@ from distill.tasks import get_task  # noqa: E402
 from distill.tasks.base import text_target_ids  # noqa: E402
 from distill.tasks.ofa_decoding import (beam_search_answers, candidate_scores, decoder_prompts,  # noqa: E402
                                         rank_candidates)
-from distill.tokenizer import train_tiny_tokenizer  # noqa: E402
+from distill.ofa.tokenization_ofa import train_tiny_tokenizer  # noqa: E402
 
 WORDS = ["what color is the circle", "is there a square", "red", "blue", "green", "red car", "yes", "no", "maybe",
          "object", "tree", "a blue square", "two green triangles"]

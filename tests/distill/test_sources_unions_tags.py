@@ -124,9 +124,9 @@ def test_object_tags_travel_through_distill_into_the_students_prompt(tmp_path):
     """The teacher sees the tags in its prompt, the distilled rows keep them, and the student's prompt is the same."""
     from distill_helpers import make_teacher
 
-    from distill.image_processing import OFAImageProcessor
+    from distill.ofa.image_processing_ofa import OFAImageProcessor
     from distill.run import DistillConfig, run_distill
-    from distill.tokenizer import load_ofa_tokenizer
+    from distill.ofa.tokenization_ofa import load_ofa_tokenizer
     from student.data import TaskRows, load_training_data
 
     teacher = make_teacher(tmp_path / "teacher")

@@ -13,7 +13,7 @@ from distill.tasks import TASKS, get_task
 from distill.tasks.base import TokenTrie, pre_caption, pre_question, trie_prefix_fn
 from distill.tasks.grounding import bins_to_box, box_to_bins
 from distill.tasks.vqa import candidate_answers
-from distill.tokenizer import bin_token_ids, bins_to_token_ids, load_ofa_tokenizer, train_tiny_tokenizer
+from distill.ofa.tokenization_ofa import bin_token_ids, bins_to_token_ids, load_ofa_tokenizer, train_tiny_tokenizer
 
 CORPUS = [
     " what does the image describe?",

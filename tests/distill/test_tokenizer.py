@@ -4,7 +4,7 @@ import json
 import pytest
 
 from distill.errors import UserError
-from distill.tokenizer import (
+from distill.ofa.tokenization_ofa import (
     bin_token_ids,
     bins_to_text,
     bins_to_token_ids,

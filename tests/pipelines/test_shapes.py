@@ -17,7 +17,7 @@ from datasets import load_from_disk
 from typer.testing import CliRunner
 
 from distill.errors import UserError
-from distill.tokenizer import bin_token_ids, load_ofa_tokenizer
+from distill.ofa.tokenization_ofa import bin_token_ids, load_ofa_tokenizer
 from pipelines.cli import app
 from pipelines.shapes import (
     BACKGROUND,

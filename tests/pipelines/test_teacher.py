@@ -46,7 +46,7 @@ def test_label_smoothed_ce_is_ofa_criterion():
 
 def test_train_teacher_arch_overrides_and_resume(world, tmp_path):
     from distill.ofa import OFAModel
-    from distill.tokenizer import load_ofa_tokenizer
+    from distill.ofa.tokenization_ofa import load_ofa_tokenizer
 
     common = ["--task", "caption", "--data", world, *h.TINY_TEACHER, "--max-steps", "4", "--batch-size", "4",
               "--lr", "1e-3", "--save-every", "2", "--eval-limit", "2"]
@@ -112,10 +112,10 @@ def test_preflight_predicts_and_changes_nothing(world, tmp_path):
     """The probe's forward/backward leaves weights, BatchNorm statistics, gradients and the RNG untouched, the
     saved activations it measures grow with the batch's pixels, and a predicted peak above the available memory is
     one line."""
-    from distill.image_processing import OFAImageProcessor
+    from distill.ofa.image_processing_ofa import OFAImageProcessor
     from distill.ofa import OFAModel
     from distill.tasks import get_task
-    from distill.tokenizer import load_ofa_tokenizer
+    from distill.ofa.tokenization_ofa import load_ofa_tokenizer
     from pipelines.teacher import TeacherTrainConfig, build_ofa_config, teacher_loss
     from student.data import TaskRows, collate
     from student.preflight import check_step_fits, estimate_step
@@ -184,9 +184,9 @@ def test_multi_task_mixture_rows_and_training(world, tmp_path):
     """`tasks`: one stream holding every row once per task (each part's own prompt and target), trained as one."""
     from datasets import load_from_disk
 
-    from distill.image_processing import OFAImageProcessor
+    from distill.ofa.image_processing_ofa import OFAImageProcessor
     from distill.tasks import get_task
-    from distill.tokenizer import bin_token_ids, load_ofa_tokenizer
+    from distill.ofa.tokenization_ofa import bin_token_ids, load_ofa_tokenizer
     from pipelines.teacher import TaskMixture, TeacherTrainConfig, train_teacher
     from student.data import TaskRows
 

@@ -46,9 +46,9 @@ def make_student(teacher: Path, out: Path, task: str = "caption", num_queries: i
                  weight_std: float | None = None) -> Path:
     """A NARVL student folder initialised from `teacher` (seed 0). `weight_std` redraws every matrix outside the
     image stem with that std: an untrained student then gives outputs that depend on the image and the prompt."""
-    from distill.image_processing import OFAImageProcessor
+    from distill.ofa.image_processing_ofa import OFAImageProcessor
     from distill.ofa import OFAModel
-    from distill.tokenizer import load_ofa_tokenizer
+    from distill.ofa.tokenization_ofa import load_ofa_tokenizer
     from student.evaluate import save_model_folder
     from student.modeling_narvl import NARVLModel
 

@@ -20,9 +20,9 @@ from distill.errors import UserError  # noqa: E402
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
-    from distill.image_processing import OFAImageProcessor
+    from distill.ofa.image_processing_ofa import OFAImageProcessor
     from distill.ofa import OFAModel
-    from distill.tokenizer import load_ofa_tokenizer
+    from distill.ofa.tokenization_ofa import load_ofa_tokenizer
     from student.evaluate import save_model_folder
     from student.modeling_narvl import NARVLModel
 
@@ -131,12 +131,12 @@ def test_exif_orientation_is_the_same_on_every_path(models, tmp_path):
     import numpy as np
     from PIL import Image
 
-    from distill.image_processing import OFAImageProcessor
+    from distill.ofa.image_processing_ofa import OFAImageProcessor
     from distill.run import DistillConfig, run_distill
     from distill.sources import open_source
     from distill.tasks import get_task
     from distill.teacher_loop import _Collate
-    from distill.tokenizer import load_ofa_tokenizer
+    from distill.ofa.tokenization_ofa import load_ofa_tokenizer
     from student.data import TaskRows, encode_readable, load_training_data
     from student.evaluate import evaluate, predict
 

@@ -34,7 +34,7 @@ def exported(tmp_path_factory):
 def test_export_folder_and_graph(exported):
     import onnx
 
-    from distill.tokenizer import load_ofa_tokenizer
+    from distill.ofa.tokenization_ofa import load_ofa_tokenizer
     from student.export import read_spec
     from student.modeling_narvl import NARVLModel
 

@@ -32,8 +32,8 @@ def _required_frames(ids: list[int]) -> int:
 
 
 def test_kd_student_folder_filters_and_logs(world_teacher_distilled, tmp_path):
-    from distill.image_processing import OFAImageProcessor
-    from distill.tokenizer import load_ofa_tokenizer
+    from distill.ofa.image_processing_ofa import OFAImageProcessor
+    from distill.ofa.tokenization_ofa import load_ofa_tokenizer
     from student.modeling_narvl import NARVLModel
 
     world, teacher, distilled = world_teacher_distilled
@@ -171,10 +171,10 @@ def test_infeasible_targets_are_counted(world_teacher_distilled, tmp_path):
 
 
 def test_raw_references_are_seeded_and_multimodal(world_teacher_distilled, tmp_path):
-    from distill.image_processing import OFAImageProcessor
+    from distill.ofa.image_processing_ofa import OFAImageProcessor
     from distill.tasks import get_task
     from distill.tasks.base import clean_caption
-    from distill.tokenizer import load_ofa_tokenizer
+    from distill.ofa.tokenization_ofa import load_ofa_tokenizer
     from student.data import TaskRows, load_training_data
 
     world, teacher, _ = world_teacher_distilled
@@ -240,9 +240,9 @@ def test_unusable_rows_are_skipped_counted_and_resume_exactly(world_teacher_dist
 
     from safetensors.torch import load_file
 
-    from distill.image_processing import OFAImageProcessor
+    from distill.ofa.image_processing_ofa import OFAImageProcessor
     from distill.tasks import get_task
-    from distill.tokenizer import load_ofa_tokenizer
+    from distill.ofa.tokenization_ofa import load_ofa_tokenizer
     from student.data import SkipLog, TaskRows, load_training_data
 
     world, teacher, _ = world_teacher_distilled

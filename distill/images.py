@@ -1,7 +1,4 @@
-"""OFA's image preprocessing: RGB, bicubic square resize to the task resolution, normalise with mean/std 0.5.
-
-This is what OFA's data pipeline does (`Image.convert("RGB")`, torchvision `Resize((s, s), BICUBIC)` on the PIL
-image, `ToTensor`, `Normalize(0.5, 0.5)`), written against PIL directly so no torchvision is needed.
+"""Image loading shared by every stage and every teacher: one `load_image` for paths, bytes, base64 and PIL images.
 
 Every image is read through `load_image`, which applies the EXIF orientation (as `datasets.Image` and image viewers
 do): the teacher, the student's training batches, evaluate and predict all see the same upright pixels.
@@ -17,19 +14,11 @@ from typing import Any, Sequence
 
 import numpy as np
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
-from transformers.image_processing_base import BatchFeature
-from transformers.image_processing_utils import BaseImageProcessor
 
 from distill.errors import UserError
 
 ImageSource = Any  # path | bytes | base64 str | {"bytes": .., "path": ..} | PIL.Image.Image
 
-_RESAMPLE = {
-    "bicubic": Image.Resampling.BICUBIC,
-    "bilinear": Image.Resampling.BILINEAR,
-    "nearest": Image.Resampling.NEAREST,
-    "lanczos": Image.Resampling.LANCZOS,
-}
 # Modes holding more than 8 bits per sample: PIL's convert("RGB") would clip them at 255, so rescale first.
 _URLSAFE = str.maketrans("-_", "+/")
 # Everything PIL raises for a file it cannot open or decode (truncation is an OSError).
@@ -142,63 +131,3 @@ def to_rgb(img: Image.Image) -> Image.Image:
         arr = np.clip(np.rint(arr * scale), 0, 255).astype(np.uint8)
         return Image.fromarray(arr, mode="L").convert("RGB")
     return img.convert("RGB")
-
-
-class OFAImageProcessor(BaseImageProcessor):
-    """OFA / NARVL image processor: `processor(images, return_tensors="pt")["pixel_values"]` is (B, 3, size, size).
-
-    Images may be anything `load_image` accepts. Saved and loaded with `save_pretrained`/`from_pretrained`.
-    """
-
-    model_input_names = ["pixel_values"]
-
-    def __init__(
-        self,
-        size: int = 480,
-        mean: float | Sequence[float] = 0.5,
-        std: float | Sequence[float] = 0.5,
-        resample: str = "bicubic",
-        **kwargs: Any,
-    ):
-        super().__init__(**kwargs)
-        if isinstance(size, dict):  # tolerate transformers' {"height", "width"} style for a square size
-            size = size.get("height", size.get("shortest_edge"))
-        if resample not in _RESAMPLE:
-            raise UserError(f"resample must be one of {sorted(_RESAMPLE)}, got {resample!r}")
-        self.size = int(size)
-        """Square side in pixels after resizing (OFA: 480 caption/VQA/SNLI-VE, 512 RefCOCO)."""
-        self.mean = [float(m) for m in mean] if isinstance(mean, (list, tuple)) else float(mean)
-        """Per-channel (or shared) mean subtracted after scaling to [0, 1]."""
-        self.std = [float(s) for s in std] if isinstance(std, (list, tuple)) else float(std)
-        """Per-channel (or shared) std divided by after the mean."""
-        self.resample = resample
-        """PIL resampling filter name for the square resize."""
-
-    def process_image(self, image: ImageSource, size: int | None = None) -> np.ndarray:
-        """One image -> (3, size, size) float32 array, normalised."""
-        size = int(size or self.size)
-        img = to_rgb(load_image(image))
-        img = img.resize((size, size), resample=_RESAMPLE[self.resample])
-        arr = np.asarray(img, dtype=np.float32) / 255.0
-        mean = np.asarray(self.mean, dtype=np.float32).reshape(-1)
-        std = np.asarray(self.std, dtype=np.float32).reshape(-1)
-        arr = (arr - mean) / std
-        return arr.transpose(2, 0, 1).copy()
-
-    def preprocess(
-        self,
-        images: ImageSource | Sequence[ImageSource],
-        return_tensors: str | None = "pt",
-        size: int | None = None,
-        **_: Any,
-    ) -> BatchFeature:
-        """Batch of images -> `{"pixel_values": (B, 3, size, size)}`; a single image gives B = 1."""
-        if not isinstance(images, (list, tuple)):
-            images = [images]
-        side = int(size or self.size)
-        arrays = [self.process_image(img, size=side) for img in images]
-        pixels = np.stack(arrays) if arrays else np.zeros((0, 3, side, side), np.float32)
-        return BatchFeature(data={"pixel_values": pixels}, tensor_type=return_tensors)
-
-    def __call__(self, images: ImageSource | Sequence[ImageSource], **kwargs: Any) -> BatchFeature:
-        return self.preprocess(images, **kwargs)
