@@ -28,7 +28,7 @@ import torch
 
 from distill.ofa import OFAConfig, OFAModel
 from distill.tasks import get_task
-from pipelines.teacher import ARCHS
+from student.train_teacher import ARCHS
 from student.decoding import ctc_greedy_decode
 from student.modeling_narvl import NARVLModel
 

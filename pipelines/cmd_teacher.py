@@ -1,4 +1,4 @@
-"""`narvl-pipe train-teacher`: a thin layer over `pipelines.teacher.train_teacher`."""
+"""`narvl-pipe train-teacher`: a thin layer over `student.train_teacher.train_teacher`."""
 from __future__ import annotations
 
 from typing import Optional
@@ -66,7 +66,7 @@ def train_teacher(
     --arch does not freeze its embeddings unless --freeze-embeddings is given.
     """
     from distill.outputs import check_output_dir
-    from pipelines.teacher import TeacherTrainConfig, train_teacher as run
+    from student.train_teacher import TeacherTrainConfig, train_teacher as run
 
     check_output_dir(out)  # a file or a read-only folder: one line now, not a traceback after the model loads
 

@@ -3,7 +3,7 @@
 | kind            | config dataclass                         | function                              | resumes from        |
 |-----------------|------------------------------------------|---------------------------------------|---------------------|
 | `data`          | `pipelines.shapes.ShapesConfig`          | `write_shapes(dir, cfg)`              | - (restarts)        |
-| `train-teacher` | `pipelines.teacher.TeacherTrainConfig`   | `train_teacher(cfg)`                  | trainer checkpoints |
+| `train-teacher` | `student.train_teacher.TeacherTrainConfig`   | `train_teacher(cfg)`                  | trainer checkpoints |
 | `distill`       | `distill.run.DistillConfig`              | `run_distill(cfg)`                    | complete shards     |
 | `train-student` | `student.train_student.StudentTrainConfig` | `train_student(cfg)`                | trainer checkpoints |
 | `evaluate`      | `EvaluateStageConfig` (below)            | `student.evaluate.evaluate(...)`      | - (restarts)        |
@@ -27,7 +27,7 @@ from pipelines.baseline import BaselineConfig, run_baseline
 from pipelines.report import METRICS_FILE, ReportConfig, run_report
 from pipelines.shapes import ShapesConfig, write_shapes
 from pipelines.stages import StageKind
-from pipelines.teacher import TeacherTrainConfig, train_teacher
+from student.train_teacher import TeacherTrainConfig, train_teacher
 from student.train_student import StudentTrainConfig, train_student
 from student.trainer import CHECKPOINT_DIR
 

@@ -15,7 +15,7 @@ import pytest
 from student.presets import ofa_size, option_help, recipe_for, resolve
 from student.train_student import StudentTrainConfig
 from student.train_setup import resolve_accumulation, resolve_length
-from pipelines.teacher import TeacherTrainConfig
+from student.train_teacher import TeacherTrainConfig
 
 # (task, size): (script, per-GPU batch, update_freq, GPUs, epochs, lr, warmup, drop-path, frozen, ema)
 NARVL = {

@@ -25,7 +25,7 @@ def world(tmp_path_factory):
 
 def test_label_smoothed_ce_is_ofa_criterion():
     """Against the formula written out: (1 - eps) * nll + eps * mean_v(-log p), averaged over non-pad tokens."""
-    from pipelines.teacher import teacher_loss
+    from student.train_teacher import teacher_loss
 
     torch.manual_seed(0)
     logits = torch.randn(2, 3, 7)
@@ -73,7 +73,7 @@ def test_train_teacher_arch_overrides_and_resume(world, tmp_path):
 
 
 def test_bad_teacher_options(world, tmp_path):
-    from pipelines.teacher import TeacherTrainConfig, train_teacher
+    from student.train_teacher import TeacherTrainConfig, train_teacher
 
     base = dict(output_dir=str(tmp_path / "x"), task="caption", data=str(world), max_steps=1, report_to="none")
     with pytest.raises(UserError, match="--arch must be one of"):
@@ -95,7 +95,7 @@ def test_arch_tiny_is_what_help_says():
     from distill.ofa import OFAModel
     from distill.tasks import get_task
     from pipelines.cli import app
-    from pipelines.teacher import TeacherTrainConfig, arch_help, build_ofa_config, default_resolution
+    from student.train_teacher import TeacherTrainConfig, arch_help, build_ofa_config, default_resolution
 
     cfg = TeacherTrainConfig(output_dir="x", task="caption", data="x", arch="tiny")
     assert default_resolution(cfg, get_task("caption")) == 256
@@ -116,7 +116,7 @@ def test_preflight_predicts_and_changes_nothing(world, tmp_path):
     from distill.ofa import OFAModel
     from distill.tasks import get_task
     from distill.ofa.tokenization_ofa import load_ofa_tokenizer
-    from pipelines.teacher import TeacherTrainConfig, build_ofa_config, teacher_loss
+    from student.train_teacher import TeacherTrainConfig, build_ofa_config, teacher_loss
     from student.data import TaskRows, collate
     from student.preflight import check_step_fits, estimate_step
 
@@ -173,7 +173,7 @@ def test_corrupt_init_weights_are_one_line(world, tmp_path):
     h.cli("train-teacher", "--out", ref, "--task", "caption", "--data", world, *h.TINY_TEACHER, "--max-steps", "1",
           "--batch-size", "2", "--eval-limit", "0")
     (ref / "model.safetensors").write_bytes(b"")
-    from pipelines.teacher import TeacherTrainConfig, train_teacher
+    from student.train_teacher import TeacherTrainConfig, train_teacher
 
     with pytest.raises(UserError, match=rf"cannot read weights file {ref / 'model.safetensors'} .*truncated"):
         train_teacher(TeacherTrainConfig(output_dir=str(tmp_path / "ft"), task="caption", data=str(world),
@@ -187,7 +187,7 @@ def test_multi_task_mixture_rows_and_training(world, tmp_path):
     from distill.ofa.image_processing_ofa import OFAImageProcessor
     from distill.tasks import get_task
     from distill.ofa.tokenization_ofa import bin_token_ids, load_ofa_tokenizer
-    from pipelines.teacher import TaskMixture, TeacherTrainConfig, train_teacher
+    from student.train_teacher import TaskMixture, TeacherTrainConfig, train_teacher
     from student.data import TaskRows
 
     tok, proc = load_ofa_tokenizer(world / "tokenizer"), OFAImageProcessor(size=32)
