@@ -315,7 +315,9 @@ SCRIPT = textwrap.dedent(
             time.sleep(float(os.environ.get("DELAY", "0")))
             with open(out.parent / "computed.log", "a") as log:
                 log.write(f"{i}\\n")
-            item.write_text(str(i))
+            tmp = item.with_suffix(".tmp")  # atomic, as real stages write: an item is there whole or not at all
+            tmp.write_text(str(i))
+            os.replace(tmp, item)
 
     stages.register_stage_kind(stages.StageKind("slow", SlowConfig, slow, out_field="out", resumable=True))
     pipe = stages.parse_pipeline({"stages": [{"name": "s", "kind": "slow"}]})
@@ -323,6 +325,20 @@ SCRIPT = textwrap.dedent(
         print("STATUS", o.name, o.status)
     """
 )
+
+
+def _complete_items(out) -> list[int]:
+    """Items the killed run finished. The kill may land between an item's log line and its file: that item was
+    not finished, and computing it again is right. Read only after the killed process is reaped."""
+    return sorted({int(p.stem[4:]) for p in out.glob("*/item*.txt")})  # the stage's folder (and its link, once done)
+
+
+def _assert_resumed_exactly(out, log, complete: list[int], logged: int) -> None:
+    """The resumed run computed exactly the items the killed one had not finished (nothing recomputed, nothing
+    lost), and every item holds its value."""
+    assert log.read_text().split()[logged:] == [str(i) for i in range(6) if i not in complete]
+    assert _complete_items(out) == list(range(6))
+    assert sorted(p.read_text() for p in out.glob("s-*/item*.txt")) == [str(i) for i in range(6)]
 
 
 def test_sigkill_mid_stage_then_resume_in_new_process(tmp_path):
@@ -337,12 +353,12 @@ def test_sigkill_mid_stage_then_resume_in_new_process(tmp_path):
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    done_before = log.read_text().split()
-    assert 2 <= len(done_before) < 6
+    complete, logged = _complete_items(out), len(log.read_text().split())
+    assert 1 <= len(complete) < 6
     res = subprocess.run([sys.executable, str(script), str(out)], env={**os.environ, "DELAY": "0"},
                          capture_output=True, text=True, check=True)
     assert "STATUS s resumed" in res.stdout
-    assert log.read_text().split() == [str(i) for i in range(6)]  # nothing recomputed, nothing lost
+    _assert_resumed_exactly(out, log, complete, logged)
     res = subprocess.run([sys.executable, str(script), str(out)], capture_output=True, text=True, check=True)
     assert "STATUS s skipped" in res.stdout
 
@@ -365,11 +381,12 @@ def test_sigkill_leaves_no_lock_with_a_forked_child_and_resumes_at_once(tmp_path
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         os.kill(child, 0)  # the forked child outlives the run (nothing here makes it die)
+        complete, logged = _complete_items(out), len(log.read_text().split())
         res = subprocess.run([sys.executable, str(script), str(out)], env={**os.environ, "DELAY": "0"},
                              capture_output=True, text=True)
         assert res.returncode == 0, res.stderr[-2000:]
         assert "STATUS s resumed" in res.stdout
-        assert log.read_text().split() == [str(i) for i in range(6)]
+        _assert_resumed_exactly(out, log, complete, logged)
     finally:
         if proc.poll() is None:
             proc.kill()
