@@ -9,7 +9,11 @@ from __future__ import annotations
 
 import json
 import os
+import zipfile
 from pathlib import Path
+
+import torch
+from safetensors import safe_open
 
 from distill.errors import UserError
 
@@ -27,7 +31,6 @@ def _first_line(exc: BaseException) -> str:
 
 def _probe(path: Path) -> str | None:
     """Why `path` (one weights file) cannot be read, or None if its header/archive opens."""
-    import zipfile
 
     if not path.is_file():
         return "file missing"
@@ -35,13 +38,9 @@ def _probe(path: Path) -> str | None:
         return "empty file"
     try:
         if path.suffix == ".safetensors":
-            from safetensors import safe_open
-
             with safe_open(str(path), framework="pt") as f:  # checks the header covers the whole file
                 f.keys()
         else:
-            import torch
-
             # A zip checkpoint (torch.save since 1.6) opens with mmap, its tensors left on disk; a legacy pickle
             # (or garbage) has to be read.
             torch.load(str(path), map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from distill.errors import UserError
+
 METRICS_FILE = "metrics.json"
 PREDICTIONS_FILE = "predictions.jsonl"
 REPORT_FILES = ("report.md", "report.json", "report.png")
@@ -60,7 +62,6 @@ class ReportConfig:
 
 def load_results(results: dict[str, str]) -> list[dict[str, Any]]:
     """One entry per system: its label, the fields of its metrics.json and its folder."""
-    from distill.errors import UserError
 
     entries = []
     for label, folder in results.items():
@@ -300,7 +301,6 @@ def write_report(report: dict[str, Any], out_dir: str | Path) -> list[Path]:
 
 def run_report(cfg: ReportConfig, out_dir: Path) -> dict[str, Any]:
     """The report stage function."""
-    from distill.errors import UserError
 
     if bool(cfg.results) == bool(cfg.tasks):
         raise UserError("report: set exactly one of results (one task) and tasks (task -> systems)")

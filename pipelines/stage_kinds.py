@@ -19,16 +19,22 @@ Registered by `pipelines.stages.stage_kinds()` (from `builtin_kinds()`, on first
 from __future__ import annotations
 
 import json
+import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from distill.run import DistillConfig, run_distill
+from distill.sources import open_source
+from distill.tasks import get_task
 from pipelines.baseline import BaselineConfig, run_baseline
 from pipelines.report import METRICS_FILE, ReportConfig, run_report
 from pipelines.shapes import ShapesConfig, write_shapes
 from pipelines.stages import StageKind
-from student.train_teacher import TeacherTrainConfig, train_teacher
+from student.evaluate import _candidates, evaluate, load_model, predict_rows
 from student.train_student import StudentTrainConfig, train_student
+from student.train_teacher import TeacherTrainConfig, train_teacher
 from student.trainer import CHECKPOINT_DIR
 
 TRAIN_NON_RESULT = frozenset({"report_to", "project_name", "num_workers", "log_every", "keep_checkpoints",
@@ -70,11 +76,6 @@ def measure_latency(cfg: EvaluateStageConfig) -> tuple[float, int]:
     """(median ms per sample over timed calls, number of calls): one `predict_rows` call per batch of
     `latency_batch_size` rows, after a warm-up call. A median, so a burst of load on a shared machine moves it
     less than a mean."""
-    import statistics
-
-    from distill.sources import open_source
-    from distill.tasks import get_task
-    from student.evaluate import _candidates, load_model, predict_rows
 
     task = get_task(cfg.task)
     lm = load_model(cfg.model)
@@ -89,16 +90,11 @@ def measure_latency(cfg: EvaluateStageConfig) -> tuple[float, int]:
 
 
 def _run_evaluate(cfg: EvaluateStageConfig, out: Path) -> None:
-    import torch
-
-    from student.evaluate import evaluate
-
     quality = evaluate(cfg.model, cfg.task, cfg.data, split=cfg.split, batch_size=cfg.batch_size,
                        num_beams=cfg.num_beams, limit=cfg.limit, out=out / "predictions.jsonl", answers=cfg.answers)
     ms, calls, latency_batch = quality.ms_per_sample, 1, quality.batch_size
     if cfg.latency_limit != 0:
         (ms, calls), latency_batch = measure_latency(cfg), cfg.latency_batch_size
-    from distill.tasks import get_task
 
     metric = next(iter(quality.metrics))
     if quality.kind == "narvl":

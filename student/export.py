@@ -25,7 +25,10 @@ import torch
 from torch import nn
 
 from distill.errors import UserError
+from distill.ofa.positions import TOKEN_BUCKET_POSITIONS
 from distill.ofa.processing_ofa import OFAProcessor
+from distill.tasks import get_task
+from student.evaluate import load_model, model_kind
 
 __all__ = ["EXPORT_FILE", "ONNX_FILE", "FORMATS", "DEFAULT_OPSET", "ExportSpec", "ExportResult", "is_exported",
            "read_spec", "export_onnx"]
@@ -139,8 +142,6 @@ def _example_inputs(tokenizer, resolution: int, prompts: list[str], seed: int = 
 
 
 def _check_batches(tokenizer, resolution: int, task: str | None) -> list[tuple[torch.Tensor, ...]]:
-    from distill.tasks import get_task
-
     prompt = get_task(task or "caption").prompt({"question": "what is it", "region_text": "the shape",
                                                   "hypothesis": "a shape", "premise": "", "id": "export"})
     # Other batch sizes and prompt lengths than the trace's, so that a baked-in shape fails here, not in use.
@@ -170,8 +171,6 @@ def export_onnx(model_dir: str | os.PathLike, out: str | os.PathLike, opset: int
     import onnx
     import onnxruntime as ort
 
-    from distill.ofa.positions import TOKEN_BUCKET_POSITIONS
-    from student.evaluate import load_model, model_kind
 
     if is_exported(model_dir):
         raise UserError(f"{model_dir} is already an ONNX export; export the student folder it came from")

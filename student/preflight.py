@@ -11,12 +11,15 @@ every RNG as it found them, so it changes no result.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
+import psutil
 import torch
+from torch.utils.data.dataloader import default_collate
 
 from distill.errors import UserError
 
@@ -63,8 +66,6 @@ def _duration(seconds: float) -> str:
 
 
 def _available_bytes() -> float:
-    import psutil
-
     local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))  # processes sharing this machine's memory
     return psutil.virtual_memory().available / local
 
@@ -74,9 +75,6 @@ def estimate_step(model: torch.nn.Module, loss_fn: Callable, batch: Any, micro_b
     """Run `loss_fn(model, batch)` forward and backward once (`batch`: `n_samples` collated samples) and scale what
     it kept and took to `micro_batch` samples x `grad_accum` passes. Model, buffers, gradients and RNG states are
     restored."""
-    import contextlib
-
-    import psutil
 
     n = n_samples
     params = {p.untyped_storage().data_ptr() for p in model.parameters()}
@@ -133,7 +131,6 @@ def preflight(model: torch.nn.Module, loss_fn: Callable, dataset: Any, collate_f
               accelerator: Any) -> StepEstimate | None:
     """`estimate_step` on the first `PROBE_SAMPLES` training samples (`dataset[(row, draw)]`, as the trainer fetches
     them), then `check_step_fits`. For CPU runs: a GPU run's memory is not this machine's."""
-    from torch.utils.data.dataloader import default_collate
 
     if len(dataset) == 0:
         return None  # the sampler reports the empty training set
