@@ -100,7 +100,9 @@ def beam_search_answers(model, tokenizer, inputs: dict[str, torch.Tensor], answe
         early_stopping="never", no_repeat_ngram_size=0, forced_eos_token_id=None, min_new_tokens=0,
         logits_processor=LogitsProcessorList([processor]), output_scores=True, return_dict_in_generate=True,
     )
-    steps = model.compute_transition_scores(res.sequences, res.scores, res.beam_indices, normalize_logits=False)
+    # greedy (num_beams=1) output has no beam_indices; the processor already returns log-probs either way
+    steps = model.compute_transition_scores(res.sequences, res.scores, getattr(res, "beam_indices", None),
+                                            normalize_logits=False)
     out: list[NBest] = []
     for k, (seq, sc) in enumerate(zip(res.sequences.tolist(), steps.float().tolist())):
         if k % num_return_sequences == 0:

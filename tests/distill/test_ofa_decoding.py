@@ -98,6 +98,27 @@ def test_beam_search_forces_the_prompt_and_scores_unnormalised_on_the_trie(model
         assert (nbest[b][0][1] == "two green triangles") == (max(ref) == ref[longest])
 
 
+def test_greedy_over_the_trie_takes_the_best_child_at_each_step(model, tok, inputs):
+    """num_beams=1 (`distill --num-beams 1` on VQA) is greedy search on the trie: at each step the best child of the
+    answer so far; its score is that answer's summed trie-renormalised log-prob."""
+    targets = [text_target_ids(a, tok) for a in ANSWERS]
+    with torch.no_grad():
+        nbest = beam_search_answers(model, tok, inputs, ANSWERS, num_beams=1)
+    for b in range(2):
+        ref = dict(zip(ANSWERS, _step_by_step(model, tok, inputs, b, ANSWERS)))
+        ids, text, lp = nbest[b][0]
+        assert text in ANSWERS and lp == pytest.approx(ref[text], abs=1e-4)
+        # greedy: after each prefix of the chosen answer, no sibling continuation scores a better next token
+        prompt = decoder_prompts(inputs["input_ids"][b: b + 1], tok.pad_token_id, tok.eos_token_id)[0]
+        for k in range(len(ids)):
+            children = sorted({u[k] for u in targets if u[:k] == ids[:k]})
+            dec = torch.tensor([[0] + prompt + ids[:k]])
+            with torch.no_grad():
+                logits = model(input_ids=inputs["input_ids"][b: b + 1], patch_images=inputs["patch_images"][b: b + 1],
+                               patch_masks=inputs["patch_masks"][b: b + 1], decoder_input_ids=dec).logits[0, -1]
+            assert ids[k] == children[int(logits[children].argmax())]
+
+
 def test_allcand_scores_every_candidate_in_chunks(model, tok, inputs):
     with torch.no_grad():
         scores = candidate_scores(model, tok, inputs, ANSWERS, chunk_size=2)  # 3 chunks: 2 + 2 + 1
