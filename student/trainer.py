@@ -31,6 +31,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from distill.errors import UserError
+from distill.workers import DieWithParent
 from student.checkpoints import CHECKPOINT_DIR, LOG_FILE, STATE_FILE, latest_checkpoint, save_checkpoint, truncate_log
 from student.ema import WeightEMA
 from student.train_setup import resolve_accumulation, resolve_length, resolve_mixed_precision
@@ -300,7 +301,8 @@ def train(model: torch.nn.Module, loss_fn: LossFn, train_ds: Any, config: TrainC
     sampler = StepBatchSampler(len(train_ds), cfg.batch_size, accelerator.num_processes, accelerator.process_index,
                                grad_accum, cfg.seed, start_step, max_steps)
     loader = DataLoader(_DrawDataset(train_ds), batch_sampler=sampler, collate_fn=collate_fn,
-                        num_workers=cfg.num_workers, generator=torch.Generator().manual_seed(cfg.seed))
+                        num_workers=cfg.num_workers, generator=torch.Generator().manual_seed(cfg.seed),
+                        worker_init_fn=DieWithParent())  # a killed run leaves no orphan workers behind
     batches = iter(loader)
     totals = {k: float(v) for k, v in extra.get("totals", {}).items()}
     history: list[dict[str, float]] = []

@@ -17,6 +17,7 @@ from datasets import DatasetDict, Image, load_from_disk
 
 sys.path.insert(0, str(Path(__file__).parent))
 from distill_helpers import REPO, cli_env, make_dataset, make_teacher, without_root_override  # noqa: E402
+from tests.proc_helpers import alive, children  # noqa: E402
 
 from distill import shards as sh  # noqa: E402
 from distill.errors import UserError  # noqa: E402
@@ -129,25 +130,6 @@ def _wait_for(cond, proc, what: str, timeout: float = 120.0, stderr=None) -> Non
         time.sleep(0.005)
 
 
-def _children(pid: int) -> list[int]:
-    """The live child processes of `pid` (Linux /proc)."""
-    kids = []
-    try:
-        for task in Path(f"/proc/{pid}/task").iterdir():
-            kids += [int(k) for k in (task / "children").read_text().split()]
-    except (FileNotFoundError, ProcessLookupError):  # it just exited: `_wait_for` reports that
-        return []
-    return kids
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, ProcessLookupError):
-        return False
-    return state not in ("Z", "X")  # a zombie has exited
-
-
 def test_sigkill_with_workers_then_immediate_resume_equals_uninterrupted(world, tmp_path):
     """`kill -9` of the main process while DataLoader workers run, then the same command at once: it resumes (the
     workers neither hold the lock nor outlive their parent) and the rows equal an uninterrupted run."""
@@ -156,9 +138,9 @@ def test_sigkill_with_workers_then_immediate_resume_equals_uninterrupted(world, 
     proc = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "distill", *_args(world, out), "--num-workers", "2"],
                             cwd=REPO, env=cli_env(), stdout=subprocess.DEVNULL, stderr=log, text=True)
     try:
-        _wait_for(lambda: any((out / sh.SHARDS_DIR).glob("*.progress.json")) and len(_children(proc.pid)) >= 2,
+        _wait_for(lambda: any((out / sh.SHARDS_DIR).glob("*.progress.json")) and len(children(proc.pid)) >= 2,
                   proc, "a flush inside a shard with the workers running", stderr=log)
-        workers = _children(proc.pid)
+        workers = children(proc.pid)
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
     finally:
@@ -169,7 +151,7 @@ def test_sigkill_with_workers_then_immediate_resume_equals_uninterrupted(world, 
     assert not summary.noop and summary.new_rows == N_ROWS - len(BAD) - done > 0
     rows = _rows(out)
     assert len({r["id"] for r in rows}) == len(rows) and rows == _rows(world["base"].out)
-    _wait_for(lambda: not any(map(_alive, workers)), None, "the killed run's workers to exit", timeout=30)
+    _wait_for(lambda: not any(map(alive, workers)), None, "the killed run's workers to exit", timeout=30)
 
 
 def test_sigkill_then_resume_on_two_processes_equals_uninterrupted(world, tmp_path):

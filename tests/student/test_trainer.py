@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from student.trainer import StepBatchSampler, latest_checkpoint
+from tests.proc_helpers import alive
 
 TOY = Path(__file__).with_name("trainer_toy.py")
 
@@ -77,6 +79,21 @@ def test_resume_after_sigkill_is_exact(tmp_path):
     assert _losses(killed) == pytest.approx(_losses(ref), abs=1e-6)
     # keep_checkpoints=2, and no temporary folder is left behind.
     assert sorted(p.name for p in (killed / "checkpoints").iterdir()) == ["step_00000015", "step_00000020"]
+
+
+def test_sigkill_leaves_no_dataloader_worker_behind(tmp_path):
+    """`kill -9` of a training run with DataLoader workers: the workers exit with it (they hold the run's inherited
+    file descriptors and memory), and the run resumes as without workers."""
+    out = tmp_path / "killed"
+    proc = _run(["--out", str(out), "--steps", "20", "--save-every", "5", "--kill-at-call", "13",
+                 "--num-workers", "2"], check=False)
+    assert proc.returncode == -9
+    workers = [int(k) for k in (out / "workers.txt").read_text().split()]
+    assert len(workers) == 2
+    deadline = time.time() + 30
+    while any(map(alive, workers)) and time.time() < deadline:
+        time.sleep(0.05)
+    assert not any(map(alive, workers)), "DataLoader workers outlived the killed run"
 
 
 @pytest.mark.slow

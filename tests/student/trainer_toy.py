@@ -59,6 +59,7 @@ def main() -> None:
     ap.add_argument("--dropout", type=float, default=0.1)
     ap.add_argument("--resume", action="store_true")
     ap.add_argument("--kill-at-call", type=int, default=0, help="SIGKILL this process at the N-th loss call")
+    ap.add_argument("--num-workers", type=int, default=0)
     args = ap.parse_args()
 
     torch.manual_seed(0)
@@ -68,6 +69,10 @@ def main() -> None:
     def loss_fn(m, batch):
         calls["n"] += 1
         if args.kill_at_call and calls["n"] == args.kill_at_call:
+            kids = [k for task in os.listdir("/proc/self/task")
+                    for k in open(f"/proc/self/task/{task}/children").read().split()]
+            with open(os.path.join(args.out, "workers.txt"), "w") as fh:  # the DataLoader workers, for the test
+                fh.write(" ".join(kids))
             os.kill(os.getpid(), signal.SIGKILL)
         logits = m(batch["ids"])
         return F.cross_entropy(logits, batch["label"]), {"n_samples": torch.tensor(len(batch["label"]))}
@@ -86,7 +91,7 @@ def main() -> None:
 
     cfg = TrainConfig(output_dir=args.out, max_steps=args.steps, batch_size=args.batch_size,
                       grad_accum=args.grad_accum, lr=1e-2, save_every=args.save_every, resume=args.resume,
-                      keep_checkpoints=2, report_to="none", eval_every=10)
+                      keep_checkpoints=2, report_to="none", eval_every=10, num_workers=args.num_workers)
     result = train(model, loss_fn, ToyData(), cfg, collate_fn=collate, eval_fn=eval_fn)
     if result.is_main_process:
         save_file({k: v.contiguous() for k, v in result.model.state_dict().items()},
