@@ -16,23 +16,24 @@ class DistillConfig:
     """Everything `narvl-pipe distill` takes. `None` generation fields mean the task's OFA evaluation default."""
 
     task: str
-    """One of caption, vqa, grounding, entailment."""
+    """caption, vqa, grounding or entailment."""
     teacher: str
     """Teacher folder (model + tokenizer + image processor, `save_pretrained` layout) or a Hub model id."""
     data: str
-    """Data source (see `distill.sources`)."""
+    """Data source: a save_to_disk folder, parquet/arrow files, an imagefolder, OFA TSV, dataset_coco.json or a
+    Hub dataset id (see `distill.sources`)."""
     out: str
-    """Output folder; `datasets.load_from_disk(out)` opens it when the run is complete."""
+    """Output folder (`datasets.load_from_disk` opens it when the run is complete)."""
     split: str = "train"
     """Split of the source to distil, or a union such as `train+restval`."""
     batch_size: int = 32
     """Rows per generate() call (per process)."""
     num_beams: int | None = None
-    """Beam size (task default: 5)."""
+    """Beam size (default: the task's OFA evaluation setting, 5)."""
     max_new_tokens: int | None = None
-    """Longest generated target, EOS included (task default)."""
+    """Longest generated target, EOS included (default: the task's)."""
     no_repeat_ngram_size: int | None = None
-    """Forbid repeating n-grams of this size (task default; 0 = off)."""
+    """Forbid repeating n-grams of this size; 0 = off (default: the task's, caption 3)."""
     num_return_sequences: int = 1
     """Keep the n best beams as `nbest` (1 = only the best, no `nbest` column)."""
     answers: str | None = None
@@ -45,7 +46,7 @@ class DistillConfig:
     shard_size: int = 1000
     """Source rows per output shard (the unit of resume and of work sharing between processes)."""
     images: bool = True
-    """Store the encoded image in each row; with False only `image_path`/`source_index` refer to it."""
+    """Store the encoded image in each row (else only its `image_path`/`source_index` columns refer to it)."""
     columns: dict[str, str] = field(default_factory=dict)
     """Column mapping canonical -> source column, e.g. {"captions": "text"}."""
     resolution: int | None = None
@@ -70,8 +71,8 @@ class DistillConfig:
     """Teacher attention: eager (OFA's matmul + softmax) or sdpa (`scaled_dot_product_attention`, fused on GPU;
     the same maths)."""
     prompt_template: str | None = None
-    """Teacher prompt template overriding the family's default for the task (`{prompt}`, `{question}`,
-    `{region_text}`, `{premise}`, `{hypothesis}` are filled from the row); OFA ignores it."""
+    """Teacher prompt template overriding the family's default for the task: a Python format string whose fields
+    prompt, question, region_text, premise and hypothesis are filled from the row. OFA ignores it."""
     cache_implementation: str = "dynamic"
     """generate()'s KV cache: dynamic, or static (preallocated; on CUDA generate() then compiles the decoding step
     with torch.compile). The same maths."""

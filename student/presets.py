@@ -70,8 +70,7 @@ class RecipeFields:
     configs before `TrainConfig`, so that `resolve` can tell what the user set."""
 
     batch_size: int | None = None
-    """Global batch per optimizer step (default: the script's, e.g. caption 128, VQA 512, grounding 128,
-    entailment 256)."""
+    """Global batch per optimizer step (default: the official script's for the task and size)."""
     per_device_batch_size: int | None = None
     """Largest micro-batch per process (default: the script's per-GPU batch); accumulation makes up the rest."""
     epochs: float | None = None
@@ -81,17 +80,16 @@ class RecipeFields:
     warmup_ratio: float | None = None
     """Fraction of steps in linear warmup (default: the script's)."""
     lr_end: float | None = None
-    """Learning rate at the last step (default: the scripts' 0)."""
+    """Learning rate at the last step (default: the script's)."""
     weight_decay: float | None = None
-    """AdamW weight decay (default: the scripts' 0.01)."""
+    """AdamW weight decay (default: the script's)."""
     drop_path: float | None = None
     """Encoder and decoder drop-path rate, active in training only (default: the script's)."""
     freeze_embeddings: bool | None = None
-    """Freeze the token embeddings with the tied output projection (and NARVL's blank row) (default: the
-    script's: caption and VQA frozen, grounding and entailment trained)."""
+    """Freeze the token embeddings with the tied output projection and NARVL's blank row (default: the
+    script's)."""
     ema_decay: float | None = None
-    """fp32 EMA of the weights, evaluated and saved as the model (default: the script's, VQA 0.9999, else off;
-    0 turns it off)."""
+    """fp32 EMA of the weights, evaluated and saved as the model; 0 turns it off (default: the script's)."""
 
 
 RECIPE_FIELDS = ("epochs", "batch_size", "per_device_batch_size", "lr", "warmup_ratio", "lr_end", "weight_decay",

@@ -19,13 +19,14 @@ import torch
 
 from distill.errors import UserError
 from student.presets import RecipeFields, drop_path_fields
+from student.train_fields import EvalFields, TrainDataFields
 from student.trainer import TrainConfig, TrainResult
 
 __all__ = ["StudentTrainConfig", "student_loss", "train_student", "resolve_student_config"]
 
 
 @dataclass(kw_only=True)
-class StudentTrainConfig(RecipeFields, TrainConfig):
+class StudentTrainConfig(TrainDataFields, EvalFields, RecipeFields, TrainConfig):
     """`narvl-pipe train-student` settings; the optimisation fields are those of `TrainConfig`, and the ones of
     `RecipeFields` left unset take NARVL's script for the task and the init's size (`student.presets`)."""
 
@@ -35,8 +36,6 @@ class StudentTrainConfig(RecipeFields, TrainConfig):
     """Distilled dataset (`narvl-pipe distill` output, a pushed folder or Hub id), or a canonical source for raw."""
     init: str
     """OFA checkpoint (folder or Hub id; the student borrows its encoder and decoder), or a NARVL one to continue."""
-    init_revision: str | None = None
-    """Hub revision of `init` (ignored for a local folder)."""
     num_queries: int | None = None
     """Decoder queries N (default: the task's, caption 20, vqa 6, grounding 5, entailment 3)."""
     target_column: str = "target"
@@ -45,10 +44,6 @@ class StudentTrainConfig(RecipeFields, TrainConfig):
     """Drop rows whose teacher sequence log-prob (`teacher_logprob`, summed over tokens) is lower."""
     max_target_len: int | None = None
     """Drop rows whose teacher target (EOS included) is longer."""
-    split: str = "train"
-    """Split of `data`, or a union such as `train+restval` (ignored for a distilled folder, which is one split)."""
-    limit: int | None = None
-    """Train on the first N rows only."""
     tokenizer: str | None = None
     """Tokenizer folder (default: the one saved in `init`)."""
     resolution: int | None = None
@@ -57,16 +52,8 @@ class StudentTrainConfig(RecipeFields, TrainConfig):
     """Query-CTC label smoothing (default: the task's, 0.1; entailment 0)."""
     dropout: float | None = None
     """Override the dropout of an OFA init (default: the checkpoint's; NARVL's recipe is 0.1)."""
-    eval_data: str | None = None
-    """Evaluation source (default: the source recorded in the distill manifest, else `data` if it has the split)."""
-    eval_split: str = "validation"
-    """Evaluation split."""
-    eval_limit: int | None = 200
-    """Rows scored per evaluation."""
     eval_batch_size: int = 32
     """Batch size of evaluation."""
-    eval_num_beams: int | None = None
-    """CTC prefix beam size of evaluation (default: greedy, the paper's setting)."""
 
 
 def student_loss(model, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -133,10 +120,10 @@ def build_student(cfg: StudentTrainConfig, task, init: Path | None = None):
     if model_kind(init) == "narvl":
         model = load_pretrained(NARVLModel, init, **layers)
         if cfg.num_queries and cfg.num_queries != model.config.num_queries:
-            raise UserError(f"--num-queries {cfg.num_queries} differs from the NARVL init's {model.config.num_queries}")
+            raise UserError(f"`num_queries` {cfg.num_queries} differs from the NARVL init's {model.config.num_queries}")
         model.config.label_smoothing = eps
         if cfg.dropout is not None:
-            raise UserError("--dropout applies to an OFA init only (a NARVL init keeps its own)")
+            raise UserError("`dropout` applies to an OFA init only (a NARVL init keeps its own)")
     else:
         extra = {} if cfg.dropout is None else {"dropout": cfg.dropout}
         model = NARVLModel.from_ofa(load_pretrained(OFAModel, init, **layers),

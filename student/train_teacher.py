@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from distill.errors import UserError
 from student.presets import OFA_ARCHS as ARCHS, RecipeFields, drop_path_fields
+from student.train_fields import EvalFields, TrainDataFields
 from student.trainer import TrainConfig, TrainResult
 
 __all__ = ["ARCHS", "TaskMixture", "TeacherTrainConfig", "arch_help", "build_ofa_config", "default_resolution",
@@ -39,7 +40,7 @@ def default_resolution(cfg: "TeacherTrainConfig", task) -> int:
 
 
 @dataclass(kw_only=True)
-class TeacherTrainConfig(RecipeFields, TrainConfig):
+class TeacherTrainConfig(TrainDataFields, EvalFields, RecipeFields, TrainConfig):
     """`narvl-pipe train-teacher` settings; the optimisation fields are those of `TrainConfig`, and the ones of
     `RecipeFields` left unset take OFA's script for the task and size (`student.presets.TEACHER_RECIPES`; a model
     built from scratch with `arch` never freezes its embeddings unless asked)."""
@@ -49,14 +50,12 @@ class TeacherTrainConfig(RecipeFields, TrainConfig):
     tasks: list[str] | None = None
     """Train ONE teacher on a mixture of these tasks, as OFA is one model for all of them: every training row
     appears once per task (its prompt and target for that task) in one shuffled stream. `task` must be one of them
-    and is the one evaluated. None: `task` alone."""
+    and is the one evaluated (default: `task` alone)."""
     data: str
     """Training source (any `distill.sources` SRC; a distilled dataset's references are used too)."""
     init: str | None = None
     """OFA checkpoint (folder or Hub id) to fine-tune (with its tokenizer and image processor); exclusive with
     `arch`."""
-    init_revision: str | None = None
-    """Hub revision of `init` (ignored for a local folder)."""
     arch: str | None = None
     """Build a fresh OFA of this size: tiny, medium, base, large or huge (default tiny when no `init`)."""
     d_model: int | None = None
@@ -74,22 +73,10 @@ class TeacherTrainConfig(RecipeFields, TrainConfig):
     tokenizer: str | None = None
     """Tokenizer folder for `arch` (default: DATA/tokenizer)."""
     resolution: int | None = None
-    """Image side (default: the init's image processor; with `arch` the size's model-card side, tiny 256 and base
-    384, else the task's OFA resolution)."""
-    split: str = "train"
-    """Training split, or a union such as `train+restval`."""
-    limit: int | None = None
-    """Train on the first N rows only."""
-    eval_data: str | None = None
-    """Evaluation source (default: `data`)."""
-    eval_split: str = "validation"
-    """Evaluation split; skipped with a note when the source lacks it."""
-    eval_limit: int | None = 200
-    """Rows scored per evaluation."""
+    """Image side (default: the image processor of `init`; with `arch` the size's model-card side, tiny 256 and
+    base 384, else the task's OFA resolution)."""
     eval_batch_size: int = 16
     """Batch size of evaluation."""
-    eval_num_beams: int | None = None
-    """Beam size of the evaluation (default: the task's OFA setting)."""
     label_smoothing: float | None = None
     """Label smoothing of the cross-entropy (default: the task's, 0.1; entailment 0; a mixture: 0.1 unless all
     its tasks agree, OFA's pre-training value)."""

@@ -46,17 +46,17 @@ class TrainConfig:
     output_dir: str
     """Run folder: `checkpoints/`, `log.jsonl` and tracker logs go here."""
     max_steps: int | None = None
-    """Number of optimizer steps (None: `epochs` passes over the training rows)."""
+    """Number of optimizer steps (default: `epochs` passes over the training rows)."""
     epochs: float | None = None
     """Training length in passes over the rows, `ceil(epochs * rows / batch_size)` steps; `max_steps` overrides."""
     batch_size: int = 32
     """Global batch per optimizer step, summed over processes and accumulation steps."""
     per_device_batch_size: int | None = None
-    """Largest micro-batch of one process (None: the whole share); the accumulation steps are
-    `batch_size / (processes * per_device_batch_size)`."""
+    """Largest micro-batch of one process (default: the whole share); the accumulation steps are `batch_size`
+    divided by the processes and this."""
     grad_accum: int | None = None
-    """Gradient accumulation steps (None: from `per_device_batch_size`, else 1); `batch_size` must divide by
-    `grad_accum * num_processes`."""
+    """Gradient accumulation steps (default: from `per_device_batch_size`, else 1); `batch_size` must divide by
+    this times the processes."""
     lr: float = 5e-5
     """Peak learning rate (NARVL: 1e-5 caption, 5e-5 VQA/grounding/entailment)."""
     lr_end: float = 0.0
@@ -77,7 +77,7 @@ class TrainConfig:
     """`auto` (CUDA: bf16 where supported, else fp16, as the scripts' `--fp16`; CPU: no; an `accelerate launch
     --mixed_precision` setting wins), or `no`, `fp16`, `bf16`."""
     ema_decay: float | None = None
-    """Keep an fp32 exponential moving average of the weights with this decay (None: off); it is what periodic and
+    """Keep an fp32 exponential moving average of the weights with this decay (default: off); it is what periodic and
     final evaluations score and what the run returns (fairseq `--uses-ema --store-ema --ema-fp32`)."""
     seed: int = 0
     """Seed of initialisation, data order and dropout."""
@@ -90,7 +90,7 @@ class TrainConfig:
     log_every: int = 10
     """Send metrics to the trackers every this many steps (`log.jsonl` gets every step)."""
     resume: bool = False
-    """Continue from the latest complete checkpoint in `output_dir/checkpoints`, if any."""
+    """Continue from the latest complete checkpoint in `output_dir` (its checkpoints/ folder), if any."""
     num_workers: int = 0
     """DataLoader worker processes."""
     find_unused_parameters: bool = True
