@@ -14,8 +14,27 @@ from typer.core import TyperCommand
 from pipelines import cmd_data, cmd_distill, cmd_hub, cmd_run, cmd_serve, cmd_student, cmd_teacher
 
 
+_NO_BREAK = "\u2011"  # a non-breaking hyphen, as wide as "-"
+
+
+class HelpFormatter(typer.Context.formatter_class):
+    """Click's help layout, wrapping option help between words only: `--batch-size` is never cut into `--batch-`
+    and `size` at the end of a line."""
+
+    def write_dl(self, rows, col_max: int = 30, col_spacing: int = 2) -> None:
+        start = len(self.buffer)
+        super().write_dl([(term, text.replace("-", _NO_BREAK)) for term, text in rows], col_max, col_spacing)
+        self.buffer[start:] = [piece.replace(_NO_BREAK, "-") for piece in self.buffer[start:]]
+
+
+class Context(typer.Context):
+    formatter_class = HelpFormatter
+
+
 class Command(TyperCommand):
     """A typer command whose usage line names arguments the way a user types them: `ARG`, `[ARG]`, `ARG...`."""
+
+    context_class = Context
 
     def collect_usage_pieces(self, ctx) -> list[str]:
         pieces = [self.options_metavar] if self.options_metavar else []
