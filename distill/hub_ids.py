@@ -15,10 +15,12 @@ __all__ = ["resolve_model_folder"]
 
 def resolve_model_folder(name: str, revision: str | None = None, field: str = "model") -> tuple[Path, dict]:
     """(folder, identity): `{"id": absolute path}` for a local folder, `{"id": hub id, "revision": commit sha}` for a
-    Hub id (the snapshot folder is named by its commit). `field` names the argument in error messages.
+    Hub id (the snapshot folder is named by its commit). `field` is the config field that error messages name (the
+    CLI spells it as its flag; an old `--flag` spelling is taken as its field).
 
     Checks that the folder holds a `config.json`; loads nothing.
     """
+    field = f"`{field.lstrip('-').replace('-', '_')}`"
     path = Path(name)
     if path.is_dir():
         folder, ident = path, {"id": str(path.resolve())}

@@ -23,7 +23,7 @@ def check_identity(out: Path, key: dict, overwrite: bool) -> None:
     computed = sh.has_results(out)
     if not manifest_file.is_file():
         if computed and not overwrite:
-            raise UserError(f"{out} holds shards but no manifest.json; pass --overwrite to start over")
+            raise UserError(f"{out} holds shards but no manifest.json; pass `overwrite` to start over")
         if computed:
             sh.clear_output(out)
         return
@@ -36,7 +36,7 @@ def check_identity(out: Path, key: dict, overwrite: bool) -> None:
         diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
         detail = "; ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in diff[:3])
         raise UserError(f"{out} was made by a different run ({detail}); "
-                        "pass --overwrite to replace it, or use another --out")
+                        "pass `overwrite` to replace it, or use another `out`")
 
 
 def finished(out: Path, key: dict) -> dict | None:

@@ -59,7 +59,7 @@ ASSEMBLING = ".assembling"
 def plan_shards(num_rows: int, shard_size: int) -> list[tuple[int, int]]:
     """Shard i holds source rows [i*S, min((i+1)*S, num_rows))."""
     if shard_size < 1:
-        raise UserError(f"--shard-size must be >= 1, got {shard_size}")
+        raise UserError(f"`shard_size` must be >= 1, got {shard_size}")
     return [(s, min(s + shard_size, num_rows)) for s in range(0, num_rows, shard_size)]
 
 

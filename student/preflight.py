@@ -119,8 +119,8 @@ def check_step_fits(est: StepEstimate, max_steps: int, main_process: bool = True
         raise UserError(
             f"this run needs about {est.peak_low_bytes / GB:.1f} GB of memory per process but "
             f"{est.available_bytes / GB:.1f} GB is available ({est.micro_batch} samples per pass x "
-            f"{est.per_sample_bytes / GB:.2f} GB): lower --batch-size (raise --grad-accum to keep the global batch) or "
-            "--resolution")
+            f"{est.per_sample_bytes / GB:.2f} GB): lower `batch_size` (raise `grad_accum` to keep the global batch) or "
+            "`resolution`")
     if main_process:
         risky = est.peak_bytes > est.available_bytes
         print(f"{'warning' if risky else 'note'}: {est.line(max_steps)}"

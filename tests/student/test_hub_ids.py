@@ -57,7 +57,7 @@ def test_resolver_gives_the_cached_snapshot_and_its_commit(offline_cache, tmp_pa
                                                                                         "revision": SHA}
     assert resolve_teacher("me/tiny-ofa", None)[0] == folder  # distill goes through the same function
     assert resolve_model_folder(str(teacher)) == (teacher, {"id": str(teacher.resolve())})
-    with pytest.raises(UserError, match="init me/absent: not a local folder, and the Hub download failed"):
+    with pytest.raises(UserError, match="`init` me/absent: not a local folder, and the Hub download failed"):
         resolve_model_folder("me/absent", field="init")
 
 
@@ -107,5 +107,5 @@ def test_unknown_hub_id_is_one_line(offline_cache, monkeypatch, capsys):
     assert exc.value.code == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1
-    assert lines[0].startswith("error: model me/absent: not a local folder, and the Hub download failed: ")
+    assert lines[0].startswith("error: --model me/absent: not a local folder, and the Hub download failed: ")
     assert lines[0].endswith("(LocalEntryNotFoundError)")

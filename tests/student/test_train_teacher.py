@@ -141,7 +141,7 @@ def test_preflight_predicts_and_changes_nothing(world, tmp_path):
     assert torch.equal(torch.get_rng_state(), rng)
     est.available_bytes = est.peak_low_bytes / 2
     with pytest.raises(UserError, match=r"needs about .* GB of memory per process but .* GB is available .* lower "
-                                        r"--batch-size \(raise --grad-accum to keep the global batch\) or --resolution"):
+                                        r"`batch_size` \(raise `grad_accum` to keep the global batch\) or `resolution`"):
         check_step_fits(est, 10)
 
 
