@@ -15,7 +15,7 @@ OPTS = {
                 help="Build a new OFA: tiny (33M params, 4+4 layers, d_model 256, ResNet-50 stem, 256 px), medium "
                 "(93M), base (180M, 384 px), large (470M) or huge (930M); px: the default `resolution` (else the "
                 "task's, 480). Exclusive with `init`."),
-    "lr": Opt(more=lambda: _TRAIN["lr"].more() + " From scratch (`arch`) start near 1e-4: higher "
+    "lr": Opt(more=_TRAIN["lr"].more + " From scratch (`arch`) start near 1e-4: higher "
               "rates can settle on fluent captions that ignore the image (docs/DEMO_NOTES.md)."),
 }
 

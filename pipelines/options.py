@@ -26,6 +26,7 @@ from typing import Any, Callable, Literal, Optional
 import typer
 
 from distill.errors import UserError
+from student.presets import RECIPE_FIELDS, option_help
 
 __all__ = ["Opt", "config_command", "field_docs", "spell_fields"]
 
@@ -36,8 +37,8 @@ class Opt:
 
     help: str | None = None
     """Help text replacing the field's docstring (a shorter one, or one that speaks of other options)."""
-    more: str | Callable[[], str] = ""
-    """Text appended to the help (a callable is called when the command is built, e.g. the recipes' values)."""
+    more: str = ""
+    """Text appended to the help (e.g. the official recipes' values)."""
     flag: str | None = None
     """The option's spelling when it is not `--field-name` (`output_dir` is `--out`)."""
     off: str | None = None
@@ -75,11 +76,12 @@ def field_docs(cls: type) -> dict[str, str]:
 
 
 def _fields_in_help_order(cls: type) -> list[dataclasses.Field]:
-    """Required fields first, then the command's own fields before the groups it inherits (in MRO order)."""
-    by_name = {f.name: f for f in dataclasses.fields(cls)}
+    """The required fields in declaration order (the model before what is done with it), then the optional ones:
+    the command's own before the groups it inherits (in MRO order)."""
+    fields = dataclasses.fields(cls)
+    by_name = {f.name: f for f in fields if not _required(f)}
     order = [n for klass in cls.__mro__ for n in vars(klass).get("__annotations__", {}) if n in by_name]
-    ordered = [by_name[n] for n in dict.fromkeys(order)]
-    return sorted(ordered, key=lambda f: not _required(f))
+    return [f for f in fields if _required(f)] + [by_name[n] for n in dict.fromkeys(order)]
 
 
 def _required(f: dataclasses.Field) -> bool:
@@ -115,7 +117,8 @@ def _parameter(f: dataclasses.Field, tp: Any, opt: Opt, help_text: str) -> inspe
     metavar = opt.metavar
     if opt.parse is not None:
         annotation = Optional[opt.parse[0]]
-        default = None if default is not ... else ...
+        if default is not ...:  # not given: the converter's value for None (a field with a factory)
+            default = None
     elif inner is bool:
         if default is not False or opt.off:  # a False default needs no off switch
             decls = [f"{flag}/{opt.off or '--no-' + flag[2:]}"]
@@ -136,7 +139,8 @@ def config_command(config_cls: type, opts: dict[str, Opt] | None = None) -> Call
     own keyword parameters (CLI-only options, declared with `typer.Option` as usual)."""
     opts = opts or {}
     unknown = set(opts) - {f.name for f in dataclasses.fields(config_cls)}
-    assert not unknown, f"Opt for fields {config_cls.__name__} does not have: {sorted(unknown)}"
+    if unknown:  # a renamed field would otherwise lose its override silently
+        raise TypeError(f"Opt for fields {config_cls.__name__} does not have: {sorted(unknown)}")
 
     def decorate(body: Callable) -> Callable:
         hints = typing.get_type_hints(config_cls)
@@ -146,8 +150,7 @@ def config_command(config_cls: type, opts: dict[str, Opt] | None = None) -> Call
         params = []
         for f in fields:
             opt = opts.get(f.name, Opt())
-            more = opt.more() if callable(opt.more) else opt.more
-            text = " ".join(filter(None, [" ".join((opt.help or docs.get(f.name, "")).split()), more]))
+            text = " ".join(filter(None, [" ".join((opt.help or docs.get(f.name, "")).split()), opt.more]))
             params.append(_parameter(f, hints[f.name], opt, spell_fields(text, flags)))
         cli_only = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY)
                     for p in list(inspect.signature(body, eval_str=True).parameters.values())[1:]]
@@ -170,7 +173,7 @@ def config_command(config_cls: type, opts: dict[str, Opt] | None = None) -> Call
                 err.args = (spell_fields(str(err), flags), *err.args[1:])
                 raise
 
-        del command.__wrapped__  # typer must read the generated signature, not body's
+        del command.__wrapped__  # the command's parameters are the generated ones, not body's
         command.__signature__ = inspect.Signature([*params, *cli_only])
         command.__annotations__ = {p.name: p.annotation for p in command.__signature__.parameters.values()}
         command.flags = flags
@@ -183,10 +186,8 @@ def train_opts(trainer: str) -> dict[str, Opt]:
     """The CLI spelling of the fields `train-student` and `train-teacher` share (`student.train_fields`,
     `student.presets.RecipeFields`, `student.trainer.TrainConfig`); `trainer` is `student` or `teacher`, whose
     official recipes the help quotes."""
-    from student.presets import RECIPE_FIELDS, option_help
-
-    def recipes(field: str) -> Callable[[], str]:
-        return lambda: f"Official {trainer} scripts: {option_help(trainer, field)}."
+    def recipes(field: str) -> str:
+        return f"Official {trainer} scripts: {option_help(trainer, field)}."
 
     opts = {name: Opt(more=recipes(name)) for name in RECIPE_FIELDS}
     opts["freeze_embeddings"] = Opt(off="--train-embeddings", more=recipes("freeze_embeddings"))
