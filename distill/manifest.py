@@ -63,7 +63,7 @@ def claim(out: Path, lock: sh.RunLock, key: dict, ds, config, num_shards: int) -
     check_output_dir(out)
     if not lock.acquire():
         raise UserError(f"another distill run (pid {lock.holder()}) is writing {out}; "
-                        "wait for it, or use another --out")
+                        "wait for it, or use another `out`")
     check_identity(out, key, config.overwrite)
     (out / sh.SHARDS_DIR).mkdir(parents=True, exist_ok=True)
     manifest = sh.read_json(out / sh.MANIFEST) if (out / sh.MANIFEST).is_file() else {"wall_time_s": 0.0}

@@ -19,7 +19,7 @@ class WeightEMA:
 
     def __init__(self, model: torch.nn.Module, decay: float):
         if not 0.0 < decay < 1.0:
-            raise UserError(f"ema_decay must be in (0, 1), got {decay}")
+            raise UserError(f"`ema_decay` must be in (0, 1), got {decay}")
         self.decay = decay
         self.shadow = {k: v.detach().float().clone() for k, v in self._tensors(model)}
 

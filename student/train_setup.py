@@ -21,10 +21,10 @@ def resolve_length(cfg: Any, num_rows: int) -> int:
     """Optimizer steps: `max_steps`, else `ceil(epochs * num_rows / batch_size)`."""
     if cfg.max_steps is not None:
         if cfg.max_steps < 1:
-            raise UserError(f"max_steps must be >= 1, got {cfg.max_steps}")
+            raise UserError(f"`max_steps` must be >= 1, got {cfg.max_steps}")
         return int(cfg.max_steps)
     if cfg.epochs is None or cfg.epochs <= 0:
-        raise UserError(f"set max_steps or a positive epochs (got epochs={cfg.epochs})")
+        raise UserError(f"set `max_steps` or a positive `epochs` (got {cfg.epochs})")
     return max(1, math.ceil(cfg.epochs * num_rows / cfg.batch_size))
 
 
@@ -34,18 +34,18 @@ def resolve_accumulation(cfg: Any, num_processes: int) -> tuple[int, int]:
     if cfg.grad_accum is not None:
         accum = int(cfg.grad_accum)
         if accum < 1 or cfg.batch_size % (accum * num_processes):
-            raise UserError(f"batch_size {cfg.batch_size} must be divisible by processes ({num_processes}) x "
-                            f"grad_accum ({accum})")
+            raise UserError(f"`batch_size` {cfg.batch_size} must be divisible by processes ({num_processes}) x "
+                            f"`grad_accum` ({accum})")
         if per is not None and per * accum * num_processes != cfg.batch_size:
-            raise UserError(f"grad_accum {accum} and per_device_batch_size {per} disagree: processes "
-                            f"({num_processes}) x {accum} x {per} != batch_size {cfg.batch_size}; set only one")
+            raise UserError(f"`grad_accum` {accum} and `per_device_batch_size` {per} disagree: processes "
+                            f"({num_processes}) x {accum} x {per} != `batch_size` {cfg.batch_size}; set only one")
         return accum, cfg.batch_size // (accum * num_processes)
     # The per-device batch is a memory cap: a global batch smaller than processes x cap needs no accumulation.
     share = cfg.batch_size // num_processes
     per = share if per is None else min(per, share)
     if per < 1 or cfg.batch_size % (per * num_processes):
-        raise UserError(f"batch_size {cfg.batch_size} must be divisible by processes ({num_processes}) x "
-                        f"per_device_batch_size ({per})")
+        raise UserError(f"`batch_size` {cfg.batch_size} must be divisible by processes ({num_processes}) x "
+                        f"`per_device_batch_size` ({per})")
     return cfg.batch_size // (per * num_processes), per
 
 
@@ -53,7 +53,7 @@ def resolve_mixed_precision(value: str, device: torch.device) -> str | None:
     """Accelerate's `mixed_precision` argument; None lets an `accelerate launch --mixed_precision` setting apply."""
     if value != "auto":
         if value not in ("no", "fp16", "bf16"):
-            raise UserError(f"mixed_precision must be auto, no, fp16 or bf16, got {value!r}")
+            raise UserError(f"`mixed_precision` must be auto, no, fp16 or bf16, got {value!r}")
         return value
     if os.environ.get("ACCELERATE_MIXED_PRECISION"):
         return None

@@ -114,7 +114,7 @@ def build_student(cfg: StudentTrainConfig, task, init: Path | None = None):
 
     init = Path(init or cfg.init)
     if not (init / "config.json").is_file():
-        raise UserError(f"init {cfg.init}: not a model folder (no config.json)")
+        raise UserError(f"`init` {cfg.init}: not a model folder (no config.json)")
     eps = task.label_smoothing if cfg.label_smoothing is None else cfg.label_smoothing
     layers = drop_path_fields(cfg.drop_path)
     if model_kind(init) == "narvl":

@@ -99,7 +99,7 @@ def test_user_values_win_and_max_steps_overrides_epochs():
     assert resolve_length(epochs, 1000) == 16  # ceil(2 * 1000 / 128)
     from distill.errors import UserError
 
-    with pytest.raises(UserError, match="max_steps or a positive epochs"):
+    with pytest.raises(UserError, match="`max_steps` or a positive `epochs`"):
         resolve_length(dataclasses.replace(epochs, epochs=None), 1000)
 
 
