@@ -72,13 +72,21 @@ def _open(src: ImageSource, name: str | None) -> tuple[Image.Image, str]:
     raise ImageLoadError(f"unsupported image type {type(src).__name__} for {name or 'image'}")
 
 
+def decode_base64(text: str) -> bytes | None:
+    """Bytes of a base64 string, or None when it is not valid base64. Both alphabets (OFA writes its TSVs with
+    `urlsafe_b64encode`), line breaks and a `data:...;base64,` prefix are accepted."""
+    if text.startswith("data:"):
+        text = text.partition(",")[2]
+    try:
+        return base64.b64decode("".join(text.split()).translate(_URLSAFE), validate=True)
+    except (binascii.Error, ValueError):
+        return None
+
+
 def _maybe_base64(text: str) -> bytes | None:
     if len(text) < 64 or Path(text).suffix:
         return None  # too short to be an encoded image, or a path with an extension
-    try:  # OFA writes its TSVs with urlsafe_b64encode: map "-_" back so both alphabets decode
-        return base64.b64decode(text.strip().translate(_URLSAFE), validate=True)
-    except (binascii.Error, ValueError):
-        return None
+    return decode_base64(text)
 
 
 def _orientation(img: Image.Image) -> int | None:
@@ -116,6 +124,14 @@ def image_size(src: ImageSource, name: str | None = None) -> tuple[int, int]:
     if img is not src:  # opened here: release the file handle now rather than at garbage collection
         img.close()
     return w, h
+
+
+def row_image_size(row: Any) -> tuple[int, int]:
+    """(width, height) of a canonical row's original image: its `width`/`height` columns if present, else the image
+    header (`image_size`)."""
+    if row.get("width") and row.get("height"):
+        return int(row["width"]), int(row["height"])
+    return image_size(row["image"], name=str(row.get("id", "image")))
 
 
 def to_rgb(img: Image.Image) -> Image.Image:

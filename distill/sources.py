@@ -36,39 +36,21 @@ entailment source without any premise gets a one-time warning that the no-premis
 """
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import os
-import warnings
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 from distill.errors import UserError
+from distill.images import decode_base64
+from distill.tasks import canonical_columns
 
-CANONICAL_COLUMNS = (
-    "id", "image", "captions", "question", "answers", "answer_scores", "object_tags", "region_text", "box",
-    "premise", "hypothesis", "label",
-)
-"""Every column of the canonical schema, in output order."""
-REFERENCE_COLUMNS = ("captions", "answers", "answer_scores", "object_tags", "box", "label")
-"""Source references/labels (and VQA's object tags, which enter its prompt): carried through to the distilled rows
-when present, never required."""
-PROMPT_COLUMNS = ("question", "region_text", "premise", "hypothesis")
-"""Text inputs that enter a task's prompt."""
+def __getattr__(name: str):
+    # CANONICAL_COLUMNS follows the registered tasks (`distill.tasks.canonical_columns`), so it is computed on access
+    if name == "CANONICAL_COLUMNS":
+        return canonical_columns()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
-
-def prompt_columns(task) -> list[str]:
-    """The task's text inputs (its `input_columns` that enter the prompt); `premise` may be missing or empty."""
-    return [c for c in task.input_columns if c in PROMPT_COLUMNS]
-
-TSV_LAYOUTS: dict[str, tuple[str, ...]] = {
-    "caption": ("id", "image_id", "caption", "object_labels", "image"),
-    "vqa": ("id", "image_id", "question", "answers", "object_labels", "image"),
-    "grounding": ("id", "image_id", "region_text", "box", "image"),
-    "entailment": ("id", "image_id", "image", "hypothesis", "premise", "label"),
-}
-"""OFA-Sys TSV column order per task (the names are ours)."""
 
 _METADATA_FILES = ("metadata.jsonl", "metadata.csv", "metadata.parquet")
 
@@ -154,81 +136,34 @@ def _file_stamp(path: Path) -> tuple:
     return (str(path.resolve()), st.st_size, st.st_mtime_ns)
 
 
-def _decode_b64(text: str) -> bytes:
-    try:
-        return base64.urlsafe_b64decode(text.strip())  # OFA's decoder; it accepts the standard alphabet too
-    except (binascii.Error, ValueError):
-        return b""  # an empty image: quarantined later as undecodable
+def _tsv_rows(files: tuple, task_name: str) -> Iterator[dict]:
+    from distill.tasks import get_task
 
-
-def _tsv_rows(files: tuple, task: str) -> Iterator[dict]:
-    layout = TSV_LAYOUTS[task]
+    task = get_task(task_name)
+    layout = task.tsv_layout
     for stamp in files:
         path = Path(stamp[0])
         with open(path, encoding="utf-8") as fh:
             for lineno, line in enumerate(fh, 1):
                 fields = line.rstrip("\n").split("\t")
                 row: dict[str, Any] = {"id": f"{path.name}:{lineno}", "image": {"bytes": b"", "path": None}}
+                raw: dict[str, str] = {}
                 if len(fields) == len(layout):  # a malformed line keeps an empty image: quarantined, not fatal
                     raw = dict(zip(layout, fields))
                     row["id"] = raw["id"]
-                    row["image"] = {"bytes": _decode_b64(raw["image"]), "path": None}
-                    _tsv_fields(task, raw, row)
-                else:
-                    _tsv_fields(task, {}, row)
+                    # OFA's urlsafe base64; an undecodable one is an empty image, quarantined later
+                    row["image"] = {"bytes": decode_base64(raw["image"]) or b"", "path": None}
+                row.update(task.parse_tsv(raw))
                 yield row
 
 
-def _tsv_fields(task: str, raw: dict, row: dict) -> None:
-    if task == "caption":
-        row["captions"] = [c.strip() for c in raw.get("caption", "").split("&&") if c.strip()]
-    elif task == "vqa":
-        row["question"] = raw.get("question", "")
-        row["answer_scores"] = parse_ofa_answers(raw.get("answers", ""))
-        row["answers"] = [s["answer"] for s in row["answer_scores"]]
-        row["object_tags"] = [o for o in raw.get("object_labels", "").strip().split("&&") if o]
-    elif task == "grounding":
-        row["region_text"] = raw.get("region_text", "")
-        try:
-            row["box"] = [float(v) for v in raw.get("box", "").split(",")]
-        except ValueError:
-            row["box"] = None
-    else:
-        row["hypothesis"], row["premise"], row["label"] = (raw.get(k, "") for k in ("hypothesis", "premise", "label"))
+def _tsv_features(task):
+    from datasets import Features, Image, Value
+
+    return Features({"id": Value("string"), "image": Image(decode=False), **task.column_features()})
 
 
-def parse_ofa_answers(field: str) -> list[dict]:
-    """OFA's VQA answer field `conf|!+answer&&conf|!+answer` -> `[{"answer", "confidence"}]`, one entry per answer
-    (a repeated answer keeps its last confidence, as OFA's dict does). An item without a parsable confidence is
-    dropped rather than guessed; a row left with no answer has empty `answers`."""
-    scores: dict[str, float] = {}
-    for item in filter(None, field.split("&&")):
-        conf, sep, answer = item.partition("|!+")
-        try:
-            value = float(conf)
-        except ValueError:
-            continue
-        if sep and answer:
-            scores[answer] = value
-    return [{"answer": a, "confidence": c} for a, c in scores.items()]
-
-
-def _tsv_features(task: str):
-    from datasets import Features, Image, List, Value
-
-    feats = {"id": Value("string"), "image": Image(decode=False)}
-    feats.update({
-        "caption": {"captions": List(Value("string"))},
-        "vqa": {"question": Value("string"), "answers": List(Value("string")),
-                "answer_scores": List({"answer": Value("string"), "confidence": Value("float64")}),
-                "object_tags": List(Value("string"))},
-        "grounding": {"region_text": Value("string"), "box": List(Value("float64"))},
-        "entailment": {"hypothesis": Value("string"), "premise": Value("string"), "label": Value("string")},
-    }[task])
-    return Features(feats)
-
-
-def _open_tsv(path: Path, split: str, task: str):
+def _open_tsv(path: Path, split: str, task):
     from datasets import Dataset
 
     if path.is_dir():
@@ -243,14 +178,16 @@ def _open_tsv(path: Path, split: str, task: str):
         files = [path]
     with files[0].open(encoding="utf-8") as fh:
         first = fh.readline().rstrip("\n").split("\t")
-    layout = TSV_LAYOUTS[task]
+    layout = task.tsv_layout
+    if layout is None:
+        raise UserError(f"{files[0].name}: task {task.name} has no OFA TSV format")
     if len(first) != len(layout):
         raise UserError(
             f"{files[0].name} has {len(first)} tab-separated fields; "
-            f"OFA's {task} TSV has {len(layout)}: {', '.join(layout)}"
+            f"OFA's {task.name} TSV has {len(layout)}: {', '.join(layout)}"
         )
     return Dataset.from_generator(
-        _tsv_rows, gen_kwargs={"files": tuple(_file_stamp(f) for f in files), "task": task},
+        _tsv_rows, gen_kwargs={"files": tuple(_file_stamp(f) for f in files), "task_name": task.name},
         features=_tsv_features(task),
     )
 
@@ -285,7 +222,7 @@ def _open_karpathy(json_path: Path, split: str, image_root: str | None):
     )
 
 
-def _load_raw(src: str, split: str, task: str, image_root: str | None):
+def _load_raw(src: str, split: str, task, image_root: str | None):
     """The source as a `Dataset` (columns not yet canonical)."""
     import datasets
 
@@ -349,10 +286,11 @@ def _parse_box(batch: dict) -> dict:
 def _canonicalise(ds, split: str, columns_map: Mapping[str, str], task, src: str, image_root: str | None):
     from datasets import Image, Value
 
+    columns = canonical_columns()
     for canonical, source in columns_map.items():
-        if canonical not in CANONICAL_COLUMNS:
+        if canonical not in columns:
             raise UserError(f"--column {canonical}={source}: '{canonical}' is not a canonical column; "
-                            f"choose from {', '.join(CANONICAL_COLUMNS)}")
+                            f"choose from {', '.join(columns)}")
         if source not in ds.column_names:
             raise UserError(f"--column {canonical}={source}: column '{source}' not found; "
                             f"columns: {', '.join(ds.column_names)}")
@@ -360,23 +298,16 @@ def _canonicalise(ds, split: str, columns_map: Mapping[str, str], task, src: str
     clash = [c for c in renames.values() if c in ds.column_names and c not in renames]
     ds = ds.remove_columns(clash).rename_columns(renames) if renames else ds
 
-    required = ["image", *[c for c in prompt_columns(task) if c != "premise"]]
-    for col in required:
+    for col in task.required_columns():
         if col not in ds.column_names:
             raise UserError(f"column '{col}' missing for task {task.name}; columns: {', '.join(ds.column_names)}")
-    ds = ds.select_columns([c for c in CANONICAL_COLUMNS if c in ds.column_names])
+    ds = ds.select_columns([c for c in columns if c in ds.column_names])
 
     if "id" not in ds.column_names:  # stable as long as the source and its order are: the row index
         ds = ds.add_column("id", [f"{split}-{i}" for i in range(len(ds))])
     elif ds.features["id"] != Value("string"):
         ds = ds.cast_column("id", Value("string"))
-    if "premise" in prompt_columns(task):
-        if "premise" not in ds.column_names:
-            ds = ds.add_column("premise", [""] * len(ds))
-        if not any(str(p or "").strip() for p in ds["premise"]):
-            warnings.warn(f"{src} ({split}) has no premise: entailment uses the no-premise prompt ' does the image "
-                          "describe \" {hypothesis} \"?' (NARVL's and OFA's SNLI-VE scripts pass --add-caption: "
-                          "' can image and text1 \" {premise} \" imply text2 \" {hypothesis} \"?')", stacklevel=2)
+    ds = task.canonicalise(ds, src, split)
     if "object_tags" in ds.column_names and isinstance(ds.features["object_tags"], Value):
         ds = ds.map(lambda b: {"object_tags": [(v or "").split("&&") if (v or "").strip() else []
                                                for v in b["object_tags"]]}, batched=True, desc="object_tags -> list")
@@ -398,7 +329,7 @@ def _canonicalise(ds, split: str, columns_map: Mapping[str, str], task, src: str
         ds = ds.cast_column("image", Image(decode=False))
     else:
         raise UserError(f"column 'image' has type {feat}; expected an image, or a string path")
-    return ds.select_columns([c for c in CANONICAL_COLUMNS if c in ds.column_names])
+    return ds.select_columns([c for c in columns if c in ds.column_names])
 
 
 def open_source(
@@ -419,7 +350,7 @@ def open_source(
     if len(parts) > 1:
         ds = _concatenate([open_source(src, p, columns_map, task, image_root) for p in parts], split, src)
         return ds.select(range(min(int(limit), len(ds)))) if limit is not None else ds
-    ds = _load_raw(src, split, task.name, image_root)
+    ds = _load_raw(src, split, task, image_root)
     ds = _canonicalise(ds, split, dict(columns_map or {}), task, src, image_root)
     if limit is not None:
         ds = ds.select(range(min(int(limit), len(ds))))

@@ -14,8 +14,6 @@ thread, so the event loop keeps accepting requests while the model works. One ba
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import contextlib
 import socket
 import threading
@@ -28,7 +26,7 @@ from PIL import UnidentifiedImageError
 from starlette.datastructures import UploadFile
 
 from distill.errors import UserError
-from distill.images import ImageLoadError
+from distill.images import ImageLoadError, decode_base64
 
 __all__ = ["ServeConfig", "BatchQueue", "create_app", "background_server", "serve"]
 
@@ -128,12 +126,10 @@ def decode_base64_image(text: Any) -> bytes:
     """Image bytes from a base64 string (a `data:image/...;base64,` prefix is allowed). Never a path or URL."""
     if not isinstance(text, str) or not text.strip():
         raise UserError("no image: send 'image' as a base64 string in JSON, or as a multipart file")
-    if text.startswith("data:"):
-        text = text.partition(",")[2]
-    try:  # line breaks (`base64` wraps at 76 columns) and the URL-safe alphabet are fine
-        return base64.b64decode("".join(text.split()).translate(str.maketrans("-_", "+/")), validate=True)
-    except (binascii.Error, ValueError):
-        raise UserError("the image is not valid base64") from None
+    data = decode_base64(text)  # line breaks (`base64` wraps at 76 columns) and the URL-safe alphabet are fine
+    if data is None:
+        raise UserError("the image is not valid base64")
+    return data
 
 
 def create_app(predictor, max_batch_size: int = 8, batch_timeout_ms: float = 0.0):

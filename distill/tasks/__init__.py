@@ -1,4 +1,9 @@
-"""OFA task definitions shared by the distill (teacher) and student stages: `get_task(name)`."""
+"""The tasks shared by the distill (teacher) and student stages: `get_task(name)`, and `register_task(cls)` to add one.
+
+A task is one `Task` subclass (`distill.tasks.base`): the only code that knows what its rows hold, its prompt,
+targets, decoding, metric and baseline. Registering a subclass makes every stage (distill, train-student, evaluate,
+baseline) and the canonical schema (`canonical_columns`) know it.
+"""
 from __future__ import annotations
 
 import dataclasses
@@ -11,12 +16,28 @@ from distill.tasks.entailment import EntailmentTask
 from distill.tasks.grounding import GroundingTask
 from distill.tasks.vqa import VQATask
 
-TASKS: dict[str, type[Task]] = {
-    "caption": CaptionTask,
-    "vqa": VQATask,
-    "grounding": GroundingTask,
-    "entailment": EntailmentTask,
-}
+TASKS: dict[str, type[Task]] = {}
+"""Registered tasks by name, in registration order (the built-in four first)."""
+
+BASE_COLUMNS = ("id", "image")
+"""Canonical columns every task's rows hold."""
+
+
+def register_task(cls: type[Task]) -> type[Task]:
+    """Register a `Task` subclass under its default `name` (usable as a class decorator); returns `cls`.
+
+    Re-registering a name replaces the earlier class (a test or notebook may define its task twice)."""
+    if not (isinstance(cls, type) and issubclass(cls, Task)):
+        raise TypeError(f"register_task expects a Task subclass, got {cls!r}")
+    name = next((f.default for f in dataclasses.fields(cls) if f.name == "name"), dataclasses.MISSING)
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"{cls.__name__} needs a default `name` to be registered")
+    TASKS[name] = cls
+    return cls
+
+
+for _cls in (CaptionTask, VQATask, GroundingTask, EntailmentTask):
+    register_task(_cls)
 
 
 def get_task(name: str, **overrides: Any) -> Task:
@@ -31,4 +52,34 @@ def get_task(name: str, **overrides: Any) -> Task:
     return cls(**overrides)
 
 
-__all__ = ["Task", "TASKS", "get_task", "CaptionTask", "VQATask", "GroundingTask", "EntailmentTask"]
+def task_names() -> list[str]:
+    """The registered task names."""
+    return list(TASKS)
+
+
+def _tasks() -> list[Task]:
+    return [get_task(n) for n in TASKS]
+
+
+def canonical_columns() -> tuple[str, ...]:
+    """Every column of the canonical schema, in output order: `id`, `image`, then each registered task's."""
+    return tuple(dict.fromkeys((*BASE_COLUMNS, *(c for t in _tasks() for c in t.canonical_columns()))))
+
+
+def reference_columns() -> tuple[str, ...]:
+    """Every registered task's reference columns: what a distilled row carries over from its source when present."""
+    return tuple(dict.fromkeys(c for t in _tasks() for c in t.reference_columns))
+
+
+def task_options(task: Task, given: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
+    """The task's own run options from `given` (e.g. `{"vqa_mode": ...}` of a config; `defaults` are the config's
+    defaults): a task-only option set to a non-default value for another task is refused, naming its tasks."""
+    for option, value in given.items():
+        if option not in task.options and value != defaults.get(option):
+            owners = [n for n, cls in TASKS.items() if option in cls.options]
+            raise UserError(f"--{option.replace('_', '-')} applies to --task {' or '.join(owners)} only")
+    return task.decoding_settings({k: v for k, v in given.items() if k in task.options})
+
+
+__all__ = ["Task", "TASKS", "get_task", "register_task", "task_names", "canonical_columns", "reference_columns",
+           "task_options", "CaptionTask", "VQATask", "GroundingTask", "EntailmentTask"]

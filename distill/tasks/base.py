@@ -9,12 +9,14 @@ import abc
 import random
 import re
 import string
+from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, ClassVar, Mapping, Sequence
 
 import numpy as np
 
 from distill.errors import UserError
+from distill.teachers.base import Prediction
 
 Row = Mapping[str, Any]
 _PUNCT_TABLE = str.maketrans({c: None for c in string.punctuation})
@@ -82,6 +84,15 @@ def ids_to_text(text_or_ids: str | Sequence[int] | Any, tokenizer: Any | None) -
     return tokenizer.decode(ids, skip_special_tokens=True)
 
 
+def most_frequent(items: Sequence[Any]) -> Any:
+    """The most frequent item; ties: the first seen, so the choice is deterministic."""
+    if not items:
+        raise UserError("no rows to learn a constant from")
+    counts = Counter(items)
+    best = max(counts.values())
+    return next(t for t in items if counts[t] == best)
+
+
 class TokenTrie:
     """Allowed next tokens for decoding constrained to a fixed set of token sequences (each ending with EOS)."""
 
@@ -115,13 +126,16 @@ def trie_prefix_fn(sequences: Sequence[Sequence[int]], eos_id: int) -> Callable[
 
 @dataclass(frozen=True)
 class Task(abc.ABC):
-    """One OFA task: prompt, target, decoding and metric, shared by the distill and student stages.
+    """One task: what its rows hold, its prompt, target, decoding, metric and baseline, shared by every stage.
 
-    Build with `distill.tasks.get_task(name, **overrides)`; fields are the OFA / NARVL defaults.
+    This class (and its subclasses in `distill.tasks`) is the only place that knows a task: the rest of the code asks
+    it. Build with `distill.tasks.get_task(name, **overrides)`; fields are the OFA / NARVL defaults (settings a
+    caller may override), `ClassVar`s are what the task is (not settings). A new task subclasses `Task` and is
+    registered with `distill.tasks.register_task`.
     """
 
     name: str
-    """Task name: caption, vqa, grounding or entailment."""
+    """Task name: caption, vqa, grounding, entailment (or a registered one)."""
     input_columns: tuple[str, ...]
     """Canonical columns a row must hold (docs/ARCHITECTURE.md)."""
     resolution: int
@@ -137,6 +151,33 @@ class Task(abc.ABC):
     max_target_words: int | None = None
     """Words kept in a text training target (OFA's `max_tgt_length`)."""
 
+    # ------------------------------------------------------------------ what the rows hold
+    text_columns: ClassVar[tuple[str, ...]] = ()
+    """Text inputs that enter the prompt, the one a request must give first (`question`, `region_text`,
+    `hypothesis`); the others are optional (`premise`)."""
+    optional_columns: ClassVar[tuple[str, ...]] = ()
+    """Canonical columns a row may hold beyond `input_columns` (VQA's `answer_scores`, `object_tags`), or may leave
+    empty (entailment's `premise`)."""
+    reference_columns: ClassVar[tuple[str, ...]] = ()
+    """Source references (and reference-like inputs) copied into the distilled rows when the source has them."""
+    tsv_layout: ClassVar[tuple[str, ...] | None] = None
+    """OFA-Sys TSV column order of the task (the names are ours; `id` and `image` are read by `distill.sources`);
+    None: the task has no TSV format."""
+
+    # ------------------------------------------------------------------ how a model infers it
+    inference: ClassVar[str] = "generate"
+    """`generate` (free or constrained decoding), or `score`: the teacher scores each candidate (entailment)."""
+    options: ClassVar[Mapping[str, Any]] = {}
+    """Task-only run options and their defaults (VQA: `vqa_mode`); other tasks refuse a non-default value."""
+    needs_answer_list: ClassVar[bool] = False
+    """An AR teacher decodes over a candidate answer list given by the user (VQA's `answers` file)."""
+    ctc_merge_repeats: ClassVar[bool] = True
+    """NARVL's CTC rule: merge adjacent repeats (caption, VQA) or not (grounding, entailment)."""
+    ctc_beam_search: ClassVar[bool] = True
+    """NARVL may decode the task with CTC prefix beam search (`num_beams` > 1); else greedily only."""
+    baseline_description: ClassVar[str] = "most frequent training target"
+    """How the baseline's constant is chosen (the report's decoding column)."""
+
     def check_columns(self, columns: Sequence[str]) -> None:
         """Raise a UserError naming the canonical columns this task needs and `columns` lacks."""
         missing = [c for c in self.input_columns if c not in columns]
@@ -145,6 +186,41 @@ class Task(abc.ABC):
                 f"task {self.name} needs columns {list(self.input_columns)}; missing {missing} (have {list(columns)})"
             )
 
+    def canonical_columns(self) -> tuple[str, ...]:
+        """Every canonical column the task reads: `input_columns`, then `optional_columns`."""
+        return tuple(dict.fromkeys((*self.input_columns, *self.optional_columns)))
+
+    def prompt_columns(self) -> list[str]:
+        """The text inputs in row order (`input_columns` order): the distilled rows carry them as strings."""
+        return [c for c in self.input_columns if c in self.text_columns]
+
+    def required_columns(self) -> list[str]:
+        """Columns a source must hold: the image and the text inputs that are not optional."""
+        return ["image", *[c for c in self.prompt_columns() if c not in self.optional_columns]]
+
+    def bad_row_reason(self, row: Row) -> str | None:
+        """Why a row cannot be prompted (an empty required text input), or None."""
+        for col in self.prompt_columns():
+            if col not in self.optional_columns and not str(row.get(col) or "").strip():
+                return f"empty {col}"
+        return None
+
+    def column_features(self) -> dict[str, Any]:
+        """`datasets` features of the task's canonical columns beyond `id` and `image` (for the sources built here,
+        e.g. OFA TSV files): its text inputs as strings; the tasks add their references."""
+        from datasets import Value
+
+        return {c: Value("string") for c in self.text_columns}
+
+    def parse_tsv(self, raw: Mapping[str, str]) -> dict[str, Any]:
+        """Canonical columns from one OFA TSV line (`raw`: `tsv_layout` name -> field; {} for a malformed line)."""
+        raise UserError(f"task {self.name} has no OFA TSV format")
+
+    def canonicalise(self, ds, src: str, split: str):
+        """Task-specific normalisation of an opened source (entailment: a missing premise becomes "")."""
+        return ds
+
+    # ------------------------------------------------------------------ prompt and targets
     @abc.abstractmethod
     def prompt(self, row: Row) -> str:
         """The encoder text, exactly as OFA writes it (leading space included)."""
@@ -157,17 +233,61 @@ class Task(abc.ABC):
         """Target ids ending with EOS, without the leading `<s>`: what distill stores and the student learns."""
         return text_target_ids(text, tokenizer)
 
+    def target_weight(self, row: Row, text: str) -> float:
+        """Training-loss weight of a reference target (VQA: the answer's soft score); 1 elsewhere."""
+        return 1.0
+
+    def teacher_text(self, ids: Sequence[int], tokenizer: Any) -> str:
+        """The text of an AR teacher's output ids (its `target` column): decoded without special tokens."""
+        return tokenizer.decode(list(ids), skip_special_tokens=True).strip()
+
+    def to_prediction(self, text: str, ids: list[int], logprob: float, size: tuple[int, int],
+                      tokenizer: Any) -> Prediction:
+        """A teacher output in canonical form; `size` is the original image's (width, height)."""
+        return Prediction(text=text, ids=ids, logprob=logprob)
+
+    def prediction_columns(self, prediction: Prediction) -> dict[str, Any]:
+        """Extra distilled-row columns holding the canonical prediction beyond `target` (grounding: `target_box`)."""
+        return {}
+
+    def prediction_features(self) -> dict[str, Any]:
+        """`datasets` features of `prediction_columns`."""
+        return {}
+
+    def student_target(self, row: Row, tokenizer: Any) -> list[int]:
+        """A distilled row's target re-encoded in `tokenizer`'s vocabulary from its canonical prediction (the teacher
+        spoke another vocabulary). Raises UserError when the row holds no canonical prediction."""
+        text = row.get("target")
+        if text is None:
+            raise UserError(f"task {self.name}: the distilled rows have no `target` column to re-encode")
+        return self.encode_target(text, tokenizer)
+
+    # ------------------------------------------------------------------ decoding
     @abc.abstractmethod
     def decode(self, text_or_ids: str | Sequence[int], row: Row, tokenizer: Any = None) -> Any:
         """A model output (text, or ids with or without `<s>`/EOS) -> the prediction the metric scores."""
 
-    @abc.abstractmethod
-    def evaluate(self, predictions: Sequence[Any], rows: Sequence[Row]) -> dict[str, float]:
-        """The task metric over predictions aligned with rows."""
-
     def generate_kwargs(self, tokenizer: Any, candidates: Sequence[str] | None = None) -> dict[str, Any]:
         """Full `generate()` kwargs: `generation` plus any decoding constraint (bins, answer trie)."""
         return dict(self.generation)
+
+    def max_return_sequences(self, settings: Mapping[str, Any]) -> int:
+        """How many distinct outputs the teacher's inference can return per sample (the beam size)."""
+        return int(settings.get("num_beams", 1) or 1)
+
+    def decoding_settings(self, options: Mapping[str, Any]) -> dict[str, Any]:
+        """The task's own run options (validated) to add to the generation settings; see `options`."""
+        return {}
+
+    def answer_list(self, answers: str | None) -> list[str] | None:
+        """The candidate answer list an AR teacher decodes over, read from the `answers` file (VQA only)."""
+        if answers:
+            raise UserError(f"--answers applies to --task vqa only (task {self.name} decodes without an answer list)")
+        return None
+
+    def eval_candidates(self, rows: Sequence[Row]) -> list[str] | None:
+        """Candidates for in-training evaluation of an AR model (VQA: the training answers), else None."""
+        return None
 
     def ofa_inference(self, model: Any, tokenizer: Any, inputs: Mapping[str, Any], settings: Mapping[str, Any],
                       num_return_sequences: int = 1) -> list[list[tuple[list[int], str, float]]] | None:
@@ -176,9 +296,18 @@ class Task(abc.ABC):
         `generate(**inputs, **settings)`. Shared by `distill` and `evaluate`."""
         return None
 
-    def target_weight(self, row: Row, text: str) -> float:
-        """Training-loss weight of a reference target (VQA: the answer's soft score); 1 elsewhere."""
-        return 1.0
+    def ctc_keep_ids(self, tokenizer: Any) -> list[int] | None:
+        """Labels NARVL's CTC decoding keeps (grounding: the `<bin_k>` ids); None keeps every label."""
+        return None
+
+    def ar_decoding(self, num_beams: int) -> str:
+        """How an AR model decodes the task, for the report (e.g. "AR beam 5")."""
+        return "AR greedy" if num_beams == 1 else f"AR beam {num_beams}"
+
+    # ------------------------------------------------------------------ metric
+    @abc.abstractmethod
+    def evaluate(self, predictions: Sequence[Any], rows: Sequence[Row]) -> dict[str, float]:
+        """The task metric over predictions aligned with rows."""
 
     def training_metrics(self, predictions: Sequence[Any], rows: Sequence[Row]) -> dict[str, float]:
         """The metric of training-time evaluations (fast, in-process); by default `evaluate`."""
@@ -187,3 +316,32 @@ class Task(abc.ABC):
     @abc.abstractmethod
     def metric_implementation(self, rows: Sequence[Row] = ()) -> str:
         """Names the implementation `evaluate` uses (shown by evaluate, reports and dataset cards)."""
+
+    # ------------------------------------------------------------------ display and baseline
+    def reference_text(self, row: Row) -> str:
+        """What a human reads as the row's right answer (caption: the first reference, cleaned)."""
+        return self.reference(row)
+
+    def prediction_text(self, prediction: Any, output: str) -> str:
+        """A scored prediction as shown to a human ('' when empty); `output` is the raw decoded text."""
+        return "" if prediction in (None, "") else str(prediction)
+
+    def example_text(self, prediction: Any, output: str) -> str:
+        """A model's output in the report's examples table: the decoded text."""
+        return output
+
+    def baseline_constant(self, train_rows: Sequence[Row]) -> Any:
+        """The baseline's constant prediction learned from training rows: the most frequent reference."""
+        return most_frequent([self.reference(r) for r in train_rows])
+
+    def baseline_prediction(self, constant: Any, row: Row) -> Any:
+        """The constant as the metric scores it for `row`."""
+        return self.decode(constant, row)
+
+    def baseline_shown(self, constant: Any) -> str:
+        """The constant as the report prints it."""
+        return str(constant)
+
+    def baseline_needs_images(self) -> bool:
+        """The baseline's constant depends on the training images (grounding: their size)."""
+        return False

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any, ClassVar, Mapping, Sequence
 
 import numpy as np
 
 from distill.errors import UserError
-from distill.tasks.base import Row, Task, clean_caption, ids_to_text, pick
+from distill.tasks.base import Row, Task, clean_caption, ids_to_text, most_frequent, pick
 from distill.tasks.caption_metrics import caption_metric_implementation, caption_scores, cider_d
 
 CAPTION_PROMPT = " what does the image describe?"
@@ -31,6 +31,18 @@ class CaptionTask(Task):
         hash=False,
     )
     max_target_words: int | None = 20
+    reference_columns: ClassVar[tuple[str, ...]] = ("captions",)
+    tsv_layout: ClassVar[tuple[str, ...] | None] = ("id", "image_id", "caption", "object_labels", "image")
+    baseline_description: ClassVar[str] = "most frequent training caption"
+
+    def column_features(self) -> dict[str, Any]:
+        from datasets import List, Value
+
+        return {"captions": List(Value("string"))}
+
+    def parse_tsv(self, raw: Mapping[str, str]) -> dict[str, Any]:
+        """OFA's `caption` field may join several references with `&&`."""
+        return {"captions": [c.strip() for c in raw.get("caption", "").split("&&") if c.strip()]}
 
     def prompt(self, row: Row) -> str:
         return CAPTION_PROMPT
@@ -56,3 +68,8 @@ class CaptionTask(Task):
 
     def metric_implementation(self, rows: Sequence[Row] = ()) -> str:
         return caption_metric_implementation()
+
+    def baseline_constant(self, train_rows: Sequence[Row]) -> str:
+        """Every cleaned reference counts, as a caption model sees them all in training."""
+        return most_frequent([self.reference({"captions": [c]}) for r in train_rows for c in r["captions"]
+                              if c and c.strip()])

@@ -3,13 +3,15 @@ candidates' trie-renormalised log-probs compared (`distill.tasks.ofa_decoding.ca
 from __future__ import annotations
 
 import random
+import warnings
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any, ClassVar, Mapping, Sequence
 
 import numpy as np
 
 from distill.errors import UserError
 from distill.tasks.base import Row, Task, ids_to_text, pre_caption, text_target_ids, trie_prefix_fn
+from distill.teachers.base import Prediction
 from distill.tasks.metrics import ACCURACY_IMPLEMENTATION, accuracy
 
 CANDIDATES = ("yes", "no", "maybe")
@@ -39,6 +41,43 @@ class EntailmentTask(Task):
     max_prompt_words: int | None = 80
     candidates: tuple[str, ...] = CANDIDATES
     """Answers OFA's evaluation scores (`ofa_inference`); free generation is restricted to them as well."""
+    text_columns: ClassVar[tuple[str, ...]] = ("hypothesis", "premise")
+    optional_columns: ClassVar[tuple[str, ...]] = ("premise",)
+    reference_columns: ClassVar[tuple[str, ...]] = ("label",)
+    tsv_layout: ClassVar[tuple[str, ...] | None] = ("id", "image_id", "image", "hypothesis", "premise", "label")
+    inference: ClassVar[str] = "score"
+    ctc_merge_repeats: ClassVar[bool] = False
+    ctc_beam_search: ClassVar[bool] = False
+    baseline_description: ClassVar[str] = "most frequent training label"
+
+    def column_features(self) -> dict[str, Any]:
+        from datasets import Value
+
+        return {"hypothesis": Value("string"), "premise": Value("string"), "label": Value("string")}
+
+    def parse_tsv(self, raw: Mapping[str, str]) -> dict[str, Any]:
+        return {k: raw.get(k, "") for k in ("hypothesis", "premise", "label")}
+
+    def canonicalise(self, ds, src: str, split: str):
+        """A missing premise becomes "" (the no-premise prompt), with a one-time warning when no row has one."""
+        if "premise" not in ds.column_names:
+            ds = ds.add_column("premise", [""] * len(ds))
+        if not any(str(p or "").strip() for p in ds["premise"]):
+            warnings.warn(f"{src} ({split}) has no premise: entailment uses the no-premise prompt ' does the image "
+                          "describe \" {hypothesis} \"?' (NARVL's and OFA's SNLI-VE scripts pass --add-caption: "
+                          "' can image and text1 \" {premise} \" imply text2 \" {hypothesis} \"?')", stacklevel=3)
+        return ds
+
+    def max_return_sequences(self, settings: Mapping[str, Any]) -> int:
+        """Every candidate is scored: up to one output per candidate."""
+        return len(self.candidates)
+
+    def to_prediction(self, text: str, ids: list[int], logprob: float, size: tuple[int, int],
+                      tokenizer: Any) -> Prediction:
+        return Prediction(text=text, ids=ids, logprob=logprob, label=text)
+
+    def ar_decoding(self, num_beams: int) -> str:
+        return "AR candidate scoring"  # OFA scores yes/no/maybe, it does not generate
 
     def prompt(self, row: Row) -> str:
         hypothesis = pre_caption(row["hypothesis"], self.max_prompt_words)

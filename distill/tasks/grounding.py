@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any, ClassVar, Mapping, Sequence
 
 import numpy as np
 
 from distill.errors import UserError
-from distill.images import image_size
+from distill.images import row_image_size
 from distill.tasks.base import Row, Task, pre_caption
+from distill.teachers.base import Prediction
 from distill.tasks.metrics import GROUNDING_IMPLEMENTATION, grounding_accuracy
 from distill.ofa.tokenization_ofa import (
     bin_token_ids,
@@ -61,11 +62,7 @@ def bins_to_box(
     return [int(k) / (num_bins - 1) * max_image_size / s for k, s in zip(bins, scale)]
 
 
-def original_size(row: Row) -> tuple[int, int]:
-    """(width, height) of the row's original image: `width`/`height` columns if present, else the image header."""
-    if row.get("width") and row.get("height"):
-        return int(row["width"]), int(row["height"])
-    return image_size(row["image"], name=str(row.get("id", "image")))
+original_size = row_image_size  # the name the task's callers know
 
 
 @dataclass(frozen=True)
@@ -85,6 +82,25 @@ class GroundingTask(Task):
     max_prompt_words: int | None = 80
     max_image_size: int | None = None
     """Divisor of resized coordinates (OFA: 512 for RefCOCO); None means the resolution."""
+    text_columns: ClassVar[tuple[str, ...]] = ("region_text",)
+    reference_columns: ClassVar[tuple[str, ...]] = ("box",)
+    tsv_layout: ClassVar[tuple[str, ...] | None] = ("id", "image_id", "region_text", "box", "image")
+    ctc_merge_repeats: ClassVar[bool] = False
+    ctc_beam_search: ClassVar[bool] = False
+    baseline_description: ClassVar[str] = "mean training box"
+
+    def column_features(self) -> dict[str, Any]:
+        from datasets import List, Value
+
+        return {"region_text": Value("string"), "box": List(Value("float64"))}
+
+    def parse_tsv(self, raw: Mapping[str, str]) -> dict[str, Any]:
+        """`region-coord` is "x0,y0,x1,y1" in original pixels (unparsable: None, quarantined later)."""
+        try:
+            box = [float(v) for v in raw.get("box", "").split(",")]
+        except ValueError:
+            box = None
+        return {"region_text": raw.get("region_text", ""), "box": box}
 
     def prompt(self, row: Row) -> str:
         return f' which region does the text " {pre_caption(row["region_text"], self.max_prompt_words)} " describe?'
@@ -134,3 +150,71 @@ class GroundingTask(Task):
         if not bins:
             raise UserError("grounding needs a tokenizer with <bin_k> tokens")
         return {**self.generation, "prefix_allowed_tokens_fn": lambda batch_id, input_ids: bins}
+
+    def teacher_text(self, ids: Sequence[int], tokenizer: Any) -> str:
+        """Bins as OFA writes them, "<bin_a><bin_b>...", no spaces."""
+        return "".join(tokenizer.convert_ids_to_tokens([t for t in ids if t != tokenizer.eos_token_id]))
+
+    def to_prediction(self, text: str, ids: list[int], logprob: float, size: tuple[int, int],
+                      tokenizer: Any) -> Prediction:
+        """The teacher's bins decoded into a box in original pixels (None unless exactly 4 bins)."""
+        box = self.decode(text, {"width": size[0], "height": size[1]}, tokenizer)
+        return Prediction(text=text, ids=ids, logprob=logprob, box=box)
+
+    def prediction_columns(self, prediction: Prediction) -> dict[str, Any]:
+        return {"target_box": prediction.box}
+
+    def prediction_features(self) -> dict[str, Any]:
+        from datasets import List, Value
+
+        return {"target_box": List(Value("float64"))}
+
+    def student_target(self, row: Row, tokenizer: Any) -> list[int]:
+        """The teacher's box (`target_box`, original pixels) as the student's bins: OFA's box -> bins rule."""
+        box = row.get("target_box")
+        if box is None:
+            if row.get("target") is not None and text_to_bins(row["target"]) is not None:
+                return self.encode_target(row["target"], tokenizer)
+            raise UserError(f"row {row.get('id')!r}: the teacher gave no box (target_box) to re-encode")
+        w, h = original_size(row)
+        bins = box_to_bins(box, w, h, self._num_bins(tokenizer), self.resolution, self.max_image_size)
+        return bins_to_token_ids(bins, tokenizer) + [tokenizer.eos_token_id]
+
+    def ctc_keep_ids(self, tokenizer: Any) -> list[int] | None:
+        return bin_token_ids(tokenizer)
+
+    def ar_decoding(self, num_beams: int) -> str:
+        return super().ar_decoding(num_beams) + ", 4 bins"
+
+    def reference_text(self, row: Row) -> str:
+        return "[" + ", ".join(f"{v:.0f}" for v in row["box"]) + "]"
+
+    def prediction_text(self, prediction: Any, output: str) -> str:
+        """The box the metric scores (in image pixels), not the bin tokens."""
+        return (" ".join(f"{v:.1f}" for v in prediction) if prediction
+                else "no box (the model did not output exactly 4 bins)")
+
+    def example_text(self, prediction: Any, output: str) -> str:
+        """The box the metric scores (in image pixels), not the bin tokens."""
+        return "[" + ", ".join(f"{v:.0f}" for v in prediction) + "]" if prediction else f"no box ({output!r})"
+
+    def baseline_constant(self, train_rows: Sequence[Row]) -> list[float]:
+        """The mean training box relative to the image size."""
+        if not train_rows:
+            raise UserError("no rows to learn a constant from")
+        boxes = []
+        for row in train_rows:
+            w, h = original_size(row)
+            x0, y0, x1, y1 = (float(v) for v in row["box"])
+            boxes.append([x0 / w, y0 / h, x1 / w, y1 / h])
+        return [sum(b[i] for b in boxes) / len(boxes) for i in range(4)]
+
+    def baseline_prediction(self, constant: Any, row: Row) -> list[float]:
+        w, h = original_size(row)
+        return [constant[0] * w, constant[1] * h, constant[2] * w, constant[3] * h]
+
+    def baseline_shown(self, constant: Any) -> str:
+        return "[" + ", ".join(f"{v:.2f}" for v in constant) + "] x image size"
+
+    def baseline_needs_images(self) -> bool:
+        return True

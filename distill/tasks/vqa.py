@@ -9,7 +9,7 @@ import random
 from collections import Counter
 from pathlib import Path
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, ClassVar, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -21,6 +21,22 @@ from distill.tasks.metrics import (VQA_IMPLEMENTATION, VQA_TSV_IMPLEMENTATION, n
 VQA_MODES = ("beam", "allcand")
 """OFA's two VQA inference types: beam search over the answer trie (`--beam-search-vqa-eval`), or every candidate
 scored (its default validation, `--val-inference-type allcand`)."""
+
+
+def parse_ofa_answers(text: str) -> list[dict]:
+    """OFA's VQA answer field `conf|!+answer&&conf|!+answer` -> `[{"answer", "confidence"}]`, one entry per answer
+    (a repeated answer keeps its last confidence, as OFA's dict does). An item without a parsable confidence is
+    dropped rather than guessed; a row left with no answer has empty `answers`."""
+    scores: dict[str, float] = {}
+    for item in filter(None, text.split("&&")):
+        conf, sep, answer = item.partition("|!+")
+        try:
+            value = float(conf)
+        except ValueError:
+            continue
+        if sep and answer:
+            scores[answer] = value
+    return [{"answer": a, "confidence": c} for a, c in scores.items()]
 
 
 def answer_confidences(row: Row) -> dict[str, float] | None:
@@ -102,6 +118,48 @@ class VQATask(Task):
     max_prompt_words: int | None = 128
     max_objects: int = 30
     """Object tags kept in the prompt (OFA's `max_object_length`)."""
+    text_columns: ClassVar[tuple[str, ...]] = ("question",)
+    optional_columns: ClassVar[tuple[str, ...]] = ("answer_scores", "object_tags")
+    reference_columns: ClassVar[tuple[str, ...]] = ("answers", "answer_scores", "object_tags")
+    tsv_layout: ClassVar[tuple[str, ...] | None] = ("id", "image_id", "question", "answers", "object_labels", "image")
+    options: ClassVar[Mapping[str, Any]] = {"vqa_mode": "beam"}
+    needs_answer_list: ClassVar[bool] = True
+    baseline_description: ClassVar[str] = "most frequent training answer"
+
+    def column_features(self) -> dict[str, Any]:
+        from datasets import List, Value
+
+        return {"question": Value("string"), "answers": List(Value("string")),
+                "answer_scores": List({"answer": Value("string"), "confidence": Value("float64")}),
+                "object_tags": List(Value("string"))}
+
+    def parse_tsv(self, raw: Mapping[str, str]) -> dict[str, Any]:
+        """Answers `conf|!+answer&&...` become `answer_scores` and `answers` (each once, in file order); the
+        predicted labels (`&&`-joined object tags) become `object_tags`."""
+        scores = parse_ofa_answers(raw.get("answers", ""))
+        return {"question": raw.get("question", ""), "answer_scores": scores,
+                "answers": [s["answer"] for s in scores],
+                "object_tags": [o for o in raw.get("object_labels", "").strip().split("&&") if o]}
+
+    def decoding_settings(self, options: Mapping[str, Any]) -> dict[str, Any]:
+        """`vqa_mode`: OFA's beam search over the answer trie, or every candidate scored (`allcand`)."""
+        mode = options.get("vqa_mode", "beam")
+        if mode not in VQA_MODES:
+            raise UserError(f"--vqa-mode must be one of {', '.join(VQA_MODES)}, got {mode!r}")
+        return {"vqa_mode": mode}
+
+    def answer_list(self, answers: str | None) -> list[str]:
+        """OFA decodes over its fixed trainval answer list, not the split's: the `answers` file is required."""
+        if answers:
+            return read_answers(answers)
+        raise UserError("--task vqa needs --answers FILE: the candidate answer list the teacher decodes over (OFA's "
+                        "dataset/vqa_data/trainval_ans2label.pkl from OFA-Sys's VQA data, or a text/JSON list)")
+
+    def eval_candidates(self, rows: Sequence[Row]) -> list[str]:
+        return candidate_answers(rows)
+
+    def ar_decoding(self, num_beams: int) -> str:
+        return super().ar_decoding(num_beams) + " over answer trie"
 
     def prompt(self, row: Row) -> str:
         """`" {question}?"`, then `" object: tag1 tag2 ..."` (the first `max_object_tags`) when the row has object
