@@ -14,6 +14,8 @@ from pathlib import Path
 from distill import shards as sh
 from distill.errors import UserError
 from distill.outputs import check_output_dir
+from distill.packages import package_version
+from distill.tasks import get_task
 
 
 def check_identity(out: Path, key: dict, overwrite: bool) -> None:
@@ -48,7 +50,8 @@ def finished(out: Path, key: dict) -> dict | None:
     return manifest if same and manifest.get("status") == "complete" else None
 
 
-def claim(out: Path, lock: sh.RunLock, key: dict, ds, config, num_shards: int) -> dict | None:
+def claim(out: Path, lock: sh.RunLock, key: dict, ds, config, num_shards: int,
+          teacher: dict | None = None) -> dict | None:
     """Rank 0: the finished manifest when there is nothing to do (nothing is written then, so a read-only output
     works), else take the lock, check the run identity and write the "running" manifest (returns None)."""
     if not config.overwrite:
@@ -67,32 +70,26 @@ def claim(out: Path, lock: sh.RunLock, key: dict, ds, config, num_shards: int) -
     check_identity(out, key, config.overwrite)
     (out / sh.SHARDS_DIR).mkdir(parents=True, exist_ok=True)
     manifest = sh.read_json(out / sh.MANIFEST) if (out / sh.MANIFEST).is_file() else {"wall_time_s": 0.0}
-    manifest.update(static_record(key, ds, config, num_shards))
+    manifest.update(static_record(key, ds, config, num_shards, teacher))
     sh.write_json(out / sh.MANIFEST, manifest)
     return None
 
 
 def _metric_implementation(task_name: str, ds) -> str:
     """What `narvl-pipe evaluate` scores this task with (named on the dataset card)."""
-    from distill.tasks import get_task
-
     task = get_task(task_name)
     rows = ds.select_columns(["answer_scores"]).select(range(min(len(ds), 64))) \
         if "answer_scores" in ds.column_names else ()
     return task.metric_implementation(list(rows))
 
 
-def static_record(key: dict, ds, config, num_shards: int) -> dict:
-    """The manifest fields fixed for the whole run (identity, source, layout), with status \"running\"."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        pkg_version = version("narvl-pipe")
-    except PackageNotFoundError:
-        pkg_version = "unknown"
-    return {
+def static_record(key: dict, ds, config, num_shards: int, teacher: dict | None = None) -> dict:
+    """The manifest fields fixed for the whole run (identity, source, layout), with status \"running\".
+    `teacher` is the teacher's `TeacherIdentity.record()`: family, source, tokenizer hash (`teacher_identity`:
+    `student.data` compares the tokenizer hash with the student's)."""
+    record = {
         "key": json.loads(json.dumps(key, default=str)),
-        "narvl_pipe_version": pkg_version,
+        "narvl_pipe_version": package_version(),
         "task": key["task"],
         "teacher": key["teacher"],
         "generation": key["generation"],
@@ -107,3 +104,27 @@ def static_record(key: dict, ds, config, num_shards: int) -> dict:
         "status": "running",
         "config": {k: v for k, v in asdict(config).items() if k not in ("progress",)},
     }
+    if teacher is not None:
+        record["teacher_identity"] = json.loads(json.dumps(teacher, default=str))
+    return record
+
+
+def finalise(out: Path, rows: int, failures: int, num_shards: int, new_rows: int, wall: float,
+             world_size: int) -> None:
+    """Mark the manifest of an assembled output complete, with its counts and this run's wall time."""
+    manifest = sh.read_json(out / sh.MANIFEST)
+    manifest.update({
+        "status": "complete", "rows": rows, "failures": failures, "shards": num_shards,
+        "shards_complete": num_shards, "wall_time_s": round(manifest.get("wall_time_s", 0.0) + wall, 3),
+        "last_run": {"wall_time_s": round(wall, 3), "new_rows": new_rows, "world_size": world_size},
+    })
+    sh.write_json(out / sh.MANIFEST, manifest)
+
+
+def teacher_tokenizer_sha256(folder: str | Path) -> str | None:
+    """The teacher tokenizer hash a distill output's manifest records (None: no manifest, or one written before
+    teachers were recorded)."""
+    f = Path(folder) / sh.MANIFEST
+    if not f.is_file():
+        return None
+    return (sh.read_json(f).get("teacher_identity") or {}).get("tokenizer_sha256")

@@ -47,6 +47,7 @@ from typing import Any
 import pyarrow as pa
 
 from distill.errors import UserError
+from distill.jsonio import atomic_write_text, read_json, write_json  # noqa: F401  (sh.read_json/write_json)
 from distill.locks import ProcessLock
 
 SHARDS_DIR = "shards"
@@ -80,22 +81,6 @@ def completed_shards(out: Path, num_shards: int) -> set[int]:
     return {i for i in range(num_shards) if shard_path(out, i).is_file()}
 
 
-def _atomic_write_text(path: Path, text: str, fsync: bool = False) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(text)
-        if fsync:
-            fh.flush()
-            os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
-def write_json(path: Path, data: Any) -> None:
-    _atomic_write_text(Path(path), json.dumps(data, indent=2, sort_keys=True, default=str) + "\n", fsync=True)
-
-
-def read_json(path: Path) -> Any:
-    return json.loads(Path(path).read_text(encoding="utf-8"))
 
 
 class ShardWriter:
@@ -194,7 +179,7 @@ class ShardWriter:
         self._fh.flush()
         os.fsync(self._fh.fileno())
         self._fh.close()
-        _atomic_write_text(self.quarantine_file, "".join(json.dumps(b) + "\n" for b in self.bad), fsync=True)
+        atomic_write_text(self.quarantine_file, "".join(json.dumps(b) + "\n" for b in self.bad), fsync=True)
         os.replace(self.partial, self.final)
         self.progress_file.unlink(missing_ok=True)
 
@@ -295,7 +280,7 @@ def assemble(out: Path, num_shards: int, features, split: str | None) -> None:
         side = shard_path(out, i).with_name(f"shard-{i:05d}.quarantine.jsonl")
         if side.is_file():
             bad_lines += [ln for ln in side.read_text(encoding="utf-8").splitlines() if ln.strip()]
-    _atomic_write_text(out / QUARANTINE, "".join(ln + "\n" for ln in bad_lines), fsync=True)
+    atomic_write_text(out / QUARANTINE, "".join(ln + "\n" for ln in bad_lines), fsync=True)
 
     info = DatasetInfo(features=features)
     parts = [Dataset.from_file(str(shard_path(out, i)), info=info, split=split) for i in range(num_shards)]

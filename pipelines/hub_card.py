@@ -12,6 +12,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from distill.packages import package_version
+
 DATA_DIR = "data"
 CARD_TEMPLATE = "distilled_dataset.md"
 
@@ -102,13 +104,6 @@ def _type_name(feature) -> str:
     return type(feature).__name__.lower()
 
 
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("narvl-pipe")
-    except PackageNotFoundError:
-        return "unknown"
 
 
 def _size_category(n: int) -> str:
@@ -184,7 +179,7 @@ def render_card(dsd, manifest: dict, repo_id: str, source_license: str | None = 
         source_split=manifest_get(manifest, ("source", "split"), ("split",), default="/".join(dsd)),
         source_fingerprint=manifest_get(manifest, ("source", "fingerprint"), ("fingerprint",), default=""),
         source_license=license_,
-        narvl_pipe_version=manifest_get(manifest, ("narvl_pipe_version",), ("version",), default=_version()),
+        narvl_pipe_version=manifest_get(manifest, ("narvl_pipe_version",), ("version",), default=package_version()),
         row_counts={split: len(ds) for split, ds in dsd.items()},
         run_counts=counts if isinstance(counts, dict) else {},
         wall_time=f"{float(wall):.1f} s" if isinstance(wall, (int, float)) else wall,

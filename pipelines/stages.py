@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
 from distill.errors import UserError
+from distill.jsonio import jsonable, write_json
 from distill.locks import ProcessLock
 
 FINGERPRINT_VERSION = 1  # bump when the artifact layout of any stage changes incompatibly
@@ -246,14 +247,9 @@ def _defaults(cls: type) -> dict[str, Any]:
     return out
 
 
-def _jsonable(value: Any) -> Any:
-    """Plain JSON types (tuples -> lists, paths -> str); mapping order is kept (a report's rows follow it)."""
-    return json.loads(json.dumps(value, default=str))
-
-
 def fingerprint(kind: str, config: Mapping[str, Any]) -> str:
     """16 hex digits of sha256 over the kind and the resolved config (references already replaced by folder names)."""
-    payload = json.dumps({"v": FINGERPRINT_VERSION, "kind": kind, "config": _jsonable(config)}, sort_keys=True)
+    payload = json.dumps({"v": FINGERPRINT_VERSION, "kind": kind, "config": jsonable(config)}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
@@ -280,7 +276,7 @@ def plan(pipe: Pipeline, out: str | Path) -> list[PlannedStage]:
         result_fields = {k: v for k, v in resolved.items() if k not in kind.non_result}
         fp = fingerprint(spec.kind, _substitute(result_fields, dir_names))
         dir_names[spec.name] = f"{spec.name}-{fp}"
-        config = _jsonable(_substitute(resolved, {n: str(out / d) for n, d in dir_names.items()}))
+        config = jsonable(_substitute(resolved, {n: str(out / d) for n, d in dir_names.items()}))
         stage = PlannedStage(spec, kind, fp, out / dir_names[spec.name], config)
         validate = getattr(make_config(stage), "validate", None)
         if callable(validate):
@@ -313,21 +309,12 @@ def _cpu_seconds() -> float:
     return time.process_time() + children.ru_utime + children.ru_stime
 
 
-def _write_json_atomic(path: Path, data: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as fh:
-        json.dump(data, fh, indent=2, sort_keys=True, default=str)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
 def _mark_forced(stages: list[PlannedStage], rerun: set[str]) -> None:
     """Mark every forced folder on disk before anything runs, so an interruption cannot undo `--force`.
     Downstream first: killed midway, a marked stage never sits below an unmarked one it depends on."""
     for stage in reversed(stages):
         if stage.spec.name in rerun and stage.dir.exists():
-            _write_json_atomic(stage.dir / FORCED_MARKER, {"forced": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+            write_json(stage.dir / FORCED_MARKER, {"forced": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
             (stage.dir / COMPLETE_MARKER).unlink(missing_ok=True)
 
 
@@ -408,9 +395,9 @@ def run_pipeline(
             stage.kind.run(make_config(stage), stage.dir)
             seconds, cpu = time.perf_counter() - start, _cpu_seconds() - cpu_start
             # Written after the run: several stage functions insist on an empty (or their own) output folder.
-            _write_json_atomic(stage.dir / STAGE_CONFIG, {"name": stage.spec.name, "kind": stage.spec.kind,
+            write_json(stage.dir / STAGE_CONFIG, {"name": stage.spec.name, "kind": stage.spec.kind,
                                                           "fingerprint": stage.fingerprint, "config": stage.config})
-            _write_json_atomic(stage.dir / COMPLETE_MARKER, {"fingerprint": stage.fingerprint, "seconds": seconds,
+            write_json(stage.dir / COMPLETE_MARKER, {"fingerprint": stage.fingerprint, "seconds": seconds,
                                                              "cpu_seconds": cpu,
                                                              "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
             note = _drop_resume_state(stage)

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from distill.errors import UserError
+from distill.jsonio import jsonable
 from student.presets import RecipeFields, drop_path_fields
 from student.train_fields import EvalFields, TrainDataFields
 from student.trainer import TrainConfig, TrainResult
@@ -174,7 +175,7 @@ def train_student(cfg: StudentTrainConfig) -> TrainResult:
         cfg, num_queries=model.config.num_queries, label_smoothing=model.config.label_smoothing,
         resolution=processor.size, drop_path=model.config.encoder_drop_path_rate)
     pad, bos = tokenizer.pad_token_id, tokenizer.bos_token_id
-    run_config = _jsonable(resolved)
+    run_config = jsonable(resolved)
     result = train(model, student_loss, rows, resolved, collate_fn=partial(collate, pad_id=pad, bos_id=bos),
                    eval_fn=eval_fn, run_config=run_config)
     run_config.update(result.resolved, **provenance)
@@ -189,6 +190,3 @@ def train_student(cfg: StudentTrainConfig) -> TrainResult:
         save_model_folder(result.model, tokenizer, processor, cfg.output_dir, record)
     return result
 
-
-def _jsonable(cfg) -> dict[str, Any]:
-    return json.loads(json.dumps(dataclasses.asdict(cfg), default=str))

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from distill.errors import UserError
+from distill.jsonio import jsonable
 from student.presets import OFA_ARCHS as ARCHS, RecipeFields, drop_path_fields
 from student.train_fields import EvalFields, TrainDataFields
 from student.trainer import TrainConfig, TrainResult
@@ -250,14 +251,11 @@ def train_teacher(cfg: TeacherTrainConfig) -> TrainResult:
     resolved = dataclasses.replace(cfg, label_smoothing=eps, resolution=processor.size,
                                    drop_path=model.config.encoder_drop_path_rate)
     result = train(model, teacher_loss(eps), train_rows, resolved,
-                   collate_fn=partial(collate, pad_id=pad, bos_id=bos), eval_fn=eval_fn, run_config=_jsonable(resolved))
+                   collate_fn=partial(collate, pad_id=pad, bos_id=bos), eval_fn=eval_fn, run_config=jsonable(resolved))
     if result.is_main_process:
-        record = {**_jsonable(resolved), **result.resolved, **provenance, "final_step": result.step,
+        record = {**jsonable(resolved), **result.resolved, **provenance, "final_step": result.step,
                   "eval": result.eval_metrics, "num_train_rows": len(ds), "num_train_examples": len(train_rows),
                   "skipped_rows": skips.report()}
         save_model_folder(result.model, tokenizer, processor, cfg.output_dir, record)
     return result
 
-
-def _jsonable(cfg) -> dict[str, Any]:
-    return json.loads(json.dumps(dataclasses.asdict(cfg), default=str))

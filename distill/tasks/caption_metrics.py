@@ -9,9 +9,10 @@ from __future__ import annotations
 import logging
 import re
 import shutil
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Sequence
+
+from distill.packages import package_version
 
 logger = logging.getLogger(__name__)
 
@@ -146,18 +147,13 @@ def java_ptb_tokenize(texts: Sequence[str]) -> list[str]:
     return [out[i][0] for i in range(len(texts))]
 
 
-def _pycocoevalcap_version() -> str:
-    try:
-        return version("pycocoevalcap")
-    except PackageNotFoundError:
-        return "unknown"
 
 
 def caption_metric_implementation(java: bool | None = None) -> str:
     """Names what `caption_scores` runs, e.g. "pycocoevalcap 1.2, Java PTB tokenizer"."""
     java = java_available() if java is None else java
     tok = "Java PTB tokenizer" if java else "Python PTB fallback, METEOR left out (no java)"
-    return f"pycocoevalcap {_pycocoevalcap_version()}, {tok}"
+    return f"pycocoevalcap {package_version('pycocoevalcap')}, {tok}"
 
 
 _SPICE_NOTE = []

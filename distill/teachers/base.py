@@ -11,6 +11,8 @@ Two halves, because the DataLoader workers must not hold the model:
 from __future__ import annotations
 
 import abc
+import hashlib
+import json
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
@@ -40,17 +42,38 @@ class TeacherIdentity:
     family: str
     """Teacher family: "ofa", "florence2", "paligemma", "blip", "git", "qwen2_vl", ... (the config's model_type)."""
     source: Mapping[str, Any]
-    """{"id", "revision"} for a Hub id, {"id", "sha256"} for a local folder (`distill.run.resolve_teacher`)."""
+    """{"id", "revision"} for a Hub id, {"id", "sha256"} for a local folder (`distill.teacher_source.resolve_teacher`)."""
     tokenizer_sha256: str
-    """Hash of the teacher's tokenizer (vocabulary + merges + added tokens): says which vocabulary `target_ids` is in."""
+    """`tokenizer_sha256` of the teacher's tokenizer: says which vocabulary `target_ids` is in."""
     extra: Mapping[str, Any] = field(default_factory=dict)
     """Family-specific settings that change outputs (prompt template, ...)."""
 
 
+    def record(self) -> dict[str, Any]:
+        """The manifest's `teacher_identity` entry (JSON)."""
+        return {"family": self.family, "source": dict(self.source), "tokenizer_sha256": self.tokenizer_sha256,
+                "extra": dict(self.extra)}
+
+
 class Teacher(abc.ABC):
-    """An autoregressive teacher behind one interface; `OFATeacher` and `HFTeacher` implement it."""
+    """An autoregressive teacher behind one interface; `OFATeacher` and `HFTeacher` implement it.
+
+    A teacher is pickled into the DataLoader workers (for `prepare`): implementations keep the model out of their
+    pickled state (`__getstate__`)."""
 
     identity: TeacherIdentity
+    resolution: int | None = None
+    """Square image side the teacher is fed (part of the run identity); None: the processor decides."""
+
+    def load(self) -> None:
+        """Load the weights onto the device. Building a teacher reads only its config, tokenizer and processor (a
+        run with nothing left to do, or a bad input, never reads weights); `distill` calls this once, in the main
+        process, before the first `infer`."""
+
+    def generation_settings(self, task: Any, candidates: Sequence[str] | None) -> dict[str, Any]:
+        """The task's default decoding settings for this teacher (`distill` overrides them with the config's
+        explicit values); `candidates` is VQA's answer list. By default the task's `generation`."""
+        return dict(task.generation)
 
     @abc.abstractmethod
     def prepare(self, rows: Sequence[Mapping[str, Any]], images: Sequence[Any], task: Any) -> dict[str, Any]:
@@ -63,3 +86,21 @@ class Teacher(abc.ABC):
     def infer(self, inputs: Mapping[str, Any], task: Any, settings: Mapping[str, Any]) -> list[list[Prediction]]:
         """Per sample, its `settings["num_return_sequences"]` best predictions, best first. Runs under
         `torch.inference_mode()` on the device the teacher was loaded to."""
+
+
+def tokenizer_sha256(tokenizer: Any) -> str:
+    """Hash of what maps text to ids: the vocabulary with its ids, the BPE merges / model, the added and special
+    tokens. Two tokenizers with one hash give the same ids, so a student whose tokenizer has the teacher's hash
+    can learn the teacher's `target_ids` as they are (`student.data.TaskRows`).
+
+    Fast tokenizers hash their `tokenizer.json` form without the call-time truncation/padding state; others hash
+    the vocabulary in id order."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        spec = json.loads(backend.to_str())
+        spec.pop("truncation", None)
+        spec.pop("padding", None)
+    else:
+        spec = {"vocab": sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1])}
+    spec["special_ids"] = [getattr(tokenizer, f"{k}_token_id", None) for k in ("bos", "eos", "pad", "unk")]
+    return hashlib.sha256(json.dumps(spec, sort_keys=True, ensure_ascii=False).encode("utf-8")).hexdigest()
