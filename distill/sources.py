@@ -45,10 +45,14 @@ from distill.errors import UserError
 from distill.images import decode_base64
 from distill.tasks import canonical_columns
 
+_COMPUTED = {"CANONICAL_COLUMNS": canonical_columns}
+"""Module attributes computed on access: CANONICAL_COLUMNS follows the registered tasks
+(`distill.tasks.canonical_columns`)."""
+
+
 def __getattr__(name: str):
-    # CANONICAL_COLUMNS follows the registered tasks (`distill.tasks.canonical_columns`), so it is computed on access
-    if name == "CANONICAL_COLUMNS":
-        return canonical_columns()
+    if name in _COMPUTED:
+        return _COMPUTED[name]()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

@@ -69,12 +69,11 @@ def predict(cfg: PredictConfig) -> None:
 
 def prediction_lines(task: str, result) -> tuple[str, str | None]:
     """What `predict` prints on stdout (the prediction; '' when empty) and, for an empty one, a note for stderr."""
-    if task == "grounding":
-        box = result.prediction
-        return ("no box (the model did not output exactly 4 bins)" if box is None
-                else " ".join(f"{v:.1f}" for v in box)), None
-    if result.prediction not in (None, ""):
-        return str(result.prediction), None
+    from distill.tasks import get_task
+
+    shown = get_task(task).prediction_text(result.prediction, result.output or "")
+    if shown:
+        return shown, None
     raw = (result.output or "").strip()
     what = f"its output {raw!r} holds no {task} answer" if raw else "the model decoded no tokens"
     return "", (f"note: empty prediction ({what}); an under-trained model does this: check its training loss, "

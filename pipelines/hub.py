@@ -29,6 +29,8 @@ from pipelines.hub_card import DATA_DIR, manifest_get, render_card
 
 MAX_SHARD_BYTES = 500 * 1024 * 1024  # the `datasets.push_to_hub` default shard size
 BUILD_DIR = ".hub-upload"
+PATH_COLUMNS = ("image_path",)
+"""Columns holding a local file path, made relative to the source for publishing."""
 """Default upload folder, inside the distilled folder (hidden: `datasets` skips it when reading data files)."""
 BUILD_RECORD = ".narvl-build.json"
 """In the upload folder: what its parquet files were built from (never uploaded)."""
@@ -115,7 +117,7 @@ def _publishable_table(table, features, roots: list[str]):
         feature = features.get(name)
         if hasattr(feature, "embed_storage"):  # Image/Audio...: the Hub copy must hold the bytes, not a local path
             table = table.set_column(i, name, feature.embed_storage(table.column(i).combine_chunks()))
-        elif name == "image_path":
+        elif name in PATH_COLUMNS:
             paths = [publishable_path(p, roots) for p in table.column(i).to_pylist()]
             table = table.set_column(i, name, pa.array(paths, type=table.schema.field(i).type))
     return table

@@ -13,17 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from distill.packages import package_version
+from distill.tasks import TASKS, Task
 
 DATA_DIR = "data"
 CARD_TEMPLATE = "distilled_dataset.md"
-
-# Hub task categories per narvl-pipe task (https://huggingface.co/tasks).
-TASK_CATEGORIES = {
-    "caption": "image-to-text",
-    "vqa": "visual-question-answering",
-    "grounding": "object-detection",
-    "entailment": "image-text-to-text",
-}
 
 # What each canonical / distilled column means, for the card's schema table.
 COLUMN_MEANINGS = {
@@ -89,6 +82,12 @@ def column_statistics(dsd) -> list[dict[str, Any]]:
     return rows
 
 
+def _hub_category(task: str) -> str:
+    """The Hub task category of a narvl-pipe task (a task this version does not know: the generic one)."""
+    cls = TASKS.get(task)
+    return cls.hub_category if cls is not None else Task.hub_category
+
+
 def _type_name(feature) -> str:
     """A short readable type for a `datasets` feature: `string`, `list[int32]`, `image`..."""
     import datasets
@@ -143,7 +142,7 @@ def render_card(dsd, manifest: dict, repo_id: str, source_license: str | None = 
     card_data = DatasetCardData(
         license=license_,
         pretty_name=f"narvl-pipe distilled {task}: {repo_id.split('/')[-1]}",
-        task_categories=[TASK_CATEGORIES.get(task, "image-text-to-text")],
+        task_categories=[_hub_category(task)],
         size_categories=[_size_category(total)],
         annotations_creators=["machine-generated"],
         source_datasets=["extended"],

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from distill.errors import UserError
+from distill.tasks import get_task
 
 METRICS_FILE = "metrics.json"
 PREDICTIONS_FILE = "predictions.jsonl"
@@ -116,10 +117,7 @@ def _read_predictions(folder: str) -> dict[str, dict]:
 def _shown(pred: dict | None, task: str) -> str:
     if pred is None:
         return "-"
-    if task == "grounding":  # the box the metric scores (in image pixels), not the bin tokens
-        box = pred.get("prediction")
-        return "[" + ", ".join(f"{v:.0f}" for v in box) + "]" if box else f"no box ({pred.get('output', '')!r})"
-    return str(pred.get("output", ""))
+    return get_task(task).example_text(pred.get("prediction"), str(pred.get("output", "")))
 
 
 def _examples(task: str, entries: list[dict], cfg: ReportConfig) -> list[dict[str, Any]]:

@@ -161,7 +161,7 @@ def sample_scene(rng: random.Random, size: int, max_shapes: int = GRID) -> tuple
     for (color, kind), index in zip(pairs, cells):
         row, col = divmod(index, GRID)
         size_name = rng.choice(SIZES)
-        side = rng.randint(*(small if size_name == "small" else large))
+        side = rng.randint(*{"small": small, "large": large}[size_name])
         origin = []
         for lo, hi in ((edges[col], edges[col + 1]), (edges[row], edges[row + 1])):
             start = round((lo + hi) / 2 + rng.randint(-jitter, jitter) - side / 2)

@@ -80,7 +80,7 @@ def measure_latency(cfg: EvaluateStageConfig) -> tuple[float, int]:
     task = get_task(cfg.task)
     lm = load_model(cfg.model)
     rows = [dict(r) for r in open_source(cfg.data, cfg.split, None, task, limit=cfg.limit)]
-    candidates = _candidates(task, rows, cfg.answers) if lm.kind == "ofa" else None
+    candidates = _candidates(task, cfg.answers) if lm.kind == "ofa" else None
     timed = rows[: cfg.latency_limit] if cfg.latency_limit is not None else rows
     b = cfg.latency_batch_size
     predict_rows(lm, task, timed[:b], b, cfg.num_beams, candidates)  # warm-up: first-call allocations
@@ -99,12 +99,9 @@ def _run_evaluate(cfg: EvaluateStageConfig, out: Path) -> None:
     metric = next(iter(quality.metrics))
     if quality.kind == "narvl":
         decoding = "one pass + CTC" if (cfg.num_beams or 1) == 1 else f"one pass + CTC beam {cfg.num_beams}"
-    elif quality.task == "entailment":
-        decoding = "AR candidate scoring"  # OFA scores yes/no/maybe, it does not generate
     else:
-        beams = cfg.num_beams or get_task(cfg.task).generation.get("num_beams", 1)
-        decoding = "AR greedy" if beams == 1 else f"AR beam {beams}"
-        decoding += {"vqa": " over answer trie", "grounding": ", 4 bins"}.get(quality.task, "")
+        task = get_task(cfg.task)
+        decoding = task.ar_decoding(cfg.num_beams or task.generation.get("num_beams", 1))
     record = {
         "task": quality.task, "model": quality.model, "model_type": quality.kind, "decoding": decoding,
         "metric": metric, "score": quality.metrics[metric], "metrics": quality.metrics,

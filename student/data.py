@@ -21,8 +21,10 @@ import numpy as np
 import torch
 
 from distill.errors import UserError
+from distill.manifest import teacher_tokenizer_sha256
+from distill.teachers.base import tokenizer_sha256
 
-__all__ = ["TARGET_COLUMNS", "FilterReport", "SkipLog", "load_training_data", "is_distilled", "filter_rows",
+__all__ = ["TARGET_COLUMNS", "FilterReport", "needs_reencoding", "SkipLog", "load_training_data", "is_distilled", "filter_rows",
            "reference_problem", "TaskRows", "collate", "encode_readable", "encode_prompts"]
 
 SKIPPED_FILE = "skipped.jsonl"
@@ -78,6 +80,21 @@ def load_training_data(src: str | os.PathLike, split: str = "train", task=None, 
     if len(ds) == 0:
         raise UserError(f"{src} ({split}) has no rows")
     return ds
+
+
+def needs_reencoding(src: str | os.PathLike, ds, tokenizer) -> bool:
+    """Whether a distilled dataset's `target_ids` are in another vocabulary than `tokenizer`'s: its manifest's
+    teacher tokenizer hash differs from the student tokenizer's (`distill.teachers.base.tokenizer_sha256`). Then
+    the targets are re-encoded from the canonical prediction (`Task.student_target`); a dataset without one is
+    refused. No recorded hash (no manifest, or an older one) means the teacher's ids are used as they are."""
+    teacher_hash = teacher_tokenizer_sha256(src) if Path(src).is_dir() else None
+    if teacher_hash is None or teacher_hash == tokenizer_sha256(tokenizer):
+        return False
+    if "target" not in ds.column_names:
+        raise UserError(f"{src}: its teacher's tokenizer (sha256 {teacher_hash[:12]}) is not the student's "
+                        f"({tokenizer_sha256(tokenizer)[:12]}), and its rows hold no canonical `target` to "
+                        "re-encode: distil with a teacher sharing the student's tokenizer")
+    return True
 
 
 @dataclass
@@ -225,7 +242,7 @@ class TaskRows:
     """
 
     def __init__(self, ds, task, tokenizer, image_processor, target_column: str = "target", seed: int = 0,
-                 resolution: int | None = None, skips: SkipLog | None = None):
+                 resolution: int | None = None, skips: SkipLog | None = None, reencode: bool = False):
         if target_column not in TARGET_COLUMNS:
             raise UserError(f"--target-column must be one of {', '.join(TARGET_COLUMNS)}, got {target_column!r}")
         if target_column == "target" and not is_distilled(ds):
@@ -241,6 +258,9 @@ class TaskRows:
             ds = ds.cast_column("image", Image(decode=False))  # decoded by `load_image`, as on every other path
         self.ds, self.task, self.tokenizer, self.processor = ds, task, tokenizer, image_processor
         self.target_column, self.seed = target_column, seed
+        self.reencode = reencode
+        """The teacher's `target_ids` are in another vocabulary (`needs_reencoding`): targets come from the
+        canonical prediction, encoded with the student's tokenizer by the task."""
         self.resolution = resolution or getattr(image_processor, "size", None)
         self.skips = skips if skips is not None else SkipLog()
         self._bad: set[int] = set()  # rows found unusable by this process (badness depends on the row only)
@@ -254,6 +274,8 @@ class TaskRows:
     def target_ids(self, row: dict, draw: int) -> tuple[list[int], float]:
         """(target ids ending with EOS, per-sample loss weight)."""
         if self.target_column == "target":
+            if self.reencode:
+                return self.task.student_target(row, self.tokenizer), 1.0
             ids = row.get("target_ids")
             if ids is None:
                 ids = self.task.encode_target(row["target"], self.tokenizer)

@@ -25,7 +25,9 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["DecodingRule", "NARVL_RULES", "narvl_rule", "collapse", "ctc_decode", "ctc_greedy_decode",
+from distill.tasks import TASKS
+
+__all__ = ["DecodingRule", "narvl_rule", "collapse", "ctc_decode", "ctc_greedy_decode",
            "ctc_prefix_beam_search", "ctc_sequence_log_prob"]
 
 _NEG_INF = -math.inf
@@ -47,21 +49,12 @@ class DecodingRule:
             raise ValueError(f"DecodingRule.eos must be 'drop' or 'cut', got {self.eos!r}")
 
 
-NARVL_RULES: dict[str, DecodingRule] = {
-    "caption": DecodingRule(merge_repeats=True),
-    "vqa": DecodingRule(merge_repeats=True),
-    "grounding": DecodingRule(merge_repeats=False),
-    "entailment": DecodingRule(merge_repeats=False),
-}
-"""NARVL's rule per task; grounding's `keep_ids` (the bin ids) come from the tokenizer, see `narvl_rule`."""
-
-
 def narvl_rule(task: str | None, bin_ids: list[int] | None = None) -> DecodingRule:
-    """NARVL's decoding rule of `task` (None: the caption rule); grounding keeps only `bin_ids` when given."""
-    rule = NARVL_RULES.get(task or "caption", NARVL_RULES["caption"])
-    if task == "grounding" and bin_ids is not None:
-        rule = DecodingRule(merge_repeats=False, keep_ids=frozenset(int(i) for i in bin_ids))
-    return rule
+    """NARVL's decoding rule of `task` (None: the caption rule): merge repeats or not (`Task.ctc_merge_repeats`);
+    a task that keeps only bins (`Task.ctc_keeps_bins`, grounding) keeps only `bin_ids` when given."""
+    t = TASKS.get(task or "caption", TASKS["caption"])
+    keep = frozenset(int(i) for i in bin_ids) if t.ctc_keeps_bins and bin_ids is not None else None
+    return DecodingRule(merge_repeats=t.ctc_merge_repeats, keep_ids=keep)
 
 
 def collapse(

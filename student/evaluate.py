@@ -24,8 +24,6 @@ __all__ = ["LoadedModel", "EvalResult", "Prediction", "RowPredictions", "model_k
            "load_model", "save_model_folder", "decode_batch", "predict_rows", "make_eval_fn", "evaluate", "predict"]
 
 KINDS = ("narvl", "ofa")
-TEXT_FIELD = {"vqa": "question", "grounding": "region_text", "entailment": "hypothesis"}
-"""The canonical column that holds each task's required prompt text (entailment also reads an optional `premise`)."""
 
 
 @dataclass
@@ -128,15 +126,10 @@ def decode_batch(lm: LoadedModel, task, inputs: dict[str, torch.Tensor], num_bea
     model, tok = lm.model, lm.tokenizer
     inputs = {k: v.to(model.device) for k, v in inputs.items()}
     if lm.kind == "narvl":
-        if (num_beams or 1) > 1 and task.name in ("grounding", "entailment"):
+        if (num_beams or 1) > 1 and not task.ctc_beam_search:
             raise UserError(f"num_beams {num_beams}: NARVL decodes {task.name} greedily (its rule does not merge "
                             "repeats, so there is no CTC prefix search); leave num_beams unset")
-        bins = None
-        if task.name == "grounding":
-            from distill.ofa.tokenization_ofa import bin_token_ids
-
-            bins = bin_token_ids(tok)
-        return model.decode(**inputs, num_beams=num_beams or 1, bin_ids=bins)
+        return model.decode(**inputs, num_beams=num_beams or 1, bin_ids=task.ctc_keep_ids(tok))
     settings = _generate_kwargs(model, task, tok, num_beams, candidates)
     nbests = task.ofa_inference(model, tok, inputs, settings, 1)  # VQA / entailment: OFA's recipe, as distill
     if nbests is not None:
@@ -289,12 +282,9 @@ class EvalResult:
         return d
 
 
-def _candidates(task, rows: Sequence[dict], answers: str | None) -> list[str] | None:
-    if task.name != "vqa":
-        return None
-    from distill.run import vqa_candidates  # one rule for distill and evaluate: the answer list is required
-
-    return vqa_candidates(answers, task)
+def _candidates(task, answers: str | None) -> list[str] | None:
+    """The answer list an AR model decodes over (one rule for distill and evaluate: `Task.answer_list`)."""
+    return task.answer_list(answers) if task.needs_answer_list else None
 
 
 def evaluate(model: str | os.PathLike, task: str, data: str | os.PathLike, split: str = "validation",
@@ -317,7 +307,7 @@ def evaluate(model: str | os.PathLike, task: str, data: str | os.PathLike, split
     kind = check_model_folder(model, t)  # inputs first: a bad split or column fails before any weight is read
     ds = open_source(data, split, None, t, limit=limit)
     rows = [dict(r) for r in ds]
-    candidates = _candidates(t, rows, answers) if kind == "ofa" else None
+    candidates = _candidates(t, answers) if kind == "ofa" else None
     lm = load_model(model, device, task=t)
     res = predict_rows(lm, t, rows, batch_size, num_beams, candidates, progress, scored=True)
     if not res.kept:
@@ -372,18 +362,18 @@ def predict(model: str | os.PathLike | LoadedModel, task: str, image: Any, text:
     # Inputs first: a bad image, a missing text or answer list fails before any weight is read.
     load_image(image, name=image if isinstance(image, (str, os.PathLike)) else None)
     row: dict[str, Any] = {"id": "predict", "image": image}
-    need = TEXT_FIELD.get(t.name)
+    need, *optional = t.text_columns or (None,)
     if need:
         if not text:
             raise UserError(f"--text is required for task {t.name} (the {need.replace('_', ' ')})")
         row[need] = text
-    if t.name == "entailment":
+    if "premise" in optional:
         row["premise"] = premise or ""
     candidates = None
-    if t.name == "vqa" and kind == "ofa":
+    if t.needs_answer_list and kind == "ofa":
         if not answers:
-            raise UserError("VQA with the AR teacher needs --answers FILE (its candidate answer list)")
-        candidates = _candidates(t, [], answers)
+            raise UserError(f"{t.name} with the AR teacher needs --answers FILE (its candidate answer list)")
+        candidates = _candidates(t, answers)
     lm = model if isinstance(model, LoadedModel) else load_model(model, device, task=t)
     res = predict_rows(lm, t, [row], 1, num_beams, candidates)
     return Prediction(output=res.texts[0], prediction=res.predictions[0])

@@ -41,7 +41,7 @@ MIN_OPSET = 18  # the dynamo exporter's own floor
 # Above this many bytes of weights the initializers go to an external data file (protobuf's limit is 2 GiB).
 _EXTERNAL_DATA_BYTES = 1_500_000_000
 DECODING_RULE = ("CTC greedy: argmax over the V + 1 scores of each query, then NARVL's rule for the task "
-                 "(student.decoding.NARVL_RULES: caption/VQA merge adjacent repeats; grounding/entailment do not; "
+                 "(student.decoding.narvl_rule: caption/VQA merge adjacent repeats; grounding/entailment do not; "
                  "the blank, <pad> and every EOS dropped; grounding keeps only bin tokens); then the task's decode "
                  "(text, box or label)")
 

@@ -13,12 +13,13 @@ import torch
 
 from distill.errors import UserError
 
-from .evaluate import TEXT_FIELD, LoadedModel, Prediction, load_model, predict_rows
+from distill.tasks import get_task
 
-__all__ = ["Predictor", "PREMISE_FIELD"]
+from .data import encode_prompts
+from .evaluate import LoadedModel, Prediction, load_model, predict_rows
+from .onnx_model import ONNXNARVLModel
 
-PREMISE_FIELD = "premise"
-"""Entailment's optional text field (empty: OFA's no-premise prompt)."""
+__all__ = ["Predictor"]
 
 
 class Predictor:
@@ -31,12 +32,10 @@ class Predictor:
     """
 
     def __init__(self, loaded: LoadedModel, task: str, candidates: Sequence[str] | None = None):
-        from distill.tasks import get_task
-
         self.loaded = loaded
         self.task = get_task(task)
-        if self.task.name == "vqa" and loaded.kind == "ofa" and not candidates:
-            raise UserError("VQA with the AR teacher needs its candidate answer list (answers)")
+        if self.task.needs_answer_list and loaded.kind == "ofa" and not candidates:
+            raise UserError(f"{self.task.name} with the AR teacher needs its candidate answer list (answers)")
         self.candidates = list(candidates) if candidates else None
 
     @classmethod
@@ -51,25 +50,19 @@ class Predictor:
         task = task or getattr(loaded.model.config, "task", None)
         if task is None:
             raise UserError(f"{path} records no task: give the task (caption, vqa, grounding or entailment)")
-        candidates = None
-        if answers:
-            from distill.run import read_answers
-
-            candidates = read_answers(answers)
+        candidates = get_task(task).answer_list(answers) if answers else None
         return cls(loaded, task, candidates)
 
     @property
     def backend(self) -> str:
         """`onnx` (onnxruntime) or `torch`."""
-        from .onnx_model import ONNXNARVLModel
-
         return "onnx" if isinstance(self.loaded.model, ONNXNARVLModel) else "torch"
 
     @property
     def text_fields(self) -> tuple[str, ...]:
-        """The text fields this task reads: the required one first, then the optional premise (entailment)."""
-        need = TEXT_FIELD.get(self.task.name)
-        return () if need is None else (need, PREMISE_FIELD) if self.task.name == "entailment" else (need,)
+        """The text fields this task reads (`Task.text_columns`): the required one first, then the optional ones
+        (entailment's premise)."""
+        return tuple(self.task.text_columns)
 
     def row(self, image: Any, fields: Mapping[str, Any], row_id: str = "request") -> dict[str, Any]:
         """A canonical row from an image (anything `distill.images.load_image` takes) and text fields.
@@ -108,8 +101,6 @@ class Predictor:
     @torch.inference_mode()
     def logits(self, rows: Sequence[Mapping[str, Any]]) -> torch.Tensor:
         """A NARVL student's scores for rows run as one batch, shape ``(B, N, V + 1)``, on the CPU."""
-        from .data import encode_prompts
-
         if self.loaded.kind != "narvl":
             raise UserError("logits are defined for a NARVL student (its CTC frames), not for an AR teacher")
         lm = self.loaded

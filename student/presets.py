@@ -16,6 +16,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+from distill.tasks import TASKS
+
 __all__ = ["OFA_ARCHS", "Recipe", "RecipeFields", "STUDENT_RECIPES", "TEACHER_RECIPES", "RECIPE_FIELDS",
            "drop_path_fields", "ofa_size", "recipe_for", "resolve", "option_help"]
 
@@ -177,8 +179,12 @@ def ofa_size(config: Any) -> str | None:
 
 
 def recipe_for(trainer: str, task: str, size: str | None) -> Recipe:
-    """The recipe of `task` at `size` (student or teacher): its own script, else base, else the task's only one."""
+    """The recipe of `task` at `size` (student or teacher): its own script, else base, else the task's only one. A
+    task without a published script (a registered one) follows the task its `Task.recipe_task` names."""
     table = _TABLES[trainer]
+    if not any(t == task for t, _ in table):
+        cls = TASKS.get(task)
+        task = cls.recipe_task if cls is not None else task
     for key in ((task, size or "base"), (task, "base")):
         if key in table:
             return table[key]
@@ -217,7 +223,7 @@ def option_help(trainer: str, field: str) -> str:
     """One line per task for `--help`: the base value, then the sizes whose script differs."""
     table = _TABLES[trainer]
     parts = []
-    for task in ("caption", "vqa", "grounding", "entailment"):
+    for task in dict.fromkeys(t for t, _ in table):  # the tasks with published scripts
         base = recipe_for(trainer, task, "base")
         other: dict[str, list[str]] = {}
         for (t, size), rec in table.items():

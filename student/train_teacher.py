@@ -239,9 +239,7 @@ def train_teacher(cfg: TeacherTrainConfig) -> TrainResult:
     eval_fn = None
     rows = _eval_rows(cfg, task)
     if rows:
-        from distill.tasks.vqa import candidate_answers
-
-        cands = candidate_answers(r for r in ds.select_columns(["answers"])) if task.name == "vqa" else None
+        cands = task.eval_candidates(list(ds.select_columns(["answers"]))) if task.needs_answer_list else None
         eval_fn = make_eval_fn(task, rows, tokenizer, processor, "ofa", cfg.eval_batch_size, cfg.eval_num_beams, cands)
     eps = cfg.label_smoothing
     if eps is None:

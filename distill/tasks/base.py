@@ -175,6 +175,12 @@ class Task(abc.ABC):
     """NARVL's CTC rule: merge adjacent repeats (caption, VQA) or not (grounding, entailment)."""
     ctc_beam_search: ClassVar[bool] = True
     """NARVL may decode the task with CTC prefix beam search (`num_beams` > 1); else greedily only."""
+    ctc_keeps_bins: ClassVar[bool] = False
+    """NARVL's CTC decoding keeps only the `<bin_k>` labels (grounding)."""
+    hub_category: ClassVar[str] = "image-text-to-text"
+    """The Hub task category of a distilled dataset's card (https://huggingface.co/tasks)."""
+    recipe_task: ClassVar[str] = "caption"
+    """The published training recipe (`student.presets`) a task without its own script follows."""
     baseline_description: ClassVar[str] = "most frequent training target"
     """How the baseline's constant is chosen (the report's decoding column)."""
 
@@ -297,8 +303,13 @@ class Task(abc.ABC):
         return None
 
     def ctc_keep_ids(self, tokenizer: Any) -> list[int] | None:
-        """Labels NARVL's CTC decoding keeps (grounding: the `<bin_k>` ids); None keeps every label."""
-        return None
+        """Labels NARVL's CTC decoding keeps (`ctc_keeps_bins`: the tokenizer's `<bin_k>` ids); None keeps every
+        label."""
+        if not self.ctc_keeps_bins:
+            return None
+        from distill.ofa.tokenization_ofa import bin_token_ids
+
+        return bin_token_ids(tokenizer)
 
     def ar_decoding(self, num_beams: int) -> str:
         """How an AR model decodes the task, for the report (e.g. "AR beam 5")."""

@@ -33,6 +33,7 @@ class CaptionTask(Task):
     max_target_words: int | None = 20
     reference_columns: ClassVar[tuple[str, ...]] = ("captions",)
     tsv_layout: ClassVar[tuple[str, ...] | None] = ("id", "image_id", "caption", "object_labels", "image")
+    hub_category: ClassVar[str] = "image-to-text"
     baseline_description: ClassVar[str] = "most frequent training caption"
 
     def column_features(self) -> dict[str, Any]:

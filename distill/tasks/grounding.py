@@ -87,6 +87,8 @@ class GroundingTask(Task):
     tsv_layout: ClassVar[tuple[str, ...] | None] = ("id", "image_id", "region_text", "box", "image")
     ctc_merge_repeats: ClassVar[bool] = False
     ctc_beam_search: ClassVar[bool] = False
+    ctc_keeps_bins: ClassVar[bool] = True
+    hub_category: ClassVar[str] = "object-detection"
     baseline_description: ClassVar[str] = "mean training box"
 
     def column_features(self) -> dict[str, Any]:
@@ -179,9 +181,6 @@ class GroundingTask(Task):
         w, h = original_size(row)
         bins = box_to_bins(box, w, h, self._num_bins(tokenizer), self.resolution, self.max_image_size)
         return bins_to_token_ids(bins, tokenizer) + [tokenizer.eos_token_id]
-
-    def ctc_keep_ids(self, tokenizer: Any) -> list[int] | None:
-        return bin_token_ids(tokenizer)
 
     def ar_decoding(self, num_beams: int) -> str:
         return super().ar_decoding(num_beams) + ", 4 bins"

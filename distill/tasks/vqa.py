@@ -124,6 +124,7 @@ class VQATask(Task):
     tsv_layout: ClassVar[tuple[str, ...] | None] = ("id", "image_id", "question", "answers", "object_labels", "image")
     options: ClassVar[Mapping[str, Any]] = {"vqa_mode": "beam"}
     needs_answer_list: ClassVar[bool] = True
+    hub_category: ClassVar[str] = "visual-question-answering"
     baseline_description: ClassVar[str] = "most frequent training answer"
 
     def column_features(self) -> dict[str, Any]:
