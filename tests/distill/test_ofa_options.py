@@ -106,13 +106,16 @@ def test_distill_options_fp32_equal_default_and_bf16_runs(world):
 
 
 def test_half_weights_load_in_that_dtype(world):
-    from distill.teacher_loop import load_teacher
+    from distill.teachers import OFATeacher, load_teacher
 
     root, teacher = world
     for dtype in ("bfloat16", "float16"):
         config = DistillConfig(task="caption", teacher=str(teacher), data="-", out="-", dtype=dtype,
                                attn_implementation="sdpa")
-        model = load_teacher(teacher, config, torch.device("cpu"))
+        loaded = load_teacher(teacher, {"id": str(teacher)}, config, torch.device("cpu"))
+        assert isinstance(loaded, OFATeacher) and loaded.model is None  # weights only at load()
+        loaded.load()
+        model = loaded.model
         assert {p.dtype for p in model.parameters()} == {getattr(torch, dtype)}
         assert model.config._attn_implementation == "sdpa"
 

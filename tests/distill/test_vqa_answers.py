@@ -6,7 +6,7 @@ import pickle
 import pytest
 
 from distill.errors import UserError
-from distill.run import read_answers, vqa_candidates
+from distill.tasks.vqa import read_answers
 from distill.tasks import get_task
 
 
@@ -37,7 +37,7 @@ def test_a_pickle_that_imports_anything_is_refused(tmp_path):
 
 def test_vqa_without_answers_fails_saying_where_the_list_comes_from():
     with pytest.raises(UserError, match=r"^--task vqa needs --answers FILE: .*trainval_ans2label\.pkl"):
-        vqa_candidates(None, get_task("vqa"))
-    assert vqa_candidates(None, get_task("caption")) is None
+        get_task("vqa").answer_list(None)
+    assert get_task("caption").answer_list(None) is None
     with pytest.raises(UserError, match="vqa only"):
-        vqa_candidates("x.txt", get_task("caption"))
+        get_task("caption").answer_list("x.txt")

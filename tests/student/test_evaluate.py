@@ -136,6 +136,7 @@ def test_exif_orientation_is_the_same_on_every_path(models, tmp_path):
     from distill.sources import open_source
     from distill.tasks import get_task
     from distill.teacher_loop import _Collate
+    from distill.teachers import load_teacher
     from distill.ofa.tokenization_ofa import load_ofa_tokenizer
     from student.data import TaskRows, encode_readable, load_training_data
     from student.evaluate import evaluate, predict
@@ -159,8 +160,10 @@ def test_exif_orientation_is_the_same_on_every_path(models, tmp_path):
     datasets.DatasetDict({"train": split(png), "validation": split(png)}).save_to_disk(str(tmp_path / "up"))
 
     src = open_source(tmp_path / "rot", "train", None, task)
-    teacher_batch = _Collate(task, tok, proc, proc.size, images=False)([(0, src[0])])  # distill's DataLoader
-    np.testing.assert_array_equal(teacher_batch["patch_images"][0].numpy(), expected)
+    ofa = load_teacher(teacher, {"id": str(teacher)}, DistillConfig(task="caption", teacher=str(teacher), data="-",
+                                                                     out="-"), "cpu")
+    teacher_batch = _Collate(task, ofa, images=False)([(0, src[0])])  # distill's DataLoader
+    np.testing.assert_array_equal(teacher_batch["inputs"]["patch_images"][0].numpy(), expected)
     run_distill(DistillConfig(task="caption", teacher=str(teacher), data=str(tmp_path / "rot"),
                               out=str(tmp_path / "kd"), batch_size=2, num_beams=1, max_new_tokens=4, num_workers=0,
                               shard_size=2, progress=False))
