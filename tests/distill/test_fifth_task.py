@@ -1,0 +1,132 @@
+"""A fifth task, defined in this file alone, goes through the real `distill` -> `train-student` -> `evaluate`.
+
+`ColourTask` asks the colour of the one shape in an image (" what colour is the square?" -> "red"). It declares its
+columns, prompt, reference, decoding and metric as a `Task` subclass and is registered with
+`distill.tasks.register_task`; nothing else in the code base knows it. Each CLI command runs in-process (typer's
+CliRunner), so it sees the registration.
+"""
+from __future__ import annotations
+
+import io
+import json
+import random
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Sequence
+
+import datasets
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "student"))
+
+from distill.tasks import TASKS, canonical_columns, get_task, register_task  # noqa: E402
+from distill.tasks.base import Task, ids_to_text  # noqa: E402
+
+COLOURS = {"red": (220, 30, 30), "blue": (30, 30, 220), "green": (30, 200, 30)}
+
+
+@dataclass(frozen=True)
+class ColourTask(Task):
+    """The colour of the shape named by `shape_name`; target: the colour word; metric: exact-match accuracy."""
+
+    name: str = "colour"
+    input_columns: tuple[str, ...] = ("id", "image", "shape_name", "colour")
+    resolution: int = 32
+    num_queries: int = 4
+    label_smoothing: float = 0.0
+    text_columns: ClassVar[tuple[str, ...]] = ("shape_name",)
+    reference_columns: ClassVar[tuple[str, ...]] = ("colour",)
+
+    def prompt(self, row):
+        return f" what colour is the {row['shape_name'].strip().lower()}?"
+
+    def reference(self, row, rng=None, tokenizer=None) -> str:
+        return str(row["colour"]).strip().lower()
+
+    def decode(self, text_or_ids, row, tokenizer=None) -> str:
+        return " ".join(ids_to_text(text_or_ids, tokenizer).split())
+
+    def evaluate(self, predictions: Sequence[str], rows) -> dict[str, float]:
+        return {"colour_accuracy": 100.0 * sum(p == self.reference(r) for p, r in zip(predictions, rows))
+                / max(len(rows), 1)}
+
+    def metric_implementation(self, rows=()) -> str:
+        return "exact match (test task)"
+
+
+@pytest.fixture
+def colour_task():
+    register_task(ColourTask)
+    yield TASKS["colour"]
+    TASKS.pop("colour")  # the registry is process-wide: leave it as the other tests expect it
+
+
+def _png(colour: str, seed: int) -> bytes:
+    from PIL import Image, ImageDraw
+
+    rng = random.Random(seed)
+    img = Image.new("RGB", (32, 32), (245, 245, 245))
+    x, y = rng.randint(2, 12), rng.randint(2, 12)
+    ImageDraw.Draw(img).rectangle([x, y, x + 16, y + 16], fill=COLOURS[colour])
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _world(root: Path) -> Path:
+    feats = datasets.Features({"id": datasets.Value("string"), "image": datasets.Image(),
+                               "shape_name": datasets.Value("string"), "colour": datasets.Value("string")})
+
+    def split(n: int, offset: int):
+        names = list(COLOURS)
+        return datasets.Dataset.from_list(
+            [{"id": f"c{offset + i}", "image": {"bytes": _png(names[i % 3], offset + i), "path": None},
+              "shape_name": "square", "colour": names[i % 3]} for i in range(n)], features=feats)
+
+    out = root / "colours"
+    datasets.DatasetDict({"train": split(12, 0), "validation": split(6, 100)}).save_to_disk(str(out))
+    return out
+
+
+def test_registered_task_joins_the_schema(colour_task):
+    assert get_task("colour").prompt({"shape_name": "Square"}) == " what colour is the square?"
+    cols = canonical_columns()
+    assert cols[:2] == ("id", "image") and cols[-2:] == ("shape_name", "colour")
+    with pytest.raises(TypeError):
+        register_task(dict)
+
+
+def test_fifth_task_distils_trains_and_evaluates(colour_task, tmp_path):
+    from distill_helpers import make_teacher
+    from student_helpers import cli
+
+    world = _world(tmp_path)
+    teacher = make_teacher(tmp_path / "teacher", resolution=32)
+    distilled = tmp_path / "kd"
+    cli("distill", "--task", "colour", "--teacher", teacher, "--data", world, "--out", distilled,
+        "--num-workers", "0", "--batch-size", "4", "--num-beams", "2", "--max-new-tokens", "4")
+    ds = datasets.load_from_disk(str(distilled))
+    assert len(ds) == 12 and set(ds["task"]) == {"colour"}
+    assert ds[0]["prompt"] == " what colour is the square?" and ds[0]["shape_name"] == "square"
+    assert ds["colour"] == [["red", "blue", "green"][i % 3] for i in range(12)]  # the reference carried over
+    assert all(r["target_ids"][-1] == 2 and r["target_len"] == len(r["target_ids"]) for r in ds)
+    manifest = json.loads((distilled / "manifest.json").read_text())
+    assert manifest["task"] == "colour" and manifest["metric_implementation"] == "exact match (test task)"
+    assert manifest["teacher_identity"]["family"] == "ofa"
+
+    student = tmp_path / "student"
+    cli("train-student", "--task", "colour", "--data", distilled, "--init", teacher, "--out", student,
+        "--max-steps", "2", "--batch-size", "4", "--lr", "1e-3", "--eval-data", world, "--eval-limit", "3",
+        "--report-to", "none")
+    record = json.loads((student / "train_config.json").read_text())
+    assert record["task"] == "colour" and record["num_queries"] == ColourTask.num_queries
+    assert "colour_accuracy" in record["eval"]
+
+    preds = tmp_path / "preds.jsonl"
+    res = cli("evaluate", "--model", student, "--task", "colour", "--data", world, "--split", "validation",
+              "--out", preds)
+    assert "colour_accuracy=" in res.output and "exact match (test task)" in res.output
+    lines = [json.loads(ln) for ln in preds.read_text().splitlines()]
+    assert [ln["id"] for ln in lines] == [f"c{100 + i}" for i in range(6)]
