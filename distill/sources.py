@@ -36,6 +36,7 @@ entailment source without any premise gets a one-time warning that the no-premis
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -43,7 +44,7 @@ from typing import Any, Iterator, Mapping
 
 from distill.errors import UserError
 from distill.images import decode_base64
-from distill.tasks import canonical_columns
+from distill.tasks import canonical_columns, get_task
 
 _COMPUTED = {"CANONICAL_COLUMNS": canonical_columns}
 """Module attributes computed on access: CANONICAL_COLUMNS follows the registered tasks
@@ -141,8 +142,6 @@ def _file_stamp(path: Path) -> tuple:
 
 
 def _tsv_rows(files: tuple, task_name: str) -> Iterator[dict]:
-    from distill.tasks import get_task
-
     task = get_task(task_name)
     layout = task.tsv_layout
     for stamp in files:
@@ -365,8 +364,6 @@ def open_source(
 
 def ids_fingerprint(ds) -> str:
     """sha256 of the row ids in order: identifies the rows of a source independently of how it was opened."""
-    import hashlib
-
     h = hashlib.sha256()
     for batch in ds.select_columns(["id"]).with_format("arrow").iter(batch_size=65536):
         for v in batch.column("id").to_pylist():

@@ -18,6 +18,7 @@ import torch
 
 from distill.errors import UserError
 from distill.hub_ids import resolve_model_folder
+from distill.tasks.base import ids_to_text
 from distill.ofa.processing_ofa import OFAProcessor
 
 __all__ = ["LoadedModel", "EvalResult", "Prediction", "RowPredictions", "model_kind", "check_model_folder",
@@ -138,13 +139,6 @@ def decode_batch(lm: LoadedModel, task, inputs: dict[str, torch.Tensor], num_bea
     return out[:, 1:].tolist()
 
 
-def _output_text(ids: list[int], tokenizer) -> str:
-    ids = [t for t in ids if t not in (tokenizer.bos_token_id, tokenizer.pad_token_id)]
-    if tokenizer.eos_token_id in ids:
-        ids = ids[: ids.index(tokenizer.eos_token_id)]
-    return tokenizer.decode(ids, skip_special_tokens=True).strip()
-
-
 @dataclass
 class RowPredictions:
     """What `predict_rows` returns: predictions for the rows that could be read, and the skipped ones."""
@@ -194,7 +188,7 @@ def predict_rows(lm: LoadedModel, task, rows: Sequence[dict], batch_size: int = 
         for ids, k in zip(outputs, kept):
             index, row = chunk[k]
             out.predictions.append(task.decode(ids, row, lm.tokenizer))
-            out.texts.append(_output_text(ids, lm.tokenizer))
+            out.texts.append(ids_to_text(ids, lm.tokenizer).strip())
             out.kept.append(index)
     return out
 

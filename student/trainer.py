@@ -20,20 +20,23 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Protocol
 
 import torch
+from accelerate import PartialState
+from accelerate.utils import parse_flag_from_env, set_seed
 from torch.utils.data import DataLoader, Dataset, Sampler
+from tqdm.auto import tqdm
 
 from distill.errors import UserError
 from distill.workers import DieWithParent
-from student.checkpoints import CHECKPOINT_DIR, LOG_FILE, STATE_FILE, latest_checkpoint, save_checkpoint, truncate_log
-from student.ema import WeightEMA
+from student.checkpoints import CHECKPOINT_DIR, latest_checkpoint
+from student.preflight import preflight
+from student.train_steps import (final_eval, make_accelerator, optimizer_step, prepare, record_step, restore,
+                                 step_log)
 from student.train_setup import resolve_accumulation, resolve_length, resolve_mixed_precision
 
 __all__ = ["TrainConfig", "TrainResult", "StepBatchSampler", "train", "latest_checkpoint", "CHECKPOINT_DIR"]
@@ -184,15 +187,6 @@ class _DrawDataset(Dataset):
         return self.ds.example(row, draw) if self._with_draw else self.ds[row]
 
 
-def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    # No decay on biases, norms and 1-D gains, as in fairseq/transformers recipes.
-    decay, no_decay = [], []
-    for _, p in model.named_parameters():
-        if p.requires_grad:
-            (decay if p.dim() >= 2 else no_decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
 def _tracker(report_to: str) -> str | None:
     if report_to == "none":
         return None
@@ -225,76 +219,25 @@ def train(model: torch.nn.Module, loss_fn: LossFn, train_ds: Any, config: TrainC
         eval_fn: `eval_fn(unwrapped_model, accelerator) -> metrics`, run every `eval_every` steps and at the end.
         run_config: the caller's resolved config, sent to the trackers.
     """
-    from accelerate import Accelerator
-    from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration, send_to_device, set_seed
-    from tqdm.auto import tqdm
-    from transformers import get_polynomial_decay_schedule_with_warmup
-
     cfg = config
     out = Path(cfg.output_dir)
     if not cfg.resume and latest_checkpoint(out) is not None:
         raise UserError(f"{out} holds checkpoints of an earlier run: pass --resume to continue it, or choose "
                         "another output folder")
-    from accelerate import PartialState
-    from accelerate.utils import parse_flag_from_env
-
     max_steps = resolve_length(cfg, len(train_ds))
     state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
     grad_accum, per_device = resolve_accumulation(cfg, state.num_processes)
-    precision = resolve_mixed_precision(cfg.mixed_precision, state.device)
     tracker = _tracker(cfg.report_to)
-    accelerator = Accelerator(
-        mixed_precision=precision,
-        log_with=tracker,
-        project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "logs")),
-        step_scheduler_with_optimizer=False,  # one scheduler step per optimizer step, whatever the world size
-        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=cfg.find_unused_parameters)],
-    )
+    accelerator = make_accelerator(cfg, out, resolve_mixed_precision(cfg.mixed_precision, state.device), tracker)
     set_seed(cfg.seed)
     ckpt = latest_checkpoint(out) if cfg.resume else None
     if accelerator.device.type == "cpu":  # predicted memory and step time: a run that cannot fit fails here
-        from student.preflight import preflight
-
         preflight(model, loss_fn, _DrawDataset(train_ds), collate_fn,
                   dataclasses.replace(cfg, grad_accum=grad_accum, max_steps=max_steps), accelerator)
     resolved = {"max_steps": max_steps, "grad_accum": grad_accum, "per_device_batch_size": per_device,
                 "mixed_precision": accelerator.mixed_precision}
-
-    optimizer = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=tuple(cfg.adam_betas),
-                                  eps=cfg.adam_eps)
-    # At least one decay step: the schedule divides by (max_steps - warmup).
-    warmup = max(0, min(int(math.ceil(cfg.warmup_ratio * max_steps)), max_steps - 1))
-    scheduler = get_polynomial_decay_schedule_with_warmup(
-        optimizer, num_warmup_steps=warmup, num_training_steps=max_steps,
-        lr_end=min(cfg.lr_end, cfg.lr * 0.999), power=cfg.lr_power)
-    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
-    ema = None
-    if cfg.ema_decay:
-        ema = WeightEMA(accelerator.unwrap_model(model), cfg.ema_decay)
-        accelerator.register_for_checkpointing(ema)  # saved and restored with the run
-
-    def evaluate() -> dict[str, float]:
-        plain = accelerator.unwrap_model(model)
-        if ema is not None:
-            ema.swap(plain)
-        try:
-            return eval_fn(plain, accelerator)
-        finally:
-            if ema is not None:
-                ema.swap(plain)
-
-    start_step, extra = 0, {}
-    if ckpt is not None:
-        accelerator.load_state(str(ckpt))  # weights, optimizer, scheduler and this process's RNG states
-        extra = json.loads((ckpt / STATE_FILE).read_text())
-        start_step = int(extra.pop("step"))
-    log_path = out / LOG_FILE
-    if accelerator.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
-        if ckpt is None:
-            log_path.unlink(missing_ok=True)
-        else:
-            truncate_log(log_path, start_step)
+    run = prepare(model, cfg, max_steps, accelerator, eval_fn)
+    start_step, extra = restore(accelerator, ckpt, out)
     if tracker:
         accelerator.init_trackers(cfg.project_name, config=_flat_config(run_config or cfg.to_dict()))
 
@@ -306,74 +249,25 @@ def train(model: torch.nn.Module, loss_fn: LossFn, train_ds: Any, config: TrainC
     batches = iter(loader)
     totals = {k: float(v) for k, v in extra.get("totals", {}).items()}
     history: list[dict[str, float]] = []
-    eval_metrics: dict[str, float] = {}
     bar = tqdm(total=max_steps, initial=start_step, desc="train", disable=not accelerator.is_main_process)
-    model.train()
+    run.model.train()
     step = start_step
     for step in range(start_step + 1, max_steps + 1):
         t0 = time.perf_counter()
-        step_loss = torch.zeros((), device=accelerator.device)
-        counts: dict[str, torch.Tensor] = {}
-        for micro in range(grad_accum):
-            batch = send_to_device(next(batches), accelerator.device)
-            # Gradients are all-reduced only on the last micro-batch.
-            sync = micro == grad_accum - 1
-            with accelerator.no_sync(model) if not sync else nullcontext():
-                with accelerator.autocast():
-                    loss, c = loss_fn(model, batch)
-                accelerator.backward(loss / grad_accum)
-            step_loss += loss.detach().float() / grad_accum
-            for k, v in c.items():
-                counts[k] = counts.get(k, 0) + torch.as_tensor(v, device=accelerator.device).detach().float()
-        grad_norm = (accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-                     if cfg.max_grad_norm > 0 else torch.zeros(()))
-        lr = scheduler.get_last_lr()[0]  # the rate this step used
-        optimizer.step()
-        if not accelerator.optimizer_step_was_skipped:  # fp16: an overflowing step leaves the schedule alone
-            scheduler.step()
-            if ema is not None:
-                ema.update(accelerator.unwrap_model(model))
-        optimizer.zero_grad(set_to_none=True)
-
-        # One all-reduce for the logs: mean loss over processes, summed counts.
-        keys = sorted(counts)
-        packed = torch.stack([step_loss] + [counts[k] for k in keys])
-        packed = accelerator.reduce(packed, reduction="sum")
-        log = {"step": step, "loss": packed[0].item() / accelerator.num_processes,
-               "lr": lr, "grad_norm": float(grad_norm),
-               "sec_per_step": time.perf_counter() - t0}
-        for k, v in zip(keys, packed[1:].tolist()):
-            log[k] = v
-            totals[k] = totals.get(k, 0.0) + v
-            log[f"total_{k}"] = totals[k]
+        step_loss, counts, grad_norm, lr = optimizer_step(run, loss_fn, batches, grad_accum, cfg.max_grad_norm)
+        log = step_log(accelerator, step, step_loss, counts, grad_norm, lr, time.perf_counter() - t0, totals)
         evaluated = eval_fn is not None and cfg.eval_every and step % cfg.eval_every == 0 and step < max_steps
         if evaluated:
-            model.eval()
-            eval_metrics = evaluate()
-            model.train()
-            log.update({f"eval/{k}": v for k, v in eval_metrics.items()})
+            run.model.eval()
+            log.update({f"eval/{k}": v for k, v in run.evaluate().items()})
+            run.model.train()
         history.append(log)
-        if accelerator.is_main_process:
-            with log_path.open("a") as f:
-                f.write(json.dumps(log) + "\n")
-            bar.set_postfix(loss=f"{log['loss']:.4f}", lr=f"{log['lr']:.2e}")
-            bar.update(1)
-        if tracker and (step % cfg.log_every == 0 or evaluated):
-            accelerator.log({k: v for k, v in log.items() if k != "step"}, step=step)
-        if cfg.save_every and step % cfg.save_every == 0:
-            save_checkpoint(accelerator, cfg, step, {"totals": totals})
+        record_step(run, cfg, log, bar, tracker, bool(evaluated), totals)
     bar.close()
 
-    if ema is not None:
-        ema.swap(accelerator.unwrap_model(model))  # the run's result is the average
-        ema = None
-    if eval_fn is not None:
-        model.eval()
-        eval_metrics = evaluate()
-        if tracker:
-            accelerator.log({f"eval/{k}": v for k, v in eval_metrics.items()}, step=step)
+    eval_metrics = final_eval(run, tracker, step)
     if tracker:
         accelerator.end_training()
     accelerator.wait_for_everyone()
-    return TrainResult(model=accelerator.unwrap_model(model), step=step, history=history,
+    return TrainResult(model=accelerator.unwrap_model(run.model), step=step, history=history,
                        eval_metrics=eval_metrics, is_main_process=accelerator.is_main_process, resolved=resolved)

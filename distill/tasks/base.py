@@ -16,6 +16,7 @@ from typing import Any, Callable, ClassVar, Mapping, Sequence
 import numpy as np
 
 from distill.errors import UserError
+from distill.ofa.tokenization_ofa import bin_token_ids
 from distill.teachers.base import Prediction
 
 Row = Mapping[str, Any]
@@ -71,17 +72,22 @@ def text_target_ids(text: str, tokenizer: Any) -> list[int]:
     return list(ids) + [tokenizer.eos_token_id]
 
 
+def output_ids(ids: Sequence[int] | Any, tokenizer: Any) -> list[int]:
+    """Token ids (list or tensor) of a model output without `<s>`/padding, cut at the first EOS."""
+    ids = [int(t) for t in (ids.tolist() if hasattr(ids, "tolist") else ids)]
+    ids = [t for t in ids if t != tokenizer.bos_token_id and t != tokenizer.pad_token_id]
+    if tokenizer.eos_token_id in ids:
+        ids = ids[: ids.index(tokenizer.eos_token_id)]
+    return ids
+
+
 def ids_to_text(text_or_ids: str | Sequence[int] | Any, tokenizer: Any | None) -> str:
     """Text as is; token ids (list or tensor) decoded without special tokens, cut at the first EOS."""
     if isinstance(text_or_ids, str):
         return text_or_ids
     if tokenizer is None:
         raise ValueError("decoding token ids needs the tokenizer")
-    ids = [int(t) for t in (text_or_ids.tolist() if hasattr(text_or_ids, "tolist") else text_or_ids)]
-    ids = [t for t in ids if t != tokenizer.bos_token_id and t != tokenizer.pad_token_id]
-    if tokenizer.eos_token_id in ids:
-        ids = ids[: ids.index(tokenizer.eos_token_id)]
-    return tokenizer.decode(ids, skip_special_tokens=True)
+    return tokenizer.decode(output_ids(text_or_ids, tokenizer), skip_special_tokens=True)
 
 
 def most_frequent(items: Sequence[Any]) -> Any:
@@ -305,11 +311,7 @@ class Task(abc.ABC):
     def ctc_keep_ids(self, tokenizer: Any) -> list[int] | None:
         """Labels NARVL's CTC decoding keeps (`ctc_keeps_bins`: the tokenizer's `<bin_k>` ids); None keeps every
         label."""
-        if not self.ctc_keeps_bins:
-            return None
-        from distill.ofa.tokenization_ofa import bin_token_ids
-
-        return bin_token_ids(tokenizer)
+        return bin_token_ids(tokenizer) if self.ctc_keeps_bins else None
 
     def ar_decoding(self, num_beams: int) -> str:
         """How an AR model decodes the task, for the report (e.g. "AR beam 5")."""

@@ -12,6 +12,7 @@ import numpy as np
 from distill.errors import UserError
 from distill.tasks.base import Row, Task, ids_to_text, pre_caption, text_target_ids, trie_prefix_fn
 from distill.teachers.base import Prediction
+from distill.tasks.ofa_decoding import rank_candidates
 from distill.tasks.metrics import ACCURACY_IMPLEMENTATION, accuracy
 
 CANDIDATES = ("yes", "no", "maybe")
@@ -101,8 +102,6 @@ class EntailmentTask(Task):
 
     def ofa_inference(self, model, tokenizer, inputs, settings, num_return_sequences=1):
         """OFA's SNLI-VE evaluation: each candidate scored after the `prev_output` prompt, renormalised over them."""
-        from distill.tasks.ofa_decoding import rank_candidates
-
         return rank_candidates(model, tokenizer, inputs, self.candidates, num_return_sequences)
 
     def generate_kwargs(self, tokenizer: Any, candidates: Sequence[str] | None = None) -> dict[str, Any]:

@@ -13,7 +13,7 @@ import numpy as np
 
 from distill.errors import UserError
 from distill.images import row_image_size
-from distill.tasks.base import Row, Task, pre_caption
+from distill.tasks.base import Row, Task, output_ids, pre_caption
 from distill.teachers.base import Prediction
 from distill.tasks.metrics import GROUNDING_IMPLEMENTATION, grounding_accuracy
 from distill.ofa.tokenization_ofa import (
@@ -129,11 +129,7 @@ class GroundingTask(Task):
         else:
             if tokenizer is None:
                 raise ValueError("decoding token ids needs the tokenizer")
-            ids = [int(t) for t in (text_or_ids.tolist() if hasattr(text_or_ids, "tolist") else text_or_ids)]
-            specials = {tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id}
-            if tokenizer.eos_token_id in ids:
-                ids = ids[: ids.index(tokenizer.eos_token_id)]
-            found = token_ids_to_bins([t for t in ids if t not in specials], tokenizer)
+            found = token_ids_to_bins(output_ids(text_or_ids, tokenizer), tokenizer)
             bins = None if any(b is None for b in found) else found
         if bins is None or len(bins) != 4:
             return None  # NARVL: anything but exactly 4 bins is a miss

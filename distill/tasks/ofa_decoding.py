@@ -21,6 +21,7 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 import torch
+from transformers import LogitsProcessorList
 
 from distill.tasks.base import TokenTrie, text_target_ids
 
@@ -92,8 +93,6 @@ def beam_search_answers(model, tokenizer, inputs: dict[str, torch.Tensor], answe
     targets = [text_target_ids(a, tokenizer) for a in answers]
     prompts = decoder_prompts(inputs["input_ids"], pad, eos)
     processor = PromptTrieProcessor(prompts, TokenTrie(targets), eos, num_beams)
-    from transformers import LogitsProcessorList
-
     res = model.generate(
         **inputs, num_beams=num_beams, num_return_sequences=num_return_sequences, do_sample=False,
         max_new_tokens=max(len(p) for p in prompts) + max(len(t) for t in targets), length_penalty=0.0,

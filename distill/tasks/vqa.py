@@ -15,6 +15,7 @@ import numpy as np
 
 from distill.errors import UserError
 from distill.tasks.base import Row, Task, ids_to_text, pre_question
+from distill.tasks.ofa_decoding import beam_search_answers, rank_candidates
 from distill.tasks.metrics import (VQA_IMPLEMENTATION, VQA_TSV_IMPLEMENTATION, normalize_vqa_answer, tsv_vqa_score,
                                    vqa_score)
 
@@ -220,8 +221,6 @@ class VQATask(Task):
     def ofa_inference(self, model, tokenizer, inputs, settings, num_return_sequences=1):
         """OFA's VQA inference: the `prev_output` prompt forced, then beam search over the answer trie with
         unnormalised scores (`vqa_mode` beam), or every candidate scored (allcand)."""
-        from distill.tasks.ofa_decoding import beam_search_answers, rank_candidates
-
         candidates = settings.get("candidates")
         if not candidates:
             raise UserError("VQA decoding needs the candidate answer list (OFA's trainval_ans2label.pkl)")
