@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from distill.errors import UserError
+from distill.jsonio import atomic_write_text
 from distill.manifest import teacher_tokenizer_sha256
 from distill.teachers.base import tokenizer_sha256
 
@@ -177,9 +178,7 @@ class SkipLog:
         """Rewrite the file deduplicated and sorted (atomically; no file when nothing was skipped)."""
         recs = self.records()
         if self.path is not None and recs:
-            tmp = self.path.with_name(self.path.name + ".tmp")
-            tmp.write_text("".join(json.dumps(r) + "\n" for r in recs), encoding="utf-8")
-            os.replace(tmp, self.path)
+            atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in recs))
         return recs
 
     @classmethod

@@ -18,6 +18,7 @@ import torch
 
 from distill.errors import UserError
 from distill.hub_ids import resolve_model_folder
+from distill.jsonio import atomic_write_text
 from distill.tasks.base import ids_to_text
 from distill.ofa.processing_ofa import OFAProcessor
 
@@ -316,11 +317,8 @@ def evaluate(model: str | os.PathLike, task: str, data: str | os.PathLike, split
     if out is not None:
         out = Path(out)
         out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(out.name + ".tmp")
-        with tmp.open("w") as f:
-            for row, pred, text in zip(scored, res.predictions, res.texts):
-                f.write(json.dumps({"id": row["id"], "output": text, "prediction": pred}) + "\n")
-        os.replace(tmp, out)
+        atomic_write_text(out, "".join(json.dumps({"id": row["id"], "output": text, "prediction": pred}) + "\n"
+                                       for row, pred, text in zip(scored, res.predictions, res.texts)))
         result.predictions_path = str(out)
         skip_log = SkipLog(out.with_name(out.stem + ".skipped.jsonl"))
         skip_log.path.unlink(missing_ok=True)  # a previous evaluation's skips are not this one's

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from distill.errors import UserError
+from distill.jsonio import atomic_write_text
 from distill.ofa.positions import TOKEN_BUCKET_POSITIONS
 from distill.ofa.processing_ofa import OFAProcessor
 from distill.tasks import get_task
@@ -220,7 +221,5 @@ def export_onnx(model_dir: str | os.PathLike, out: str | os.PathLike, opset: int
         outputs={"logits": {"dtype": "float32", "shape": ["batch", cfg.num_queries, v1]}},
         source=str(model_dir), torch_version=torch.__version__, max_abs_diff=diff,
     )
-    tmp = out / (EXPORT_FILE + ".tmp")
-    tmp.write_text(json.dumps(asdict(spec), indent=1))
-    os.replace(tmp, out / EXPORT_FILE)
+    atomic_write_text(out / EXPORT_FILE, json.dumps(asdict(spec), indent=1))
     return ExportResult(out=out, spec=spec)
