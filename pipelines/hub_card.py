@@ -30,6 +30,7 @@ COLUMN_MEANINGS = {
     "target_ids": "the teacher tokenizer's ids of `target`, ending with EOS",
     "teacher_logprob": "the teacher's sequence log-probability of `target`",
     "target_len": "length of `target_ids` (EOS included)",
+    "target_box": "the teacher's box, x0 y0 x1 y1 in original image pixels (grounding)",
     "nbest": "the teacher's n-best outputs (with `--num-return-sequences`)",
     "nbest_logprobs": "sequence log-probabilities of the n-best outputs",
     "captions": "the source's reference captions",
