@@ -12,6 +12,10 @@ from distill.teachers.base import Prediction, Teacher, TeacherIdentity, tokenize
 from distill.teachers.ofa import OFATeacher
 
 
+NOT_TEACHERS = {"narvl": "NARVL student"}
+"""Model types narvl-pipe writes that cannot teach (a NARVL student decodes in one pass, it does not generate)."""
+
+
 def model_type(folder: Path) -> str:
     """The `model_type` of a model folder's `config.json` (a UserError names a missing or unreadable one)."""
     f = Path(folder) / "config.json"
@@ -30,6 +34,9 @@ def load_teacher(folder: Path, ident: Mapping[str, Any], config: Any, device: An
     identity). Reads its config, tokenizer and processor only: the weights load at `Teacher.load()`.
     `default_resolution` (the task's) applies to a teacher whose folder records none (OFA)."""
     kind = model_type(folder)
+    if kind in NOT_TEACHERS:
+        raise UserError(f"teacher {folder} is a {NOT_TEACHERS[kind]} (model_type {kind}): a teacher is an "
+                        "autoregressive model (OFA, or a transformers image-text model)")
     if kind == "ofa":
         return OFATeacher.from_pretrained(folder, ident, config, device, default_resolution)
     try:  # written separately (any transformers image-text family); imported only when such a teacher is asked for
