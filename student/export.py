@@ -143,8 +143,8 @@ def _example_inputs(tokenizer, resolution: int, prompts: list[str], seed: int = 
 
 
 def _check_batches(tokenizer, resolution: int, task: str | None) -> list[tuple[torch.Tensor, ...]]:
-    prompt = get_task(task or "caption").prompt({"question": "what is it", "region_text": "the shape",
-                                                  "hypothesis": "a shape", "premise": "", "id": "export"})
+    t = get_task(task or "caption")
+    prompt = t.prompt({"id": "export", **{c: "" if c in t.optional_columns else "the shape" for c in t.text_columns}})
     # Other batch sizes and prompt lengths than the trace's, so that a baked-in shape fails here, not in use.
     return [_example_inputs(tokenizer, resolution, [prompt], seed=1),
             _example_inputs(tokenizer, resolution, [" a b c d e f g h", prompt, " what?"], seed=2)]

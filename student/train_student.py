@@ -188,7 +188,8 @@ def train_student(cfg: StudentTrainConfig) -> TrainResult:
                   "(zero loss; see n_infeasible in log.jsonl)")
         record = {**run_config, "final_step": result.step, "eval": result.eval_metrics,
                   "filter": dataclasses.asdict(report) | {"kept": report.kept},
-                  "n_infeasible_total": infeasible, "skipped_rows": skips.report()}
+                  "n_infeasible_total": infeasible, "skipped_rows": skips.report(),
+                  "kd_targets": "re-encoded in the student's tokenizer" if reencode else cfg.target_column}
         save_model_folder(result.model, tokenizer, processor, cfg.output_dir, record)
     return result
 
