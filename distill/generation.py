@@ -37,7 +37,7 @@ def generation_settings(config: DistillConfig, task, teacher, candidates: list[s
             gen[name] = value
     limit = task.max_return_sequences(gen)
     if config.num_return_sequences > limit:
-        raise UserError(f"--num-return-sequences {config.num_return_sequences} exceeds --num-beams {limit}")
+        raise UserError(f"`num_return_sequences` {config.num_return_sequences} exceeds `num_beams` {limit}")
     gen["num_return_sequences"] = config.num_return_sequences
     defaults = {f.name: f.default for f in dataclasses.fields(DistillConfig) if f.name in TASK_OPTIONS}
     options = task_options(task, {k: getattr(config, k) for k in TASK_OPTIONS}, defaults)

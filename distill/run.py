@@ -83,7 +83,7 @@ class DistillSummary:
 def check_config(config: DistillConfig) -> None:
     """The config's own values (before any data or model is opened)."""
     if config.batch_size < 1:
-        raise UserError(f"--batch-size must be >= 1, got {config.batch_size}")
+        raise UserError(f"`batch_size` must be >= 1, got {config.batch_size}")
     for name, allowed in TEACHER_CHOICES.items():
         if getattr(config, name) not in allowed:
             raise UserError(f"{name} must be one of {', '.join(allowed)}, got {getattr(config, name)!r}")

@@ -364,7 +364,7 @@ def predict(model: str | os.PathLike | LoadedModel, task: str, image: Any, text:
     candidates = None
     if t.needs_answer_list and kind == "ofa":
         if not answers:
-            raise UserError(f"{t.name} with the AR teacher needs --answers FILE (its candidate answer list)")
+            raise UserError(f"{t.name} with the AR teacher needs `answers` FILE (its candidate answer list)")
         candidates = _candidates(t, answers)
     lm = model if isinstance(model, LoadedModel) else load_model(model, device, task=t)
     res = predict_rows(lm, t, [row], 1, num_beams, candidates)

@@ -35,7 +35,7 @@ class Predictor:
         self.loaded = loaded
         self.task = get_task(task)
         if self.task.needs_answer_list and loaded.kind == "ofa" and not candidates:
-            raise UserError(f"{self.task.name} with the AR teacher needs its candidate answer list (answers)")
+            raise UserError(f"{self.task.name} with the AR teacher needs its candidate answer list (`answers`)")
         self.candidates = list(candidates) if candidates else None
 
     @classmethod

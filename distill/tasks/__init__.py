@@ -77,7 +77,7 @@ def task_options(task: Task, given: dict[str, Any], defaults: dict[str, Any]) ->
     for option, value in given.items():
         if option not in task.options and value != defaults.get(option):
             owners = [n for n, cls in TASKS.items() if option in cls.options]
-            raise UserError(f"--{option.replace('_', '-')} applies to --task {' or '.join(owners)} only")
+            raise UserError(f"`{option}` applies to `task` {' or '.join(owners)} only")
     return task.decoding_settings({k: v for k, v in given.items() if k in task.options})
 
 

@@ -294,7 +294,7 @@ class Task(abc.ABC):
     def answer_list(self, answers: str | None) -> list[str] | None:
         """The candidate answer list an AR teacher decodes over, read from the `answers` file (VQA only)."""
         if answers:
-            raise UserError(f"--answers applies to --task vqa only (task {self.name} decodes without an answer list)")
+            raise UserError(f"`answers` applies to the tasks that decode over an answer list, not to {self.name}")
         return None
 
     def eval_candidates(self, rows: Sequence[Row]) -> list[str] | None:

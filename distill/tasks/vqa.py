@@ -147,14 +147,14 @@ class VQATask(Task):
         """`vqa_mode`: OFA's beam search over the answer trie, or every candidate scored (`allcand`)."""
         mode = options.get("vqa_mode", "beam")
         if mode not in VQA_MODES:
-            raise UserError(f"--vqa-mode must be one of {', '.join(VQA_MODES)}, got {mode!r}")
+            raise UserError(f"`vqa_mode` must be one of {', '.join(VQA_MODES)}, got {mode!r}")
         return {"vqa_mode": mode}
 
     def answer_list(self, answers: str | None) -> list[str]:
         """OFA decodes over its fixed trainval answer list, not the split's: the `answers` file is required."""
         if answers:
             return read_answers(answers)
-        raise UserError("--task vqa needs --answers FILE: the candidate answer list the teacher decodes over (OFA's "
+        raise UserError("`task` vqa needs `answers` FILE: the candidate answer list the teacher decodes over (OFA's "
                         "dataset/vqa_data/trainval_ans2label.pkl from OFA-Sys's VQA data, or a text/JSON list)")
 
     def eval_candidates(self, rows: Sequence[Row]) -> list[str]:

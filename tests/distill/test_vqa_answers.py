@@ -36,8 +36,8 @@ def test_a_pickle_that_imports_anything_is_refused(tmp_path):
 
 
 def test_vqa_without_answers_fails_saying_where_the_list_comes_from():
-    with pytest.raises(UserError, match=r"^--task vqa needs --answers FILE: .*trainval_ans2label\.pkl"):
+    with pytest.raises(UserError, match=r"^`task` vqa needs `answers` FILE: .*trainval_ans2label\.pkl"):
         get_task("vqa").answer_list(None)
     assert get_task("caption").answer_list(None) is None
-    with pytest.raises(UserError, match="vqa only"):
+    with pytest.raises(UserError, match="^`answers` applies to the tasks that decode over an answer list, not to caption$"):
         get_task("caption").answer_list("x.txt")
