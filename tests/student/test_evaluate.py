@@ -103,7 +103,7 @@ def test_other_tasks_and_predict(models, tmp_path):
     h.cli("predict", "--model", teacher, "--task", "entailment", "--image", image, "--text", "a red circle")
     with pytest.raises(UserError, match="--text is required"):
         predict(student, "vqa", str(image))
-    with pytest.raises(UserError, match="--answers"):
+    with pytest.raises(UserError, match="vqa with the AR teacher needs `answers` FILE"):
         predict(teacher, "vqa", str(image), text="what color is the circle")
     out = h.cli("evaluate", "--model", student, "--task", "caption", "--data", world, "--limit", "2",
                 "--out", tmp_path / "e.jsonl")
