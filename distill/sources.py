@@ -292,10 +292,10 @@ def _canonicalise(ds, split: str, columns_map: Mapping[str, str], task, src: str
     columns = canonical_columns()
     for canonical, source in columns_map.items():
         if canonical not in columns:
-            raise UserError(f"--column {canonical}={source}: '{canonical}' is not a canonical column; "
+            raise UserError(f"`columns` {canonical}={source}: '{canonical}' is not a canonical column; "
                             f"choose from {', '.join(columns)}")
         if source not in ds.column_names:
-            raise UserError(f"--column {canonical}={source}: column '{source}' not found; "
+            raise UserError(f"`columns` {canonical}={source}: column '{source}' not found; "
                             f"columns: {', '.join(ds.column_names)}")
     renames = {s: c for c, s in columns_map.items() if s != c}
     clash = [c for c in renames.values() if c in ds.column_names and c not in renames]
@@ -378,6 +378,6 @@ def parse_columns(items: list[str] | None) -> dict[str, str]:
     for item in items or []:
         canonical, sep, source = item.partition("=")
         if not sep or not canonical.strip() or not source.strip():
-            raise UserError(f"--column {item!r}: expected canonical=source, e.g. --column captions=text")
+            raise UserError(f"`columns` {item!r}: expected canonical=source, e.g. captions=text")
         out[canonical.strip()] = source.strip()
     return out

@@ -30,7 +30,7 @@ def resolve_teacher(teacher: str, revision: str | None) -> tuple[Path, dict]:
 
     Checks that the folder holds a config and tokenizer files, without loading anything.
     """
-    folder, ident = resolve_model_folder(teacher, revision, field="--teacher")
+    folder, ident = resolve_model_folder(teacher, revision, field="teacher")
     has_bpe = (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file()
     if not ((folder / "tokenizer.json").is_file() or has_bpe or (folder / "tokenizer.model").is_file()):
         raise UserError(f"teacher {teacher} has no tokenizer files (tokenizer.json, or vocab.json + merges.txt)")

@@ -119,7 +119,7 @@ def filter_rows(ds, min_teacher_logprob: float | None = None, max_target_len: in
     report = FilterReport(total=len(ds))
     if min_teacher_logprob is not None:
         if "teacher_logprob" not in ds.column_names:
-            raise UserError("--min-teacher-logprob needs a distilled dataset (column teacher_logprob)")
+            raise UserError("`min_teacher_logprob` needs a distilled dataset (column teacher_logprob)")
         before = len(ds)
         ds = ds.filter(lambda lp: [v is not None and v >= min_teacher_logprob for v in lp],
                        input_columns=["teacher_logprob"], batched=True, desc="filter teacher log-prob")
@@ -127,7 +127,7 @@ def filter_rows(ds, min_teacher_logprob: float | None = None, max_target_len: in
     if max_target_len is not None:
         col = "target_len" if "target_len" in ds.column_names else "target_ids" if "target_ids" in ds.column_names else None
         if col is None:
-            raise UserError("--max-target-len needs a distilled dataset (column target_len or target_ids)")
+            raise UserError("`max_target_len` needs a distilled dataset (column target_len or target_ids)")
         before = len(ds)
         ds = ds.filter(lambda v: [(x if col == "target_len" else len(x)) <= max_target_len for x in v],
                        input_columns=[col], batched=True, desc="filter target length")
@@ -243,14 +243,14 @@ class TaskRows:
     def __init__(self, ds, task, tokenizer, image_processor, target_column: str = "target", seed: int = 0,
                  resolution: int | None = None, skips: SkipLog | None = None, reencode: bool = False):
         if target_column not in TARGET_COLUMNS:
-            raise UserError(f"--target-column must be one of {', '.join(TARGET_COLUMNS)}, got {target_column!r}")
+            raise UserError(f"`target_column` must be one of {', '.join(TARGET_COLUMNS)}, got {target_column!r}")
         if target_column == "target" and not is_distilled(ds):
-            raise UserError("--target-column target needs a distilled dataset (columns target_ids/target); "
+            raise UserError("`target_column` target needs a distilled dataset (columns target_ids/target); "
                             "use --target-column references to train on the raw labels")
         if target_column == "references":
             missing = [c for c in task.input_columns if c not in ds.column_names and c != "premise"]
             if missing:
-                raise UserError(f"--target-column references: the data lacks {missing} for task {task.name}")
+                raise UserError(f"`target_column` references: the data lacks {missing} for task {task.name}")
         from datasets import Image
 
         if isinstance(ds.features.get("image"), Image) and ds.features["image"].decode:

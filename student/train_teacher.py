@@ -123,13 +123,13 @@ def build_ofa_config(cfg: TeacherTrainConfig, vocab_size: int, resolution: int):
 
     arch = cfg.arch or "tiny"
     if arch not in ARCHS:
-        raise UserError(f"--arch must be one of {', '.join(ARCHS)}, got {arch!r}")
+        raise UserError(f"`arch` must be one of {', '.join(ARCHS)}, got {arch!r}")
     a = dict(ARCHS[arch])
     layers = cfg.layers
     d_model = cfg.d_model or a["d_model"]
     heads = cfg.heads or a["heads"]
     if d_model % heads:
-        raise UserError(f"--d-model {d_model} must be divisible by --heads {heads}")
+        raise UserError(f"`d_model` {d_model} must be divisible by `heads` {heads}")
     fields = dict(
         vocab_size=vocab_size, d_model=d_model, encoder_attention_heads=heads, decoder_attention_heads=heads,
         encoder_layers=layers or a["encoder_layers"], decoder_layers=layers or a["decoder_layers"],
@@ -141,7 +141,7 @@ def build_ofa_config(cfg: TeacherTrainConfig, vocab_size: int, resolution: int):
     if cfg.config_json:
         p = Path(cfg.config_json)
         if not p.is_file():
-            raise UserError(f"--config-json {p}: file not found")
+            raise UserError(f"`config_json` {p}: file not found")
         fields.update(json.loads(p.read_text()))
     try:
         return OFAConfig(**fields)
@@ -194,7 +194,7 @@ def train_teacher(cfg: TeacherTrainConfig) -> TrainResult:
     from student.trainer import train
 
     if cfg.init and (cfg.arch or cfg.config_json):
-        raise UserError("--init and --arch/--config-json are exclusive: fine-tune a checkpoint or build a new model")
+        raise UserError("`init` and `arch`/`config_json` are exclusive: fine-tune a checkpoint or build a new model")
     task = get_task(cfg.task)
     names = _task_names(cfg)
     # the data first: a bad source fails before a load
@@ -223,7 +223,7 @@ def train_teacher(cfg: TeacherTrainConfig) -> TrainResult:
     else:
         tok_src = cfg.tokenizer or os.path.join(cfg.data, "tokenizer")
         if not Path(tok_src).is_dir():
-            raise UserError(f"no tokenizer at {tok_src}: pass --tokenizer DIR to build a teacher with --arch")
+            raise UserError(f"no tokenizer at {tok_src}: pass `tokenizer` DIR to build a teacher with `arch`")
         tokenizer = load_ofa_tokenizer(tok_src)
         processor = OFAImageProcessor(size=default_resolution(cfg, task))
         model = OFAModel(build_ofa_config(cfg, len(tokenizer), processor.size))

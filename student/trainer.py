@@ -222,7 +222,7 @@ def train(model: torch.nn.Module, loss_fn: LossFn, train_ds: Any, config: TrainC
     cfg = config
     out = Path(cfg.output_dir)
     if not cfg.resume and latest_checkpoint(out) is not None:
-        raise UserError(f"{out} holds checkpoints of an earlier run: pass --resume to continue it, or choose "
+        raise UserError(f"{out} holds checkpoints of an earlier run: pass `resume` to continue it, or choose "
                         "another output folder")
     max_steps = resolve_length(cfg, len(train_ds))
     state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))

@@ -79,7 +79,7 @@ def _load_pickle(path: Path) -> Any:
         try:
             return _DataOnlyUnpickler(fh).load()
         except (pickle.UnpicklingError, EOFError, ValueError, TypeError) as exc:
-            raise UserError(f"--answers {path}: not a data-only pickle ({exc})") from exc
+            raise UserError(f"`answers` {path}: not a data-only pickle ({exc})") from exc
 
 
 def read_answers(path: str) -> list[str]:
@@ -87,7 +87,7 @@ def read_answers(path: str) -> list[str]:
     list or dict (same rule), or one answer per line."""
     p = Path(path)
     if not p.is_file():
-        raise UserError(f"--answers {path}: file not found")
+        raise UserError(f"`answers` {path}: file not found")
     if p.suffix == ".pkl":
         data = _load_pickle(p)
     elif p.suffix == ".json":
@@ -96,12 +96,12 @@ def read_answers(path: str) -> list[str]:
         data = [ln.strip() for ln in p.read_text(encoding="utf-8").splitlines() if ln.strip()]
     if isinstance(data, dict):
         if not all(isinstance(k, str) and isinstance(v, int) for k, v in data.items()):
-            raise UserError(f"--answers {path}: expected a dict answer -> integer label")
+            raise UserError(f"`answers` {path}: expected a dict answer -> integer label")
         data = sorted(data, key=data.get)  # OFA's index2ans order (ties keep the file order)
     if not isinstance(data, list) or not all(isinstance(a, str) for a in data):
-        raise UserError(f"--answers {path}: expected a list of answer strings")
+        raise UserError(f"`answers` {path}: expected a list of answer strings")
     if not data:
-        raise UserError(f"--answers {path} holds no answers")
+        raise UserError(f"`answers` {path} holds no answers")
     return data
 
 

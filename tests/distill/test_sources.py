@@ -55,7 +55,7 @@ def test_column_mapping_and_one_line_errors(tmp_path):
     out = open_source(tmp_path / "src", "train", cols, task)
     assert out["id"] == ["7", "8"] and out["captions"] == [["a red circle"], ["a blue square"]]
     assert out.features["captions"] == List(Value("string"))
-    with pytest.raises(UserError, match=r"^--column captions=txt: column 'txt' not found; columns: uid, picture, text$"):
+    with pytest.raises(UserError, match=r"^`columns` captions=txt: column 'txt' not found; columns: uid, picture, text$"):
         open_source(tmp_path / "src", "train", {"image": "picture", "captions": "txt"}, task)
     with pytest.raises(UserError, match="not a canonical column"):
         open_source(tmp_path / "src", "train", {"caption": "text"}, task)

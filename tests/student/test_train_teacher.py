@@ -76,7 +76,7 @@ def test_bad_teacher_options(world, tmp_path):
     from student.train_teacher import TeacherTrainConfig, train_teacher
 
     base = dict(output_dir=str(tmp_path / "x"), task="caption", data=str(world), max_steps=1, report_to="none")
-    with pytest.raises(UserError, match="--arch must be one of"):
+    with pytest.raises(UserError, match="`arch` must be one of"):
         train_teacher(TeacherTrainConfig(**base, arch="gigantic"))
     with pytest.raises(UserError, match="exclusive"):
         train_teacher(TeacherTrainConfig(**base, init=str(world), arch="tiny"))

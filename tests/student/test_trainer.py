@@ -59,7 +59,7 @@ def test_refuses_to_overwrite_an_earlier_run(tmp_path):
     ckpt = tmp_path / "checkpoints" / "step_00000003"
     ckpt.mkdir(parents=True)
     (ckpt / "trainer_state.json").write_text('{"step": 3}')
-    with pytest.raises(UserError, match="--resume"):
+    with pytest.raises(UserError, match="`resume`"):
         train(torch.nn.Linear(2, 2), None, [0], TrainConfig(output_dir=str(tmp_path), max_steps=1))
 
 
