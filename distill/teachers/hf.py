@@ -1,0 +1,325 @@
+"""`HFTeacher`: any transformers image-text model (`AutoModelForImageTextToText`, else `AutoModelForCausalLM` /
+`AutoModelForSeq2SeqLM`) with its `AutoProcessor`, as a distillation teacher.
+
+How a task is inferred:
+- text tasks (caption, vqa): `generate()` with the run's settings; only the NEW tokens are kept (decoder-only
+  families echo the prompt), cut after the first EOS, decoded without special tokens;
+- box tasks (grounding): the same, decoded with the family's location tokens kept, and the first box of the family's
+  location format (`distill.teachers.families`, `locations`) mapped back to the ORIGINAL image pixels;
+- choice tasks (entailment): every candidate (`task.candidates`, e.g. yes/no/maybe) followed by EOS is scored by
+  teacher forcing in one batched forward; the best is the label.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from distill.errors import UserError
+from distill.teachers.base import Prediction, Teacher, TeacherIdentity, tokenizer_sha256
+from distill.teachers.families import Family, box_families, chat_text, check_template, family_for
+
+GENERATE_KEYS = ("num_beams", "max_new_tokens", "min_new_tokens", "no_repeat_ngram_size", "num_return_sequences",
+                 "length_penalty", "repetition_penalty", "do_sample", "temperature", "top_k", "top_p")
+"""Settings passed on to `generate()`; the rest (OFA's decoding constraints over its own vocabulary: bin tokens,
+answer tries) do not apply to another vocabulary and are dropped."""
+
+
+def task_kind(task: Any) -> str:
+    """How a teacher infers `task`: "choice" when the task lists candidates, "box" when its rows hold a `box`
+    (predictions are boxes), else "text" (free generation)."""
+    if getattr(task, "candidates", None):
+        return "choice"
+    if "box" in getattr(task, "input_columns", ()):
+        return "box"
+    return "text"
+
+
+def _auto_class(model_type: str):
+    """The Auto class that maps `model_type` (image-text-to-text first)."""
+    import transformers
+    from transformers.models.auto import modeling_auto as ma
+
+    for mapping, name in ((ma.MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES, "AutoModelForImageTextToText"),
+                          (ma.MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES, "AutoModelForSeq2SeqLM"),
+                          (ma.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, "AutoModelForCausalLM")):
+        if model_type in mapping:
+            return getattr(transformers, name)
+    raise UserError(f"teacher model_type {model_type!r} is not an image-text model transformers can generate with "
+                    "(not in AutoModelForImageTextToText, AutoModelForSeq2SeqLM or AutoModelForCausalLM)")
+
+
+def _ids(value) -> set[int]:
+    if value is None:
+        return set()
+    return {int(v) for v in value} if isinstance(value, (list, tuple)) else {int(value)}
+
+
+class HFInputs:
+    """The picklable half of `HFTeacher` (processor, family, template): builds model inputs in DataLoader workers."""
+
+    def __init__(self, processor: Any, family: Family, template: str | None, encoder_decoder: bool,
+                 decoder_prefix: list[int], eos_id: int):
+        self.processor, self.family, self.template = processor, family, template
+        self.encoder_decoder, self.decoder_prefix, self.eos_id = encoder_decoder, decoder_prefix, eos_id
+
+    @property
+    def tokenizer(self):
+        return self.processor.tokenizer
+
+    def prompts(self, rows: Sequence[Mapping[str, Any]], task: Any) -> list[str]:
+        """The teacher's prompt per row (the family's template filled; before any chat wrapping)."""
+        return [self.family.prompt(task.name, row, self.template, task.prompt(row)) for row in rows]
+
+    def _encode(self, images: Sequence[Any], prompts: Sequence[str]) -> dict:
+        if self.family.chat:
+            texts = [chat_text(self.processor, p) for p in prompts]
+        elif self.family.image_prefix:
+            texts = [self.processor.image_token + p for p in prompts]
+        else:
+            texts = list(prompts)
+        enc = self.processor(images=list(images), text=texts, return_tensors="pt", padding=True)
+        enc.pop("labels", None)  # PaliGemma's processor adds training labels for backward compatibility
+        return dict(enc)
+
+    def check_task(self, task: Any) -> str:
+        """The task's kind; a UserError when the family cannot infer it (a box task without a location format)."""
+        kind = task_kind(task)
+        if kind == "box" and self.family.boxes is None:
+            raise UserError(f"teacher family {self.family.name} has no location format, so it cannot distil "
+                            f"{task.name}; families that can: {', '.join(box_families())}")
+        return kind
+
+    def __call__(self, rows, images, task) -> dict[str, Any]:
+        kind = self.check_task(task)
+        prompts = self.prompts(rows, task)
+        out: dict[str, Any] = {"kind": kind, "prompts": prompts, "orig_sizes": [tuple(im.size) for im in images]}
+        if kind == "choice":
+            out.update(self._choice_inputs(images, prompts, list(task.candidates)))
+            return out
+        enc = self._encode(images, prompts)
+        out["model_inputs"] = enc
+        out["prompt_len"] = 0 if self.encoder_decoder else int(enc["input_ids"].shape[1])
+        out["resized_sizes"] = self._resized(enc, len(images))
+        return out
+
+    def _resized(self, enc: Mapping[str, Any], n: int) -> list[tuple[int, int] | None]:
+        """(width, height) of each image as fed to the model, for families whose boxes are in those pixels (the
+        Qwen-VL processors' `image_grid_thw` counts patches)."""
+        grid = enc.get("image_grid_thw")
+        patch = getattr(self.processor.image_processor, "patch_size", None)
+        if grid is None or patch is None or len(grid) != n:
+            return [None] * n
+        return [(int(g[2]) * patch, int(g[1]) * patch) for g in grid.tolist()]
+
+    def _choice_inputs(self, images, prompts, candidates: list[str]) -> dict[str, Any]:
+        """Each (row, candidate) pair as one teacher-forced sequence: the prompt (left-padded for decoder-only
+        models), then the candidate's ids + EOS (right-padded). `choice_mask` marks the scored tokens."""
+        import torch
+
+        k = len(candidates)
+        enc = self._encode([im for im in images for _ in range(k)], [p for p in prompts for _ in range(k)])
+        cand = [self.tokenizer(c, add_special_tokens=False)["input_ids"] + [self.eos_id] for c in candidates]
+        width = max(len(c) for c in cand)
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eos_id
+        n = len(images) * k
+        tail = torch.full((n, width), pad, dtype=torch.long)
+        tail_mask = torch.zeros((n, width), dtype=torch.long)
+        for i in range(n):
+            ids = cand[i % k]
+            tail[i, : len(ids)] = torch.tensor(ids)
+            tail_mask[i, : len(ids)] = 1
+        if self.encoder_decoder:
+            prefix = torch.tensor([self.decoder_prefix] * n, dtype=torch.long)
+            enc["decoder_input_ids"] = torch.cat([prefix, tail], dim=1)
+            enc["decoder_attention_mask"] = torch.cat([torch.ones_like(prefix), tail_mask], dim=1)
+            start = prefix.shape[1]
+        else:
+            start = enc["input_ids"].shape[1]
+            for key, value in list(enc.items()):
+                if key == "input_ids":
+                    enc[key] = torch.cat([value, tail], dim=1)
+                elif key == "attention_mask":
+                    enc[key] = torch.cat([value, tail_mask], dim=1)
+                elif key == "token_type_ids":  # PaliGemma: 0 = prefix (bidirectional), 1 = the answer
+                    enc[key] = torch.cat([value, torch.ones_like(tail)], dim=1)
+                elif torch.is_tensor(value) and value.shape == (n, start):  # e.g. mm_token_type_ids: text = 0
+                    enc[key] = torch.cat([value, torch.zeros_like(tail)], dim=1)
+        return {"model_inputs": enc, "choice_start": start, "choice_width": width, "choice_mask": tail_mask,
+                "candidates": candidates, "candidate_ids": cand}
+
+
+class HFTeacher(Teacher):
+    """A transformers image-text model as a teacher (see the module docstring)."""
+
+    def __init__(self, model: Any, processor: Any, family: Family, identity: TeacherIdentity,
+                 template: str | None = None):
+        gen = model.generation_config
+        self.model, self.family, self.identity = model, family, identity
+        self.encoder_decoder = bool(getattr(model.config, "is_encoder_decoder", False))
+        tok = processor.tokenizer
+        self.eos_ids = _ids(gen.eos_token_id) | _ids(tok.eos_token_id)
+        eos = _ids(gen.eos_token_id) or _ids(tok.eos_token_id)
+        if not eos:
+            raise UserError("the teacher has no EOS token (generation_config.eos_token_id, tokenizer.eos_token_id)")
+        eos_id = int(tok.eos_token_id) if tok.eos_token_id in eos else min(eos)
+        self.pad_id = gen.pad_token_id if gen.pad_token_id is not None else tok.pad_token_id
+        prefix = []
+        if self.encoder_decoder:
+            start = gen.decoder_start_token_id
+            if start is None:
+                start = getattr(model.config, "decoder_start_token_id", None)
+            prefix = [int(start)] + ([int(gen.forced_bos_token_id)] if gen.forced_bos_token_id is not None else [])
+        else:
+            tok.padding_side = "left"  # generation continues every row from its last prompt token
+        self.inputs = HFInputs(processor, family, template, self.encoder_decoder, prefix, eos_id)
+
+    # The DataLoader workers need only the processor half; never pickle the weights.
+    def __getstate__(self):
+        return {k: v for k, v in self.__dict__.items() if k != "model"}
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path, ident: Mapping[str, Any], config: Any, device: Any) -> "HFTeacher":
+        """Load the model (weights in `config.dtype`, attention `config.attn_implementation`) and its processor
+        from a `save_pretrained` folder; `ident` is the teacher's source record ({"id", "revision"/"sha256"})."""
+        import torch
+        from transformers import AutoProcessor
+
+        from distill.loading import load_pretrained
+
+        folder = Path(folder)
+        model_type = json.loads((folder / "config.json").read_text(encoding="utf-8")).get("model_type")
+        template = getattr(config, "prompt_template", None)
+        if template:
+            check_template(template)
+        auto = _auto_class(model_type)
+        processor = AutoProcessor.from_pretrained(str(folder))
+        if not hasattr(processor, "tokenizer") or not hasattr(processor, "image_processor"):
+            raise UserError(f"teacher {folder}: its AutoProcessor ({type(processor).__name__}) has no tokenizer + "
+                            "image processor pair")
+        family = family_for(model_type, bool(getattr(processor, "chat_template", None)))
+        model = load_pretrained(auto, folder, dtype=getattr(torch, config.dtype),
+                                attn_implementation=config.attn_implementation)
+        model = model.to(device).eval()
+        identity = TeacherIdentity(
+            family=model_type, source=dict(ident), tokenizer_sha256=tokenizer_sha256(processor.tokenizer),
+            extra={"prompt_template": template, "model_class": type(model).__name__, **family.extra})
+        return cls(model, processor, family, identity, template)
+
+    @property
+    def processor(self):
+        return self.inputs.processor
+
+    def check_task(self, task: Any) -> None:
+        """Raise a UserError before any batch when this family cannot infer `task` (grounding without a box
+        format)."""
+        self.inputs.check_task(task)
+
+    def prepare(self, rows, images, task) -> dict[str, Any]:
+        return self.inputs(rows, images, task)
+
+    # ------------------------------------------------------------------------------------------------ inference
+    def _to_device(self, tensors: Mapping[str, Any]) -> dict[str, Any]:
+        import torch
+
+        out = {}
+        for key, value in tensors.items():
+            if torch.is_tensor(value):
+                value = value.to(self.model.device)
+                if value.is_floating_point():
+                    value = value.to(self.model.dtype)
+            out[key] = value
+        return out
+
+    def infer(self, inputs, task, settings) -> list[list[Prediction]]:
+        import torch
+
+        with torch.inference_mode():
+            if inputs["kind"] == "choice":
+                return self._choose(inputs, int(settings.get("num_return_sequences", 1)))
+            return self._generate(inputs, settings)
+
+    def _cut(self, ids: list[int]) -> tuple[list[int], int]:
+        """(ids up to and including the first EOS, EOS appended if missing; how many were generated ids)."""
+        kept = []
+        for tok in ids:
+            if tok in self.eos_ids:
+                kept.append(tok)
+                break
+            if tok == self.pad_id:
+                break
+            kept.append(tok)
+        n = len(kept)
+        if not kept or kept[-1] not in self.eos_ids:
+            kept.append(self.inputs.eos_id)
+        return kept, n
+
+    def _text(self, ids: list[int], kind: str) -> str:
+        tok = self.inputs.tokenizer
+        body = [t for t in ids if t not in self.eos_ids]
+        if kind != "box":
+            return tok.decode(body, skip_special_tokens=True).strip()
+        text = tok.decode(body, skip_special_tokens=False)  # location tokens may be special tokens (Qwen)
+        for special in {tok.bos_token, tok.pad_token, tok.unk_token} - {None}:
+            text = text.replace(special, "")
+        return text.strip()
+
+    def _generate(self, inputs, settings) -> list[list[Prediction]]:
+        kind, n = inputs["kind"], len(inputs["orig_sizes"])
+        gen = {k: settings[k] for k in GENERATE_KEYS if settings.get(k) is not None}
+        nret = int(gen.get("num_return_sequences", 1))
+        if nret > int(gen.get("num_beams", 1)) and not gen.get("do_sample"):
+            gen["num_beams"] = nret
+        if kind == "box":  # the family's answer (phrase + location tokens) needs more than OFA's 4 tokens
+            gen["max_new_tokens"] = max(int(gen.get("max_new_tokens") or 0), self.family.grounding_max_new_tokens)
+            gen.pop("min_new_tokens", None)
+        res = self.model.generate(**self._to_device(inputs["model_inputs"]), **gen, output_scores=True,
+                                  return_dict_in_generate=True)
+        beam = int(gen.get("num_beams", 1)) > 1
+        steps = self.model.compute_transition_scores(res.sequences, res.scores, getattr(res, "beam_indices", None),
+                                                     normalize_logits=not beam).float()
+        start = inputs["prompt_len"] if not self.encoder_decoder else res.sequences.shape[1] - steps.shape[1]
+        new, steps = res.sequences[:, start:].tolist(), steps.tolist()
+        out = []
+        for i in range(n):
+            w, h = inputs["orig_sizes"][i]
+            best = []
+            for j in range(i * nret, (i + 1) * nret):
+                ids, generated = self._cut(new[j])
+                text = self._text(ids, kind)
+                pred = Prediction(text=text, ids=ids, logprob=float(sum(steps[j][:generated])))
+                if kind == "box":
+                    boxes = self.family.boxes(text, w, h, inputs["resized_sizes"][i])
+                    pred.box = [float(v) for v in boxes[0]] if boxes else None
+                best.append(pred)
+            out.append(best)
+        return out
+
+    def _choose(self, inputs, nret: int) -> list[list[Prediction]]:
+        """Score every (row, candidate) sequence by teacher forcing; per row the candidates best first."""
+        import torch
+
+        enc = self._to_device(inputs["model_inputs"])
+        start, width = inputs["choice_start"], inputs["choice_width"]
+        kwargs = {}
+        if not self.encoder_decoder and "logits_to_keep" in _forward_params(self.model):
+            kwargs["logits_to_keep"] = width + 1  # positions start-1 .. end: only the candidates' predictions
+        logits = self.model(**enc, **kwargs).logits.float()
+        seq = enc["decoder_input_ids"] if self.encoder_decoder else enc["input_ids"]
+        targets = seq[:, start: start + width]
+        pred = logits[:, -(width + 1): -1] if kwargs else logits[:, start - 1: start - 1 + width]
+        lp = torch.log_softmax(pred, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+        mask = inputs["choice_mask"].to(lp.device).bool()
+        totals = lp.masked_fill(~mask, 0.0).sum(-1).view(-1, len(inputs["candidates"])).tolist()
+        out = []
+        for row in totals:
+            order = sorted(range(len(row)), key=lambda c: -row[c])[: max(1, nret)]
+            out.append([Prediction(text=inputs["candidates"][c], ids=list(inputs["candidate_ids"][c]),
+                                   logprob=float(row[c]), label=inputs["candidates"][c]) for c in order])
+        return out
+
+
+def _forward_params(model) -> set[str]:
+    import inspect
+
+    return set(inspect.signature(model.forward).parameters)
