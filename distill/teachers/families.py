@@ -47,10 +47,6 @@ def check_template(template: str, field_name: str = "prompt_template") -> None:
                         + ", ".join("{" + p + "}" for p in PLACEHOLDERS))
 
 
-def _bins(fmt: locations.BinFormat) -> BoxParser:
-    return lambda text, w, h, resized=None: fmt.parse(text, w, h)
-
-
 def _qwen2_vl(text: str, w: float, h: float, resized=None) -> list[list[float]]:
     return locations.parse_qwen2_vl(text, w, h)
 
@@ -70,7 +66,8 @@ class Family:
     chat: bool = False
     """Wrap the prompt with `processor.apply_chat_template`."""
     boxes: BoxParser | None = None
-    """Grounding output text -> boxes (x0, y0, x1, y1, original pixels), best first; None: no box format."""
+    """Grounding output text, original width, height, resized (width, height) -> boxes (x0, y0, x1, y1, original
+    pixels), best first; None: no box format. Module-level callables only: the family travels to the workers."""
     grounding_max_new_tokens: int = 32
     """Generation budget floor for grounding."""
     image_prefix: bool = False
@@ -107,13 +104,13 @@ FAMILIES: dict[str, Family] = {
         {"caption": "<CAPTION>", "vqa": "{question}", "grounding": "<CAPTION_TO_PHRASE_GROUNDING>{region_text}",
          "entailment": 'Does the image with the text "{premise}" imply "{hypothesis}"? yes, no or maybe?',
          "entailment_no_premise": 'Does the image show "{hypothesis}"? yes, no or maybe?'},
-        boxes=_bins(locations.FLORENCE2), grounding_max_new_tokens=32),
+        boxes=locations.FLORENCE2, grounding_max_new_tokens=32),
     "paligemma": Family(
         "paligemma",
         {"caption": "caption en", "vqa": "answer en {question}", "grounding": "detect {region_text}",
          "entailment": 'answer en given "{premise}", is it true that "{hypothesis}"? yes, no or maybe',
          "entailment_no_premise": 'answer en is it true that "{hypothesis}"? yes, no or maybe'},
-        boxes=_bins(locations.PALIGEMMA), grounding_max_new_tokens=16, image_prefix=True),
+        boxes=locations.PALIGEMMA, grounding_max_new_tokens=16, image_prefix=True),
     "qwen2_vl": Family(
         "qwen2_vl",
         {**_CHAT_TEMPLATES,

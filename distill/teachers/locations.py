@@ -62,6 +62,10 @@ class BinFormat:
         """The 4 location tokens of a box (what the family would write)."""
         return "".join(self.token.format(k=k) for k in self.box_to_bins(box, width, height))
 
+    def __call__(self, text: str, width: float, height: float, resized=None) -> list[Box]:
+        """`parse` with the family box-parser signature (the resized size does not matter: bins are relative)."""
+        return self.parse(text, width, height)
+
     def parse(self, text: str, width: float, height: float) -> list[Box]:
         """Every run of 4 consecutive location tokens in `text`, as boxes in original pixels (first = best)."""
         four = self.pattern * 4
