@@ -72,6 +72,13 @@ class Family:
     """Generation budget floor for grounding."""
     image_prefix: bool = False
     """Start the text with the processor's image token (PaliGemma: one `<image>` per image, before the prompt)."""
+    bos_prefix: bool = False
+    """Tokenise without the tokenizer's own specials and start with its BOS (or CLS): GIT continues `[CLS] prompt`,
+    and a trailing `[SEP]` would read as an answer already ended."""
+    unpadded: bool = False
+    """The model's plain forward numbers positions from its first column, padding included (GIT's absolute
+    position embeddings; `generate()` passes mask-derived positions, so generation is not affected): candidate
+    scoring runs one unpadded group per prompt length."""
     extra: Mapping[str, Any] = field(default_factory=dict)
     """Family notes recorded in the teacher identity."""
 
@@ -122,6 +129,11 @@ FAMILIES: dict[str, Family] = {
          "grounding": "Locate {region_text} in the image and output its bbox coordinates in JSON format."},
         chat=True, boxes=_qwen2_5_vl, grounding_max_new_tokens=64),
 }
+FAMILIES["git"] = Family(
+    "git", {"caption": "", "vqa": "{question}",
+            "entailment": 'given "{premise}", does the image show "{hypothesis}"? yes, no or maybe',
+            "entailment_no_premise": 'does the image show "{hypothesis}"? yes, no or maybe'},
+    bos_prefix=True, unpadded=True)
 """Families with known templates; any other model with a chat template is a chat family without a box format,
 any other without one a plain-prompt family (`family_for`)."""
 

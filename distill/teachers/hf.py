@@ -11,11 +11,17 @@ How a task is inferred:
 """
 from __future__ import annotations
 
+import inspect
 import json
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+import torch
+import transformers
+from transformers.models.auto import modeling_auto
+
 from distill.errors import UserError
+from distill.loading import load_pretrained
 from distill.teachers.base import Prediction, Teacher, TeacherIdentity, tokenizer_sha256
 from distill.teachers.families import Family, box_families, chat_text, check_template, family_for
 
@@ -37,12 +43,9 @@ def task_kind(task: Any) -> str:
 
 def _auto_class(model_type: str):
     """The Auto class that maps `model_type` (image-text-to-text first)."""
-    import transformers
-    from transformers.models.auto import modeling_auto as ma
-
-    for mapping, name in ((ma.MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES, "AutoModelForImageTextToText"),
-                          (ma.MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES, "AutoModelForSeq2SeqLM"),
-                          (ma.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, "AutoModelForCausalLM")):
+    for mapping, name in ((modeling_auto.MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES, "AutoModelForImageTextToText"),
+                          (modeling_auto.MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES, "AutoModelForSeq2SeqLM"),
+                          (modeling_auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, "AutoModelForCausalLM")):
         if model_type in mapping:
             return getattr(transformers, name)
     raise UserError(f"teacher model_type {model_type!r} is not an image-text model transformers can generate with "
@@ -72,13 +75,17 @@ class HFInputs:
         return [self.family.prompt(task.name, row, self.template, task.prompt(row)) for row in rows]
 
     def _encode(self, images: Sequence[Any], prompts: Sequence[str]) -> dict:
+        kwargs = {}
         if self.family.chat:
             texts = [chat_text(self.processor, p) for p in prompts]
         elif self.family.image_prefix:
             texts = [self.processor.image_token + p for p in prompts]
+        elif self.family.bos_prefix:
+            bos = self.tokenizer.bos_token or self.tokenizer.cls_token
+            texts, kwargs = [bos + p for p in prompts], {"add_special_tokens": False}
         else:
             texts = list(prompts)
-        enc = self.processor(images=list(images), text=texts, return_tensors="pt", padding=True)
+        enc = self.processor(images=list(images), text=texts, return_tensors="pt", padding=True, **kwargs)
         enc.pop("labels", None)  # PaliGemma's processor adds training labels for backward compatibility
         return dict(enc)
 
@@ -115,8 +122,6 @@ class HFInputs:
     def _choice_inputs(self, images, prompts, candidates: list[str]) -> dict[str, Any]:
         """Each (row, candidate) pair as one teacher-forced sequence: the prompt (left-padded for decoder-only
         models), then the candidate's ids + EOS (right-padded). `choice_mask` marks the scored tokens."""
-        import torch
-
         k = len(candidates)
         enc = self._encode([im for im in images for _ in range(k)], [p for p in prompts for _ in range(k)])
         cand = [self.tokenizer(c, add_special_tokens=False)["input_ids"] + [self.eos_id] for c in candidates]
@@ -182,18 +187,20 @@ class HFTeacher(Teacher):
     def from_pretrained(cls, folder: str | Path, ident: Mapping[str, Any], config: Any, device: Any) -> "HFTeacher":
         """Load the model (weights in `config.dtype`, attention `config.attn_implementation`) and its processor
         from a `save_pretrained` folder; `ident` is the teacher's source record ({"id", "revision"/"sha256"})."""
-        import torch
-        from transformers import AutoProcessor
-
-        from distill.loading import load_pretrained
-
         folder = Path(folder)
-        model_type = json.loads((folder / "config.json").read_text(encoding="utf-8")).get("model_type")
+        config_file = folder / "config.json"
+        if not config_file.is_file():
+            raise UserError(f"teacher {folder} has no config.json")
+        model_type = json.loads(config_file.read_text(encoding="utf-8")).get("model_type")
         template = getattr(config, "prompt_template", None)
         if template:
             check_template(template)
         auto = _auto_class(model_type)
-        processor = AutoProcessor.from_pretrained(str(folder))
+        try:
+            processor = transformers.AutoProcessor.from_pretrained(str(folder))
+        except (OSError, ValueError) as exc:  # no processor / image processor files: a long Hub-flavoured message
+            raise UserError(f"teacher {folder}: AutoProcessor cannot load its processor "
+                            f"({str(exc).splitlines()[0].split('. ')[0]})") from exc
         if not hasattr(processor, "tokenizer") or not hasattr(processor, "image_processor"):
             raise UserError(f"teacher {folder}: its AutoProcessor ({type(processor).__name__}) has no tokenizer + "
                             "image processor pair")
@@ -220,10 +227,12 @@ class HFTeacher(Teacher):
 
     # ------------------------------------------------------------------------------------------------ inference
     def _to_device(self, tensors: Mapping[str, Any]) -> dict[str, Any]:
-        import torch
-
+        """The processor's outputs that the model takes (GIT takes no `token_type_ids`), on its device and dtype."""
+        accepted = _forward_params(self.model)
         out = {}
         for key, value in tensors.items():
+            if key not in accepted:
+                continue
             if torch.is_tensor(value):
                 value = value.to(self.model.device)
                 if value.is_floating_point():
@@ -232,12 +241,44 @@ class HFTeacher(Teacher):
         return out
 
     def infer(self, inputs, task, settings) -> list[list[Prediction]]:
-        import torch
-
+        out: list[list[Prediction]] = [[] for _ in inputs["orig_sizes"]]
         with torch.inference_mode():
-            if inputs["kind"] == "choice":
-                return self._choose(inputs, int(settings.get("num_return_sequences", 1)))
-            return self._generate(inputs, settings)
+            for rows, group in self._groups(inputs):
+                if inputs["kind"] == "choice":
+                    preds = self._choose(group, int(settings.get("num_return_sequences", 1)))
+                else:
+                    preds = self._generate(group, settings)
+                for i, p in zip(rows, preds):
+                    out[i] = p
+        return out
+
+    def _groups(self, inputs) -> list[tuple[list[int], dict]]:
+        """[(sample indices, their inputs)]: the whole batch, or for candidate scoring with a family whose forward
+        ignores the attention mask in its positions (`Family.unpadded`) one group per prompt length with the left
+        padding cut off."""
+        n = len(inputs["orig_sizes"])
+        choice = inputs["kind"] == "choice"
+        if not (self.family.unpadded and choice) or self.encoder_decoder:
+            return [(list(range(n)), inputs)]
+        enc, k = inputs["model_inputs"], len(inputs["candidates"])
+        seq, width = enc["input_ids"].shape[1], inputs["choice_start"]
+        lengths = enc["attention_mask"][::k, :width].sum(1).tolist()
+        by_length: dict[int, list[int]] = {}
+        for i, length in enumerate(lengths):
+            by_length.setdefault(int(length), []).append(i)
+        groups = []
+        for length, samples in by_length.items():
+            rows = [i * k + c for i in samples for c in range(k)]
+            sub = {}
+            for key, value in enc.items():
+                if torch.is_tensor(value) and value.dim() and value.shape[0] == n * k:
+                    value = value[rows]
+                    if value.dim() == 2 and value.shape[1] == seq:
+                        value = value[:, width - length:]
+                sub[key] = value
+            groups.append((samples, dict(inputs, model_inputs=sub, orig_sizes=[inputs["orig_sizes"][i] for i in samples],
+                                         choice_start=length, choice_mask=inputs["choice_mask"][rows])))
+        return groups
 
     def _cut(self, ids: list[int]) -> tuple[list[int], int]:
         """(ids up to and including the first EOS, EOS appended if missing; how many were generated ids)."""
@@ -266,7 +307,8 @@ class HFTeacher(Teacher):
 
     def _generate(self, inputs, settings) -> list[list[Prediction]]:
         kind, n = inputs["kind"], len(inputs["orig_sizes"])
-        gen = {k: settings[k] for k in GENERATE_KEYS if settings.get(k) is not None}
+        # deterministic unless the settings sample (some models' own generation configs do)
+        gen = {"do_sample": False, **{k: settings[k] for k in GENERATE_KEYS if settings.get(k) is not None}}
         nret = int(gen.get("num_return_sequences", 1))
         if nret > int(gen.get("num_beams", 1)) and not gen.get("do_sample"):
             gen["num_beams"] = nret
@@ -297,8 +339,6 @@ class HFTeacher(Teacher):
 
     def _choose(self, inputs, nret: int) -> list[list[Prediction]]:
         """Score every (row, candidate) sequence by teacher forcing; per row the candidates best first."""
-        import torch
-
         enc = self._to_device(inputs["model_inputs"])
         start, width = inputs["choice_start"], inputs["choice_width"]
         kwargs = {}
@@ -307,19 +347,20 @@ class HFTeacher(Teacher):
         logits = self.model(**enc, **kwargs).logits.float()
         seq = enc["decoder_input_ids"] if self.encoder_decoder else enc["input_ids"]
         targets = seq[:, start: start + width]
-        pred = logits[:, -(width + 1): -1] if kwargs else logits[:, start - 1: start - 1 + width]
+        # counted from the end: the candidates close every sequence, and some models (GIT) put image positions
+        # before the text in their logits
+        pred = logits[:, -(width + 1): -1]
         lp = torch.log_softmax(pred, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
         mask = inputs["choice_mask"].to(lp.device).bool()
         totals = lp.masked_fill(~mask, 0.0).sum(-1).view(-1, len(inputs["candidates"])).tolist()
+        forced = self.inputs.decoder_prefix[1:]  # a forced BOS after the decoder start, as generate() writes it
         out = []
         for row in totals:
             order = sorted(range(len(row)), key=lambda c: -row[c])[: max(1, nret)]
-            out.append([Prediction(text=inputs["candidates"][c], ids=list(inputs["candidate_ids"][c]),
+            out.append([Prediction(text=inputs["candidates"][c], ids=forced + list(inputs["candidate_ids"][c]),
                                    logprob=float(row[c]), label=inputs["candidates"][c]) for c in order])
         return out
 
 
 def _forward_params(model) -> set[str]:
-    import inspect
-
     return set(inspect.signature(model.forward).parameters)

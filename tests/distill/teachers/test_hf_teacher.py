@@ -1,4 +1,4 @@
-"""`HFTeacher` on real tiny transformers models (Florence-2, PaliGemma, LLaVA) built offline and reloaded through the
+"""`HFTeacher` on real tiny transformers models (Florence-2, PaliGemma, GIT, LLaVA) built offline and reloaded through the
 Auto classes: prepare + infer per task, scores against an unbatched forward, known boxes through `generate()`."""
 from __future__ import annotations
 
@@ -21,12 +21,12 @@ from distill.tasks import get_task  # noqa: E402
 from distill.teachers.base import tokenizer_sha256  # noqa: E402
 from distill.teachers.hf import HFTeacher  # noqa: E402
 
-FAMILIES = ("florence2", "paligemma", "llava")
+FAMILIES = ("florence2", "paligemma", "git", "llava")
 ROWS = [
     dict(id="a", captions=["a red circle"], question="what color is the circle", answers=["red"] * 10,
          region_text="the red circle", box=[4.0, 2.0, 30.0, 20.0], premise="", hypothesis="there is a red circle",
          label="entailment"),
-    dict(id="b", captions=["a blue square"], question="how many shapes are there", answers=["one"] * 10,
+    dict(id="b", captions=["a blue square"], question="how many shapes are there in this image", answers=["one"] * 10,
          region_text="the blue square", box=[3.0, 4.0, 30.0, 50.0], premise="one shape",
          hypothesis="there is a blue square", label="neutral"),
 ]
@@ -52,19 +52,18 @@ def teachers(folders):
 
 def _reference_logprob(teacher: HFTeacher, image, prompt: str, ids: list[int]) -> float:
     """log p(ids | image, prompt) from ONE unpadded sequence through the model's plain forward."""
-    enc = teacher.inputs._encode([image], [prompt])
+    enc = teacher._to_device(teacher.inputs._encode([image], [prompt]))
     model, tail = teacher.model, torch.tensor([ids])
     with torch.no_grad():
         if teacher.encoder_decoder:
             dec = torch.cat([torch.tensor([teacher.inputs.decoder_prefix]), tail], dim=1)
-            logits = model(**enc, decoder_input_ids=dec).logits[0, dec.shape[1] - len(ids) - 1: -1]
-        else:
-            n = enc["input_ids"].shape[1]
+            logits = model(**enc, decoder_input_ids=dec).logits[0, -len(ids) - 1: -1]
+        else:  # logits of the last len(ids) + 1 positions (GIT's logits also cover its image tokens, first)
             enc["input_ids"] = torch.cat([enc["input_ids"], tail], dim=1)
             enc["attention_mask"] = torch.ones_like(enc["input_ids"])
             if "token_type_ids" in enc:
                 enc["token_type_ids"] = torch.cat([enc["token_type_ids"], torch.ones_like(tail)], dim=1)
-            logits = model(**enc).logits[0, n - 1: n - 1 + len(ids)]
+            logits = model(**enc).logits[0, -len(ids) - 1: -1]
     return float(torch.log_softmax(logits.float(), -1).gather(-1, tail[0].unsqueeze(-1)).sum())
 
 
@@ -76,6 +75,9 @@ def test_identity_records_family_tokenizer_and_template(folders, teachers, famil
     assert ident.family == family
     assert ident.tokenizer_sha256 == tokenizer_sha256(AutoProcessor.from_pretrained(str(folders[family])).tokenizer)
     assert len({t.identity.tokenizer_sha256 for t in teachers.values()}) == len(FAMILIES)
+    grown = AutoProcessor.from_pretrained(str(folders[family])).tokenizer
+    grown.add_tokens(["<one_more>"])  # one added token is another vocabulary
+    assert tokenizer_sha256(grown) != ident.tokenizer_sha256
     custom = _load(folders[family], prompt_template="Q: {question} A:")
     assert custom.identity.extra["prompt_template"] == "Q: {question} A:"
     assert custom.prepare(ROWS, IMAGES, get_task("vqa"))["prompts"] == [f"Q: {r['question']} A:" for r in ROWS]
@@ -92,7 +94,7 @@ def test_text_tasks_give_n_best_predictions_scored_as_the_model_does(teachers, f
     for best in nbest:
         assert best[0].logprob >= best[1].logprob
         for p in best:
-            assert p.ids[-1] == tok.eos_token_id and 1 <= len(p.ids) <= 6
+            assert p.ids[-1] == teacher.inputs.eos_id and 1 <= len(p.ids) <= 6
             assert p.text == tok.decode(p.ids[:-1], skip_special_tokens=True).strip()
             assert p.box is None and p.label is None
     # greedy: each prediction's log-prob is what one unbatched, unpadded forward gives its ids

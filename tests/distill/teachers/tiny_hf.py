@@ -1,5 +1,6 @@
 """Tiny REAL transformers teachers built offline (random weights, `save_pretrained`, reloaded by the Auto classes):
-Florence-2 (BART BPE + `<loc_k>`), PaliGemma (Gemma + `<locYYYY>`), LLaVA (a chat template).
+Florence-2 (BART BPE + `<loc_k>`), PaliGemma (Gemma + `<locYYYY>`), GIT (BERT WordPiece, plain prompts) and
+LLaVA (a chat template).
 
 Qwen2-VL and SmolVLM are not built: their processors in transformers 5.24 hold a video processor that needs
 torchvision, which the project does not install; their box formats are tested on text (test_locations.py).
@@ -102,6 +103,27 @@ def build_paligemma(folder: Path, seed: int = 0) -> Path:
     return _save(PaliGemmaForConditionalGeneration(config).eval(), processor, folder)
 
 
+# ------------------------------------------------------------------------------------------------ GIT
+def build_git(folder: Path, seed: int = 0) -> Path:
+    """GIT: a BERT WordPiece tokenizer (`[PAD]`0 `[UNK]`1 `[CLS]`2 `[SEP]`3: GIT starts from [CLS], ends at [SEP]);
+    CLIP vision 32 px / patch 8 (16 + 1 image tokens); 1 text layer, hidden 32."""
+    from transformers import BertTokenizer, CLIPImageProcessorPil, GitConfig, GitForCausalLM, GitProcessor
+
+    words = sorted({w for line in CORPUS for w in line.split()} | set("abcdefghijklmnopqrstuvwxyz?\".,"))
+    vocab = {t: i for i, t in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words])}
+    tok = BertTokenizer(vocab=vocab)
+    images = CLIPImageProcessorPil(size={"height": 32, "width": 32}, do_center_crop=False,
+                                   crop_size={"height": 32, "width": 32})
+    processor = GitProcessor(image_processor=images, tokenizer=tok)
+    config = GitConfig(
+        vision_config=dict(hidden_size=32, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                           image_size=32, patch_size=8),
+        vocab_size=len(tok), hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+        max_position_embeddings=128, bos_token_id=vocab["[CLS]"], eos_token_id=vocab["[SEP]"], pad_token_id=0)
+    torch.manual_seed(seed)
+    return _save(GitForCausalLM(config).eval(), processor, folder)
+
+
 # ------------------------------------------------------------------------------------------------ LLaVA
 CHAT_TEMPLATE = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
@@ -139,7 +161,7 @@ def build_llava(folder: Path, seed: int = 0) -> Path:
     return _save(LlavaForConditionalGeneration(config).eval(), processor, folder)
 
 
-BUILDERS = {"florence2": build_florence2, "paligemma": build_paligemma, "llava": build_llava}
+BUILDERS = {"florence2": build_florence2, "paligemma": build_paligemma, "git": build_git, "llava": build_llava}
 
 
 def force_sequence(folder: Path, tokens: Sequence[str], after: str | int | None = None, bias: float = 100.0) -> None:
