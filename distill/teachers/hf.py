@@ -11,10 +11,10 @@ How a task is inferred:
 """
 from __future__ import annotations
 
+import hashlib
 import inspect
-import json
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import torch
 import transformers
@@ -24,7 +24,7 @@ from distill.errors import UserError
 from distill.loading import load_pretrained
 from distill.teachers.base import Prediction, Teacher, TeacherIdentity, tokenizer_sha256
 from distill.teachers.families import Family, check_template, family_for
-from distill.teachers.hf_inputs import HFInputs
+from distill.teachers.hf_inputs import HFInputs, task_kind
 
 GENERATE_KEYS = ("num_beams", "max_new_tokens", "min_new_tokens", "no_repeat_ngram_size", "num_return_sequences",
                  "length_penalty", "repetition_penalty", "do_sample", "temperature", "top_k", "top_p")
@@ -50,46 +50,54 @@ def _ids(value) -> set[int]:
 
 
 class HFTeacher(Teacher):
-    """A transformers image-text model as a teacher (see the module docstring)."""
+    """A transformers image-text model as a teacher (see the module docstring).
 
-    def __init__(self, model: Any, processor: Any, family: Family, identity: TeacherIdentity,
-                 template: str | None = None):
-        gen = model.generation_config
-        self.model, self.family, self.identity = model, family, identity
-        self.encoder_decoder = bool(getattr(model.config, "is_encoder_decoder", False))
+    Built from its folder's config, generation config and processor; the weights load at `load()` (a run with
+    nothing to do, or a bad input, never reads them)."""
+
+    resolution = None  # the processor decides the image size
+
+    def __init__(self, folder: Path, auto_class: Any, model_config: Any, generation: Any, processor: Any,
+                 family: Family, identity: TeacherIdentity, config: Any, device: Any, template: str | None = None):
+        self.folder, self.auto_class, self.config, self.device = Path(folder), auto_class, config, torch.device(device)
+        self.family, self.identity, self.generation = family, identity, generation
+        self.model = None
+        self.encoder_decoder = bool(getattr(model_config, "is_encoder_decoder", False))
         tok = processor.tokenizer
-        self.eos_ids = _ids(gen.eos_token_id) | _ids(tok.eos_token_id)
-        eos = _ids(gen.eos_token_id) or _ids(tok.eos_token_id)
+        self.eos_ids = _ids(generation.eos_token_id) | _ids(tok.eos_token_id)
+        eos = _ids(generation.eos_token_id) or _ids(tok.eos_token_id)
         if not eos:
-            raise UserError("the teacher has no EOS token (generation_config.eos_token_id, tokenizer.eos_token_id)")
+            raise UserError(f"teacher {folder} has no EOS token (generation_config.eos_token_id, "
+                            "tokenizer.eos_token_id)")
         eos_id = int(tok.eos_token_id) if tok.eos_token_id in eos else min(eos)
-        self.pad_id = gen.pad_token_id if gen.pad_token_id is not None else tok.pad_token_id
+        self.pad_id = generation.pad_token_id if generation.pad_token_id is not None else tok.pad_token_id
         prefix = []
         if self.encoder_decoder:
-            start = gen.decoder_start_token_id
+            start = generation.decoder_start_token_id
             if start is None:
-                start = getattr(model.config, "decoder_start_token_id", None)
-            prefix = [int(start)] + ([int(gen.forced_bos_token_id)] if gen.forced_bos_token_id is not None else [])
+                start = getattr(model_config, "decoder_start_token_id", None)
+            forced = generation.forced_bos_token_id
+            prefix = [int(start)] + ([int(forced)] if forced is not None else [])
         else:
             tok.padding_side = "left"  # generation continues every row from its last prompt token
         self.inputs = HFInputs(processor, family, template, self.encoder_decoder, prefix, eos_id)
 
     # The DataLoader workers need only the processor half; never pickle the weights.
     def __getstate__(self):
-        return {k: v for k, v in self.__dict__.items() if k != "model"}
+        return dict(self.__dict__, model=None)
 
     @classmethod
     def from_pretrained(cls, folder: str | Path, ident: Mapping[str, Any], config: Any, device: Any) -> HFTeacher:
-        """Load the model (weights in `config.dtype`, attention `config.attn_implementation`) and its processor
-        from a `save_pretrained` folder; `ident` is the teacher's source record ({"id", "revision"/"sha256"})."""
+        """The teacher of a `save_pretrained` folder: config, generation config and processor now, the weights at
+        `load()`; `ident` is the teacher's source record ({"id", "revision"/"sha256"})."""
         folder = Path(folder)
-        config_file = folder / "config.json"
-        if not config_file.is_file():
+        if not (folder / "config.json").is_file():
             raise UserError(f"teacher {folder} has no config.json")
-        model_type = json.loads(config_file.read_text(encoding="utf-8")).get("model_type")
         template = getattr(config, "prompt_template", None)
         if template:
             check_template(template)
+        model_config = transformers.AutoConfig.from_pretrained(str(folder))
+        model_type = model_config.model_type
         auto = _auto_class(model_type)
         try:
             processor = transformers.AutoProcessor.from_pretrained(str(folder))
@@ -99,14 +107,26 @@ class HFTeacher(Teacher):
         if not hasattr(processor, "tokenizer") or not hasattr(processor, "image_processor"):
             raise UserError(f"teacher {folder}: its AutoProcessor ({type(processor).__name__}) has no tokenizer + "
                             "image processor pair")
+        if (folder / "generation_config.json").is_file():
+            generation = transformers.GenerationConfig.from_pretrained(str(folder))
+        else:
+            generation = transformers.GenerationConfig.from_model_config(model_config)
         family = family_for(model_type, bool(getattr(processor, "chat_template", None)))
-        model = load_pretrained(auto, folder, dtype=getattr(torch, config.dtype),
-                                attn_implementation=config.attn_implementation)
-        model = model.to(device).eval()
+        # the generation config changes outputs (EOS ids, biases): it is part of the identity
+        gen_sha = hashlib.sha256(generation.to_json_string(use_diff=True).encode("utf-8")).hexdigest()
         identity = TeacherIdentity(
             family=model_type, source=dict(ident), tokenizer_sha256=tokenizer_sha256(processor.tokenizer),
-            extra={"prompt_template": template, "model_class": type(model).__name__, **family.extra})
-        return cls(model, processor, family, identity, template)
+            extra={"prompt_template": template, "model_class": auto.__name__, "generation_config_sha256": gen_sha,
+                   **family.extra})
+        return cls(folder, auto, model_config, generation, processor, family, identity, config, device, template)
+
+    def load(self) -> None:
+        """The frozen model on the device, weights in `config.dtype`, attention `config.attn_implementation`."""
+        if self.model is None:
+            model = load_pretrained(self.auto_class, self.folder, dtype=getattr(torch, self.config.dtype),
+                                    attn_implementation=self.config.attn_implementation)
+            model.generation_config = self.generation
+            self.model = model.to(self.device).eval()
 
     @property
     def processor(self):
@@ -116,6 +136,17 @@ class HFTeacher(Teacher):
         """Raise a UserError before any batch when this family cannot infer `task` (grounding without a box
         format)."""
         self.inputs.check_task(task)
+
+    def generation_settings(self, task: Any, candidates: Sequence[str] | None) -> dict[str, Any]:
+        """The task's decoding settings that apply to any vocabulary (beams, lengths, n-gram blocking; OFA's
+        constraints over its own bins and answer trie do not), greedy unless they say otherwise. Box tasks get the
+        family's budget (Florence-2 writes the phrase before its location tokens: OFA's 4 tokens are too few)."""
+        self.inputs.check_task(task)
+        gen = {k: v for k, v in task.generation.items() if k in GENERATE_KEYS and v is not None}
+        if task_kind(task) == "box":
+            gen.pop("min_new_tokens", None)
+            gen["max_new_tokens"] = self.family.grounding_max_new_tokens
+        return gen
 
     def prepare(self, rows, images, task) -> dict[str, Any]:
         return self.inputs(rows, images, task)
@@ -136,6 +167,7 @@ class HFTeacher(Teacher):
         return out
 
     def infer(self, inputs, task, settings) -> list[list[Prediction]]:
+        self.load()
         out: list[list[Prediction]] = [[] for _ in inputs["orig_sizes"]]
         with torch.inference_mode():
             for rows, group in self._groups(inputs):
@@ -207,9 +239,8 @@ class HFTeacher(Teacher):
         nret = int(gen.get("num_return_sequences", 1))
         if nret > int(gen.get("num_beams", 1)) and not gen.get("do_sample"):
             gen["num_beams"] = nret
-        if kind == "box":  # the family's answer (phrase + location tokens) needs more than OFA's 4 tokens
-            gen["max_new_tokens"] = max(int(gen.get("max_new_tokens") or 0), self.family.grounding_max_new_tokens)
-            gen.pop("min_new_tokens", None)
+        if self.config.cache_implementation != "dynamic":
+            gen["cache_implementation"] = self.config.cache_implementation
         res = self.model.generate(**self._to_device(inputs["model_inputs"]), **gen, output_scores=True,
                                   return_dict_in_generate=True)
         beam = int(gen.get("num_beams", 1)) > 1

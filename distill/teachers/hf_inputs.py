@@ -17,9 +17,9 @@ from distill.teachers.families import Family, box_families, chat_text
 
 
 def task_kind(task: Any) -> str:
-    """How a teacher infers `task`: "choice" when the task lists candidates, "box" when its rows hold a `box`
-    (predictions are boxes), else "text" (free generation)."""
-    if getattr(task, "candidates", None):
+    """How a teacher infers `task`: "choice" when the task scores candidates (`Task.inference == "score"`, or it
+    lists `candidates`), "box" when its rows hold a `box` (its predictions are boxes), else "text" (generation)."""
+    if getattr(task, "inference", None) == "score" or getattr(task, "candidates", None):
         return "choice"
     if "box" in getattr(task, "input_columns", ()):
         return "box"

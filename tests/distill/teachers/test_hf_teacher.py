@@ -47,7 +47,10 @@ def _load(folder, **config) -> HFTeacher:
 
 @pytest.fixture(scope="module")
 def teachers(folders):
-    return {name: _load(folder) for name, folder in folders.items()}
+    loaded = {name: _load(folder) for name, folder in folders.items()}
+    for teacher in loaded.values():
+        teacher.load()
+    return loaded
 
 
 def _reference_logprob(teacher: HFTeacher, image, prompt: str, ids: list[int]) -> float:
@@ -124,7 +127,9 @@ def test_grounding_predictions_carry_a_box_or_none(teachers, family):
     teacher, task = teachers[family], get_task("grounding")
     inputs = teacher.prepare(ROWS, IMAGES, task)
     assert inputs["prompts"][0].endswith("the red circle")
-    for (pred,), (w, h) in zip(teacher.infer(inputs, task, dict(task.generation)), [im.size for im in IMAGES]):
+    settings = teacher.generation_settings(task, None)
+    assert settings["max_new_tokens"] > 4 and "prefix_allowed_tokens_fn" not in settings  # not OFA's 4 bins
+    for (pred,), (w, h) in zip(teacher.infer(inputs, task, settings), [im.size for im in IMAGES]):
         if pred.box is not None:  # a random model may or may not write 4 location tokens in a row
             assert len(pred.box) == 4 and all(0 <= v <= s for v, s in zip(pred.box, (w, h, w, h)))
 
@@ -156,7 +161,8 @@ def test_a_known_box_comes_back_in_original_pixels_through_generate(folders, tmp
     folder = shutil.copytree(folders[family], tmp_path / family)
     tiny_hf.force_sequence(folder, tokens, after=after)
     teacher, task = _load(folder), get_task("grounding")
-    pred = teacher.infer(teacher.prepare([ROWS[index]], [image], task), task, dict(task.generation))[0][0]
+    settings = teacher.generation_settings(task, None)
+    pred = teacher.infer(teacher.prepare([ROWS[index]], [image], task), task, settings)[0][0]
     assert "".join(tokens) in pred.text
     assert pred.box is not None
     for got, want, tol in zip(pred.box, KNOWN[index], tolerance):
@@ -167,6 +173,6 @@ def test_the_teacher_pickles_without_its_weights(teachers):
     """prepare runs in DataLoader workers: the teacher must travel without the model."""
     teacher, task = teachers["paligemma"], get_task("vqa")
     clone = pickle.loads(pickle.dumps(teacher))
-    assert not hasattr(clone, "model")
+    assert teacher.model is not None and clone.model is None
     a, b = teacher.prepare(ROWS, IMAGES, task), clone.prepare(ROWS, IMAGES, task)
     assert all(torch.equal(a["model_inputs"][k], b["model_inputs"][k]) for k in a["model_inputs"])
