@@ -39,11 +39,12 @@ def check_template(template: str, field_name: str = "prompt_template") -> None:
     try:
         names = {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
     except ValueError as exc:
-        raise UserError(f"{field_name} {template!r} is not a valid template ({exc}); write literal braces as {{{{ }}}}")
+        raise UserError(f"`{field_name}` {template!r} is not a valid template ({exc}); write literal braces as "
+                        "{{ }}") from exc
     unknown = sorted(n for n in names if n not in PLACEHOLDERS)
     if unknown or "" in names:
         bad = unknown or ["{}"]
-        raise UserError(f"{field_name} {template!r} uses {bad}; placeholders: "
+        raise UserError(f"`{field_name}` {template!r} uses {bad}; placeholders: "
                         + ", ".join("{" + p + "}" for p in PLACEHOLDERS))
 
 

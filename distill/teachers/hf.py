@@ -203,8 +203,9 @@ class HFTeacher(Teacher):
                     if value.dim() == 2 and value.shape[1] == seq:
                         value = value[:, width - length:]
                 sub[key] = value
-            groups.append((samples, dict(inputs, model_inputs=sub, orig_sizes=[inputs["orig_sizes"][i] for i in samples],
-                                         choice_start=length, choice_mask=inputs["choice_mask"][rows])))
+            sizes = [inputs["orig_sizes"][i] for i in samples]
+            groups.append((samples, dict(inputs, model_inputs=sub, orig_sizes=sizes, choice_start=length,
+                                         choice_mask=inputs["choice_mask"][rows])))
         return groups
 
     def _cut(self, ids: list[int]) -> tuple[list[int], int]:

@@ -47,7 +47,7 @@ def test_a_folder_without_its_image_processor(florence, tmp_path):
 
 
 def test_a_bad_prompt_template_names_the_field(florence):
-    with pytest.raises(UserError, match="prompt_template '{answer}' uses \\['answer'\\]"):
+    with pytest.raises(UserError, match="`prompt_template` '{answer}' uses \\['answer'\\]"):
         _load(florence, prompt_template="{answer}")
 
 

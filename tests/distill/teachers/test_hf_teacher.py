@@ -1,5 +1,6 @@
-"""`HFTeacher` on real tiny transformers models (Florence-2, PaliGemma, GIT, LLaVA) built offline and reloaded through the
-Auto classes: prepare + infer per task, scores against an unbatched forward, known boxes through `generate()`."""
+"""`HFTeacher` on real tiny transformers models (Florence-2, PaliGemma, GIT, LLaVA) built offline and reloaded
+through the Auto classes: prepare + infer per task, scores against an unbatched forward, known boxes through
+`generate()`."""
 from __future__ import annotations
 
 import math
