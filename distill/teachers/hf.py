@@ -61,7 +61,7 @@ class HFTeacher(Teacher):
                  family: Family, identity: TeacherIdentity, config: Any, device: Any, template: str | None = None):
         self.folder, self.auto_class, self.config, self.device = Path(folder), auto_class, config, torch.device(device)
         self.family, self.identity, self.generation = family, identity, generation
-        self.model = None
+        self.model, self.accepted = None, set()
         self.encoder_decoder = bool(getattr(model_config, "is_encoder_decoder", False))
         tok = processor.tokenizer
         self.eos_ids = _ids(generation.eos_token_id) | _ids(tok.eos_token_id)
@@ -127,6 +127,7 @@ class HFTeacher(Teacher):
                                     attn_implementation=self.config.attn_implementation)
             model.generation_config = self.generation
             self.model = model.to(self.device).eval()
+            self.accepted = set(inspect.signature(model.forward).parameters)  # the inputs it names
 
     @property
     def processor(self):
@@ -153,11 +154,11 @@ class HFTeacher(Teacher):
 
     # ------------------------------------------------------------------------------------------------ inference
     def _to_device(self, tensors: Mapping[str, Any]) -> dict[str, Any]:
-        """The processor's outputs that the model takes (GIT takes no `token_type_ids`), on its device and dtype."""
-        accepted = _forward_params(self.model)
+        """The processor's outputs that the model's forward names (GIT takes no `token_type_ids`), on its device and
+        dtype."""
         out = {}
         for key, value in tensors.items():
-            if key not in accepted:
+            if key not in self.accepted:
                 continue
             if torch.is_tensor(value):
                 value = value.to(self.model.device)
@@ -269,7 +270,7 @@ class HFTeacher(Teacher):
         enc = self._to_device(inputs["model_inputs"])
         start, width = inputs["choice_start"], inputs["choice_width"]
         kwargs = {}
-        if not self.encoder_decoder and "logits_to_keep" in _forward_params(self.model):
+        if not self.encoder_decoder and "logits_to_keep" in self.accepted:
             kwargs["logits_to_keep"] = width + 1  # positions start-1 .. end: only the candidates' predictions
         logits = self.model(**enc, **kwargs).logits.float()
         seq = enc["decoder_input_ids"] if self.encoder_decoder else enc["input_ids"]
@@ -287,7 +288,3 @@ class HFTeacher(Teacher):
             out.append([Prediction(text=inputs["candidates"][c], ids=forced + list(inputs["candidate_ids"][c]),
                                    logprob=float(row[c]), label=inputs["candidates"][c]) for c in order])
         return out
-
-
-def _forward_params(model) -> set[str]:
-    return set(inspect.signature(model.forward).parameters)
