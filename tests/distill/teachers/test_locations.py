@@ -69,3 +69,28 @@ def test_qwen2_5_vl_pixels_of_the_resized_input():
     assert loc.parse_qwen2_5_vl("the box is [1, 2, 3, 4].", W, H, resized) == [
         pytest.approx([1 * sx, 2 * sy, 3 * sx, 4 * sy])]
     assert loc.parse_qwen2_5_vl("nothing here", W, H, resized) == []
+
+
+def test_qwen2_5_vl_boxes_through_its_real_image_processor():
+    """The resized size comes from the processor's `image_grid_thw` (patches): it is transformers' `smart_resize`
+    of the original, and a box in those pixels maps back onto the original image. (Qwen's full processor needs
+    torchvision for its video half, so only its image processor runs here.)"""
+    from types import SimpleNamespace
+
+    from PIL import Image
+    from transformers import Qwen2VLImageProcessorPil
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
+
+    from distill.teachers.hf_inputs import HFInputs
+
+    images = Qwen2VLImageProcessorPil(min_pixels=28 * 28 * 4, max_pixels=28 * 28 * 64)
+    originals = [Image.new("RGB", (W, H)), Image.new("RGB", (200, 500))]
+    enc = images(originals, return_tensors="pt")
+    inputs = HFInputs(SimpleNamespace(image_processor=images), family=None, template=None, encoder_decoder=False,
+                      decoder_prefix=[], eos_id=0)
+    resized = inputs._resized(enc, len(originals))
+    for (w, h), got in zip([im.size for im in originals], resized):
+        rh, rw = smart_resize(h, w, factor=28, min_pixels=28 * 28 * 4, max_pixels=28 * 28 * 64)
+        assert got == (rw, rh) and got != (w, h)
+        box = loc.parse_qwen2_5_vl('{"bbox_2d": [0, 0, %d, %d]}' % got, w, h, got)[0]
+        assert box == pytest.approx([0, 0, w, h])  # the resized image's far corner is the original's
