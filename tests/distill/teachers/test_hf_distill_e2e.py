@@ -1,0 +1,114 @@
+"""`narvl-pipe distill --teacher TINY_HF_FOLDER` over a shapes split, then `train-student` a few steps on the result,
+for Florence-2, PaliGemma and GIT: rows hold the teacher's canonical predictions, the manifest its family and
+tokenizer hash, and the OFA student learns them re-encoded in its own vocabulary."""
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import sys
+from pathlib import Path
+
+import datasets
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))  # the suite runs with --import-mode=importlib
+sys.path.insert(0, str(Path(__file__).parents[2] / "student"))
+import student_helpers as h  # noqa: E402
+import tiny_hf  # noqa: E402
+
+from distill.config import DistillConfig  # noqa: E402
+from distill.ofa.tokenization_ofa import bin_token_ids, load_ofa_tokenizer  # noqa: E402
+from distill.tasks import get_task  # noqa: E402
+from student.data import needs_reencoding  # noqa: E402
+from distill.teachers.hf import HFTeacher  # noqa: E402
+
+pytestmark = pytest.mark.slow
+DISTILL = ["--limit", "8", "--batch-size", "4", "--num-beams", "2", "--shard-size", "4"]
+TRAIN = ["--max-steps", "2", "--batch-size", "4", "--lr", "1e-3", "--num-queries", "10", "--eval-limit", "2",
+         "--report-to", "none"]
+
+
+@pytest.fixture(scope="module")
+def world_and_student_init(tmp_path_factory):
+    root = tmp_path_factory.mktemp("hf-e2e")
+    world = h.make_world(root, n_train=8, n_val=4)
+    return root, world, h.make_teacher(world, root / "ofa", "caption", 1)
+
+
+def _distil(root: Path, world: Path, folder: Path, task: str, *extra: str) -> tuple[Path, datasets.Dataset, dict]:
+    out = root / f"d-{folder.name}-{task}"
+    h.cli("distill", "--task", task, "--teacher", folder, "--data", world, "--out", out, *DISTILL, *extra)
+    manifest = json.loads((out / "manifest.json").read_text())
+    return out, datasets.load_from_disk(str(out)), manifest
+
+
+def _check_identity(manifest: dict, folder: Path, family: str) -> None:
+    cfg = DistillConfig(task="caption", teacher=str(folder), data="unused", out="unused")
+    expected = HFTeacher.from_pretrained(folder, {"id": str(folder)}, cfg, torch.device("cpu")).identity
+    record = manifest["teacher_identity"]
+    assert record["family"] == family
+    assert record["tokenizer_sha256"] == expected.tokenizer_sha256
+
+
+def _train(root: Path, data: Path, init: Path, task: str) -> Path:
+    out = root / f"s-{data.name}"
+    res = h.cli("train-student", "--task", task, "--data", data, "--init", init, "--out", out, *TRAIN)
+    assert f"student {task}: step 2" in res.output
+    return out
+
+
+def test_florence2_grounding_boxes_distil_and_train(world_and_student_init):
+    """A Florence-2 teacher forced to write one known box: every row's `target_box` is that box in the row's
+    original pixels; the student trains on it as OFA bins of its own tokenizer."""
+    root, world, init = world_and_student_init
+    folder = shutil.copytree(tiny_hf.build_florence2(root / "florence2-src"), root / "florence2")
+    bins = [100, 250, 600, 875]  # x0 y0 x1 y1 on Florence-2's 1000-bin grid
+    tiny_hf.force_sequence(folder, [f"<loc_{k}>" for k in bins])
+    out, ds, manifest = _distil(root, world, folder, "grounding", "--num-workers", "1")
+    _check_identity(manifest, folder, "florence2")
+    task, ofa = get_task("grounding"), load_ofa_tokenizer(init)
+    assert needs_reencoding(out, ds, ofa)
+    for row in ds:
+        w, h_ = row["image"].size
+        want = [(k + 0.5) / 1000 * s for k, s in zip(bins, (w, h_, w, h_))]
+        assert row["target_box"] == pytest.approx(want)
+        assert row["target"] == "".join(f"<loc_{k}>" for k in bins)
+        student_ids = task.student_target(row, ofa)
+        assert len(student_ids) == 5 and all(t in set(bin_token_ids(ofa)) for t in student_ids[:4])
+    _train(root, out, init, "grounding")
+
+
+def test_paligemma_caption_and_grounding(world_and_student_init):
+    root, world, init = world_and_student_init
+    folder = tiny_hf.build_paligemma(root / "paligemma")
+    out, ds, manifest = _distil(root, world, folder, "caption", "--max-new-tokens", "6")
+    _check_identity(manifest, folder, "paligemma")
+    tok = HFTeacher.from_pretrained(folder, {"id": "x"}, DistillConfig("caption", str(folder), "u", "u"),
+                                    torch.device("cpu")).processor.tokenizer
+    for row in ds:
+        assert row["target_ids"][-1] == tok.eos_token_id and len(row["target_ids"]) <= 7
+        assert row["target"] == tok.decode(row["target_ids"][:-1], skip_special_tokens=True).strip()
+    _train(root, out, init, "caption")
+
+    forced = shutil.copytree(folder, root / "paligemma-forced")
+    yx = [256, 128, 768, 960]  # y0 x0 y1 x1 on PaliGemma's 1024-bin grid
+    tiny_hf.force_sequence(forced, [f"<loc{k:04d}>" for k in yx], after="Ċ")
+    _, ds, _ = _distil(root, world, forced, "grounding")
+    for row in ds:
+        w, h_ = row["image"].size
+        assert row["target_box"] == pytest.approx([yx[1] / 1024 * w, yx[0] / 1024 * h_,
+                                                   yx[3] / 1024 * w, yx[2] / 1024 * h_])
+
+
+def test_git_entailment_choices_distil_and_train(world_and_student_init):
+    root, world, init = world_and_student_init
+    folder = tiny_hf.build_git(root / "git")
+    out, ds, manifest = _distil(root, world, folder, "entailment", "--num-beams", "1")
+    _check_identity(manifest, folder, "git")
+    task = get_task("entailment")
+    for row in ds:
+        assert row["target"] in task.candidates
+        assert math.isfinite(row["teacher_logprob"]) and row["teacher_logprob"] < 0
+    _train(root, out, init, "entailment")
