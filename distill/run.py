@@ -147,6 +147,16 @@ def _finish(state, out: Path, num_shards: int, features, config, new_rows: int, 
     return broadcast(state, summary)
 
 
+def _answer_list(task, teacher, answers: str | None) -> list[str] | None:
+    """The closed answer list the teacher decodes over (OFA on VQA); None for a teacher that answers freely."""
+    if teacher.decodes_over_answer_list:
+        return task.answer_list(answers)
+    if answers:
+        raise UserError(f"`answers` applies to teachers that decode over an answer list (OFA); "
+                        f"{teacher.identity.family} generates its answers freely")
+    return None
+
+
 # ---------------------------------------------------------------------------------------------------- the run
 def run_distill(config: DistillConfig) -> DistillSummary:
     """Run (or resume, or no-op) the teacher over the source; see the module docstring."""
@@ -158,7 +168,7 @@ def run_distill(config: DistillConfig) -> DistillSummary:
         ds = open_source(config.data, config.split, config.columns, task, config.image_root, config.limit)
     folder, teacher_id = resolve_teacher(config.teacher, config.revision)
     teacher = load_teacher(folder, teacher_id, config, state.device, default_resolution=task.resolution)
-    candidates = task.answer_list(config.answers)
+    candidates = _answer_list(task, teacher, config.answers)
     gen, gen_record = generation_settings(config, task, teacher, candidates)
     plan = sh.plan_shards(len(ds), config.shard_size)
     out = Path(config.out)

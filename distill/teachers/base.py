@@ -64,6 +64,9 @@ class Teacher(abc.ABC):
     identity: TeacherIdentity
     resolution: int | None = None
     """Square image side the teacher is fed (part of the run identity); None: the processor decides."""
+    decodes_over_answer_list: bool = False
+    """True when the teacher's VQA decoding is constrained to a closed answer list (OFA's trie, `answers`); a
+    teacher that generates answers freely needs no list."""
 
     def load(self) -> None:
         """Load the weights onto the device. Building a teacher reads only its config, tokenizer and processor (a

@@ -63,6 +63,8 @@ class OFATeacher(Teacher):
         attention and cache implementation, resolution); device: where `load` puts the weights.
     """
 
+    decodes_over_answer_list = True  # VQA: beam search over the answer trie (OFA's --beam-search-vqa-eval)
+
     def __init__(self, folder: Path, identity: TeacherIdentity, config: Any, device: Any, tokenizer: Any,
                  default_resolution: int | None = None):
         self.folder, self.identity, self.config, self.device = Path(folder), identity, config, torch.device(device)

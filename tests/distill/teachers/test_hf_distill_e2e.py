@@ -112,3 +112,26 @@ def test_git_entailment_choices_distil_and_train(world_and_student_init):
         assert row["target"] in task.candidates
         assert math.isfinite(row["teacher_logprob"]) and row["teacher_logprob"] < 0
     _train(root, out, init, "entailment")
+
+
+def test_vqa_from_a_free_answering_teacher_needs_no_answer_list(world_and_student_init, tmp_path, monkeypatch,
+                                                                 capsys):
+    """OFA decodes VQA over a closed answer list (`--answers` required); an HF teacher generates answers freely,
+    so the list is neither needed nor accepted."""
+    root, world, init = world_and_student_init
+    folder = tiny_hf.build_git(root / "git-vqa")
+    out, ds, manifest = _distil(root, world, folder, "vqa", "--max-new-tokens", "4")
+    assert manifest["teacher_identity"]["family"] == "git" and len(ds) == 8
+    assert all(row["target_ids"] and row["question"] for row in ds)
+    _train(root, out, init, "vqa")
+    from pipelines import cli
+
+    capsys.readouterr()  # what training printed
+
+    argv = ["narvl-pipe", "distill", "--task", "vqa", "--teacher", str(folder), "--data", str(world), "--out",
+            str(tmp_path / "o"), "--answers", str(world / "answers.txt"), *DISTILL]
+    with monkeypatch.context() as m, pytest.raises(SystemExit) as exc:
+        m.setattr(sys, "argv", argv)
+        cli.main()
+    assert exc.value.code == 2 and capsys.readouterr().err.strip() == (
+        "error: --answers applies to teachers that decode over an answer list (OFA); git generates its answers freely")
