@@ -175,7 +175,8 @@ def run_distill(config: DistillConfig) -> DistillSummary:
     key = run_key(config, task, teacher, gen_record, candidates, ds)
     # Released on every exit, errors included: an in-process caller (tests, notebooks) may start another run.
     with sh.RunLock(out) as lock:
-        features = output_features(ds.features, task, config.images, config.num_return_sequences > 1)
+        features = output_features(ds.features, task, config.images, config.num_return_sequences > 1,
+                                   teacher_prompt=teacher.own_prompts)
         finished = _claim(state, out, lock, key, ds, config, len(plan), teacher, t0)
         if finished is not None:
             return finished

@@ -9,11 +9,14 @@ from distill.tasks import reference_columns
 from distill.teachers.base import Prediction
 
 
-def output_features(source_features, task, images: bool, nbest: bool) -> Features:
-    """`id, task, prompt`, the task's text inputs, the teacher's target (`target`, `target_ids`, `teacher_logprob`,
-    `target_len`, then the task's canonical prediction columns, e.g. grounding's `target_box`), the source's
-    references, `source_index`, `image_path`, then `image` and `nbest` when asked for."""
+def output_features(source_features, task, images: bool, nbest: bool, teacher_prompt: bool = False) -> Features:
+    """`id, task, prompt` (the task's OFA prompt, what the student reads), `teacher_prompt` (only for a teacher
+    prompted in its own words, `Teacher.own_prompts`), the task's text inputs, the teacher's target (`target`,
+    `target_ids`, `teacher_logprob`, `target_len`, then the task's canonical prediction columns, e.g. grounding's
+    `target_box`), the source's references, `source_index`, `image_path`, then `image` and `nbest` when asked for."""
     feats = {"id": Value("string"), "task": Value("string"), "prompt": Value("string")}
+    if teacher_prompt:
+        feats["teacher_prompt"] = Value("string")
     for col in task.prompt_columns():
         feats[col] = Value("string")
     feats.update({
@@ -33,10 +36,13 @@ def output_features(source_features, task, images: bool, nbest: bool) -> Feature
     return Features(feats)
 
 
-def output_row(task, row: dict, index: int, best: list[Prediction], features) -> dict[str, Any]:
+def output_row(task, row: dict, index: int, best: list[Prediction], features,
+               teacher_prompt: str | None = None) -> dict[str, Any]:
     """The distilled row of source row `index` from its teacher predictions (`best[0]` is the target)."""
     top = best[0]
     out = {"id": row["id"], "task": task.name, "prompt": row["prompt"]}
+    if "teacher_prompt" in features:
+        out["teacher_prompt"] = teacher_prompt
     for col in task.prompt_columns():
         out[col] = row.get(col) or ""
     out.update({"target": top.text, "target_ids": top.ids, "teacher_logprob": top.logprob,

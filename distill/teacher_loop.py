@@ -179,8 +179,9 @@ def generate_shards(job: ShardJob, mine: list[int]) -> int:
                 w.quarantine(row_id, index, reason)
             if batch["good"]:
                 nbests = job.teacher.infer(batch["inputs"], job.task, job.settings)
-                rows = [output_row(job.task, row, index, best, job.features)
-                        for (index, row), best in zip(batch["good"], nbests)]
+                prompts = batch["inputs"].get("prompts") or [None] * len(nbests)  # a family's own prompts
+                rows = [output_row(job.task, row, index, best, job.features, prompt)
+                        for (index, row), best, prompt in zip(batch["good"], nbests, prompts)]
                 w.add(rows)
                 written += len(rows)
             output.batch_done(s, batch["indices"])

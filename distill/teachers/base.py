@@ -64,6 +64,9 @@ class Teacher(abc.ABC):
     identity: TeacherIdentity
     resolution: int | None = None
     """Square image side the teacher is fed (part of the run identity); None: the processor decides."""
+    own_prompts: bool = False
+    """True when the teacher is prompted in its own words (a family template), not with the task's OFA prompt:
+    `prepare` then returns them as `inputs["prompts"]` and the rows store them as `teacher_prompt`."""
     decodes_over_answer_list: bool = False
     """True when the teacher's VQA decoding is constrained to a closed answer list (OFA's trie, `answers`); a
     teacher that generates answers freely needs no list."""

@@ -56,6 +56,7 @@ class HFTeacher(Teacher):
     nothing to do, or a bad input, never reads them)."""
 
     resolution = None  # the processor decides the image size
+    own_prompts = True  # the family's template, not OFA's prompt: rows keep it as `teacher_prompt`
 
     def __init__(self, folder: Path, auto_class: Any, model_config: Any, generation: Any, processor: Any,
                  family: Family, identity: TeacherIdentity, config: Any, device: Any, template: str | None = None):

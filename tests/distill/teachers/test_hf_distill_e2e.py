@@ -87,7 +87,10 @@ def test_paligemma_caption_and_grounding(world_and_student_init):
     _check_identity(manifest, folder, "paligemma")
     tok = HFTeacher.from_pretrained(folder, {"id": "x"}, DistillConfig("caption", str(folder), "u", "u"),
                                     torch.device("cpu")).processor.tokenizer
+    assert "teacher_prompt" in ds.column_names
     for row in ds:
+        assert row["teacher_prompt"] == "caption en"  # the family's template; `prompt` stays OFA's (the student's)
+        assert row["prompt"] == get_task("caption").prompt(row)
         assert row["target_ids"][-1] == tok.eos_token_id and len(row["target_ids"]) <= 7
         assert row["target"] == tok.decode(row["target_ids"][:-1], skip_special_tokens=True).strip()
     _train(root, out, init, "caption")
