@@ -6,6 +6,8 @@ every model folder narvl-pipe writes and loads with `AutoProcessor.from_pretrain
 """
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any, Sequence
 
 from transformers import BatchFeature
@@ -37,3 +39,20 @@ class OFAProcessor(ProcessorMixin):
     @property
     def model_input_names(self) -> list[str]:
         return ["input_ids", "attention_mask", "patch_images"]
+
+
+def load_ofa_processor(folder: str | os.PathLike, size: int | None = None, tokenizer: Any = None) -> OFAProcessor:
+    """The `OFAProcessor` of a model folder: its tokenizer (`load_ofa_tokenizer`; `tokenizer`, a loaded one or
+    another folder / Hub id, replaces it) and its `OFAImageProcessor` from `preprocessor_config.json`, which every
+    folder narvl-pipe writes holds, older ones without `processor_config.json` included. A folder without one (the
+    OFA-Sys Hub checkpoints) gets OFA's preprocessing at `size`."""
+    from .image_processing_ofa import OFAImageProcessor
+    from .tokenization_ofa import load_ofa_tokenizer
+
+    if tokenizer is None or isinstance(tokenizer, (str, os.PathLike)):
+        tokenizer = load_ofa_tokenizer(os.fspath(tokenizer if tokenizer is not None else folder))
+    if (Path(folder) / "preprocessor_config.json").is_file():
+        image_processor = OFAImageProcessor.from_pretrained(os.fspath(folder))
+    else:
+        image_processor = OFAImageProcessor(size=size)
+    return OFAProcessor(image_processor, tokenizer)

@@ -19,8 +19,7 @@ import torch
 
 from distill.loading import load_pretrained
 from distill.ofa import OFAModel
-from distill.ofa.image_processing_ofa import OFAImageProcessor
-from distill.ofa.processing_ofa import OFAProcessor
+from distill.ofa.processing_ofa import load_ofa_processor
 from distill.ofa.tokenization_ofa import load_ofa_tokenizer
 from distill.teachers.base import Prediction, Teacher, TeacherIdentity, tokenizer_sha256
 
@@ -70,10 +69,7 @@ class OFATeacher(Teacher):
         self.folder, self.identity, self.config, self.device = Path(folder), identity, config, torch.device(device)
         self.tokenizer = tokenizer
         self.resolution = config.resolution or folder_resolution(self.folder) or default_resolution
-        image_processor = (OFAImageProcessor.from_pretrained(str(self.folder))
-                           if (self.folder / "preprocessor_config.json").is_file()
-                           else OFAImageProcessor(size=self.resolution))
-        self.processor = OFAProcessor(image_processor, self.tokenizer)
+        self.processor = load_ofa_processor(self.folder, size=self.resolution, tokenizer=self.tokenizer)
         self.model: OFAModel | None = None
 
     @classmethod

@@ -8,6 +8,7 @@ from transformers import AutoModel, AutoProcessor
 
 from distill.ofa import OFAModel, OFAProcessor
 from distill.ofa.image_processing_ofa import OFAImageProcessor
+from distill.ofa.processing_ofa import load_ofa_processor
 from distill.ofa.tokenization_ofa import load_ofa_tokenizer
 from student.evaluate import save_model_folder
 from tests.distill.distill_helpers import make_teacher
@@ -46,3 +47,17 @@ def test_saved_folder_opens_with_auto_classes_without_remote_code(tmp_path):
         b = model(input_ids=inputs["input_ids"], patch_images=inputs["patch_images"],
                   decoder_input_ids=torch.zeros(2, 1, dtype=torch.long)).logits
     assert torch.equal(a, b)
+
+
+def test_load_ofa_processor_reads_a_folder_without_processor_config(tmp_path):
+    """A folder with only `preprocessor_config.json` (as older narvl-pipe folders) keeps its side; one without an
+    image processor (OFA-Sys Hub checkpoints) gets the side asked for; `tokenizer` replaces the folder's."""
+    folder = make_teacher(tmp_path / "t", resolution=32)
+    assert not (folder / "processor_config.json").exists()
+    processor = load_ofa_processor(folder, size=64)
+    assert isinstance(processor, OFAProcessor) and processor.image_processor.size == 32
+    assert processor.tokenizer.get_vocab() == load_ofa_tokenizer(folder).get_vocab()
+    (folder / "preprocessor_config.json").unlink()
+    tok = load_ofa_tokenizer(folder)
+    fallback = load_ofa_processor(folder, size=64, tokenizer=tok)
+    assert fallback.image_processor.size == 64 and fallback.tokenizer is tok
