@@ -36,7 +36,7 @@ import torch
 from PIL import Image
 
 from distill.ofa.image_processing_ofa import OFAImageProcessor
-from distill.ofa import OFAConfig, OFAModel
+from distill.ofa import OFAConfig, OFAModel, OFAProcessor
 from distill.tasks import get_task
 from distill.ofa.tokenization_ofa import load_ofa_tokenizer
 from pipelines.serve import background_server, create_app
@@ -61,10 +61,10 @@ def build(root: Path, args) -> tuple[Path, Path, Path]:
                     encoder_ffn_dim=4 * args.d_model, decoder_ffn_dim=4 * args.d_model, resnet_type=args.resnet)
     torch.manual_seed(0)
     ofa = OFAModel(cfg).eval()
-    tok, proc = load_ofa_tokenizer(FIXTURE_TOKENIZER), OFAImageProcessor(size=args.resolution)
-    save_model_folder(ofa, tok, proc, root / "teacher")
+    proc = OFAProcessor(OFAImageProcessor(size=args.resolution), load_ofa_tokenizer(FIXTURE_TOKENIZER))
+    save_model_folder(ofa, proc, root / "teacher")
     student = NARVLModel.from_ofa(ofa, num_queries=get_task(args.task).num_queries, task=args.task).eval()
-    save_model_folder(student, tok, proc, root / "student")
+    save_model_folder(student, proc, root / "student")
     return root / "teacher", root / "student", root / "onnx"
 
 
@@ -86,7 +86,7 @@ def latency(student_dir: Path, onnx_dir: Path, args) -> list[dict]:
     rows = [{"id": str(i), "image": im} for i, im in enumerate(images(8, args.resolution))]
     out = []
     for batch in (1, 8):
-        inputs = encode_prompts(rows[:batch], task, eager.tokenizer, eager.image_processor)
+        inputs = encode_prompts(rows[:batch], task, eager.processor)
         methods = {"eager": lambda: eager.model.decode(**inputs), "onnxruntime": lambda: ort.model.decode(**inputs)}
         assert methods["eager"]() == methods["onnxruntime"](), "backends disagree"
         times: dict[str, list[float]] = {k: [] for k in methods}

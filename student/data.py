@@ -240,7 +240,7 @@ class TaskRows:
     multi-process run sees the same samples. Only when no row is usable does `example` raise `UserError`.
     """
 
-    def __init__(self, ds, task, tokenizer, image_processor, target_column: str = "target", seed: int = 0,
+    def __init__(self, ds, task, processor, target_column: str = "target", seed: int = 0,
                  resolution: int | None = None, skips: SkipLog | None = None, reencode: bool = False):
         if target_column not in TARGET_COLUMNS:
             raise UserError(f"`target_column` must be one of {', '.join(TARGET_COLUMNS)}, got {target_column!r}")
@@ -255,12 +255,12 @@ class TaskRows:
 
         if isinstance(ds.features.get("image"), Image) and ds.features["image"].decode:
             ds = ds.cast_column("image", Image(decode=False))  # decoded by `load_image`, as on every other path
-        self.ds, self.task, self.tokenizer, self.processor = ds, task, tokenizer, image_processor
+        self.ds, self.task, self.processor, self.tokenizer = ds, task, processor, processor.tokenizer
         self.target_column, self.seed = target_column, seed
         self.reencode = reencode
         """The teacher's `target_ids` are in another vocabulary (`needs_reencoding`): targets come from the
         canonical prediction, encoded with the student's tokenizer by the task."""
-        self.resolution = resolution or getattr(image_processor, "size", None)
+        self.resolution = resolution or getattr(processor.image_processor, "size", None)
         self.skips = skips if skips is not None else SkipLog()
         self._bad: set[int] = set()  # rows found unusable by this process (badness depends on the row only)
 
@@ -305,7 +305,7 @@ class TaskRows:
         ids, weight = self.target_ids(r, draw)
         return {
             "input_ids": self.tokenizer(self.task.prompt(r))["input_ids"],
-            "pixels": self.processor.process_image(r["image"], size=self.resolution),
+            "pixels": self.processor.image_processor.process_image(r["image"], size=self.resolution),
             "target": ids,
             "weight": weight,
         }
@@ -340,12 +340,14 @@ def collate(items: list[dict[str, Any]], pad_id: int = 1, bos_id: int = 0) -> di
     }
 
 
-def encode_readable(rows: list[dict], task, tokenizer, image_processor, resolution: int | None = None
+def encode_readable(rows: list[dict], task, processor, resolution: int | None = None
                     ) -> tuple[dict | None, list[int], list[tuple[int, str]]]:
     """Model inputs for the rows whose image can be read: `(inputs or None, their positions in rows, [(position,
-    reason)] of the others)`; inputs as `encode_prompts` returns them."""
+    reason)] of the others)`; inputs as `encode_prompts` returns them. Images go one by one through the
+    processor's image processor, so that one unreadable image leaves out its row only."""
     from distill.images import ImageLoadError
 
+    tokenizer, image_processor = processor.tokenizer, processor.image_processor
     size = resolution or getattr(image_processor, "size", None)
     kept, pixels, bad = [], [], []
     for i, r in enumerate(rows):
@@ -361,12 +363,12 @@ def encode_readable(rows: list[dict], task, tokenizer, image_processor, resoluti
              "patch_masks": torch.ones(len(kept), dtype=torch.bool)}, kept, bad)
 
 
-def encode_prompts(rows: list[dict], task, tokenizer, image_processor, resolution: int | None = None) -> dict:
+def encode_prompts(rows: list[dict], task, processor, resolution: int | None = None) -> dict:
     """Model inputs for inference on canonical rows: `input_ids` (B, S), `patch_images` (B, 3, H, W), `patch_masks`
     (B,). An unreadable image raises `ImageLoadError`."""
     from distill.images import ImageLoadError
 
-    inputs, _, bad = encode_readable(rows, task, tokenizer, image_processor, resolution)
+    inputs, _, bad = encode_readable(rows, task, processor, resolution)
     if bad:
         raise ImageLoadError(bad[0][1])
     return inputs

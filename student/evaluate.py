@@ -34,14 +34,22 @@ class LoadedModel:
 
     model: torch.nn.Module
     """`NARVLModel` or `OFAModel`, in eval mode."""
-    tokenizer: Any
-    """OFA tokenizer saved with the model."""
-    image_processor: Any
-    """`OFAImageProcessor` saved with the model (its `size` is the input resolution)."""
+    processor: OFAProcessor
+    """The `OFAProcessor` saved with the model: OFA tokenizer + `OFAImageProcessor`."""
     kind: str
     """`narvl` or `ofa`."""
     identity: dict = field(default_factory=dict)
     """`{"id": folder}`, or `{"id": hub id, "revision": commit}` (`distill.hub_ids.resolve_model_folder`)."""
+
+    @property
+    def tokenizer(self) -> Any:
+        """The processor's OFA tokenizer."""
+        return self.processor.tokenizer
+
+    @property
+    def image_processor(self) -> Any:
+        """The processor's `OFAImageProcessor` (its `size` is the input resolution)."""
+        return self.processor.image_processor
 
 
 def model_kind(model_dir: str | os.PathLike) -> str:
@@ -70,9 +78,8 @@ def load_model(model_dir: str | os.PathLike, device: str | torch.device | None =
     """Load a NARVL or OFA folder, a Hub id (through the HF cache, at `revision`), or a NARVL ONNX export
     (`narvl-pipe export`, run by onnxruntime), with its tokenizer and image processor (device: CUDA when available).
     A checkpoint without an image processor (the OFA-Sys Hub folders) gets OFA's at `task`'s resolution."""
-    from distill.ofa.image_processing_ofa import OFAImageProcessor
     from distill.loading import load_pretrained
-    from distill.ofa.tokenization_ofa import load_ofa_tokenizer
+    from distill.ofa.processing_ofa import load_ofa_processor
     from student.export import is_exported
 
     model_dir, identity = resolve_model_folder(os.fspath(model_dir), revision, field="model")
@@ -84,25 +91,22 @@ def load_model(model_dir: str | os.PathLike, device: str | torch.device | None =
     if kind == "narvl":
         from student.modeling_narvl import NARVLModel as cls
     else:
-        from distill.ofa import OFAProcessor, OFAModel as cls
+        from distill.ofa import OFAModel as cls
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model = load_pretrained(cls, model_dir).to(device).eval()
-    if (Path(model_dir) / "preprocessor_config.json").is_file():
-        processor = OFAImageProcessor.from_pretrained(str(model_dir))
-    else:
-        processor = OFAImageProcessor(size=task.resolution)
-    return LoadedModel(model, load_ofa_tokenizer(model_dir), processor, kind, identity)
+    processor = load_ofa_processor(model_dir, size=task.resolution if task is not None else None)
+    return LoadedModel(model, processor, kind, identity)
 
 
-def save_model_folder(model, tokenizer, image_processor, out: str | os.PathLike,
+def save_model_folder(model, processor: OFAProcessor, out: str | os.PathLike,
                       train_config: dict[str, Any] | None = None) -> Path:
-    """Write one usable folder: model (safetensors), tokenizer, image processor, their `OFAProcessor`
-    (`AutoProcessor.from_pretrained(out)`), and `train_config.json`."""
+    """Write one usable folder: model (safetensors), the `OFAProcessor` (`AutoProcessor.from_pretrained(out)`) with
+    its tokenizer and image processor, and `train_config.json`."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(out))
-    OFAProcessor(image_processor, tokenizer).save_pretrained(str(out))
-    image_processor.save_pretrained(str(out))  # preprocessor_config.json too: readers of older folders use it
+    processor.save_pretrained(str(out))
+    processor.image_processor.save_pretrained(str(out))  # preprocessor_config.json too: older readers use it
     if train_config is not None:
         (out / "train_config.json").write_text(json.dumps(train_config, indent=1, default=str))
     return out
@@ -176,7 +180,7 @@ def predict_rows(lm: LoadedModel, task, rows: Sequence[dict], batch_size: int = 
                 bad.append((i, r.get("id"), why))
             else:
                 chunk.append((i, dict(r)))
-        inputs, kept, unreadable = encode_readable([r for _, r in chunk], task, lm.tokenizer, lm.image_processor)
+        inputs, kept, unreadable = encode_readable([r for _, r in chunk], task, lm.processor)
         bad += [(chunk[k][0], chunk[k][1].get("id"), why) for k, why in unreadable]
         out.skipped += [{"id": str(rid), "index": i, "reason": why} for i, rid, why in sorted(bad)]
         if inputs is None:
@@ -199,7 +203,7 @@ def _nothing_readable(n: int, skipped: Sequence[dict]) -> UserError:
                      f"{skipped[0]['reason']}")
 
 
-def make_eval_fn(task, rows: Sequence[dict], tokenizer, image_processor, kind: str, batch_size: int = 16,
+def make_eval_fn(task, rows: Sequence[dict], processor: OFAProcessor, kind: str, batch_size: int = 16,
                  num_beams: int | None = None, candidates: Sequence[str] | None = None):
     """An `eval_fn(model, accelerator)` for `student.trainer.train`: rows are split over processes (row i on process
     i % world), predictions gathered as objects (exact on uneven splits), and the task metric computed on all."""
@@ -207,7 +211,7 @@ def make_eval_fn(task, rows: Sequence[dict], tokenizer, image_processor, kind: s
     def eval_fn(model, accelerator) -> dict[str, float]:
         from accelerate.utils import gather_object
 
-        lm = LoadedModel(model, tokenizer, image_processor, kind)
+        lm = LoadedModel(model, processor, kind)
         idx = list(range(accelerator.process_index, len(rows), accelerator.num_processes))
         res = predict_rows(lm, task, [rows[i] for i in idx], batch_size, num_beams, candidates, scored=True)
         pairs = gather_object([(idx[k], p) for k, p in zip(res.kept, res.predictions)])  # a single process: as is

@@ -27,7 +27,6 @@ from torch import nn
 from distill.errors import UserError
 from distill.jsonio import atomic_write_text
 from distill.ofa.positions import TOKEN_BUCKET_POSITIONS
-from distill.ofa.processing_ofa import OFAProcessor
 from distill.tasks import get_task
 from student.evaluate import load_model, model_kind
 
@@ -209,7 +208,7 @@ def export_onnx(model_dir: str | os.PathLike, out: str | os.PathLike, opset: int
         diff = max(diff, float((torch.from_numpy(got) - want).abs().max()))
 
     cfg.save_pretrained(str(out))
-    OFAProcessor(proc, tok).save_pretrained(str(out))  # AutoProcessor.from_pretrained(out) works
+    lm.processor.save_pretrained(str(out))  # AutoProcessor.from_pretrained(out) works
     proc.save_pretrained(str(out))
     v1 = cfg.vocab_size + 1
     spec = ExportSpec(

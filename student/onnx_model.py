@@ -77,10 +77,9 @@ class ONNXNARVLModel:
 
 def load_exported(path: str | os.PathLike, device: str | torch.device | None = None, num_threads: int | None = None):
     """An export folder as a `student.evaluate.LoadedModel` of kind `narvl`."""
-    from distill.ofa.image_processing_ofa import OFAImageProcessor
-    from distill.ofa.tokenization_ofa import load_ofa_tokenizer
+    from distill.ofa.processing_ofa import load_ofa_processor
 
     from .evaluate import LoadedModel
 
     model = ONNXNARVLModel(path, device, num_threads)
-    return LoadedModel(model, load_ofa_tokenizer(path), OFAImageProcessor.from_pretrained(str(path)), "narvl")
+    return LoadedModel(model, load_ofa_processor(path), "narvl")

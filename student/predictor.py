@@ -26,7 +26,7 @@ class Predictor:
     """One model and one task: canonical rows (or request fields) in, `Prediction`s out.
 
     Args:
-        loaded (LoadedModel): the model with its tokenizer and image processor (`student.evaluate.load_model`).
+        loaded (LoadedModel): the model with its `OFAProcessor` (`student.evaluate.load_model`).
         task (str): caption, vqa, grounding or entailment.
         candidates (Sequence[str] | None): VQA answer list, which an AR teacher's constrained decoding needs.
     """
@@ -104,6 +104,6 @@ class Predictor:
         if self.loaded.kind != "narvl":
             raise UserError("logits are defined for a NARVL student (its CTC frames), not for an AR teacher")
         lm = self.loaded
-        inputs = encode_prompts([dict(r) for r in rows], self.task, lm.tokenizer, lm.image_processor)
+        inputs = encode_prompts([dict(r) for r in rows], self.task, lm.processor)
         inputs = {k: v.to(lm.model.device) for k, v in inputs.items()}
         return lm.model(**inputs).logits.float().cpu()

@@ -105,11 +105,10 @@ def resolve_student_config(cfg: StudentTrainConfig) -> tuple[StudentTrainConfig,
 
 
 def build_student(cfg: StudentTrainConfig, task, init: Path | None = None):
-    """(NARVLModel, tokenizer, image processor) from `init` (default `cfg.init`; an OFA or a NARVL folder)."""
-    from distill.ofa.image_processing_ofa import OFAImageProcessor
+    """(NARVLModel, `OFAProcessor`) from `init` (default `cfg.init`; an OFA or a NARVL folder)."""
     from distill.loading import load_pretrained
     from distill.ofa import OFAModel
-    from distill.ofa.tokenization_ofa import load_ofa_tokenizer
+    from distill.ofa.processing_ofa import load_ofa_processor
     from student.evaluate import model_kind
     from student.modeling_narvl import NARVLModel
 
@@ -130,14 +129,10 @@ def build_student(cfg: StudentTrainConfig, task, init: Path | None = None):
         model = NARVLModel.from_ofa(load_pretrained(OFAModel, init, **layers),
                                     num_queries=cfg.num_queries or task.num_queries, task=task.name,
                                     label_smoothing=eps, **extra)
-    tokenizer = load_ofa_tokenizer(cfg.tokenizer or str(init))
-    if (init / "preprocessor_config.json").is_file():
-        processor = OFAImageProcessor.from_pretrained(str(init))
-    else:
-        processor = OFAImageProcessor(size=task.resolution)
+    processor = load_ofa_processor(init, size=task.resolution, tokenizer=cfg.tokenizer)
     if cfg.resolution:
-        processor.size = cfg.resolution
-    return model, tokenizer, processor
+        processor.image_processor.size = cfg.resolution
+    return model, processor
 
 
 def train_student(cfg: StudentTrainConfig) -> TrainResult:
@@ -155,7 +150,8 @@ def train_student(cfg: StudentTrainConfig) -> TrainResult:
     ds, report = filter_rows(ds, cfg.min_teacher_logprob, cfg.max_target_len)
     cfg, init, provenance = resolve_student_config(cfg)
     set_seed(cfg.seed)  # the queries and blank row are drawn from it
-    model, tokenizer, processor = build_student(cfg, task, init)
+    model, processor = build_student(cfg, task, init)
+    tokenizer = processor.tokenizer
     if cfg.freeze_embeddings:
         from student.train_setup import freeze_token_embeddings
 
@@ -167,15 +163,15 @@ def train_student(cfg: StudentTrainConfig) -> TrainResult:
               f"--min-teacher-logprob, {report.removed_length} above --max-target-len)")
     skips = SkipLog.for_training(cfg.output_dir, cfg.resume)
     reencode = cfg.target_column == "target" and needs_reencoding(cfg.data, ds, tokenizer)
-    rows = TaskRows(ds, task, tokenizer, processor, cfg.target_column, seed=cfg.seed, skips=skips,
+    rows = TaskRows(ds, task, processor, cfg.target_column, seed=cfg.seed, skips=skips,
                     reencode=reencode)
     eval_fn = None
     eval_rows = _eval_rows(cfg, task)
     if eval_rows:
-        eval_fn = make_eval_fn(task, eval_rows, tokenizer, processor, "narvl", cfg.eval_batch_size, cfg.eval_num_beams)
+        eval_fn = make_eval_fn(task, eval_rows, processor, "narvl", cfg.eval_batch_size, cfg.eval_num_beams)
     resolved = dataclasses.replace(
         cfg, num_queries=model.config.num_queries, label_smoothing=model.config.label_smoothing,
-        resolution=processor.size, drop_path=model.config.encoder_drop_path_rate)
+        resolution=processor.image_processor.size, drop_path=model.config.encoder_drop_path_rate)
     pad, bos = tokenizer.pad_token_id, tokenizer.bos_token_id
     run_config = jsonable(resolved)
     result = train(model, student_loss, rows, resolved, collate_fn=partial(collate, pad_id=pad, bos_id=bos),
@@ -190,6 +186,6 @@ def train_student(cfg: StudentTrainConfig) -> TrainResult:
                   "filter": dataclasses.asdict(report) | {"kept": report.kept},
                   "n_infeasible_total": infeasible, "skipped_rows": skips.report(),
                   "kd_targets": "re-encoded in the student's tokenizer" if reencode else cfg.target_column}
-        save_model_folder(result.model, tokenizer, processor, cfg.output_dir, record)
+        save_model_folder(result.model, processor, cfg.output_dir, record)
     return result
 

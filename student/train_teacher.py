@@ -184,7 +184,8 @@ def train_teacher(cfg: TeacherTrainConfig) -> TrainResult:
     from distill.hub_ids import resolve_model_folder
     from distill.ofa.image_processing_ofa import OFAImageProcessor
     from distill.loading import load_pretrained
-    from distill.ofa import OFAModel
+    from distill.ofa import OFAModel, OFAProcessor
+    from distill.ofa.processing_ofa import load_ofa_processor
     from distill.tasks import get_task
     from distill.ofa.tokenization_ofa import load_ofa_tokenizer
     from student.data import SkipLog, TaskRows, collate, load_training_data
@@ -214,39 +215,36 @@ def train_teacher(cfg: TeacherTrainConfig) -> TrainResult:
     set_seed(cfg.seed)
     if init is not None:
         model = load_pretrained(OFAModel, init, **drop_path_fields(cfg.drop_path))
-        tokenizer = load_ofa_tokenizer(cfg.tokenizer or str(init))
-        proc_file = init / "preprocessor_config.json"
-        processor = (OFAImageProcessor.from_pretrained(str(init)) if proc_file.is_file()
-                     else OFAImageProcessor(size=task.resolution))
+        processor = load_ofa_processor(init, size=task.resolution, tokenizer=cfg.tokenizer)
         if cfg.resolution:
-            processor.size = cfg.resolution
+            processor.image_processor.size = cfg.resolution
     else:
         tok_src = cfg.tokenizer or os.path.join(cfg.data, "tokenizer")
         if not Path(tok_src).is_dir():
             raise UserError(f"no tokenizer at {tok_src}: pass `tokenizer` DIR to build a teacher with `arch`")
-        tokenizer = load_ofa_tokenizer(tok_src)
-        processor = OFAImageProcessor(size=default_resolution(cfg, task))
-        model = OFAModel(build_ofa_config(cfg, len(tokenizer), processor.size))
+        processor = OFAProcessor(OFAImageProcessor(size=default_resolution(cfg, task)), load_ofa_tokenizer(tok_src))
+        model = OFAModel(build_ofa_config(cfg, len(processor.tokenizer), processor.image_processor.size))
+    tokenizer = processor.tokenizer
     if len(tokenizer) > model.config.vocab_size:
         raise UserError(f"tokenizer has {len(tokenizer)} tokens but the model only {model.config.vocab_size}")
     if cfg.freeze_embeddings:
         freeze_token_embeddings(model)
 
     skips = SkipLog.for_training(cfg.output_dir, cfg.resume)
-    parts = [TaskRows(part_ds, get_task(name), tokenizer, processor, target_column="references", seed=cfg.seed,
+    parts = [TaskRows(part_ds, get_task(name), processor, target_column="references", seed=cfg.seed,
                       skips=skips) for name, part_ds in datasets_by_task.items()]
     train_rows = parts[0] if len(parts) == 1 else TaskMixture(parts)
     eval_fn = None
     rows = _eval_rows(cfg, task)
     if rows:
         cands = task.eval_candidates(list(ds.select_columns(["answers"]))) if task.needs_answer_list else None
-        eval_fn = make_eval_fn(task, rows, tokenizer, processor, "ofa", cfg.eval_batch_size, cfg.eval_num_beams, cands)
+        eval_fn = make_eval_fn(task, rows, processor, "ofa", cfg.eval_batch_size, cfg.eval_num_beams, cands)
     eps = cfg.label_smoothing
     if eps is None:
         smoothing = {get_task(n).label_smoothing for n in names}
         eps = smoothing.pop() if len(smoothing) == 1 else 0.1
     pad, bos = tokenizer.pad_token_id, tokenizer.bos_token_id
-    resolved = dataclasses.replace(cfg, label_smoothing=eps, resolution=processor.size,
+    resolved = dataclasses.replace(cfg, label_smoothing=eps, resolution=processor.image_processor.size,
                                    drop_path=model.config.encoder_drop_path_rate)
     result = train(model, teacher_loss(eps), train_rows, resolved,
                    collate_fn=partial(collate, pad_id=pad, bos_id=bos), eval_fn=eval_fn, run_config=jsonable(resolved))
@@ -254,6 +252,6 @@ def train_teacher(cfg: TeacherTrainConfig) -> TrainResult:
         record = {**jsonable(resolved), **result.resolved, **provenance, "final_step": result.step,
                   "eval": result.eval_metrics, "num_train_rows": len(ds), "num_train_examples": len(train_rows),
                   "skipped_rows": skips.report()}
-        save_model_folder(result.model, tokenizer, processor, cfg.output_dir, record)
+        save_model_folder(result.model, processor, cfg.output_dir, record)
     return result
 

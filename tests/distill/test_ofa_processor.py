@@ -34,7 +34,8 @@ def test_processor_equals_its_parts(tmp_path):
 def test_saved_folder_opens_with_auto_classes_without_remote_code(tmp_path):
     teacher = make_teacher(tmp_path / "t", resolution=32)
     model = OFAModel.from_pretrained(str(teacher))
-    folder = save_model_folder(model, load_ofa_tokenizer(teacher), OFAImageProcessor(size=40), tmp_path / "m")
+    processor = OFAProcessor(OFAImageProcessor(size=40), load_ofa_tokenizer(teacher))
+    folder = save_model_folder(model, processor, tmp_path / "m")
     processor = AutoProcessor.from_pretrained(str(folder))
     assert isinstance(processor, OFAProcessor) and processor.image_processor.size == 40
     assert len(processor.tokenizer) == model.config.vocab_size

@@ -124,6 +124,7 @@ def test_object_tags_travel_through_distill_into_the_students_prompt(tmp_path):
     """The teacher sees the tags in its prompt, the distilled rows keep them, and the student's prompt is the same."""
     from distill_helpers import make_teacher
 
+    from distill.ofa import OFAProcessor
     from distill.ofa.image_processing_ofa import OFAImageProcessor
     from distill.run import DistillConfig, run_distill
     from distill.ofa.tokenization_ofa import load_ofa_tokenizer
@@ -141,5 +142,5 @@ def test_object_tags_travel_through_distill_into_the_students_prompt(tmp_path):
     assert distilled["object_tags"] == [["red", "circle"], []]
     assert distilled[0]["prompt"] == " what color is the circle? object: red circle"
     tok = load_ofa_tokenizer(teacher)
-    ex = TaskRows(distilled, vqa, tok, OFAImageProcessor(size=32)).example(0, 0)
+    ex = TaskRows(distilled, vqa, OFAProcessor(OFAImageProcessor(size=32), tok)).example(0, 0)
     assert tok.decode(ex["input_ids"], skip_special_tokens=True) == distilled[0]["prompt"]

@@ -46,9 +46,8 @@ def make_student(teacher: Path, out: Path, task: str = "caption", num_queries: i
                  weight_std: float | None = None) -> Path:
     """A NARVL student folder initialised from `teacher` (seed 0). `weight_std` redraws every matrix outside the
     image stem with that std: an untrained student then gives outputs that depend on the image and the prompt."""
-    from distill.ofa.image_processing_ofa import OFAImageProcessor
     from distill.ofa import OFAModel
-    from distill.ofa.tokenization_ofa import load_ofa_tokenizer
+    from distill.ofa.processing_ofa import load_ofa_processor
     from student.evaluate import save_model_folder
     from student.modeling_narvl import NARVLModel
 
@@ -59,5 +58,5 @@ def make_student(teacher: Path, out: Path, task: str = "caption", num_queries: i
             for name, p in student.named_parameters():
                 if p.dim() >= 2 and "embed_images" not in name:
                     p.normal_(0.0, weight_std)
-    save_model_folder(student, load_ofa_tokenizer(teacher), OFAImageProcessor.from_pretrained(str(teacher)), out)
+    save_model_folder(student, load_ofa_processor(teacher), out)
     return out

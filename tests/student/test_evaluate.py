@@ -20,9 +20,8 @@ from distill.errors import UserError  # noqa: E402
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
-    from distill.ofa.image_processing_ofa import OFAImageProcessor
     from distill.ofa import OFAModel
-    from distill.ofa.tokenization_ofa import load_ofa_tokenizer
+    from distill.ofa.processing_ofa import load_ofa_processor
     from student.evaluate import save_model_folder
     from student.modeling_narvl import NARVLModel
 
@@ -31,15 +30,14 @@ def models(tmp_path_factory):
     teacher = h.make_teacher(world, root / "teacher", "caption", 2)
     torch.manual_seed(0)
     student = NARVLModel.from_ofa(OFAModel.from_pretrained(str(teacher)), num_queries=8, task="caption")
-    save_model_folder(student, load_ofa_tokenizer(teacher), OFAImageProcessor.from_pretrained(str(teacher)),
-                      root / "student")
+    save_model_folder(student, load_ofa_processor(teacher), root / "student")
     return world, teacher, root / "student"
 
 
 def _inputs(lm, task, row):
     from student.data import encode_prompts
 
-    return encode_prompts([row], task, lm.tokenizer, lm.image_processor)
+    return encode_prompts([row], task, lm.processor)
 
 
 def test_evaluate_narvl_is_greedy_ctc(models, tmp_path):
@@ -131,19 +129,18 @@ def test_exif_orientation_is_the_same_on_every_path(models, tmp_path):
     import numpy as np
     from PIL import Image
 
-    from distill.ofa.image_processing_ofa import OFAImageProcessor
+    from distill.ofa.processing_ofa import load_ofa_processor
     from distill.run import DistillConfig, run_distill
     from distill.sources import open_source
     from distill.tasks import get_task
     from distill.teacher_loop import _Collate
     from distill.teachers import load_teacher
-    from distill.ofa.tokenization_ofa import load_ofa_tokenizer
     from student.data import TaskRows, encode_readable, load_training_data
     from student.evaluate import evaluate, predict
 
     world, teacher, student = models
-    task, tok = get_task("caption"), load_ofa_tokenizer(teacher)
-    proc = OFAImageProcessor.from_pretrained(str(teacher))
+    task, processor = get_task("caption"), load_ofa_processor(teacher)
+    proc = processor.image_processor
     jpg, png = tmp_path / "rot6.jpg", tmp_path / "upright.png"
     upright = _rot6_jpeg(jpg)
     Image.fromarray(upright).save(png)  # lossless: the same pixels without any EXIF
@@ -168,9 +165,9 @@ def test_exif_orientation_is_the_same_on_every_path(models, tmp_path):
                               out=str(tmp_path / "kd"), batch_size=2, num_beams=1, max_new_tokens=4, num_workers=0,
                               shard_size=2, progress=False))
     for data, column in ((tmp_path / "kd", "target"), (tmp_path / "rot", "references")):
-        rows = TaskRows(load_training_data(data, "train", task), task, tok, proc, column)
+        rows = TaskRows(load_training_data(data, "train", task), task, processor, column)
         np.testing.assert_array_equal(rows.example(0, 0)["pixels"], expected)  # train-student's batches
-    inputs, kept, _ = encode_readable([dict(r) for r in src], task, tok, proc)  # evaluate's batches
+    inputs, kept, _ = encode_readable([dict(r) for r in src], task, processor)  # evaluate's batches
     assert kept == [0, 1]
     np.testing.assert_array_equal(inputs["patch_images"][0].numpy(), expected)
     for model in (student, teacher):  # end to end: the JPEG predicts as its upright PNG does

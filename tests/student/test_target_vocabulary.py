@@ -13,6 +13,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "distill"))
 
 from distill.errors import UserError  # noqa: E402
+from distill.ofa import OFAProcessor  # noqa: E402
 from distill.ofa.image_processing_ofa import OFAImageProcessor  # noqa: E402
 from distill.ofa.tokenization_ofa import (load_ofa_tokenizer, text_to_bins, token_ids_to_bins,  # noqa: E402
                                           train_tiny_tokenizer)
@@ -44,7 +45,7 @@ def distilled(tmp_path_factory):
 
 def _rows(folder: Path, task, tokenizer, reencode: bool):
     ds = datasets.load_from_disk(str(folder))
-    return ds, TaskRows(ds, task, tokenizer, OFAImageProcessor(size=32), reencode=reencode)
+    return ds, TaskRows(ds, task, OFAProcessor(OFAImageProcessor(size=32), tokenizer), reencode=reencode)
 
 
 def test_manifest_records_the_teacher_and_its_tokenizer(distilled):

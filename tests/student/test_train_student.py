@@ -171,6 +171,7 @@ def test_infeasible_targets_are_counted(world_teacher_distilled, tmp_path):
 
 
 def test_raw_references_are_seeded_and_multimodal(world_teacher_distilled, tmp_path):
+    from distill.ofa import OFAProcessor
     from distill.ofa.image_processing_ofa import OFAImageProcessor
     from distill.tasks import get_task
     from distill.tasks.base import clean_caption
@@ -180,13 +181,13 @@ def test_raw_references_are_seeded_and_multimodal(world_teacher_distilled, tmp_p
     world, teacher, _ = world_teacher_distilled
     task, tok = get_task("caption"), load_ofa_tokenizer(teacher)
     ds = load_training_data(world, "train", task)
-    rows = TaskRows(ds, task, tok, OFAImageProcessor(size=32), target_column="references", seed=3)
+    rows = TaskRows(ds, task, OFAProcessor(OFAImageProcessor(size=32), tok), target_column="references", seed=3)
     refs = {tuple(task.encode_target(clean_caption(c, 20), tok)) for c in ds[0]["captions"]}
     drawn = [tuple(rows.example(0, d)["target"]) for d in range(30)]
     assert drawn == [tuple(rows.example(0, d)["target"]) for d in range(30)]  # same draw, same reference
     assert set(drawn) <= refs and len(set(drawn)) > 1  # several phrasings over draws: multimodal raw targets
     with pytest.raises(UserError, match="needs a distilled dataset"):
-        TaskRows(ds, task, tok, OFAImageProcessor(size=32), target_column="target")
+        TaskRows(ds, task, OFAProcessor(OFAImageProcessor(size=32), tok), target_column="target")
     # Raw training straight from the canonical world (the "student-raw" baseline).
     out = tmp_path / "raw"
     h.cli("train-student", "--task", "caption", "--data", world, "--init", teacher, "--out", out,
@@ -240,6 +241,7 @@ def test_unusable_rows_are_skipped_counted_and_resume_exactly(world_teacher_dist
 
     from safetensors.torch import load_file
 
+    from distill.ofa import OFAProcessor
     from distill.ofa.image_processing_ofa import OFAImageProcessor
     from distill.tasks import get_task
     from distill.ofa.tokenization_ofa import load_ofa_tokenizer
@@ -258,7 +260,7 @@ def test_unusable_rows_are_skipped_counted_and_resume_exactly(world_teacher_dist
     task, tok = get_task("caption"), load_ofa_tokenizer(teacher)
     ds = load_training_data(tmp_path / "bad", "train", task)
     log = SkipLog()
-    trows = TaskRows(ds, task, tok, OFAImageProcessor(size=32), "references", seed=0, skips=log)
+    trows = TaskRows(ds, task, OFAProcessor(OFAImageProcessor(size=32), tok), "references", seed=0, skips=log)
     for bad, sub in ((3, 4), (5, 6)):
         got, want = trows.example(bad, 11), trows.example(sub, 11)
         assert got["target"] == want["target"] and (got["pixels"] == want["pixels"]).all()
@@ -283,7 +285,7 @@ def test_unusable_rows_are_skipped_counted_and_resume_exactly(world_teacher_dist
     assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-6
     assert (resumed / "skipped.jsonl").read_text() == expected
 
-    nothing = TaskRows(ds.select([3, 5]), task, tok, OFAImageProcessor(size=32), "references")
+    nothing = TaskRows(ds.select([3, 5]), task, OFAProcessor(OFAImageProcessor(size=32), tok), "references")
     with pytest.raises(UserError, match="no usable training row: all 2 rows were skipped; first: "):
         nothing.example(0, 0)
 

@@ -112,6 +112,7 @@ def test_preflight_predicts_and_changes_nothing(world, tmp_path):
     """The probe's forward/backward leaves weights, BatchNorm statistics, gradients and the RNG untouched, the
     saved activations it measures grow with the batch's pixels, and a predicted peak above the available memory is
     one line."""
+    from distill.ofa import OFAProcessor
     from distill.ofa.image_processing_ofa import OFAImageProcessor
     from distill.ofa import OFAModel
     from distill.tasks import get_task
@@ -129,7 +130,7 @@ def test_preflight_predicts_and_changes_nothing(world, tmp_path):
     rng = torch.get_rng_state()
     per_sample = []
     for side in (32, 64):
-        rows = TaskRows(_two_rows(world), task, tok, OFAImageProcessor(size=side), "references")
+        rows = TaskRows(_two_rows(world), task, OFAProcessor(OFAImageProcessor(size=side), tok), "references")
         batch = collate([rows[0], rows[1]], pad_id=tok.pad_token_id, bos_id=tok.bos_token_id)
         est = estimate_step(model, teacher_loss(0.1), batch, micro_batch=8, grad_accum=1)
         per_sample.append(est.per_sample_bytes)
@@ -184,15 +185,17 @@ def test_multi_task_mixture_rows_and_training(world, tmp_path):
     """`tasks`: one stream holding every row once per task (each part's own prompt and target), trained as one."""
     from datasets import load_from_disk
 
+    from distill.ofa import OFAProcessor
     from distill.ofa.image_processing_ofa import OFAImageProcessor
     from distill.tasks import get_task
     from distill.ofa.tokenization_ofa import bin_token_ids, load_ofa_tokenizer
     from student.train_teacher import TaskMixture, TeacherTrainConfig, train_teacher
     from student.data import TaskRows
 
-    tok, proc = load_ofa_tokenizer(world / "tokenizer"), OFAImageProcessor(size=32)
+    tok = load_ofa_tokenizer(world / "tokenizer")
+    proc = OFAProcessor(OFAImageProcessor(size=32), tok)
     ds = load_from_disk(str(world))["train"]
-    parts = [TaskRows(ds, get_task(t), tok, proc, target_column="references") for t in ("caption", "grounding")]
+    parts = [TaskRows(ds, get_task(t), proc, target_column="references") for t in ("caption", "grounding")]
     mix = TaskMixture(parts)
     assert len(mix) == 2 * len(ds) == 32
     for i, (part, row) in enumerate([(0, 0), (0, 15), (1, 0), (1, 15)]):
