@@ -7,7 +7,13 @@ from __future__ import annotations
 import re
 from typing import Mapping, Sequence
 
-from distill.tasks.caption_metrics import caption_metric_implementation, caption_scores, cider_d, ptb_tokenize
+# re-exported: the caption metrics are part of this module's API
+from distill.tasks.caption_metrics import (  # noqa: F401
+    caption_metric_implementation,
+    caption_scores,
+    cider_d,
+    ptb_tokenize,
+)
 
 VQA_IMPLEMENTATION = "official VQA evaluation (GT-Vision-Lab vqaEval.py, 2021)"
 VQA_TSV_IMPLEMENTATION = "OFA's VQA score (confidence of the predicted answer, utils/eval_utils.py)"
