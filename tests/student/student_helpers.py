@@ -60,3 +60,18 @@ def make_student(teacher: Path, out: Path, task: str = "caption", num_queries: i
                     p.normal_(0.0, weight_std)
     save_model_folder(student, load_ofa_processor(teacher), out)
     return out
+
+
+def interrupted_then_resumed(command: str, ref: Path, out: Path, *args: str) -> float:
+    """Run `narvl-pipe COMMAND --out OUT ARGS`, undo its end as a crash after the step-2 checkpoint would (the step-4
+    checkpoint and the final model removed), resume it, and return the max weight difference from `ref`'s model."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    cli(command, "--out", out, *args)
+    shutil.rmtree(out / "checkpoints" / "step_00000004")
+    (out / "model.safetensors").unlink()
+    cli(command, "--out", out, *args, "--resume")
+    a, b = load_file(ref / "model.safetensors"), load_file(out / "model.safetensors")
+    return max((a[k] - b[k]).abs().max().item() for k in a)
