@@ -303,12 +303,17 @@ class TaskRows:
 
     def _encode(self, r: dict, draw: int) -> dict[str, Any]:
         ids, weight = self.target_ids(r, draw)
-        return {
-            "input_ids": self.tokenizer(self.task.prompt(r))["input_ids"],
+        input_ids = self.tokenizer(self.task.prompt(r))["input_ids"]
+        item = {
+            "input_ids": input_ids,
             "pixels": self.processor.image_processor.process_image(r["image"], size=self.resolution),
             "target": ids,
             "weight": weight,
         }
+        if self.task.prompt_type == "prev_output":
+            # An AR teacher is trained as it is decoded: after `<s>` + the prompt (the encoder input minus EOS).
+            item["decoder_prompt"] = input_ids[:-1]
+        return item
 
 
 def _pad(seqs: list[list[int]], value: int) -> torch.Tensor:
@@ -324,10 +329,11 @@ def collate(items: list[dict[str, Any]], pad_id: int = 1, bos_id: int = 0) -> di
     Returns:
         `input_ids` (B, S) padded with `pad_id`; `patch_images` (B, 3, H, W); `patch_masks` (B,) all True;
         `targets` (B, L) padded with `pad_id`; `target_lengths` (B,); `weights` (B,); and for teacher forcing
-        `decoder_input_ids` (B, L) = `<s>` + target[:-1] and `labels` (B, L) = target with -100 on padding.
+        `decoder_input_ids` (B, P + L - 1) = decoder prompt + target[:-1] and `labels` (B, P + L - 1) = target
+        after the prompt, -100 on the prompt and on padding (P: the item's `decoder_prompt`, default `<s>`).
     """
     targets = [it["target"] for it in items]
-    labels = _pad(targets, -100)
+    prompts = [list(it.get("decoder_prompt", [bos_id])) for it in items]
     return {
         "input_ids": _pad([list(it["input_ids"]) for it in items], pad_id),
         "patch_images": torch.from_numpy(np.stack([it["pixels"] for it in items])),
@@ -335,8 +341,8 @@ def collate(items: list[dict[str, Any]], pad_id: int = 1, bos_id: int = 0) -> di
         "targets": _pad(targets, pad_id),
         "target_lengths": torch.tensor([len(t) for t in targets], dtype=torch.long),
         "weights": torch.tensor([float(it["weight"]) for it in items], dtype=torch.float32),
-        "decoder_input_ids": _pad([[bos_id] + list(t[:-1]) for t in targets], pad_id),
-        "labels": labels,
+        "decoder_input_ids": _pad([p + list(t[:-1]) for p, t in zip(prompts, targets)], pad_id),
+        "labels": _pad([[-100] * (len(p) - 1) + list(t) for p, t in zip(prompts, targets)], -100),
     }
 
 

@@ -171,6 +171,10 @@ class Task(abc.ABC):
     None: the task has no TSV format."""
 
     # ------------------------------------------------------------------ how a model infers it
+    prompt_type: ClassVar[str] = "none"
+    """OFA's `--prompt-type` of the task's fine-tuning and inference: `none`, the decoder starts from `<s>`;
+    `prev_output` (VQA, SNLI-VE), it is first fed `<s>` + the prompt tokens (the encoder input without its EOS)
+    and is trained on the target after them (OFA's `data/mm_data/{vqa_gen,snli_ve}_dataset.py`)."""
     inference: ClassVar[str] = "generate"
     """`generate` (free or constrained decoding), or `score`: the teacher scores each candidate (entailment)."""
     options: ClassVar[Mapping[str, Any]] = {}

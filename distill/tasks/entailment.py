@@ -47,6 +47,7 @@ class EntailmentTask(Task):
     reference_columns: ClassVar[tuple[str, ...]] = ("label",)
     tsv_layout: ClassVar[tuple[str, ...] | None] = ("id", "image_id", "image", "hypothesis", "premise", "label")
     inference: ClassVar[str] = "score"
+    prompt_type: ClassVar[str] = "prev_output"
     ctc_merge_repeats: ClassVar[bool] = False
     ctc_beam_search: ClassVar[bool] = False
     baseline_description: ClassVar[str] = "most frequent training label"

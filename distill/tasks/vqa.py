@@ -125,6 +125,7 @@ class VQATask(Task):
     tsv_layout: ClassVar[tuple[str, ...] | None] = ("id", "image_id", "question", "answers", "object_labels", "image")
     options: ClassVar[Mapping[str, Any]] = {"vqa_mode": "beam"}
     needs_answer_list: ClassVar[bool] = True
+    prompt_type: ClassVar[str] = "prev_output"
     hub_category: ClassVar[str] = "visual-question-answering"
     baseline_description: ClassVar[str] = "most frequent training answer"
 

@@ -139,6 +139,50 @@ def test_preflight_predicts_and_changes_nothing(world, tmp_path):
         check_step_fits(est, 10)
 
 
+@pytest.mark.parametrize("task_name", ["vqa", "entailment", "caption", "grounding"])
+def test_teacher_is_trained_on_the_decoder_input_it_is_decoded_with(world, task_name):
+    """OFA fine-tunes VQA and SNLI-VE with `--prompt-type=prev_output`: the decoder reads `<s>` + the prompt, then
+    the target, and only the target is scored; caption and grounding start from `<s>`. The batched loss equals
+    the cross-entropy of each row's target computed alone, on the decoder input OFA's inference builds
+    (`decoder_prompts` of the encoder input, as VQA's trie beam search and entailment's scoring feed it)."""
+    from distill.ofa import OFAModel, OFAProcessor
+    from distill.ofa.image_processing_ofa import OFAImageProcessor
+    from distill.ofa.tokenization_ofa import load_ofa_tokenizer
+    from distill.tasks import get_task
+    from distill.tasks.ofa_decoding import decoder_prompts
+    from student.data import TaskRows, collate, load_training_data
+    from student.train_teacher import TeacherTrainConfig, build_ofa_config, teacher_loss
+
+    task, tok = get_task(task_name), load_ofa_tokenizer(world / "tokenizer")
+    cfg = TeacherTrainConfig(output_dir="x", task=task_name, data="x", arch="tiny", d_model=32, layers=1, heads=2,
+                             resnet_type="resnet18")
+    torch.manual_seed(0)
+    model = OFAModel(build_ofa_config(cfg, len(tok), 32)).eval()
+    rows = TaskRows(load_training_data(world, "train", task, limit=3), task,
+                    OFAProcessor(OFAImageProcessor(size=32), tok), "references")
+    items = [rows[i] for i in range(3)]
+    assert len({len(it["input_ids"]) for it in items}) > 1 or task_name in ("caption", "grounding")
+    batch = collate(items, pad_id=tok.pad_token_id, bos_id=tok.bos_token_id)
+    with torch.no_grad():
+        loss, counts = teacher_loss(0.0)(model, batch)
+        nll, n = 0.0, 0
+        for it in items:
+            ids = torch.tensor([it["input_ids"]])
+            prefix = [tok.bos_token_id]
+            if task_name in ("vqa", "entailment"):
+                prefix += decoder_prompts(ids, tok.pad_token_id, tok.eos_token_id)[0]
+                assert len(prefix) > 3  # the question / hypothesis is there
+            target = list(it["target"])
+            dec = torch.tensor([prefix + target[:-1]])
+            logp = model(input_ids=ids, patch_images=torch.from_numpy(it["pixels"])[None],
+                         patch_masks=torch.ones(1, dtype=torch.bool), decoder_input_ids=dec).logits.log_softmax(-1)
+            scored = logp[0, len(prefix) - 1:]  # the positions that predict the target
+            nll -= scored.gather(-1, torch.tensor(target)[:, None]).sum().item()
+            n += len(target)
+    assert int(counts["n_tokens"]) == n
+    assert loss.item() == pytest.approx(nll / n, rel=1e-5)
+
+
 def _two_rows(world):
     from distill.tasks import get_task
     from student.data import load_training_data
