@@ -261,28 +261,41 @@ def _packaged(name: str):
 
 
 def test_packaged_four_task_demo_yaml_is_valid(tmp_path):
-    """pipelines/demo_all.yaml plans against the stage dataclasses: one multi-task teacher shared by every stage, KD
-    and raw students for caption and VQA, label-trained students for grounding and entailment, a baseline per task."""
+    """pipelines/demo_all.yaml plans against the stage dataclasses: one multi-task OFA fine-tuned into one AR teacher
+    per task; each task's distill, students and teacher evaluation use that teacher; KD and raw students for caption
+    and VQA, label-trained students for grounding and entailment, a baseline per task; teachers and students get
+    the same task steps and learning rate."""
     from pipelines.stages import plan
 
     by = {s.spec.name: s for s in plan(_packaged("demo_all.yaml"), tmp_path)}
-    assert by["teacher"].config["tasks"] == ["caption", "vqa", "grounding", "entailment"]
+    assert by["pretrain"].config["tasks"] == ["caption", "vqa", "grounding", "entailment"]
     assert by["shapes"].fingerprint == {s.spec.name: s for s in plan(_packaged("demo.yaml"), tmp_path)}["shapes"].fingerprint
-    teacher = str(by["teacher"].dir)
+    tasks = ["caption", "vqa", "grounding", "entailment"]
+    teachers = {t: by[f"teacher-{t}"] for t in tasks}
+    assert all(s.config["init"] == str(by["pretrain"].dir) and s.config["task"] == t for t, s in teachers.items())
     students = [n for n, s in by.items() if s.spec.kind == "train-student"]
-    assert all(by[n].config["init"] == teacher for n in students) and len(students) == 6
+    assert len(students) == 6
+    for n in students:
+        task = by[n].config["task"]
+        assert by[n].config["init"] == str(teachers[task].dir), n
+        assert (by[n].config["max_steps"], by[n].config["lr"]) == (teachers[task].config["max_steps"],
+                                                                   teachers[task].config["lr"]), n
+    assert by["distill-caption"].config["teacher"] == str(teachers["caption"].dir)
+    assert by["distill-vqa"].config["teacher"] == str(teachers["vqa"].dir)
     assert by["student-vqa-kd"].config["data"] == str(by["distill-vqa"].dir)
     assert by["student-grounding"].config["target_column"] == "references"
-    tasks = by["report"].config["tasks"]
-    assert list(tasks) == ["caption", "vqa", "grounding", "entailment"]
-    assert all(tasks[t]["teacher"] == str(by[f"eval-teacher-{t}"].dir) for t in tasks)
-    assert all(tasks[t]["baseline"] == str(by[f"baseline-{t}"].dir) for t in tasks)
-    assert set(tasks["vqa"]) == {"baseline", "teacher", "student-kd", "student-raw"}
-    assert set(tasks["grounding"]) == {"baseline", "teacher", "student"}
+    report = by["report"].config["tasks"]
+    assert list(report) == tasks
+    assert all(by[f"eval-teacher-{t}"].config["model"] == str(teachers[t].dir) for t in tasks)
+    assert all(report[t]["teacher"] == str(by[f"eval-teacher-{t}"].dir) for t in tasks)
+    assert all(report[t]["baseline"] == str(by[f"baseline-{t}"].dir) for t in tasks)
+    assert set(report["vqa"]) == {"baseline", "teacher", "student-kd", "student-raw"}
+    assert set(report["grounding"]) == {"baseline", "teacher", "student"}
 
 
 def tiny_four_task_pipeline() -> dict:
-    """pipelines/demo_all.yaml with tiny sizes: 24 train rows, 32 px, a 1-layer d=32 OFA, 2 steps everywhere."""
+    """pipelines/demo_all.yaml with tiny sizes: 24 train rows, 32 px, a 1-layer d=32 OFA (built once, fine-tuned per
+    task), 2 steps everywhere."""
     import yaml
 
     import importlib.resources
@@ -297,6 +310,9 @@ def tiny_four_task_pipeline() -> dict:
     }
     for stage in pipe["stages"]:
         stage["config"].update(sizes.get(stage["kind"], {}))
+        if stage["kind"] == "train-teacher" and stage["config"].get("init"):  # a fine-tune keeps its model
+            for key in TINY_MODEL:
+                stage["config"].pop(key)
         if stage["name"] == "distill-caption":
             stage["config"]["max_new_tokens"] = 8
     return pipe
