@@ -241,7 +241,8 @@ class TaskRows:
     """
 
     def __init__(self, ds, task, processor, target_column: str = "target", seed: int = 0,
-                 resolution: int | None = None, skips: SkipLog | None = None, reencode: bool = False):
+                 resolution: int | None = None, skips: SkipLog | None = None, reencode: bool = False,
+                 trie: Any = None):
         if target_column not in TARGET_COLUMNS:
             raise UserError(f"`target_column` must be one of {', '.join(TARGET_COLUMNS)}, got {target_column!r}")
         if target_column == "target" and not is_distilled(ds):
@@ -260,6 +261,9 @@ class TaskRows:
         self.reencode = reencode
         """The teacher's `target_ids` are in another vocabulary (`needs_reencoding`): targets come from the
         canonical prediction, encoded with the student's tokenizer by the task."""
+        self.trie = trie
+        """A `distill.tasks.base.TokenTrie` of the answers an AR teacher's loss is constrained to (OFA's
+        constrained fine-tuning, `Task.constraint_answers`): each example then lists the allowed next tokens."""
         self.resolution = resolution or getattr(processor.image_processor, "size", None)
         self.skips = skips if skips is not None else SkipLog()
         self._bad: set[int] = set()  # rows found unusable by this process (badness depends on the row only)
@@ -313,6 +317,8 @@ class TaskRows:
         if self.task.prompt_type == "prev_output":
             # An AR teacher is trained as it is decoded: after `<s>` + the prompt (the encoder input minus EOS).
             item["decoder_prompt"] = input_ids[:-1]
+        if self.trie is not None:  # per target position, the tokens the trie allows there ([]: off the trie)
+            item["allowed"] = [self.trie.next_tokens(ids[:i]) for i in range(len(ids))]
         return item
 
 
@@ -331,10 +337,12 @@ def collate(items: list[dict[str, Any]], pad_id: int = 1, bos_id: int = 0) -> di
         `targets` (B, L) padded with `pad_id`; `target_lengths` (B,); `weights` (B,); and for teacher forcing
         `decoder_input_ids` (B, P + L - 1) = decoder prompt + target[:-1] and `labels` (B, P + L - 1) = target
         after the prompt, -100 on the prompt and on padding (P: the item's `decoder_prompt`, default `<s>`).
+        When an item lists `allowed` tokens (a constrained AR teacher): `constrained` (B, P + L - 1) marks the
+        label positions restricted to a trie and `constraint_index` (N, 3) lists their allowed (b, t, token).
     """
     targets = [it["target"] for it in items]
     prompts = [list(it.get("decoder_prompt", [bos_id])) for it in items]
-    return {
+    batch = {
         "input_ids": _pad([list(it["input_ids"]) for it in items], pad_id),
         "patch_images": torch.from_numpy(np.stack([it["pixels"] for it in items])),
         "patch_masks": torch.ones(len(items), dtype=torch.bool),
@@ -344,6 +352,17 @@ def collate(items: list[dict[str, Any]], pad_id: int = 1, bos_id: int = 0) -> di
         "decoder_input_ids": _pad([p + list(t[:-1]) for p, t in zip(prompts, targets)], pad_id),
         "labels": _pad([[-100] * (len(p) - 1) + list(t) for p, t in zip(prompts, targets)], -100),
     }
+    if any("allowed" in it for it in items):
+        constrained = torch.zeros(batch["labels"].shape, dtype=torch.bool)
+        index = []
+        for b, (p, it) in enumerate(zip(prompts, items)):
+            for i, tokens in enumerate(it.get("allowed", ())):
+                if tokens:  # a target off the trie stays unconstrained there rather than impossible
+                    constrained[b, len(p) - 1 + i] = True
+                    index += [(b, len(p) - 1 + i, k) for k in tokens]
+        batch["constrained"] = constrained
+        batch["constraint_index"] = torch.tensor(index, dtype=torch.long).reshape(-1, 3)
+    return batch
 
 
 def encode_readable(rows: list[dict], task, processor, resolution: int | None = None

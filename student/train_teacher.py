@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from distill.errors import UserError
 from distill.jsonio import jsonable
@@ -150,16 +149,53 @@ def build_ofa_config(cfg: TeacherTrainConfig, vocab_size: int, resolution: int):
 
 
 def teacher_loss(label_smoothing: float):
-    """OFA's criterion: token-level cross-entropy with label smoothing, averaged over target tokens."""
+    """OFA's criterion (`criterions/label_smoothed_cross_entropy.py`), averaged over target tokens.
+
+    Per target token, with `eps` the label smoothing and `A` the tokens allowed there (the whole vocabulary, or
+    the trie's next tokens where the batch is `constrained`: the logits outside `A` are set to -inf before the
+    log-softmax): `(1 - eps - eps_i) * nll + eps_i * sum_{v in A} -log p(v)`, `eps_i = eps / (|A| - 1)`, times the
+    sample's `weights` (OFA multiplies the log-probs by VQA's answer confidence).
+
+    Batch: `decoder_input_ids`, `labels` (B, L) with -100 off the target; optional `constrained` (B, L) and
+    `constraint_index` (N, 3) from `student.data.collate`. Returns the loss and `n_tokens`.
+    """
 
     def loss_fn(model, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         out = model(input_ids=batch["input_ids"], patch_images=batch["patch_images"],
                     patch_masks=batch["patch_masks"], decoder_input_ids=batch["decoder_input_ids"])
-        loss = F.cross_entropy(out.logits.flatten(0, 1).float(), batch["labels"].flatten(), ignore_index=-100,
-                               label_smoothing=label_smoothing)
-        return loss, {"n_tokens": (batch["labels"] != -100).sum()}
+        logits, labels = out.logits.float(), batch["labels"]
+        allowed = None
+        if "constrained" in batch:
+            allowed = ~batch["constrained"].to(logits.device)[..., None].expand_as(logits).clone()
+            b, t, v = batch["constraint_index"].to(logits.device).unbind(-1)
+            allowed[b, t, v] = True
+            logits = logits.masked_fill(~allowed, float("-inf"))
+        lprobs = logits.log_softmax(-1)
+        keep = labels != -100
+        nll = -lprobs.gather(-1, labels.clamp(min=0)[..., None]).squeeze(-1)
+        if allowed is None:
+            smooth, n_allowed = -lprobs.sum(-1), lprobs.shape[-1]
+        else:
+            smooth, n_allowed = -lprobs.masked_fill(~allowed, 0.0).sum(-1), allowed.sum(-1)
+        eps_i = label_smoothing / (n_allowed - 1 + 1e-6)  # OFA's 1e-6: one allowed token gives nll = 0 there
+        per_token = (1.0 - label_smoothing - eps_i) * nll + eps_i * smooth
+        weights = batch.get("weights")
+        if weights is not None:
+            per_token = per_token * weights.to(per_token)[:, None]
+        loss = per_token[keep].sum() / keep.sum().clamp(min=1)
+        return loss, {"n_tokens": keep.sum()}
 
     return loss_fn
+
+
+def constraint_trie(task, ds, tokenizer):
+    """OFA's constrained fine-tuning: the trie of `task.constraint_answers` over the training rows (their text
+    columns only), or None for an unconstrained task."""
+    from distill.tasks.base import TokenTrie, text_target_ids
+
+    columns = [c for c in task.reference_columns if c in ds.column_names]
+    answers = task.constraint_answers(list(ds.select_columns(columns)) if columns else [])
+    return TokenTrie([text_target_ids(a, tokenizer) for a in answers]) if answers else None
 
 
 def _eval_rows(cfg: TeacherTrainConfig, task) -> list[dict] | None:
@@ -231,8 +267,9 @@ def train_teacher(cfg: TeacherTrainConfig) -> TrainResult:
         freeze_token_embeddings(model)
 
     skips = SkipLog.for_training(cfg.output_dir, cfg.resume)
-    parts = [TaskRows(part_ds, get_task(name), processor, target_column="references", seed=cfg.seed,
-                      skips=skips) for name, part_ds in datasets_by_task.items()]
+    parts = [TaskRows(part_ds, get_task(name), processor, target_column="references", seed=cfg.seed, skips=skips,
+                      trie=constraint_trie(get_task(name), part_ds, tokenizer))
+             for name, part_ds in datasets_by_task.items()]
     train_rows = parts[0] if len(parts) == 1 else TaskMixture(parts)
     eval_fn = None
     rows = _eval_rows(cfg, task)

@@ -305,6 +305,11 @@ class Task(abc.ABC):
         """Candidates for in-training evaluation of an AR model (VQA: the training answers), else None."""
         return None
 
+    def constraint_answers(self, rows: Sequence[Row]) -> list[str] | None:
+        """The answers OFA's fine-tuning constrains an AR teacher's loss to (its `constraint_trie`: VQA's answer
+        list, SNLI-VE's yes/no/maybe); None: the loss is over the whole vocabulary."""
+        return None
+
     def ofa_inference(self, model: Any, tokenizer: Any, inputs: Mapping[str, Any], settings: Mapping[str, Any],
                       num_return_sequences: int = 1) -> list[list[tuple[list[int], str, float]]] | None:
         """The AR teacher's inference when it is not a plain `generate()` (VQA, entailment: OFA's own recipe, see

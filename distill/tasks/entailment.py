@@ -101,6 +101,9 @@ class EntailmentTask(Task):
     def metric_implementation(self, rows: Sequence[Row] = ()) -> str:
         return ACCURACY_IMPLEMENTATION
 
+    def constraint_answers(self, rows: Sequence[Row]) -> list[str]:
+        return list(self.candidates)
+
     def ofa_inference(self, model, tokenizer, inputs, settings, num_return_sequences=1):
         """OFA's SNLI-VE evaluation: each candidate scored after the `prev_output` prompt, renormalised over them."""
         return rank_candidates(model, tokenizer, inputs, self.candidates, num_return_sequences)

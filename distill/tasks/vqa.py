@@ -161,6 +161,10 @@ class VQATask(Task):
     def eval_candidates(self, rows: Sequence[Row]) -> list[str]:
         return candidate_answers(rows)
 
+    def constraint_answers(self, rows: Sequence[Row]) -> list[str]:
+        """The training targets' answers (OFA constrains to its trainval answer list, which holds them)."""
+        return candidate_answers(rows)
+
     def ar_decoding(self, num_beams: int) -> str:
         return super().ar_decoding(num_beams) + " over answer trie"
 

@@ -21,25 +21,99 @@ def world(tmp_path_factory):
     return h.make_world(tmp_path_factory.mktemp("teacher"), n_train=16, n_val=4)
 
 
+def _ofa_label_smoothed_nll(lprobs, target, epsilon, constraint_masks=None):
+    """OFA's `label_smoothed_nll_loss` (criterions/label_smoothed_cross_entropy.py), transcribed: per token."""
+    target = target.unsqueeze(-1)
+    nll_loss = -lprobs.gather(dim=-1, index=target).squeeze(-1)
+    if constraint_masks is not None:
+        smooth_loss = -lprobs.masked_fill(~constraint_masks, 0).sum(dim=-1, keepdim=True).squeeze(-1)
+        eps_i = epsilon / (constraint_masks.sum(1) - 1 + 1e-6)
+    else:
+        smooth_loss = -lprobs.sum(dim=-1, keepdim=True).squeeze(-1)
+        eps_i = epsilon / (lprobs.size(-1) - 1)
+    return (1.0 - epsilon - eps_i) * nll_loss + eps_i * smooth_loss
+
+
+class _FixedLogits(torch.nn.Module):
+    def __init__(self, logits):
+        super().__init__()
+        self.logits = logits
+
+    def forward(self, **_):
+        return type("Out", (), {"logits": self.logits})()
+
+
 def test_label_smoothed_ce_is_ofa_criterion():
-    """Against the formula written out: (1 - eps) * nll + eps * mean_v(-log p), averaged over non-pad tokens."""
+    """Against OFA's own formula, transcribed: unconstrained, over the whole vocabulary, averaged over target
+    tokens; each sample's tokens weighted by its VQA confidence as OFA's `conf` scales the log-probs."""
     from student.train_teacher import teacher_loss
 
     torch.manual_seed(0)
     logits = torch.randn(2, 3, 7)
     labels = torch.tensor([[4, 5, 2], [6, 2, -100]])
-
-    class Fixed(torch.nn.Module):
-        def forward(self, **_):
-            return type("Out", (), {"logits": logits})()
-
     batch = {"input_ids": None, "patch_images": None, "patch_masks": None, "decoder_input_ids": None, "labels": labels}
-    loss, counts = teacher_loss(0.1)(Fixed(), batch)
-    logp = logits.log_softmax(-1)
-    terms = [0.9 * -logp[b, t, labels[b, t]] + 0.1 * -logp[b, t].mean()
-             for b in range(2) for t in range(3) if labels[b, t] != -100]
-    assert loss.item() == pytest.approx(torch.stack(terms).mean().item(), rel=1e-6)
+    loss, counts = teacher_loss(0.1)(_FixedLogits(logits), batch)
+    keep = labels != -100
+    ref = _ofa_label_smoothed_nll(logits.log_softmax(-1)[keep], labels[keep], 0.1)
+    assert loss.item() == pytest.approx(ref.mean().item(), rel=1e-6)
     assert counts["n_tokens"].item() == 5
+    weights = torch.tensor([0.3, 1.0])
+    loss, _ = teacher_loss(0.1)(_FixedLogits(logits), {**batch, "weights": weights})
+    ref = _ofa_label_smoothed_nll((logits.log_softmax(-1) * weights[:, None, None])[keep], labels[keep], 0.1)
+    assert loss.item() == pytest.approx(ref.mean().item(), rel=1e-6)
+
+
+def test_constrained_loss_is_ofa_constrained_fine_tuning():
+    """OFA's constrained VQA/SNLI-VE fine-tuning: the logits outside the trie's next tokens are -inf before the
+    log-softmax and the smoothing is spread over the allowed tokens. `collate` places each example's allowed tokens
+    after its decoder prompt; a position with one allowed token (the EOS closing an answer) costs nothing."""
+    from distill.tasks.base import TokenTrie
+    from student.data import collate
+    from student.train_teacher import teacher_loss
+
+    eos, vocab = 2, 9
+    trie = TokenTrie([[5, 6, eos], [5, 7, eos], [8, eos]])
+    targets = [[5, 7, eos], [8, eos]]
+    items = [{"input_ids": [0, 3, 4, eos], "pixels": torch.zeros(3, 2, 2).numpy(), "target": t, "weight": 1.0,
+              "decoder_prompt": p, "allowed": [trie.next_tokens(t[:i]) for i in range(len(t))]}
+             for t, p in zip(targets, ([0, 3, 4], [0, 3]))]
+    batch = collate(items, pad_id=1, bos_id=0)
+    assert batch["labels"].tolist() == [[-100, -100, 5, 7, eos], [-100, 8, eos, -100, -100]]
+    masks = torch.zeros(2, 5, vocab, dtype=torch.bool)
+    for b, t, allowed in [(0, 2, [5, 8]), (0, 3, [6, 7]), (0, 4, [eos]), (1, 1, [5, 8]), (1, 2, [eos])]:
+        masks[b, t, allowed] = True
+    assert batch["constrained"].tolist() == masks.any(-1).tolist()
+    torch.manual_seed(0)
+    logits = torch.randn(2, 5, vocab)
+    loss, counts = teacher_loss(0.1)(_FixedLogits(logits), batch)
+    keep = batch["labels"] != -100
+    lprobs = logits.masked_fill(~masks, float("-inf")).log_softmax(-1)
+    ref = _ofa_label_smoothed_nll(lprobs[keep], batch["labels"][keep], 0.1, masks[keep])
+    assert counts["n_tokens"].item() == 5 and torch.isfinite(loss)
+    assert loss.item() == pytest.approx(ref.mean().item(), rel=1e-5)
+    assert ref[[2, 4]].abs().max() < 1e-4  # the EOS positions: only EOS allowed
+
+
+def test_vqa_and_entailment_teachers_train_constrained_to_their_answers(world):
+    """train-teacher builds OFA's constraint trie for VQA (the training answers) and SNLI-VE (yes/no/maybe); caption
+    and grounding train over the whole vocabulary."""
+    from distill.ofa.tokenization_ofa import load_ofa_tokenizer
+    from distill.tasks import get_task
+    from distill.tasks.base import text_target_ids
+    from student.data import load_training_data
+    from student.train_teacher import constraint_trie
+
+    tok = load_ofa_tokenizer(world / "tokenizer")
+    for name in ("caption", "grounding"):
+        assert constraint_trie(get_task(name), load_training_data(world, "train", get_task(name)), tok) is None
+    ent = constraint_trie(get_task("entailment"), load_training_data(world, "train", get_task("entailment")), tok)
+    assert sorted(ent.next_tokens([])) == sorted(text_target_ids(a, tok)[0] for a in ("yes", "no", "maybe"))
+    ds = load_training_data(world, "train", get_task("vqa"))
+    vqa = constraint_trie(get_task("vqa"), ds, tok)
+    for answers in ds["answers"]:
+        ids = text_target_ids(answers[0], tok)
+        assert all(ids[i] in vqa.next_tokens(ids[:i]) for i in range(len(ids)))
+    assert vqa.next_tokens(text_target_ids("purple", tok)[:1]) == []
 
 
 def test_train_teacher_arch_overrides_and_resume(world, tmp_path):
