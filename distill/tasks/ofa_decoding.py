@@ -93,10 +93,12 @@ def beam_search_answers(model, tokenizer, inputs: dict[str, torch.Tensor], answe
     targets = [text_target_ids(a, tokenizer) for a in answers]
     prompts = decoder_prompts(inputs["input_ids"], pad, eos)
     processor = PromptTrieProcessor(prompts, TokenTrie(targets), eos, num_beams)
+    # the beam-only flags go with beams: greedy generate() warns that they are ignored
+    beam_flags = {"length_penalty": 0.0, "early_stopping": "never"} if num_beams > 1 else {}
     res = model.generate(
         **inputs, num_beams=num_beams, num_return_sequences=num_return_sequences, do_sample=False,
-        max_new_tokens=max(len(p) for p in prompts) + max(len(t) for t in targets), length_penalty=0.0,
-        early_stopping="never", no_repeat_ngram_size=0, forced_eos_token_id=None, min_new_tokens=0,
+        max_new_tokens=max(len(p) for p in prompts) + max(len(t) for t in targets), **beam_flags,
+        no_repeat_ngram_size=0, forced_eos_token_id=None, min_new_tokens=0,
         logits_processor=LogitsProcessorList([processor]), output_scores=True, return_dict_in_generate=True,
     )
     # greedy (num_beams=1) output has no beam_indices; the processor already returns log-probs either way

@@ -263,8 +263,8 @@ def _packaged(name: str):
 def test_packaged_four_task_demo_yaml_is_valid(tmp_path):
     """pipelines/demo_all.yaml plans against the stage dataclasses: one multi-task OFA fine-tuned into one AR teacher
     per task; each task's distill, students and teacher evaluation use that teacher; KD and raw students for caption
-    and VQA, label-trained students for grounding and entailment, a baseline per task; teachers and students get
-    the same task steps and learning rate."""
+    and VQA, label-trained students for grounding and entailment, a baseline per task; every student gets the same
+    steps, at its teacher's fine-tuning rate."""
     from pipelines.stages import plan
 
     by = {s.spec.name: s for s in plan(_packaged("demo_all.yaml"), tmp_path)}
@@ -278,8 +278,8 @@ def test_packaged_four_task_demo_yaml_is_valid(tmp_path):
     for n in students:
         task = by[n].config["task"]
         assert by[n].config["init"] == str(teachers[task].dir), n
-        assert (by[n].config["max_steps"], by[n].config["lr"]) == (teachers[task].config["max_steps"],
-                                                                   teachers[task].config["lr"]), n
+        assert by[n].config["lr"] == teachers[task].config["lr"], n
+    assert len({by[n].config["max_steps"] for n in students}) == 1
     assert by["distill-caption"].config["teacher"] == str(teachers["caption"].dir)
     assert by["distill-vqa"].config["teacher"] == str(teachers["vqa"].dir)
     assert by["student-vqa-kd"].config["data"] == str(by["distill-vqa"].dir)
