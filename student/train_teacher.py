@@ -188,13 +188,16 @@ def teacher_loss(label_smoothing: float):
     return loss_fn
 
 
-def constraint_trie(task, ds, tokenizer):
-    """OFA's constrained fine-tuning: the trie of `task.constraint_answers` over the training rows (their text
-    columns only), or None for an unconstrained task."""
+def constraint_answers(task, ds) -> list[str] | None:
+    """`task.constraint_answers` over the training rows, read from their reference columns only (no images)."""
+    columns = [c for c in task.reference_columns if c in ds.column_names]
+    return task.constraint_answers(list(ds.select_columns(columns)) if columns else [])
+
+
+def constraint_trie(answers: list[str] | None, tokenizer):
+    """OFA's constrained fine-tuning: the trie of the answers' targets, or None for an unconstrained task."""
     from distill.tasks.base import TokenTrie, text_target_ids
 
-    columns = [c for c in task.reference_columns if c in ds.column_names]
-    answers = task.constraint_answers(list(ds.select_columns(columns)) if columns else [])
     return TokenTrie([text_target_ids(a, tokenizer) for a in answers]) if answers else None
 
 
@@ -267,14 +270,15 @@ def train_teacher(cfg: TeacherTrainConfig) -> TrainResult:
         freeze_token_embeddings(model)
 
     skips = SkipLog.for_training(cfg.output_dir, cfg.resume)
+    answers = {name: constraint_answers(get_task(name), part_ds) for name, part_ds in datasets_by_task.items()}
     parts = [TaskRows(part_ds, get_task(name), processor, target_column="references", seed=cfg.seed, skips=skips,
-                      trie=constraint_trie(get_task(name), part_ds, tokenizer))
+                      trie=constraint_trie(answers[name], tokenizer))
              for name, part_ds in datasets_by_task.items()]
     train_rows = parts[0] if len(parts) == 1 else TaskMixture(parts)
     eval_fn = None
     rows = _eval_rows(cfg, task)
     if rows:
-        cands = task.eval_candidates(list(ds.select_columns(["answers"]))) if task.needs_answer_list else None
+        cands = answers[task.name] if task.needs_answer_list else None  # the same list the loss is constrained to
         eval_fn = make_eval_fn(task, rows, processor, "ofa", cfg.eval_batch_size, cfg.eval_num_beams, cands)
     eps = cfg.label_smoothing
     if eps is None:

@@ -301,13 +301,10 @@ class Task(abc.ABC):
             raise UserError(f"`answers` applies to the tasks that decode over an answer list, not to {self.name}")
         return None
 
-    def eval_candidates(self, rows: Sequence[Row]) -> list[str] | None:
-        """Candidates for in-training evaluation of an AR model (VQA: the training answers), else None."""
-        return None
-
     def constraint_answers(self, rows: Sequence[Row]) -> list[str] | None:
-        """The answers OFA's fine-tuning constrains an AR teacher's loss to (its `constraint_trie`: VQA's answer
-        list, SNLI-VE's yes/no/maybe); None: the loss is over the whole vocabulary."""
+        """The closed answer set of an AR teacher's fine-tuning, from its training rows: what OFA constrains the
+        loss to (its `constraint_trie`: VQA's answer list, SNLI-VE's yes/no/maybe) and what in-training evaluation
+        decodes over; None: the loss is over the whole vocabulary."""
         return None
 
     def ofa_inference(self, model: Any, tokenizer: Any, inputs: Mapping[str, Any], settings: Mapping[str, Any],

@@ -158,9 +158,6 @@ class VQATask(Task):
         raise UserError("`task` vqa needs `answers` FILE: the candidate answer list the teacher decodes over (OFA's "
                         "dataset/vqa_data/trainval_ans2label.pkl from OFA-Sys's VQA data, or a text/JSON list)")
 
-    def eval_candidates(self, rows: Sequence[Row]) -> list[str]:
-        return candidate_answers(rows)
-
     def constraint_answers(self, rows: Sequence[Row]) -> list[str]:
         """The training targets' answers (OFA constrains to its trainval answer list, which holds them)."""
         return candidate_answers(rows)
