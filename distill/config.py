@@ -1,18 +1,24 @@
-"""`DistillConfig`: everything `narvl-pipe distill` takes (the CLI options are generated from it)."""
+"""`DistillConfig`: everything `narvl-pipe distill` takes (the CLI options are generated from it), and the source
+options it shares with `evaluate`."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-# DistillConfig fields that choose how the teacher runs, and their allowed values (the first is the default).
-TEACHER_CHOICES = {
-    "dtype": ("float32", "bfloat16", "float16"),
-    "attn_implementation": ("eager", "sdpa"),
-    "cache_implementation": ("dynamic", "static"),
-}
+from distill.seam import DecodingOptions, ModelOptions
+
+
+@dataclass(kw_only=True)
+class SourceOptions:
+    """How a source's columns and relative image paths are read (shared by distill and evaluate)."""
+
+    columns: dict[str, str] = field(default_factory=dict)
+    """Column mapping canonical -> source column, e.g. {"captions": "text"}."""
+    image_root: str | None = None
+    """Root folder for relative image paths (COCO-Karpathy JSON, path columns); default: the source's folder."""
 
 
 @dataclass
-class DistillConfig:
+class DistillConfig(SourceOptions, DecodingOptions, ModelOptions):
     """Everything `narvl-pipe distill` takes. `None` generation fields mean the task's OFA evaluation default."""
 
     task: str
@@ -28,51 +34,25 @@ class DistillConfig:
     """Split of the source to distil, or a union such as `train+restval`."""
     batch_size: int = 32
     """Rows per generate() call (per process)."""
-    num_beams: int | None = None
-    """Beam size (default: the task's OFA evaluation setting, 5)."""
     max_new_tokens: int | None = None
     """Longest generated target, EOS included (default: the task's)."""
     no_repeat_ngram_size: int | None = None
     """Forbid repeating n-grams of this size; 0 = off (default: the task's, caption 3)."""
     num_return_sequences: int = 1
     """Keep the n best beams as `nbest` (1 = only the best, no `nbest` column)."""
-    answers: str | None = None
-    """VQA candidate answers (required for vqa): OFA's `trainval_ans2label.pkl`, a JSON list/dict, or one per line."""
-    vqa_mode: str = "beam"
-    """VQA inference as OFA: `beam` (beam search over the answer trie, its --beam-search-vqa-eval) or `allcand`
-    (every candidate scored, its default validation)."""
     limit: int | None = None
     """Distil only the first N rows of the split."""
     shard_size: int = 1000
     """Source rows per output shard (the unit of resume and of work sharing between processes)."""
     images: bool = True
     """Store the encoded image in each row (else only its `image_path`/`source_index` columns refer to it)."""
-    columns: dict[str, str] = field(default_factory=dict)
-    """Column mapping canonical -> source column, e.g. {"captions": "text"}."""
-    resolution: int | None = None
-    """Square image size fed to the teacher (default: the teacher's image processor, else the task's)."""
     overwrite: bool = False
     """Discard an existing output made with another configuration instead of refusing."""
     num_workers: int = 2
     """DataLoader worker processes decoding images and tokenising prompts (0 = in the main process)."""
-    image_root: str | None = None
-    """Root folder for relative image paths (COCO-Karpathy JSON, path columns); default: the source's folder."""
     revision: str | None = None
     """Hub revision of the teacher (ignored for a local folder)."""
     flush_every: int = 256
     """Flush the shard in progress every ~N rows (rounded up to whole batches): the most a crash can lose."""
     progress: bool = True
     """Show a tqdm bar on the main process."""
-    dtype: str = "float32"
-    """Teacher weights' dtype: float32, bfloat16 or float16 (the weights are loaded in it; no autocast then).
-    Half types are faster on GPUs and on CPUs with bf16 units, but can change some tokens (see
-    benchmarks/teacher_generate.py for the agreement rate)."""
-    attn_implementation: str = "eager"
-    """Teacher attention: eager (OFA's matmul + softmax) or sdpa (`scaled_dot_product_attention`, fused on GPU;
-    the same maths)."""
-    prompt_template: str | None = None
-    """Teacher prompt template overriding the family's default for the task: a Python format string whose fields
-    prompt, question, region_text, premise and hypothesis are filled from the row. OFA ignores it."""
-    cache_implementation: str = "dynamic"
-    """generate()'s KV cache: dynamic, or static (preallocated; on CUDA generate() then compiles the decoding step
-    with torch.compile). The same maths."""

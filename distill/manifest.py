@@ -76,10 +76,11 @@ def claim(out: Path, lock: sh.RunLock, key: dict, ds, config, num_shards: int,
 
 
 def _metric_implementation(task_name: str, ds) -> str:
-    """What `narvl-pipe evaluate` scores this task with (named on the dataset card)."""
+    """What `narvl-pipe evaluate` scores this task with (named on the dataset card), from the first rows'
+    references (VQA: OFA's confidences when the rows carry them)."""
     task = get_task(task_name)
-    rows = ds.select_columns(["answer_scores"]).select(range(min(len(ds), 64))) \
-        if "answer_scores" in ds.column_names else ()
+    columns = [c for c in task.reference_columns if c in ds.column_names]
+    rows = ds.select_columns(columns).select(range(min(len(ds), 64))) if columns else ()
     return task.metric_implementation(list(rows))
 
 

@@ -40,7 +40,7 @@ from typing import Any
 
 from distill import manifest as manifest_lib
 from distill import shards as sh
-from distill.config import TEACHER_CHOICES, DistillConfig  # noqa: F401  (re-exported: distill.run.DistillConfig)
+from distill.config import DistillConfig  # noqa: F401  (re-exported: distill.run.DistillConfig)
 from distill.errors import UserError
 from distill.generation import generation_settings
 from distill.outputs import check_output_dir
@@ -49,8 +49,8 @@ from distill.schema import output_features
 from distill.sources import ids_fingerprint, open_source
 from distill.tasks import get_task
 from distill.teacher_loop import ShardJob, generate_shards
-from distill.teacher_source import resolve_teacher  # noqa: F401  (part of this module's API)
-from distill.teachers import load_teacher
+from distill.loader import open_model
+from distill.teacher_source import resolve_teacher
 
 
 @dataclass
@@ -84,9 +84,7 @@ def check_config(config: DistillConfig) -> None:
     """The config's own values (before any data or model is opened)."""
     if config.batch_size < 1:
         raise UserError(f"`batch_size` must be >= 1, got {config.batch_size}")
-    for name, allowed in TEACHER_CHOICES.items():
-        if getattr(config, name) not in allowed:
-            raise UserError(f"{name} must be one of {', '.join(allowed)}, got {getattr(config, name)!r}")
+    config.check_choices()
     check_output_dir(config.out, writable=False)  # an existing file: refused now; writability once work is needed
 
 
@@ -149,7 +147,7 @@ def _finish(state, out: Path, num_shards: int, features, config, new_rows: int, 
 
 def _answer_list(task, teacher, answers: str | None) -> list[str] | None:
     """The closed answer list the teacher decodes over (OFA on VQA); None for a teacher that answers freely."""
-    if teacher.decodes_over_answer_list:
+    if teacher.decodes_over_answer_list and task.answer_space == "answer_list":
         return task.answer_list(answers)
     if answers:
         raise UserError(f"`answers` applies to teachers that decode over an answer list (OFA); "
@@ -167,7 +165,10 @@ def run_distill(config: DistillConfig) -> DistillSummary:
     with state.main_process_first():  # rank 0 builds any datasets cache (TSV/JSON parsing, maps) the others reuse
         ds = open_source(config.data, config.split, config.columns, task, config.image_root, config.limit)
     folder, teacher_id = resolve_teacher(config.teacher, config.revision)
-    teacher = load_teacher(folder, teacher_id, config, state.device, default_resolution=task.resolution)
+    teacher = open_model(folder, teacher_id, task=task, options=config, device=state.device)
+    if not teacher.autoregressive:
+        raise UserError(f"teacher {config.teacher} is a {teacher.kind} model, which decodes in one pass: a teacher "
+                        "is an autoregressive model (OFA, or a transformers image-text model)")
     candidates = _answer_list(task, teacher, config.answers)
     gen, gen_record = generation_settings(config, task, teacher, candidates)
     plan = sh.plan_shards(len(ds), config.shard_size)

@@ -6,7 +6,7 @@ from typing import Any
 from datasets import Features, Image, List, Value
 
 from distill.tasks import reference_columns
-from distill.teachers.base import Prediction
+from distill.prediction import Prediction
 
 
 def output_features(source_features, task, images: bool, nbest: bool, teacher_prompt: bool = False) -> Features:

@@ -1,4 +1,4 @@
-"""The per-rank generation loop of `distill.run`, generic over teachers (`distill.teachers.base.Teacher`):
+"""The per-rank generation loop of `distill.run`, generic over models (`distill.seam.Model`):
 DataLoader workers decode images (`load_image`, EXIF applied), flag bad rows (`Task.bad_row_reason`) and call
 `teacher.prepare`; the main process calls `teacher.infer` and writes the shards.
 
@@ -16,9 +16,8 @@ from tqdm.auto import tqdm
 
 from distill import shards as sh
 from distill.config import DistillConfig
-from distill.images import ImageLoadError, load_image
 from distill.schema import output_row
-from distill.teachers.base import Teacher
+from distill.seam import Model, load_row_image
 from distill.workers import DieWithParent
 
 
@@ -36,7 +35,7 @@ class ShardJob:
     """Source row range of every shard (`distill.shards.plan_shards`)."""
     features: Any
     """The output rows' `datasets.Features` (`distill.schema.output_features`)."""
-    teacher: Teacher
+    teacher: Model
     """The teacher (weights not loaded yet: `generate_shards` loads them when there is work)."""
     settings: dict
     """The teacher's decoding settings (`distill.generation.generation_settings`)."""
@@ -64,24 +63,13 @@ class _Rows:
 class _Collate:
     """Runs in the DataLoader workers: decode images, flag bad rows, build prompts, `teacher.prepare` the rest."""
 
-    def __init__(self, task, teacher: Teacher, images: bool):
+    def __init__(self, task, teacher: Model, images: bool):
         self.task, self.teacher, self.images = task, teacher, images
-
-    def _load(self, row: dict) -> tuple[Any, str | None]:
-        """(PIL image, None) or (None, why the row is unusable)."""
-        reason = self.task.bad_row_reason(row)
-        if reason is not None:
-            return None, reason
-        image = row["image"] or {}
-        try:
-            return load_image(image, name=f"row {row['id']} ({image.get('path') or 'embedded'})"), None
-        except ImageLoadError as exc:
-            return None, str(exc)
 
     def __call__(self, items: list[tuple[int, dict]]) -> dict:
         good, bad, pils = [], [], []
         for index, row in items:
-            pil, reason = self._load(row)
+            pil, reason = load_row_image(row, self.task)
             if reason is not None:
                 bad.append((index, row["id"], reason))
                 continue

@@ -7,19 +7,11 @@ from __future__ import annotations
 
 import typer
 
-from distill.config import TEACHER_CHOICES, DistillConfig
-from distill.sources import CANONICAL_COLUMNS, parse_columns  # light (no datasets import): keeps --help fast
-from pipelines.options import Opt, config_command
-
-OPTS = {
-    "columns": Opt(flag="--column", metavar="CANONICAL=SOURCE", parse=(list[str], parse_columns),
-                   help="Read a canonical column from another source column, e.g. captions=text (repeatable).",
-                   more=f"Canonical columns: {', '.join(CANONICAL_COLUMNS)}."),
-    **{name: Opt(choices=choices) for name, choices in TEACHER_CHOICES.items()},
-}
+from distill.config import DistillConfig
+from pipelines.options import config_command, model_opts
 
 
-@config_command(DistillConfig, OPTS)
+@config_command(DistillConfig, model_opts())
 def distill(config: DistillConfig) -> None:
     """Distil the teacher's outputs over SRC into OUT (resumable: rerun the same command after a crash)."""
     from distill.run import run_distill

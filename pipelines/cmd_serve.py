@@ -1,9 +1,10 @@
 """`narvl-pipe export` and `serve`: thin layers over `student.export` and `pipelines.serve`."""
 from __future__ import annotations
 
-from typing import Optional
-
 import typer
+
+from pipelines.options import config_command
+from pipelines.serve_config import ServeConfig
 
 
 def export(
@@ -18,17 +19,9 @@ def export(
     typer.echo(export_onnx(model, out, opset=opset, format=format).line())
 
 
-def serve(
-    model: str = typer.Option(..., "--model", help="NARVL student folder, its ONNX export, or an OFA teacher folder."),
-    task: Optional[str] = typer.Option(None, "--task", help="Task served (default: the student's own)."),
-    host: str = typer.Option("127.0.0.1", "--host", help="Interface to listen on (0.0.0.0: all)."),
-    port: int = typer.Option(8000, "--port", min=0, max=65535, help="TCP port."),
-    max_batch_size: int = typer.Option(8, "--max-batch-size", min=1, help="Requests answered together at most."),
-    batch_timeout_ms: float = typer.Option(0.0, "--batch-timeout-ms", min=0.0, help="How long a batch waits for more requests after its first (0: it takes those waiting when the model frees up)."),
-    answers: Optional[str] = typer.Option(None, "--answers", help="VQA candidate answers (AR teacher)."),
-) -> None:
+@config_command(ServeConfig)
+def serve(cfg: ServeConfig) -> None:
     """Serve predictions over HTTP (POST /predict), batching concurrent requests."""
-    from pipelines.serve import ServeConfig, serve as run
+    from pipelines.serve import serve as run  # the optional `serve` extra (fastapi, uvicorn)
 
-    run(ServeConfig(model=model, task=task, host=host, port=port, max_batch_size=max_batch_size,
-                    batch_timeout_ms=batch_timeout_ms, answers=answers))
+    run(cfg)

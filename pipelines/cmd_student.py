@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from pipelines.options import config_command, train_opts
+from pipelines.options import Opt, config_command, model_opts, parse_fields, train_opts
 from student.eval_config import EvalConfig, PredictConfig
 from student.train_student import StudentTrainConfig
 
@@ -31,7 +31,7 @@ def train_student(cfg: StudentTrainConfig) -> None:
                    f"infeasible samples {int(last.get('total_n_infeasible', 0))}, {metrics} -> {cfg.output_dir}")
 
 
-@config_command(EvalConfig)
+@config_command(EvalConfig, model_opts())
 def evaluate(cfg: EvalConfig,
              json_out: Optional[str] = typer.Option(None, "--json", help="Also write the result as JSON.")) -> None:
     """Score a model with the task metric, print it with the latency per sample, and write predictions."""
@@ -43,14 +43,20 @@ def evaluate(cfg: EvalConfig,
     for path in filter(None, (cfg.out, json_out)):  # before the model loads
         check_output_file(path)
 
-    result = run(**dataclasses.asdict(cfg))
+    result = run(cfg)
     typer.echo(result.line())
     if json_out:
         with open(json_out, "w") as f:
             json.dump(result.to_dict(), f, indent=1)
 
 
-@config_command(PredictConfig)
+PREDICT_OPTS = {k: v for k, v in model_opts().items() if k != "columns"} | {
+    "fields": Opt(flag="--field", metavar="NAME=VALUE", parse=(list[str], parse_fields),
+                  help="A text field of the task by name, e.g. premise=two shapes (repeatable)."),
+}
+
+
+@config_command(PredictConfig, PREDICT_OPTS)
 def predict(cfg: PredictConfig) -> None:
     """Print the caption, answer, box or label for one image."""
     from pathlib import Path
@@ -60,7 +66,7 @@ def predict(cfg: PredictConfig) -> None:
 
     if Path(cfg.image).is_dir():
         raise UserError(f"--image {cfg.image} is a folder: pass one image file (evaluate --data scores a folder)")
-    result = run(**dataclasses.asdict(cfg))
+    result = run(cfg)
     line, note = prediction_lines(cfg.task, result)
     typer.echo(line)
     if note:

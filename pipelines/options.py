@@ -26,9 +26,11 @@ from typing import Any, Callable, Literal, Optional
 import typer
 
 from distill.errors import UserError
+from distill.seam import MODEL_CHOICES
+from distill.sources import CANONICAL_COLUMNS, parse_columns
 from student.presets import RECIPE_FIELDS, option_help
 
-__all__ = ["Opt", "config_command", "field_docs", "spell_fields"]
+__all__ = ["Opt", "config_command", "field_docs", "spell_fields", "model_opts", "parse_fields"]
 
 
 @dataclass(frozen=True)
@@ -194,3 +196,25 @@ def train_opts(trainer: str) -> dict[str, Opt]:
     opts["output_dir"] = Opt(flag="--out")
     opts["adam_betas"] = Opt(metavar="<beta1> <beta2>")
     return opts
+
+
+def parse_fields(items: list[str] | None) -> dict[str, str]:
+    """`["premise=two shapes", ...]` (repeated `--field name=value`) -> `{"premise": "two shapes"}`."""
+    out = {}
+    for item in items or []:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            raise UserError(f"`fields` {item!r}: expected name=value, e.g. premise=two shapes")
+        out[name.strip()] = value
+    return out
+
+
+def model_opts() -> dict[str, Opt]:
+    """The CLI spelling of the fields every model-running command shares (`distill.seam.ModelOptions`,
+    `distill.config.SourceOptions`): the closed choices and `--column CANONICAL=SOURCE`."""
+    return {
+        "columns": Opt(flag="--column", metavar="CANONICAL=SOURCE", parse=(list[str], parse_columns),
+                       help="Read a canonical column from another source column, e.g. captions=text (repeatable).",
+                       more=f"Canonical columns: {', '.join(CANONICAL_COLUMNS)}."),
+        **{name: Opt(choices=choices) for name, choices in MODEL_CHOICES.items()},
+    }

@@ -246,7 +246,7 @@ def plot(report: dict[str, Any], path: Path) -> None:
                 ax.annotate(f"{r['label']} ({r.get('decoding', '')})", (0.02, r["score"]), xycoords=("axes fraction", "data"),
                             textcoords="offset points", xytext=(0, 3), fontsize=7, color="gray")
                 continue
-            student = r.get("model_type") == "narvl"
+            student = not r.get("autoregressive", r.get("model_type") != "narvl")  # one-pass models: orange dots
             ax.scatter(r["ms_per_sample"], r["score"], s=60, marker="o" if student else "s",
                        color="tab:orange" if student else "tab:blue", zorder=3)
             ax.annotate(r["label"], (r["ms_per_sample"], r["score"]), textcoords="offset points", xytext=(6, 5),

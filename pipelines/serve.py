@@ -1,12 +1,14 @@
 """`narvl-pipe serve`: a FastAPI app (run by uvicorn) answering `POST /predict` with a `Predictor`, batching
 concurrent requests.
 
-Requests are checked one by one (image decoded fully, the task's text fields present) before they join a batch, so a
-bad request is answered 4xx at once and never reaches the model. Good requests wait in an asyncio queue; a batch
+Requests are checked one by one (a body over `max_request_mb` refused with 413 before it is read in full, the image
+decoded fully, the task's text fields present) before they join a batch, so a bad request is answered 4xx at once
+and never reaches the model. The model is anything that distils or is distilled (`distill.loader.load_model`). Good requests wait in an asyncio queue; a batch
 closes when it holds `max_batch_size` requests or `batch_timeout_ms` after its first one arrived, and runs in a worker
 thread, so the event loop keeps accepting requests while the model works. One batch runs at a time.
 
-    POST /predict   JSON {"image": "<base64>", "question": "..."}  or  multipart: file `image` + text fields
+    POST /predict   JSON {"image": "<base64>", "question": "..."}  or  multipart: file `image` + the task's text
+                    fields (`Task.text_columns`)
                     -> {"task", "output", "prediction", "batch_size"}
     GET  /health    -> {"status": "ok", "task", "backend", "kind"}
     GET  /stats     -> requests answered, batches run, batch-size histogram, requests refused
@@ -18,52 +20,21 @@ import contextlib
 import socket
 import threading
 from collections import Counter
-from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Sequence
 
+import httpx
+import uvicorn
 from fastapi import FastAPI, HTTPException, Request
+from fastapi.responses import JSONResponse
 from PIL import UnidentifiedImageError
 from starlette.datastructures import UploadFile
 
 from distill.errors import UserError
 from distill.images import ImageLoadError, decode_base64
+from pipelines.serve_config import ServeConfig
+from student.predictor import Predictor
 
-__all__ = ["ServeConfig", "BatchQueue", "create_app", "background_server", "serve"]
-
-# Text fields a request may carry besides the image; the served task reads some of them.
-_KNOWN_FIELDS = {"image", "task", "question", "region_text", "hypothesis", "premise"}
-
-
-@dataclass
-class ServeConfig:
-    """Settings of `narvl-pipe serve`."""
-
-    model: str
-    """NARVL student folder, its ONNX export folder, or an OFA teacher folder."""
-    task: str | None = None
-    """Task served; None: the one the student was trained for."""
-    host: str = "127.0.0.1"
-    """Interface to listen on (`0.0.0.0` for all)."""
-    port: int = 8000
-    """TCP port."""
-    max_batch_size: int = 8
-    """Most requests answered by one model call."""
-    batch_timeout_ms: float = 0.0
-    """How long a batch waits for more requests after its first one. 0: a batch is the requests that queued while
-    the model ran the previous one, and the model never idles; waiting pays where a larger batch costs little more
-    than a small one (a GPU), and costs every lone request that long."""
-    answers: str | None = None
-    """VQA candidate answer list file, for an AR teacher."""
-    device: str | None = None
-    """Device of the model (default: CUDA when available)."""
-
-    def __post_init__(self):
-        if self.max_batch_size < 1:
-            raise UserError(f"max_batch_size must be >= 1, got {self.max_batch_size}")
-        if self.batch_timeout_ms < 0:
-            raise UserError(f"batch_timeout_ms must be >= 0, got {self.batch_timeout_ms}")
-        if not 0 <= self.port <= 65535:
-            raise UserError(f"port must be in 0..65535, got {self.port}")
+__all__ = ["ServeConfig", "BatchQueue", "BodyLimit", "create_app", "background_server", "serve"]
 
 
 class BatchQueue:
@@ -132,7 +103,36 @@ def decode_base64_image(text: Any) -> bytes:
     return data
 
 
-def create_app(predictor, max_batch_size: int = 8, batch_timeout_ms: float = 0.0):
+class BodyLimit:
+    """ASGI middleware: a request body over `max_bytes` is answered 413: at once when its Content-Length says so,
+    else as soon as the bytes received pass the limit (a chunked body), before anything parses it."""
+
+    def __init__(self, app, max_bytes: int):
+        self.app, self.max_bytes = app, max_bytes
+
+    def _too_large(self) -> str:
+        return f"request body over the limit of {self.max_bytes / 2**20:g} MiB (serve --max-request-mb)"
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            return await JSONResponse({"detail": self._too_large()}, status_code=413)(scope, receive, send)
+        received = 0
+
+        async def limited():
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.max_bytes:  # raised inside the body read: FastAPI answers it as a 413
+                raise HTTPException(status_code=413, detail=self._too_large())
+            return message
+
+        return await self.app(scope, limited, send)
+
+
+def create_app(predictor, max_batch_size: int = 8, batch_timeout_ms: float = 0.0, max_request_mb: float = 4.0):
     """The FastAPI app serving `predictor` (a `student.predictor.Predictor`)."""
     task = predictor.task.name
     queue = BatchQueue(lambda rows: predictor.predict_rows(rows), max_batch_size, batch_timeout_ms / 1000.0)
@@ -147,6 +147,7 @@ def create_app(predictor, max_batch_size: int = 8, batch_timeout_ms: float = 0.0
             await worker
 
     app = FastAPI(title="narvl-pipe", lifespan=lifespan)
+    app.add_middleware(BodyLimit, max_bytes=int(max_request_mb * 2**20))
 
     def refuse(status: int, reason: str):
         refused[status] += 1
@@ -174,7 +175,7 @@ def create_app(predictor, max_batch_size: int = 8, batch_timeout_ms: float = 0.0
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
-        return {"status": "ok", "task": task, "backend": predictor.backend, "kind": predictor.loaded.kind}
+        return {"status": "ok", "task": task, "backend": predictor.backend, "kind": predictor.model.kind}
 
     @app.get("/stats")
     async def stats() -> dict[str, Any]:
@@ -188,13 +189,13 @@ def create_app(predictor, max_batch_size: int = 8, batch_timeout_ms: float = 0.0
     async def predict(request: Request) -> dict[str, Any]:
         try:
             data, fields = await read_request(request)
-            unknown = sorted(set(fields) - _KNOWN_FIELDS)
+            asked = fields.pop("task", None)
+            if asked is not None and asked != task:
+                raise UserError(f"this server serves task {task}, not {asked!r}")
+            unknown = sorted(set(fields) - set(predictor.text_fields))
             if unknown:
                 raise UserError(f"unknown field(s) {unknown}; this server ({task}) reads image"
                                 + "".join(f", {f}" for f in predictor.text_fields))
-            asked = fields.get("task")
-            if asked is not None and asked != task:
-                raise UserError(f"this server serves task {task}, not {asked!r}")
             # Decoding a large image takes a while: off the event loop.
             row = await asyncio.to_thread(predictor.row, data, fields)
         except ImageLoadError as err:  # PIL's own text names an in-memory buffer, which means nothing to a client
@@ -220,9 +221,6 @@ def background_server(app, host: str = "127.0.0.1", tries: int = 400) -> Iterato
 
     The socket is bound here on port 0, so the OS picks a free port and no other process can take it in between.
     """
-    import httpx
-    import uvicorn
-
     # proto IPPROTO_TCP, as uvicorn's own sockets have: asyncio then sets TCP_NODELAY on each connection (without
     # it, Nagle's algorithm and delayed ACKs add 40 ms to every response written in two parts).
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
@@ -252,10 +250,6 @@ def background_server(app, host: str = "127.0.0.1", tries: int = 400) -> Iterato
 
 def serve(cfg: ServeConfig) -> None:
     """Load the model and serve it until interrupted."""
-    import uvicorn
-
-    from student.predictor import Predictor
-
     predictor = Predictor.from_pretrained(cfg.model, task=cfg.task, device=cfg.device, answers=cfg.answers)
-    app = create_app(predictor, cfg.max_batch_size, cfg.batch_timeout_ms)
+    app = create_app(predictor, cfg.max_batch_size, cfg.batch_timeout_ms, cfg.max_request_mb)
     uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="info")

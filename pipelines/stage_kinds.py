@@ -18,6 +18,7 @@ Registered by `pipelines.stages.stage_kinds()` (from `builtin_kinds()`, on first
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import statistics
 from dataclasses import dataclass
@@ -29,10 +30,12 @@ from distill.run import DistillConfig, run_distill
 from distill.sources import open_source
 from distill.tasks import get_task
 from pipelines.baseline import BaselineConfig, run_baseline
-from pipelines.report import METRICS_FILE, ReportConfig, run_report
+from pipelines.report import METRICS_FILE, PREDICTIONS_FILE, ReportConfig, run_report
 from pipelines.shapes import ShapesConfig, write_shapes
 from pipelines.stages import StageKind
-from student.evaluate import _candidates, evaluate, load_model, predict_rows
+from distill.seam import Model
+from student.eval_config import EvalConfig
+from student.evaluate import evaluate, open_for_task, predict_rows
 from student.train_student import StudentTrainConfig, train_student
 from student.train_teacher import TeacherTrainConfig, train_teacher
 from student.trainer import CHECKPOINT_DIR
@@ -45,26 +48,11 @@ DISTILL_NON_RESULT = frozenset({"num_workers", "progress", "flush_every", "overw
 """`DistillConfig` fields that leave the rows as they are (the same ones its manifest leaves out of the run identity)."""
 
 
-@dataclass
-class EvaluateStageConfig:
-    """Score one model on a split: the task metric on every row (batched), latency at batch 1 on a subset."""
+@dataclass(kw_only=True)
+class EvaluateStageConfig(EvalConfig):
+    """Score one model on a split (`student.eval_config.EvalConfig`: the task metric on every row, batched), then
+    its latency at `latency_batch_size` on a subset. `out` is the stage folder's `predictions.jsonl`."""
 
-    model: str
-    """Model folder (NARVL student or OFA teacher)."""
-    task: str
-    """caption, vqa, grounding or entailment."""
-    data: str
-    """Evaluation source (any `distill.sources` SRC)."""
-    split: str = "test"
-    """Split to score."""
-    num_beams: int | None = None
-    """Beam size (None: the task's OFA setting for the teacher, greedy CTC for the student)."""
-    batch_size: int = 32
-    """Batch size of the quality pass."""
-    limit: int | None = None
-    """Score only the first N rows."""
-    answers: str | None = None
-    """VQA: the answer list file the AR teacher decodes over (required for it; see `narvl-pipe evaluate --answers`)."""
     latency_batch_size: int = 1
     """Batch size of the latency measurement (1, as in the paper's table)."""
     latency_limit: int | None = 50
@@ -72,38 +60,33 @@ class EvaluateStageConfig:
     median over the calls (None: all rows; 0: report the quality pass's batched mean instead)."""
 
 
-def measure_latency(cfg: EvaluateStageConfig) -> tuple[float, int]:
+def measure_latency(cfg: EvaluateStageConfig, model: Model, settings: dict) -> tuple[float, int]:
     """(median ms per sample over timed calls, number of calls): one `predict_rows` call per batch of
     `latency_batch_size` rows, after a warm-up call. A median, so a burst of load on a shared machine moves it
     less than a mean."""
-
     task = get_task(cfg.task)
-    lm = load_model(cfg.model)
-    rows = [dict(r) for r in open_source(cfg.data, cfg.split, None, task, limit=cfg.limit)]
-    candidates = _candidates(task, cfg.answers) if lm.kind == "ofa" else None
+    rows = [dict(r) for r in open_source(cfg.data, cfg.split, cfg.columns, task, cfg.image_root, cfg.limit)]
     timed = rows[: cfg.latency_limit] if cfg.latency_limit is not None else rows
     b = cfg.latency_batch_size
-    predict_rows(lm, task, timed[:b], b, cfg.num_beams, candidates)  # warm-up: first-call allocations
+    predict_rows(model, task, timed[:b], settings, b)  # warm-up: first-call allocations
     calls = [timed[i: i + b] for i in range(0, len(timed), b)]
-    ms = [1000.0 * predict_rows(lm, task, chunk, b, cfg.num_beams, candidates).seconds / len(chunk) for chunk in calls]
+    ms = [1000.0 * predict_rows(model, task, chunk, settings, b).seconds / len(chunk) for chunk in calls]
     return statistics.median(ms), len(ms)
 
 
 def _run_evaluate(cfg: EvaluateStageConfig, out: Path) -> None:
-    quality = evaluate(cfg.model, cfg.task, cfg.data, split=cfg.split, batch_size=cfg.batch_size,
-                       num_beams=cfg.num_beams, limit=cfg.limit, out=out / "predictions.jsonl", answers=cfg.answers)
+    task = get_task(cfg.task)
+    model, candidates = open_for_task(cfg.model, task, cfg.revision, cfg.answers, cfg, cfg.device)
+    settings = model.settings(task, candidates, {"num_beams": cfg.num_beams, "vqa_mode": cfg.vqa_mode})
+    quality = evaluate(dataclasses.replace(cfg, out=str(out / PREDICTIONS_FILE)), opened=(model, candidates))
     ms, calls, latency_batch = quality.ms_per_sample, 1, quality.batch_size
     if cfg.latency_limit != 0:
-        (ms, calls), latency_batch = measure_latency(cfg), cfg.latency_batch_size
+        (ms, calls), latency_batch = measure_latency(cfg, model, settings), cfg.latency_batch_size
 
     metric = next(iter(quality.metrics))
-    if quality.kind == "narvl":
-        decoding = "one pass + CTC" if (cfg.num_beams or 1) == 1 else f"one pass + CTC beam {cfg.num_beams}"
-    else:
-        task = get_task(cfg.task)
-        decoding = task.ar_decoding(cfg.num_beams or task.generation.get("num_beams", 1))
     record = {
-        "task": quality.task, "model": quality.model, "model_type": quality.kind, "decoding": decoding,
+        "task": quality.task, "model": quality.model, "model_type": quality.kind, "decoding": quality.decoding,
+        "autoregressive": model.autoregressive,
         "metric": metric, "score": quality.metrics[metric], "metrics": quality.metrics,
         "metric_implementation": quality.metric_implementation,
         "num_samples": quality.num_samples, "ms_per_sample": ms, "latency_statistic": "median" if calls > 1 else "mean",

@@ -23,10 +23,10 @@ import torch
 from distill.errors import UserError
 from distill.jsonio import atomic_write_text
 from distill.manifest import teacher_tokenizer_sha256
-from distill.teachers.base import tokenizer_sha256
+from distill.prediction import tokenizer_sha256
 
-__all__ = ["TARGET_COLUMNS", "FilterReport", "needs_reencoding", "SkipLog", "load_training_data", "is_distilled", "filter_rows",
-           "reference_problem", "TaskRows", "collate", "encode_readable", "encode_prompts"]
+__all__ = ["TARGET_COLUMNS", "FilterReport", "needs_reencoding", "SkipLog", "load_training_data", "is_distilled",
+           "filter_rows", "reference_problem", "TaskRows", "collate"]
 
 SKIPPED_FILE = "skipped.jsonl"
 """Training runs record their skipped rows in `OUTPUT_DIR/skipped.jsonl`."""
@@ -85,7 +85,7 @@ def load_training_data(src: str | os.PathLike, split: str = "train", task=None, 
 
 def needs_reencoding(src: str | os.PathLike, ds, tokenizer) -> bool:
     """Whether a distilled dataset's `target_ids` are in another vocabulary than `tokenizer`'s: its manifest's
-    teacher tokenizer hash differs from the student tokenizer's (`distill.teachers.base.tokenizer_sha256`). Then
+    teacher tokenizer hash differs from the student tokenizer's (`distill.prediction.tokenizer_sha256`). Then
     the targets are re-encoded from the canonical prediction (`Task.student_target`); a dataset without one is
     refused. No recorded hash (no manifest, or an older one) means the teacher's ids are used as they are."""
     teacher_hash = teacher_tokenizer_sha256(src) if Path(src).is_dir() else None
@@ -262,7 +262,7 @@ class TaskRows:
         """The teacher's `target_ids` are in another vocabulary (`needs_reencoding`): targets come from the
         canonical prediction, encoded with the student's tokenizer by the task."""
         self.trie = trie
-        """A `distill.tasks.base.TokenTrie` of the answers an AR teacher's loss is constrained to (OFA's
+        """A `distill.ofa.constraints.TokenTrie` of the answers an AR teacher's loss is constrained to (OFA's
         constrained fine-tuning, `Task.constraint_answers`): each example then lists the allowed next tokens."""
         self.resolution = resolution or getattr(processor.image_processor, "size", None)
         self.skips = skips if skips is not None else SkipLog()
@@ -307,13 +307,9 @@ class TaskRows:
 
     def _encode(self, r: dict, draw: int) -> dict[str, Any]:
         ids, weight = self.target_ids(r, draw)
-        input_ids = self.tokenizer(self.task.prompt(r))["input_ids"]
-        item = {
-            "input_ids": input_ids,
-            "pixels": self.processor.image_processor.process_image(r["image"], size=self.resolution),
-            "target": ids,
-            "weight": weight,
-        }
+        enc = self.processor(text=[self.task.prompt(r)], images=[r["image"]], size=self.resolution)
+        input_ids = enc["input_ids"][0].tolist()
+        item = {"input_ids": input_ids, "pixels": enc["patch_images"][0].numpy(), "target": ids, "weight": weight}
         if self.task.prompt_type == "prev_output":
             # An AR teacher is trained as it is decoded: after `<s>` + the prompt (the encoder input minus EOS).
             item["decoder_prompt"] = input_ids[:-1]
@@ -363,37 +359,3 @@ def collate(items: list[dict[str, Any]], pad_id: int = 1, bos_id: int = 0) -> di
         batch["constrained"] = constrained
         batch["constraint_index"] = torch.tensor(index, dtype=torch.long).reshape(-1, 3)
     return batch
-
-
-def encode_readable(rows: list[dict], task, processor, resolution: int | None = None
-                    ) -> tuple[dict | None, list[int], list[tuple[int, str]]]:
-    """Model inputs for the rows whose image can be read: `(inputs or None, their positions in rows, [(position,
-    reason)] of the others)`; inputs as `encode_prompts` returns them. Images go one by one through the
-    processor's image processor, so that one unreadable image leaves out its row only."""
-    from distill.images import ImageLoadError
-
-    tokenizer, image_processor = processor.tokenizer, processor.image_processor
-    size = resolution or getattr(image_processor, "size", None)
-    kept, pixels, bad = [], [], []
-    for i, r in enumerate(rows):
-        try:
-            pixels.append(image_processor.process_image(r["image"], size=size))
-            kept.append(i)
-        except ImageLoadError as exc:
-            bad.append((i, str(exc)))
-    if not kept:
-        return None, kept, bad
-    ids = [tokenizer(task.prompt(rows[i]))["input_ids"] for i in kept]
-    return ({"input_ids": _pad(ids, tokenizer.pad_token_id), "patch_images": torch.from_numpy(np.stack(pixels)),
-             "patch_masks": torch.ones(len(kept), dtype=torch.bool)}, kept, bad)
-
-
-def encode_prompts(rows: list[dict], task, processor, resolution: int | None = None) -> dict:
-    """Model inputs for inference on canonical rows: `input_ids` (B, S), `patch_images` (B, 3, H, W), `patch_masks`
-    (B,). An unreadable image raises `ImageLoadError`."""
-    from distill.images import ImageLoadError
-
-    inputs, _, bad = encode_readable(rows, task, processor, resolution)
-    if bad:
-        raise ImageLoadError(bad[0][1])
-    return inputs

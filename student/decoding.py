@@ -22,13 +22,13 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from dataclasses import dataclass
+from typing import Any, Sequence
 
 import torch
 
-from distill.tasks import TASKS
 
 __all__ = ["DecodingRule", "narvl_rule", "collapse", "ctc_decode", "ctc_greedy_decode",
-           "ctc_prefix_beam_search", "ctc_sequence_log_prob"]
+           "ctc_prefix_beam_search", "ctc_sequence_log_prob", "ctc_greedy_path_log_prob"]
 
 _NEG_INF = -math.inf
 
@@ -49,12 +49,17 @@ class DecodingRule:
             raise ValueError(f"DecodingRule.eos must be 'drop' or 'cut', got {self.eos!r}")
 
 
-def narvl_rule(task: str | None, bin_ids: list[int] | None = None) -> DecodingRule:
-    """NARVL's decoding rule of `task` (None: the caption rule): merge repeats or not (`Task.ctc_merge_repeats`);
-    a task that keeps only bins (`Task.ctc_keeps_bins`, grounding) keeps only `bin_ids` when given."""
-    t = TASKS.get(task or "caption", TASKS["caption"])
-    keep = frozenset(int(i) for i in bin_ids) if t.ctc_keeps_bins and bin_ids is not None else None
-    return DecodingRule(merge_repeats=t.ctc_merge_repeats, keep_ids=keep)
+def narvl_rule(task: Any, bin_ids: Sequence[int] | None = None) -> DecodingRule:
+    """NARVL's decoding rule of `task` (a `Task`): merge repeats or not (`Task.ctc_merge_repeats`); a box task
+    (grounding) keeps only `bin_ids` (the `<bin_k>` labels) when given."""
+    keep = frozenset(int(i) for i in bin_ids) if task.answer_space == "box" and bin_ids is not None else None
+    return DecodingRule(merge_repeats=task.ctc_merge_repeats, keep_ids=keep)
+
+
+def ctc_greedy_path_log_prob(logits: torch.Tensor) -> torch.Tensor:
+    """Log-prob of the greedy CTC path (each query's argmax label), shape ``(B,)`` from logits ``(B, N, V + 1)``:
+    the score NARVL's one-pass prediction is reported with."""
+    return logits.float().log_softmax(-1).max(-1).values.sum(-1)
 
 
 def collapse(

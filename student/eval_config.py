@@ -1,32 +1,33 @@
 """`EvalConfig` and `PredictConfig`: what `narvl-pipe evaluate` and `predict` take (their options are generated from
-these), with the model fields they share declared once. The fields are `student.evaluate.evaluate`'s and
-`predict`'s keyword arguments: `evaluate(**dataclasses.asdict(cfg))`."""
+these), with the model and decoding fields they share with `distill` declared once (`distill.seam.ModelOptions`,
+`DecodingOptions`; `distill.config.SourceOptions`)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from distill.config import SourceOptions
+from distill.seam import DecodingOptions, ModelOptions
 
 __all__ = ["EvalConfig", "ModelFields", "PredictConfig"]
 
 
 @dataclass(kw_only=True)
-class ModelFields:
+class ModelFields(DecodingOptions, ModelOptions):
     """The model one scores or asks, and how it decodes."""
 
     model: str
-    """NARVL student, its ONNX export (`narvl-pipe export`) or OFA teacher: a folder or a Hub id."""
+    """Any model that distils or is distilled: a NARVL student, its ONNX export (`narvl-pipe export`), an OFA
+    teacher or a transformers image-text teacher; a folder or a Hub id."""
     revision: str | None = None
     """Hub revision of `model` (ignored for a local folder)."""
     task: str
-    """caption, vqa, grounding or entailment."""
-    num_beams: int | None = None
-    """AR teacher: beams (default: the task's OFA setting); NARVL: CTC prefix beam (default: greedy)."""
-    answers: str | None = None
-    """VQA candidate answers for the AR teacher (required there): OFA's trainval_ans2label.pkl, a JSON list, or one
-    per line."""
+    """caption, vqa, grounding or entailment (or a registered task)."""
+    device: str | None = None
+    """Where the model runs (default: CUDA when available, else the CPU)."""
 
 
 @dataclass(kw_only=True)
-class EvalConfig(ModelFields):
+class EvalConfig(ModelFields, SourceOptions):
     """Score `model` on a split with the task metric and the latency per sample."""
 
     data: str
@@ -38,7 +39,8 @@ class EvalConfig(ModelFields):
     limit: int | None = None
     """Score only the first N rows."""
     out: str | None = None
-    """Write the predictions as JSONL to this file."""
+    """Write the predictions as JSONL to this file (each row's id, text inputs, references, output and what the
+    metric scored)."""
 
 
 @dataclass(kw_only=True)
@@ -48,6 +50,6 @@ class PredictConfig(ModelFields):
     image: str
     """Image file."""
     text: str | None = None
-    """Question (vqa), region text (grounding) or hypothesis (entailment)."""
-    premise: str | None = None
-    """Entailment premise (optional)."""
+    """The task's first text field: the question (vqa), region text (grounding), hypothesis (entailment)."""
+    fields: dict[str, str] = field(default_factory=dict)
+    """Any of the task's text fields by name, e.g. {"premise": "two shapes"} (entailment)."""

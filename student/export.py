@@ -26,9 +26,13 @@ from torch import nn
 
 from distill.errors import UserError
 from distill.jsonio import atomic_write_text
+from distill.loader import model_type
+from distill.loading import load_pretrained
 from distill.ofa.positions import TOKEN_BUCKET_POSITIONS
+from distill.ofa.processing_ofa import OFAProcessor, load_ofa_processor
 from distill.tasks import get_task
-from student.evaluate import load_model, model_kind
+
+from .modeling_narvl import NARVLModel
 
 __all__ = ["EXPORT_FILE", "ONNX_FILE", "FORMATS", "DEFAULT_OPSET", "ExportSpec", "ExportResult", "is_exported",
            "read_spec", "export_onnx"]
@@ -133,20 +137,20 @@ class LogitsGraph(nn.Module):
         return self.model(input_ids, patch_images=patch_images).logits
 
 
-def _example_inputs(tokenizer, resolution: int, prompts: list[str], seed: int = 0) -> tuple[torch.Tensor, ...]:
+def _example_inputs(processor: OFAProcessor, resolution: int, prompts: list[str],
+                    seed: int = 0) -> tuple[torch.Tensor, ...]:
     """Right-padded prompt ids (B, L) and random images (B, 3, S, S): the trace example and the check batch."""
-    ids = [torch.tensor(tokenizer(p)["input_ids"]) for p in prompts]
-    padded = nn.utils.rnn.pad_sequence(ids, batch_first=True, padding_value=tokenizer.pad_token_id)
     gen = torch.Generator().manual_seed(seed)
-    return padded, torch.rand(len(prompts), 3, resolution, resolution, generator=gen) * 2 - 1
+    return (processor(text=prompts)["input_ids"],
+            torch.rand(len(prompts), 3, resolution, resolution, generator=gen) * 2 - 1)
 
 
-def _check_batches(tokenizer, resolution: int, task: str | None) -> list[tuple[torch.Tensor, ...]]:
+def _check_batches(processor: OFAProcessor, resolution: int, task: str | None) -> list[tuple[torch.Tensor, ...]]:
     t = get_task(task or "caption")
     prompt = t.prompt({"id": "export", **{c: "" if c in t.optional_columns else "the shape" for c in t.text_columns}})
     # Other batch sizes and prompt lengths than the trace's, so that a baked-in shape fails here, not in use.
-    return [_example_inputs(tokenizer, resolution, [prompt], seed=1),
-            _example_inputs(tokenizer, resolution, [" a b c d e f g h", prompt, " what?"], seed=2)]
+    return [_example_inputs(processor, resolution, [prompt], seed=1),
+            _example_inputs(processor, resolution, [" a b c d e f g h", prompt, " what?"], seed=2)]
 
 
 def export_onnx(model_dir: str | os.PathLike, out: str | os.PathLike, opset: int = DEFAULT_OPSET,
@@ -174,10 +178,12 @@ def export_onnx(model_dir: str | os.PathLike, out: str | os.PathLike, opset: int
 
     if is_exported(model_dir):
         raise UserError(f"{model_dir} is already an ONNX export; export the student folder it came from")
-    if model_kind(model_dir) != "narvl":
-        raise UserError(f"{model_dir} is an AR OFA teacher: only a NARVL student exports as one graph")
-    lm = load_model(model_dir, "cpu")
-    model, tok, proc = lm.model.float(), lm.tokenizer, lm.image_processor
+    kind = model_type(model_dir)
+    if kind != "narvl":
+        raise UserError(f"{model_dir} holds model_type {kind!r}: only a NARVL student exports as one graph")
+    model = load_pretrained(NARVLModel, model_dir).float().eval()
+    processor = load_ofa_processor(model_dir)
+    proc = processor.image_processor
     cfg = model.config
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -186,7 +192,7 @@ def export_onnx(model_dir: str | os.PathLike, out: str | os.PathLike, opset: int
     graph = LogitsGraph(model).eval()
     resolution = int(proc.size)
     max_len = min(cfg.max_position_embeddings, TOKEN_BUCKET_POSITIONS)
-    example = _example_inputs(tok, resolution, [" what does the image describe?", " what?"])
+    example = _example_inputs(processor, resolution, [" what does the image describe?", " what?"])
     batch = torch.export.Dim("batch", min=1, max=65536)
     length = torch.export.Dim("prompt_length", min=2, max=max_len)
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
@@ -201,14 +207,14 @@ def export_onnx(model_dir: str | os.PathLike, out: str | os.PathLike, opset: int
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     diff = 0.0
-    for ids, images in _check_batches(tok, resolution, cfg.task):
+    for ids, images in _check_batches(processor, resolution, cfg.task):
         got = session.run(None, {"input_ids": ids.numpy(), "patch_images": images.numpy()})[0]
         with torch.no_grad():
             want = graph(ids, images)
         diff = max(diff, float((torch.from_numpy(got) - want).abs().max()))
 
     cfg.save_pretrained(str(out))
-    lm.processor.save_pretrained(str(out))  # AutoProcessor.from_pretrained(out) works
+    processor.save_pretrained(str(out))  # AutoProcessor.from_pretrained(out) works
     proc.save_pretrained(str(out))
     v1 = cfg.vocab_size + 1
     spec = ExportSpec(

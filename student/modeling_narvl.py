@@ -19,6 +19,7 @@ from distill.ofa import OFAModel
 from distill.ofa.decoder import OFADecoder
 from distill.ofa.encoder import OFAEncoder, OFAEncoderOutput
 from distill.ofa.modeling_ofa import OFAPreTrainedModel
+from distill.tasks import get_task
 
 from .configuration_narvl import NARVLConfig
 from .decoding import ctc_decode, narvl_rule
@@ -158,7 +159,7 @@ class NARVLModel(OFAPreTrainedModel):
         greedy (``num_beams=1``, the paper's setting) or the best hypothesis of CTC prefix beam search (tasks whose
         rule merges repeats only). ``bin_ids``: the `<bin_k>` ids, the only tokens grounding keeps."""
         logits = self(input_ids, patch_images=patch_images, patch_masks=patch_masks).logits
-        rule = narvl_rule(self.config.task, bin_ids)
+        rule = narvl_rule(get_task(self.config.task or "caption"), bin_ids)
         return ctc_decode(logits, self.blank_id, self.config.eos_token_id, self.config.pad_token_id, num_beams,
                           rule)
 

@@ -1,5 +1,5 @@
-"""An exported NARVL student run by onnxruntime, with the interface `student.evaluate` uses of `NARVLModel`
-(`config`, `device`, `__call__(...).logits`, `decode(...)`), so evaluate / predict / serve take either backend."""
+"""An exported NARVL student run by onnxruntime, with `NARVLModel`'s forward interface (`config`, `device`,
+`__call__(...).logits`), so `student.runner.NARVLStudent` runs either backend with one decoding."""
 from __future__ import annotations
 
 import os
@@ -10,11 +10,11 @@ import torch
 
 from distill.errors import UserError
 
-from .decoding import ctc_decode, narvl_rule
+from .configuration_narvl import NARVLConfig
 from .export import ExportSpec, read_spec
 from .modeling_narvl import NARVLOutput
 
-__all__ = ["ONNXNARVLModel", "load_exported"]
+__all__ = ["ONNXNARVLModel"]
 
 
 def _providers(device: str | torch.device | None) -> list[str]:
@@ -35,8 +35,6 @@ class ONNXNARVLModel:
     def __init__(self, path: str | os.PathLike, device: str | torch.device | None = None,
                  num_threads: int | None = None):
         import onnxruntime as ort
-
-        from .configuration_narvl import NARVLConfig
 
         self.path = Path(path)
         self.spec: ExportSpec = read_spec(self.path)
@@ -65,21 +63,3 @@ class ONNXNARVLModel:
                 "patch_images": patch_images.detach().cpu().numpy().astype(np.float32)}
         (logits,) = self.session.run(["logits"], feed)
         return NARVLOutput(logits=torch.from_numpy(logits))
-
-    def decode(self, input_ids: torch.Tensor, patch_images: torch.Tensor | None = None,
-               patch_masks: torch.Tensor | None = None, num_beams: int = 1,
-               bin_ids: list[int] | None = None) -> list[list[int]]:
-        """Token ids per sample, EOS excluded: the same rule as `NARVLModel.decode`."""
-        logits = self(input_ids, patch_images).logits
-        return ctc_decode(logits, self.spec.blank_id, self.spec.eos_id, self.spec.pad_id, num_beams,
-                          narvl_rule(self.spec.task, bin_ids))
-
-
-def load_exported(path: str | os.PathLike, device: str | torch.device | None = None, num_threads: int | None = None):
-    """An export folder as a `student.evaluate.LoadedModel` of kind `narvl`."""
-    from distill.ofa.processing_ofa import load_ofa_processor
-
-    from .evaluate import LoadedModel
-
-    model = ONNXNARVLModel(path, device, num_threads)
-    return LoadedModel(model, load_ofa_processor(path), "narvl")

@@ -1,7 +1,7 @@
 """`Predictor`: a model bound to one task, for applications and the HTTP server.
 
-The model is a NARVL student folder (PyTorch), its ONNX export (onnxruntime) or an OFA teacher folder (`generate()`);
-`Predictor.from_pretrained` tells them apart. Inputs are encoded and outputs decoded by the code `narvl-pipe
+The model is anything behind the seam (`distill.seam.Model`): a NARVL student (PyTorch or its ONNX export), an OFA
+teacher or a transformers teacher. Rows become inputs and outputs become predictions through the code `narvl-pipe
 evaluate` / `predict` run (`student.evaluate.predict_rows`), so a prediction does not depend on the entry point.
 """
 from __future__ import annotations
@@ -12,51 +12,56 @@ from typing import Any, Mapping, Sequence
 import torch
 
 from distill.errors import UserError
-
+from distill.hub_ids import resolve_model_folder
+from distill.images import load_image
+from distill.jsonio import read_json
+from distill.seam import Model, ModelOptions, prepare_rows
 from distill.tasks import get_task
 
-from .data import encode_prompts
-from .evaluate import LoadedModel, Prediction, load_model, predict_rows
-from .onnx_model import ONNXNARVLModel
+from .evaluate import Answer, open_for_task, predict_rows, request_fields
+from .runner import NARVLStudent
 
 __all__ = ["Predictor"]
 
 
 class Predictor:
-    """One model and one task: canonical rows (or request fields) in, `Prediction`s out.
+    """One model and one task: canonical rows (or request fields) in, `Answer`s out.
 
     Args:
-        loaded (LoadedModel): the model with its `OFAProcessor` (`student.evaluate.load_model`).
-        task (str): caption, vqa, grounding or entailment.
-        candidates (Sequence[str] | None): VQA answer list, which an AR teacher's constrained decoding needs.
+        model (Model): the model behind the seam (`distill.loader.load_model`).
+        task (str): caption, vqa, grounding, entailment or a registered task.
+        candidates (Sequence[str] | None): the answer list of a model that decodes over one (OFA on VQA).
+        num_beams (int | None): beams (None: the model's default for the task).
     """
 
-    def __init__(self, loaded: LoadedModel, task: str, candidates: Sequence[str] | None = None):
-        self.loaded = loaded
-        self.task = get_task(task)
-        if self.task.needs_answer_list and loaded.kind == "ofa" and not candidates:
-            raise UserError(f"{self.task.name} with the AR teacher needs its candidate answer list (`answers`)")
-        self.candidates = list(candidates) if candidates else None
+    def __init__(self, model: Model, task: str, candidates: Sequence[str] | None = None,
+                 num_beams: int | None = None):
+        self.model, self.task = model, get_task(task)
+        self.model.check_task(self.task)
+        self.settings = model.settings(self.task, candidates, {"num_beams": num_beams})
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, task: str | None = None,
-                        device: str | torch.device | None = None, answers: str | None = None) -> "Predictor":
-        """Load a NARVL student folder, a NARVL ONNX export folder or an OFA teacher folder.
+                        device: str | torch.device | None = None, answers: str | None = None,
+                        options: ModelOptions | None = None) -> "Predictor":
+        """Open any model folder or Hub id (`distill.loader.load_model`) and load its weights.
 
-        `task` defaults to the one the student was trained for (its config's `task`); an OFA teacher needs it.
-        `answers` is a VQA candidate list file (one answer a line), for an AR teacher only.
-        """
-        loaded = load_model(path, device)
-        task = task or getattr(loaded.model.config, "task", None)
+        `task` defaults to the one a student was trained for (its config's `task`); a teacher needs it. `answers`
+        is the answer list file of a model that decodes over one (OFA on VQA)."""
         if task is None:
-            raise UserError(f"{path} records no task: give the task (caption, vqa, grounding or entailment)")
-        candidates = get_task(task).answer_list(answers) if answers else None
-        return cls(loaded, task, candidates)
+            folder, _ = resolve_model_folder(os.fspath(path))
+            task = read_json(folder / "config.json").get("task")
+            if task is None:
+                raise UserError(f"{path} records no task: give the task (caption, vqa, grounding or entailment)")
+        model, candidates = open_for_task(os.fspath(path), get_task(task), answers=answers, options=options,
+                                          device=device)
+        model.load()
+        return cls(model, task, candidates)
 
     @property
     def backend(self) -> str:
         """`onnx` (onnxruntime) or `torch`."""
-        return "onnx" if isinstance(self.loaded.model, ONNXNARVLModel) else "torch"
+        return self.model.backend
 
     @property
     def text_fields(self) -> tuple[str, ...]:
@@ -65,45 +70,32 @@ class Predictor:
         return tuple(self.task.text_columns)
 
     def row(self, image: Any, fields: Mapping[str, Any], row_id: str = "request") -> dict[str, Any]:
-        """A canonical row from an image (anything `distill.images.load_image` takes) and text fields.
+        """A canonical row from an image (anything `distill.images.load_image` takes) and the task's text fields.
 
         The image is decoded fully here, so that a broken one is refused before it joins a batch. Raises
-        `UserError` (an `ImageLoadError` for the image) naming what is wrong.
-        """
-        from distill.images import load_image
+        `UserError` (an `ImageLoadError` for the image) naming what is wrong."""
+        image = load_image(image, name="the request image")
+        return {"id": row_id, "image": image, **request_fields(self.task, None, dict(fields))}
 
-        row: dict[str, Any] = {"id": row_id, "image": load_image(image, name="the request image")}
-        for i, name in enumerate(self.text_fields):
-            value = fields.get(name)
-            if value is not None and not isinstance(value, str):
-                raise UserError(f"field {name!r} must be a string, got {type(value).__name__}")
-            required = i == 0
-            if required and not (value or "").strip():
-                raise UserError(f"task {self.task.name} needs the text field {name!r}")
-            row[name] = value or ""
-        return row
-
-    def predict_rows(self, rows: Sequence[Mapping[str, Any]], num_beams: int | None = None) -> list[Prediction]:
+    def predict_rows(self, rows: Sequence[Mapping[str, Any]]) -> list[Answer]:
         """Predictions for canonical rows, run as one batch."""
         if not rows:
             return []
-        res = predict_rows(self.loaded, self.task, list(rows), batch_size=len(rows), num_beams=num_beams,
-                           candidates=self.candidates)
+        res = predict_rows(self.model, self.task, list(rows), self.settings, batch_size=len(rows))
         if res.skipped:  # an unreadable image: refuse the batch rather than return misaligned predictions
             raise UserError(f"row {res.skipped[0]['index']}: {res.skipped[0]['reason']}")
-        return [Prediction(output=text, prediction=pred) for text, pred in zip(res.texts, res.predictions)]
+        return [Answer(output=p.text, prediction=s) for p, s in zip(res.predictions, res.scored)]
 
-    def predict(self, image: Any, num_beams: int | None = None, **fields: str) -> Prediction:
+    def predict(self, image: Any, **fields: str) -> Answer:
         """One prediction; `fields` are the task's text fields (``question=``, ``region_text=``, ``hypothesis=``,
-        ``premise=``)."""
-        return self.predict_rows([self.row(image, fields)], num_beams)[0]
+        ``premise=``, a registered task's own)."""
+        return self.predict_rows([self.row(image, fields)])[0]
 
-    @torch.inference_mode()
     def logits(self, rows: Sequence[Mapping[str, Any]]) -> torch.Tensor:
         """A NARVL student's scores for rows run as one batch, shape ``(B, N, V + 1)``, on the CPU."""
-        if self.loaded.kind != "narvl":
+        if not isinstance(self.model, NARVLStudent):
             raise UserError("logits are defined for a NARVL student (its CTC frames), not for an AR teacher")
-        lm = self.loaded
-        inputs = encode_prompts([dict(r) for r in rows], self.task, lm.processor)
-        inputs = {k: v.to(lm.model.device) for k, v in inputs.items()}
-        return lm.model(**inputs).logits.float().cpu()
+        prep = prepare_rows(self.model, list(rows), self.task)
+        if prep.bad:
+            raise UserError(f"row {prep.bad[0][0]}: {prep.bad[0][1]}")
+        return self.model.logits(prep.inputs).float().cpu()

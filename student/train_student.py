@@ -109,7 +109,7 @@ def build_student(cfg: StudentTrainConfig, task, init: Path | None = None):
     from distill.loading import load_pretrained
     from distill.ofa import OFAModel
     from distill.ofa.processing_ofa import load_ofa_processor
-    from student.evaluate import model_kind
+    from distill.loader import model_type
     from student.modeling_narvl import NARVLModel
 
     init = Path(init or cfg.init)
@@ -117,7 +117,7 @@ def build_student(cfg: StudentTrainConfig, task, init: Path | None = None):
         raise UserError(f"`init` {cfg.init}: not a model folder (no config.json)")
     eps = task.label_smoothing if cfg.label_smoothing is None else cfg.label_smoothing
     layers = drop_path_fields(cfg.drop_path)
-    if model_kind(init) == "narvl":
+    if model_type(init) == "narvl":
         model = load_pretrained(NARVLModel, init, **layers)
         if cfg.num_queries and cfg.num_queries != model.config.num_queries:
             raise UserError(f"`num_queries` {cfg.num_queries} differs from the NARVL init's {model.config.num_queries}")
@@ -142,7 +142,9 @@ def train_student(cfg: StudentTrainConfig) -> TrainResult:
 
     from distill.tasks import get_task
     from student.data import SkipLog, TaskRows, collate, filter_rows, load_training_data, needs_reencoding
-    from student.evaluate import make_eval_fn, save_model_folder
+    from student.evaluate import make_eval_fn
+    from student.model_folder import save_model_folder
+    from student.runner import NARVLStudent
     from student.trainer import train
 
     task = get_task(cfg.task)
@@ -168,7 +170,8 @@ def train_student(cfg: StudentTrainConfig) -> TrainResult:
     eval_fn = None
     eval_rows = _eval_rows(cfg, task)
     if eval_rows:
-        eval_fn = make_eval_fn(task, eval_rows, processor, "narvl", cfg.eval_batch_size, cfg.eval_num_beams)
+        eval_fn = make_eval_fn(task, eval_rows, partial(NARVLStudent.from_module, processor=processor),
+                               cfg.eval_batch_size, {"num_beams": cfg.eval_num_beams})
     resolved = dataclasses.replace(
         cfg, num_queries=model.config.num_queries, label_smoothing=model.config.label_smoothing,
         resolution=processor.image_processor.size, drop_path=model.config.encoder_drop_path_rate)

@@ -196,7 +196,8 @@ def constraint_answers(task, ds) -> list[str] | None:
 
 def constraint_trie(answers: list[str] | None, tokenizer):
     """OFA's constrained fine-tuning: the trie of the answers' targets, or None for an unconstrained task."""
-    from distill.tasks.base import TokenTrie, text_target_ids
+    from distill.ofa.constraints import TokenTrie
+    from distill.tasks.base import text_target_ids
 
     return TokenTrie([text_target_ids(a, tokenizer) for a in answers]) if answers else None
 
@@ -228,7 +229,9 @@ def train_teacher(cfg: TeacherTrainConfig) -> TrainResult:
     from distill.tasks import get_task
     from distill.ofa.tokenization_ofa import load_ofa_tokenizer
     from student.data import SkipLog, TaskRows, collate, load_training_data
-    from student.evaluate import make_eval_fn, save_model_folder
+    from distill.teachers.ofa import OFATeacher
+    from student.evaluate import make_eval_fn
+    from student.model_folder import save_model_folder
     from student.presets import ofa_size, resolve
     from student.train_setup import freeze_token_embeddings
     from student.trainer import train
@@ -278,8 +281,10 @@ def train_teacher(cfg: TeacherTrainConfig) -> TrainResult:
     eval_fn = None
     rows = _eval_rows(cfg, task)
     if rows:
-        cands = answers[task.name] if task.needs_answer_list else None  # the same list the loss is constrained to
-        eval_fn = make_eval_fn(task, rows, processor, "ofa", cfg.eval_batch_size, cfg.eval_num_beams, cands)
+        # an answer-list task decodes over the same list the loss is constrained to
+        cands = answers[task.name] if task.answer_space == "answer_list" else None
+        eval_fn = make_eval_fn(task, rows, partial(OFATeacher.from_module, processor=processor),
+                               cfg.eval_batch_size, {"num_beams": cfg.eval_num_beams}, cands)
     eps = cfg.label_smoothing
     if eps is None:
         smoothing = {get_task(n).label_smoothing for n in names}

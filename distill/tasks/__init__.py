@@ -71,15 +71,5 @@ def reference_columns() -> tuple[str, ...]:
     return tuple(dict.fromkeys(c for t in _tasks() for c in t.reference_columns))
 
 
-def task_options(task: Task, given: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
-    """The task's own run options from `given` (e.g. `{"vqa_mode": ...}` of a config; `defaults` are the config's
-    defaults): a task-only option set to a non-default value for another task is refused, naming its tasks."""
-    for option, value in given.items():
-        if option not in task.options and value != defaults.get(option):
-            owners = [n for n, cls in TASKS.items() if option in cls.options]
-            raise UserError(f"`{option}` applies to `task` {' or '.join(owners)} only")
-    return task.decoding_settings({k: v for k, v in given.items() if k in task.options})
-
-
 __all__ = ["Task", "TASKS", "get_task", "register_task", "task_names", "canonical_columns", "reference_columns",
-           "task_options", "CaptionTask", "VQATask", "GroundingTask", "EntailmentTask"]
+           "CaptionTask", "VQATask", "GroundingTask", "EntailmentTask"]

@@ -11,13 +11,12 @@ import re
 import string
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Mapping, Sequence
+from typing import Any, ClassVar, Mapping, Sequence
 
 import numpy as np
 
 from distill.errors import UserError
-from distill.ofa.tokenization_ofa import bin_token_ids
-from distill.teachers.base import Prediction
+from distill.prediction import Prediction
 
 Row = Mapping[str, Any]
 _PUNCT_TABLE = str.maketrans({c: None for c in string.punctuation})
@@ -99,37 +98,6 @@ def most_frequent(items: Sequence[Any]) -> Any:
     return next(t for t in items if counts[t] == best)
 
 
-class TokenTrie:
-    """Allowed next tokens for decoding constrained to a fixed set of token sequences (each ending with EOS)."""
-
-    def __init__(self, sequences: Sequence[Sequence[int]]):
-        self.root: dict[int, dict] = {}
-        for seq in sequences:
-            node = self.root
-            for tok in seq:
-                node = node.setdefault(int(tok), {})
-
-    def next_tokens(self, prefix: Sequence[int]) -> list[int]:
-        """Tokens that extend `prefix` toward some sequence; [] when `prefix` left the trie or is complete."""
-        node = self.root
-        for tok in prefix:
-            node = node.get(int(tok))
-            if node is None:
-                return []
-        return list(node)
-
-
-def trie_prefix_fn(sequences: Sequence[Sequence[int]], eos_id: int) -> Callable[[int, Any], list[int]]:
-    """`prefix_allowed_tokens_fn` for `generate()`: the decoder input starts with its start token (`<s>`), which is
-    skipped; a finished or off-trie beam may only emit EOS (generate() then pads it)."""
-    trie = TokenTrie(sequences)
-
-    def allowed(batch_id: int, input_ids: Any) -> list[int]:
-        return trie.next_tokens(input_ids.tolist()[1:]) or [eos_id]
-
-    return allowed
-
-
 @dataclass(frozen=True)
 class Task(abc.ABC):
     """One task: what its rows hold, its prompt, target, decoding, metric and baseline, shared by every stage.
@@ -170,37 +138,27 @@ class Task(abc.ABC):
     """OFA-Sys TSV column order of the task (the names are ours; `id` and `image` are read by `distill.sources`);
     None: the task has no TSV format."""
 
-    # ------------------------------------------------------------------ how a model infers it
+    # ------------------------------------------------------------------ what a model infers
+    answer_space: ClassVar[str] = "text"
+    """What an answer is: `text` (free text: caption), `answer_list` (a short answer, which some models decode over
+    a closed answer list the user gives: VQA), `candidates` (one of `candidates`, which models score: entailment) or
+    `box` (a region, 4 location bins in OFA's vocabulary: grounding). Each model maps it to its own decoding."""
+    candidates: ClassVar[tuple[str, ...]] = ()
+    """The answers of a `candidates` task (entailment: yes / no / maybe)."""
     prompt_type: ClassVar[str] = "none"
     """OFA's `--prompt-type` of the task's fine-tuning and inference: `none`, the decoder starts from `<s>`;
     `prev_output` (VQA, SNLI-VE), it is first fed `<s>` + the prompt tokens (the encoder input without its EOS)
     and is trained on the target after them (OFA's `data/mm_data/{vqa_gen,snli_ve}_dataset.py`)."""
-    inference: ClassVar[str] = "generate"
-    """`generate` (free or constrained decoding), or `score`: the teacher scores each candidate (entailment)."""
-    options: ClassVar[Mapping[str, Any]] = {}
-    """Task-only run options and their defaults (VQA: `vqa_mode`); other tasks refuse a non-default value."""
-    needs_answer_list: ClassVar[bool] = False
-    """An AR teacher decodes over a candidate answer list given by the user (VQA's `answers` file)."""
     ctc_merge_repeats: ClassVar[bool] = True
     """NARVL's CTC rule: merge adjacent repeats (caption, VQA) or not (grounding, entailment)."""
     ctc_beam_search: ClassVar[bool] = True
     """NARVL may decode the task with CTC prefix beam search (`num_beams` > 1); else greedily only."""
-    ctc_keeps_bins: ClassVar[bool] = False
-    """NARVL's CTC decoding keeps only the `<bin_k>` labels (grounding)."""
     hub_category: ClassVar[str] = "image-text-to-text"
     """The Hub task category of a distilled dataset's card (https://huggingface.co/tasks)."""
     recipe_task: ClassVar[str] = "caption"
     """The published training recipe (`student.presets`) a task without its own script follows."""
     baseline_description: ClassVar[str] = "most frequent training target"
     """How the baseline's constant is chosen (the report's decoding column)."""
-
-    def check_columns(self, columns: Sequence[str]) -> None:
-        """Raise a UserError naming the canonical columns this task needs and `columns` lacks."""
-        missing = [c for c in self.input_columns if c not in columns]
-        if missing:
-            raise UserError(
-                f"task {self.name} needs columns {list(self.input_columns)}; missing {missing} (have {list(columns)})"
-            )
 
     def canonical_columns(self) -> tuple[str, ...]:
         """Every canonical column the task reads: `input_columns`, then `optional_columns`."""
@@ -253,13 +211,15 @@ class Task(abc.ABC):
         """Training-loss weight of a reference target (VQA: the answer's soft score); 1 elsewhere."""
         return 1.0
 
-    def teacher_text(self, ids: Sequence[int], tokenizer: Any) -> str:
-        """The text of an AR teacher's output ids (its `target` column): decoded without special tokens."""
+    def output_text(self, ids: Sequence[int], tokenizer: Any) -> str:
+        """The text of output ids in OFA's vocabulary (an OFA teacher's or a NARVL student's; a distilled row's
+        `target`): decoded without special tokens."""
         return tokenizer.decode(list(ids), skip_special_tokens=True).strip()
 
     def to_prediction(self, text: str, ids: list[int], logprob: float, size: tuple[int, int],
                       tokenizer: Any) -> Prediction:
-        """A teacher output in canonical form; `size` is the original image's (width, height)."""
+        """An output in OFA's vocabulary (OFA teacher, NARVL student) in canonical form; `size` is the original
+        image's (width, height)."""
         return Prediction(text=text, ids=ids, logprob=logprob)
 
     def prediction_columns(self, prediction: Prediction) -> dict[str, Any]:
@@ -281,22 +241,14 @@ class Task(abc.ABC):
     # ------------------------------------------------------------------ decoding
     @abc.abstractmethod
     def decode(self, text_or_ids: str | Sequence[int], row: Row, tokenizer: Any = None) -> Any:
-        """A model output (text, or ids with or without `<s>`/EOS) -> the prediction the metric scores."""
+        """An output text (or ids in OFA's vocabulary, with or without `<s>`/EOS) -> what the metric scores."""
 
-    def generate_kwargs(self, tokenizer: Any, candidates: Sequence[str] | None = None) -> dict[str, Any]:
-        """Full `generate()` kwargs: `generation` plus any decoding constraint (bins, answer trie)."""
-        return dict(self.generation)
-
-    def max_return_sequences(self, settings: Mapping[str, Any]) -> int:
-        """How many distinct outputs the teacher's inference can return per sample (the beam size)."""
-        return int(settings.get("num_beams", 1) or 1)
-
-    def decoding_settings(self, options: Mapping[str, Any]) -> dict[str, Any]:
-        """The task's own run options (validated) to add to the generation settings; see `options`."""
-        return {}
+    def scored(self, prediction: Prediction, row: Row) -> Any:
+        """What the metric scores for a model's canonical prediction (caption/answer text, box, label)."""
+        return self.decode(prediction.text, row)
 
     def answer_list(self, answers: str | None) -> list[str] | None:
-        """The candidate answer list an AR teacher decodes over, read from the `answers` file (VQA only)."""
+        """The candidate answer list read from the `answers` file (an `answer_list` task; None without a file)."""
         if answers:
             raise UserError(f"`answers` applies to the tasks that decode over an answer list, not to {self.name}")
         return None
@@ -305,23 +257,7 @@ class Task(abc.ABC):
         """The closed answer set of an AR teacher's fine-tuning, from its training rows: what OFA constrains the
         loss to (its `constraint_trie`: VQA's answer list, SNLI-VE's yes/no/maybe) and what in-training evaluation
         decodes over; None: the loss is over the whole vocabulary."""
-        return None
-
-    def ofa_inference(self, model: Any, tokenizer: Any, inputs: Mapping[str, Any], settings: Mapping[str, Any],
-                      num_return_sequences: int = 1) -> list[list[tuple[list[int], str, float]]] | None:
-        """The AR teacher's inference when it is not a plain `generate()` (VQA, entailment: OFA's own recipe, see
-        `distill.tasks.ofa_decoding`): per sample the n best (ids ending with EOS, text, log-prob). None: use
-        `generate(**inputs, **settings)`. Shared by `distill` and `evaluate`."""
-        return None
-
-    def ctc_keep_ids(self, tokenizer: Any) -> list[int] | None:
-        """Labels NARVL's CTC decoding keeps (`ctc_keeps_bins`: the tokenizer's `<bin_k>` ids); None keeps every
-        label."""
-        return bin_token_ids(tokenizer) if self.ctc_keeps_bins else None
-
-    def ar_decoding(self, num_beams: int) -> str:
-        """How an AR model decodes the task, for the report (e.g. "AR beam 5")."""
-        return "AR greedy" if num_beams == 1 else f"AR beam {num_beams}"
+        return list(self.candidates) or None
 
     # ------------------------------------------------------------------ metric
     @abc.abstractmethod

@@ -1,5 +1,5 @@
-"""Visual entailment (SNLI-VE): yes / no / maybe, scored as OFA does: the decoder fed the `prev_output` prompt, the
-candidates' trie-renormalised log-probs compared (`distill.tasks.ofa_decoding.candidate_scores`)."""
+"""Visual entailment (SNLI-VE): yes / no / maybe, a `candidates` task (models score the three answers; OFA feeds its
+decoder the `prev_output` prompt first)."""
 from __future__ import annotations
 
 import random
@@ -10,9 +10,8 @@ from typing import Any, ClassVar, Mapping, Sequence
 import numpy as np
 
 from distill.errors import UserError
-from distill.tasks.base import Row, Task, ids_to_text, pre_caption, text_target_ids, trie_prefix_fn
-from distill.teachers.base import Prediction
-from distill.tasks.ofa_decoding import rank_candidates
+from distill.prediction import Prediction
+from distill.tasks.base import Row, Task, ids_to_text, pre_caption
 from distill.tasks.metrics import ACCURACY_IMPLEMENTATION, accuracy
 
 CANDIDATES = ("yes", "no", "maybe")
@@ -40,13 +39,12 @@ class EntailmentTask(Task):
     label_smoothing: float = 0.0
     generation: Mapping[str, Any] = field(default_factory=lambda: {"num_beams": 1}, hash=False)
     max_prompt_words: int | None = 80
-    candidates: tuple[str, ...] = CANDIDATES
-    """Answers OFA's evaluation scores (`ofa_inference`); free generation is restricted to them as well."""
     text_columns: ClassVar[tuple[str, ...]] = ("hypothesis", "premise")
     optional_columns: ClassVar[tuple[str, ...]] = ("premise",)
     reference_columns: ClassVar[tuple[str, ...]] = ("label",)
     tsv_layout: ClassVar[tuple[str, ...] | None] = ("id", "image_id", "image", "hypothesis", "premise", "label")
-    inference: ClassVar[str] = "score"
+    answer_space: ClassVar[str] = "candidates"
+    candidates: ClassVar[tuple[str, ...]] = CANDIDATES
     prompt_type: ClassVar[str] = "prev_output"
     ctc_merge_repeats: ClassVar[bool] = False
     ctc_beam_search: ClassVar[bool] = False
@@ -70,16 +68,9 @@ class EntailmentTask(Task):
                           "' can image and text1 \" {premise} \" imply text2 \" {hypothesis} \"?')", stacklevel=3)
         return ds
 
-    def max_return_sequences(self, settings: Mapping[str, Any]) -> int:
-        """Every candidate is scored: up to one output per candidate."""
-        return len(self.candidates)
-
     def to_prediction(self, text: str, ids: list[int], logprob: float, size: tuple[int, int],
                       tokenizer: Any) -> Prediction:
         return Prediction(text=text, ids=ids, logprob=logprob, label=text)
-
-    def ar_decoding(self, num_beams: int) -> str:
-        return "AR candidate scoring"  # OFA scores yes/no/maybe, it does not generate
 
     def prompt(self, row: Row) -> str:
         hypothesis = pre_caption(row["hypothesis"], self.max_prompt_words)
@@ -95,24 +86,12 @@ class EntailmentTask(Task):
         words = ids_to_text(text_or_ids, tokenizer).split()
         return words[0].lower() if words else None
 
+    def scored(self, prediction: Prediction, row: Row) -> str | None:
+        """The label a model chose; else the first word of its text (NARVL: its first decoded token)."""
+        return prediction.label or self.decode(prediction.text, row)
+
     def evaluate(self, predictions: Sequence[str | None], rows: Sequence[Row]) -> dict[str, float]:
         return {"accuracy": accuracy(list(predictions), [label_to_answer(r["label"]) for r in rows])}
 
     def metric_implementation(self, rows: Sequence[Row] = ()) -> str:
         return ACCURACY_IMPLEMENTATION
-
-    def constraint_answers(self, rows: Sequence[Row]) -> list[str]:
-        return list(self.candidates)
-
-    def ofa_inference(self, model, tokenizer, inputs, settings, num_return_sequences=1):
-        """OFA's SNLI-VE evaluation: each candidate scored after the `prev_output` prompt, renormalised over them."""
-        return rank_candidates(model, tokenizer, inputs, self.candidates, num_return_sequences)
-
-    def generate_kwargs(self, tokenizer: Any, candidates: Sequence[str] | None = None) -> dict[str, Any]:
-        """Greedy decoding restricted to the candidates (the scoring path is `candidate_log_probs`)."""
-        targets = [text_target_ids(c, tokenizer) for c in (candidates or self.candidates)]
-        return {
-            **self.generation,
-            "max_new_tokens": max(len(t) for t in targets),
-            "prefix_allowed_tokens_fn": trie_prefix_fn(targets, tokenizer.eos_token_id),
-        }

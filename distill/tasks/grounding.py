@@ -13,11 +13,10 @@ import numpy as np
 
 from distill.errors import UserError
 from distill.images import row_image_size
+from distill.prediction import Prediction
 from distill.tasks.base import Row, Task, output_ids, pre_caption
-from distill.teachers.base import Prediction
 from distill.tasks.metrics import GROUNDING_IMPLEMENTATION, grounding_accuracy
 from distill.ofa.tokenization_ofa import (
-    bin_token_ids,
     bins_to_text,
     bins_to_token_ids,
     num_bins as tokenizer_num_bins,
@@ -87,7 +86,7 @@ class GroundingTask(Task):
     tsv_layout: ClassVar[tuple[str, ...] | None] = ("id", "image_id", "region_text", "box", "image")
     ctc_merge_repeats: ClassVar[bool] = False
     ctc_beam_search: ClassVar[bool] = False
-    ctc_keeps_bins: ClassVar[bool] = True
+    answer_space: ClassVar[str] = "box"
     hub_category: ClassVar[str] = "object-detection"
     baseline_description: ClassVar[str] = "mean training box"
 
@@ -136,20 +135,17 @@ class GroundingTask(Task):
         w, h = original_size(row)
         return bins_to_box(bins, w, h, self._num_bins(tokenizer), self.resolution, self.max_image_size)
 
+    def scored(self, prediction: Prediction, row: Row) -> list[float] | None:
+        """The model's box in original pixels (None: it gave none, a miss)."""
+        return prediction.box
+
     def evaluate(self, predictions: Sequence[list[float] | None], rows: Sequence[Row]) -> dict[str, float]:
         return {"acc@0.5": grounding_accuracy(list(predictions), [list(r["box"]) for r in rows])}
 
     def metric_implementation(self, rows: Sequence[Row] = ()) -> str:
         return GROUNDING_IMPLEMENTATION
 
-    def generate_kwargs(self, tokenizer: Any, candidates: Sequence[str] | None = None) -> dict[str, Any]:
-        """Exactly 4 new tokens, each restricted to the bin tokens."""
-        bins = bin_token_ids(tokenizer)
-        if not bins:
-            raise UserError("grounding needs a tokenizer with <bin_k> tokens")
-        return {**self.generation, "prefix_allowed_tokens_fn": lambda batch_id, input_ids: bins}
-
-    def teacher_text(self, ids: Sequence[int], tokenizer: Any) -> str:
+    def output_text(self, ids: Sequence[int], tokenizer: Any) -> str:
         """Bins as OFA writes them, "<bin_a><bin_b>...", no spaces."""
         return "".join(tokenizer.convert_ids_to_tokens([t for t in ids if t != tokenizer.eos_token_id]))
 
@@ -177,9 +173,6 @@ class GroundingTask(Task):
         w, h = original_size(row)
         bins = box_to_bins(box, w, h, self._num_bins(tokenizer), self.resolution, self.max_image_size)
         return bins_to_token_ids(bins, tokenizer) + [tokenizer.eos_token_id]
-
-    def ar_decoding(self, num_beams: int) -> str:
-        return super().ar_decoding(num_beams) + ", 4 bins"
 
     def reference_text(self, row: Row) -> str:
         return "[" + ", ".join(f"{v:.0f}" for v in row["box"]) + "]"

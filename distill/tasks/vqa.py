@@ -1,5 +1,5 @@
 """Visual question answering (VQAv2): prompt `" {question}?"` (+ `" object: ..."` tags when the row has them),
-OFA's decoding over its answer list (`distill.tasks.ofa_decoding`), the official VQA accuracy (or, for OFA's TSV rows,
+an answer-list task (OFA teachers decode over the user's answer list), the official VQA accuracy (or, for OFA's TSV rows,
 OFA's confidence score)."""
 from __future__ import annotations
 
@@ -15,14 +15,8 @@ import numpy as np
 
 from distill.errors import UserError
 from distill.tasks.base import Row, Task, ids_to_text, pre_question
-from distill.tasks.ofa_decoding import beam_search_answers, rank_candidates
 from distill.tasks.metrics import (VQA_IMPLEMENTATION, VQA_TSV_IMPLEMENTATION, normalize_vqa_answer, tsv_vqa_score,
                                    vqa_score)
-
-VQA_MODES = ("beam", "allcand")
-"""OFA's two VQA inference types: beam search over the answer trie (`--beam-search-vqa-eval`), or every candidate
-scored (its default validation, `--val-inference-type allcand`)."""
-
 
 def parse_ofa_answers(text: str) -> list[dict]:
     """OFA's VQA answer field `conf|!+answer&&conf|!+answer` -> `[{"answer", "confidence"}]`, one entry per answer
@@ -114,8 +108,7 @@ class VQATask(Task):
     resolution: int = 480
     num_queries: int = 6
     label_smoothing: float = 0.1
-    generation: Mapping[str, Any] = field(
-        default_factory=lambda: {"num_beams": 5, "vqa_mode": "beam"}, hash=False)
+    generation: Mapping[str, Any] = field(default_factory=lambda: {"num_beams": 5}, hash=False)
     max_prompt_words: int | None = 128
     max_objects: int = 30
     """Object tags kept in the prompt (OFA's `max_object_length`)."""
@@ -123,8 +116,7 @@ class VQATask(Task):
     optional_columns: ClassVar[tuple[str, ...]] = ("answer_scores", "object_tags")
     reference_columns: ClassVar[tuple[str, ...]] = ("answers", "answer_scores", "object_tags")
     tsv_layout: ClassVar[tuple[str, ...] | None] = ("id", "image_id", "question", "answers", "object_labels", "image")
-    options: ClassVar[Mapping[str, Any]] = {"vqa_mode": "beam"}
-    needs_answer_list: ClassVar[bool] = True
+    answer_space: ClassVar[str] = "answer_list"
     prompt_type: ClassVar[str] = "prev_output"
     hub_category: ClassVar[str] = "visual-question-answering"
     baseline_description: ClassVar[str] = "most frequent training answer"
@@ -144,13 +136,6 @@ class VQATask(Task):
                 "answers": [s["answer"] for s in scores],
                 "object_tags": [o for o in raw.get("object_labels", "").strip().split("&&") if o]}
 
-    def decoding_settings(self, options: Mapping[str, Any]) -> dict[str, Any]:
-        """`vqa_mode`: OFA's beam search over the answer trie, or every candidate scored (`allcand`)."""
-        mode = options.get("vqa_mode", "beam")
-        if mode not in VQA_MODES:
-            raise UserError(f"`vqa_mode` must be one of {', '.join(VQA_MODES)}, got {mode!r}")
-        return {"vqa_mode": mode}
-
     def answer_list(self, answers: str | None) -> list[str]:
         """OFA decodes over its fixed trainval answer list, not the split's: the `answers` file is required."""
         if answers:
@@ -161,9 +146,6 @@ class VQATask(Task):
     def constraint_answers(self, rows: Sequence[Row]) -> list[str]:
         """The training targets' answers (OFA constrains to its trainval answer list, which holds them)."""
         return candidate_answers(rows)
-
-    def ar_decoding(self, num_beams: int) -> str:
-        return super().ar_decoding(num_beams) + " over answer trie"
 
     def prompt(self, row: Row) -> str:
         """`" {question}?"`, then `" object: tag1 tag2 ..."` (the first `max_object_tags`) when the row has object
@@ -210,23 +192,3 @@ class VQATask(Task):
     def metric_implementation(self, rows: Sequence[Row] = ()) -> str:
         kinds = {answer_confidences(r) is not None for r in rows} or {False}
         return " + ".join(VQA_TSV_IMPLEMENTATION if k else VQA_IMPLEMENTATION for k in sorted(kinds, reverse=True))
-
-    def generate_kwargs(self, tokenizer: Any, candidates: Sequence[str] | None = None) -> dict[str, Any]:
-        """OFA's VQA settings with the answer list (`candidates`, required); `ofa_inference` runs them."""
-        if not candidates:
-            raise UserError("VQA decoding needs the candidate answer list (OFA's trainval_ans2label.pkl)")
-        mode = self.generation.get("vqa_mode", "beam")
-        if mode not in VQA_MODES:
-            raise UserError(f"vqa_mode must be one of {', '.join(VQA_MODES)}, got {mode!r}")
-        return {**self.generation, "candidates": list(candidates)}
-
-    def ofa_inference(self, model, tokenizer, inputs, settings, num_return_sequences=1):
-        """OFA's VQA inference: the `prev_output` prompt forced, then beam search over the answer trie with
-        unnormalised scores (`vqa_mode` beam), or every candidate scored (allcand)."""
-        candidates = settings.get("candidates")
-        if not candidates:
-            raise UserError("VQA decoding needs the candidate answer list (OFA's trainval_ans2label.pkl)")
-        if settings.get("vqa_mode", "beam") == "allcand":
-            return rank_candidates(model, tokenizer, inputs, candidates, num_return_sequences)
-        return beam_search_answers(model, tokenizer, inputs, candidates, settings.get("num_beams", 5),
-                                   num_return_sequences)

@@ -8,10 +8,11 @@ A family is chosen by the teacher's `config.json` `model_type`. What it fixes:
 - `grounding_max_new_tokens`: the least room a grounding answer needs (Florence-2 writes the phrase before its
   `<loc_k>` tokens; OFA's four-token budget is too short for every family).
 
-Placeholders (`DistillConfig.prompt_template` may use the same ones; an unknown one is refused before any model
-loads): `{question}` (vqa), `{region_text}` (grounding), `{premise}` and `{hypothesis}` (entailment; `{premise}` may
-be empty), `{prompt}` (the task's own OFA prompt, e.g. `" what does the image describe?"`). Missing columns are
-empty strings.
+Placeholders (`ModelOptions.prompt_template` may use the same ones; an unknown one is refused before any model
+loads): the task's text columns (`Task.text_columns`: `{question}` for vqa, `{region_text}` for grounding,
+`{premise}` and `{hypothesis}` for entailment, a registered task's own) and `{prompt}` (the task's own OFA prompt,
+e.g. `" what does the image describe?"`). Empty columns are empty strings; a template `<task>_no_<column>` is used
+for rows whose optional text column is empty (entailment without a premise).
 
 Model-card facts the defaults follow: Florence-2's task tokens `<CAPTION>` and `<CAPTION_TO_PHRASE_GROUNDING>`
 (expanded by `Florence2Processor`; other text passes through as is, which is how its VQA fine-tunes are prompted);
@@ -28,24 +29,27 @@ from typing import Any, Callable, Mapping, Sequence
 from distill.errors import UserError
 from distill.teachers import locations
 
-PLACEHOLDERS = ("question", "region_text", "premise", "hypothesis", "prompt")
-"""Names a prompt template may use."""
+
+
+def placeholders(task: Any) -> tuple[str, ...]:
+    """Names a prompt template for `task` may use: `prompt` and the task's text columns."""
+    return ("prompt", *task.text_columns)
 
 BoxParser = Callable[[str, float, float, "tuple[float, float] | None"], list[list[float]]]
 
 
-def check_template(template: str, field_name: str = "prompt_template") -> None:
-    """Raise a UserError naming `field_name` when `template` uses a placeholder outside `PLACEHOLDERS`."""
+def check_template(template: str, names: Sequence[str], field_name: str = "prompt_template") -> None:
+    """Raise a UserError naming `field_name` when `template` uses a placeholder outside `names`."""
     try:
-        names = {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
+        used = {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
     except ValueError as exc:
         raise UserError(f"`{field_name}` {template!r} is not a valid template ({exc}); write literal braces as "
                         "{{ }}") from exc
-    unknown = sorted(n for n in names if n not in PLACEHOLDERS)
-    if unknown or "" in names:
+    unknown = sorted(n for n in used if n not in names)
+    if unknown or "" in used:
         bad = unknown or ["{}"]
         raise UserError(f"`{field_name}` {template!r} uses {bad}; placeholders: "
-                        + ", ".join("{" + p + "}" for p in PLACEHOLDERS))
+                        + ", ".join("{" + p + "}" for p in names))
 
 
 def _qwen2_vl(text: str, w: float, h: float, resized=None) -> list[list[float]]:
@@ -83,19 +87,23 @@ class Family:
     extra: Mapping[str, Any] = field(default_factory=dict)
     """Family notes recorded in the teacher identity."""
 
-    def template(self, task_name: str, row: Mapping[str, Any], override: str | None) -> str:
-        """The template for this row: `override`, else the family's for the task, else the task's own prompt."""
+    def template(self, task: Any, row: Mapping[str, Any], override: str | None) -> str:
+        """The template for this row: `override`, else the family's for the task (its `<task>_no_<column>`
+        variant when that optional text column is empty), else the task's own prompt."""
         if override:
             return override
-        if "premise" in row and not str(row.get("premise") or "").strip():  # the no-premise variant, if any
-            task_name = self.templates.get(f"{task_name}_no_premise") and f"{task_name}_no_premise" or task_name
-        return self.templates.get(task_name, "{prompt}")
+        for col in task.text_columns:
+            variant = f"{task.name}_no_{col}"
+            if col in task.optional_columns and variant in self.templates and not str(row.get(col) or "").strip():
+                return self.templates[variant]
+        return self.templates.get(task.name, "{prompt}")
 
-    def prompt(self, task_name: str, row: Mapping[str, Any], override: str | None, task_prompt: str = "") -> str:
-        """The filled template (placeholders from the row; missing columns empty)."""
-        values = {name: str(row.get(name) or "").strip() for name in PLACEHOLDERS}
-        values["prompt"] = task_prompt.strip()
-        return self.template(task_name, row, override).format_map(values)
+    def prompt(self, task: Any, row: Mapping[str, Any], override: str | None) -> str:
+        """The filled template (placeholders from the row's text columns, missing ones empty; `{prompt}`: the
+        task's own prompt)."""
+        values = {name: str(row.get(name) or "").strip() for name in task.text_columns}
+        values["prompt"] = task.prompt(row).strip()
+        return self.template(task, row, override).format_map(values)
 
 
 _CHAT_TEMPLATES = {

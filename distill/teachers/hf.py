@@ -1,7 +1,8 @@
 """`HFTeacher`: any transformers image-text model (`AutoModelForImageTextToText`, else `AutoModelForCausalLM` /
-`AutoModelForSeq2SeqLM`) with its `AutoProcessor`, as a distillation teacher.
+`AutoModelForSeq2SeqLM`) with its `AutoProcessor`, behind the model seam (`distill.seam.Model`): it distils, and
+evaluate / predict / serve run it as they run OFA and NARVL.
 
-How a task is inferred:
+How a task is inferred (by its `answer_space`):
 - text tasks (caption, vqa): `generate()` with the run's settings; only the NEW tokens are kept (decoder-only
   families echo the prompt), cut after the first EOS, decoded without special tokens;
 - box tasks (grounding): the same, decoded with the family's location tokens kept, and the first box of the family's
@@ -22,8 +23,10 @@ from transformers.models.auto import modeling_auto
 
 from distill.errors import UserError
 from distill.loading import load_pretrained
-from distill.teachers.base import Prediction, Teacher, TeacherIdentity, tokenizer_sha256
-from distill.teachers.families import Family, check_template, family_for
+from distill.prediction import ModelIdentity, Prediction, tokenizer_sha256
+from distill.seam import Model, ModelOptions
+from distill.tasks import TASKS, get_task
+from distill.teachers.families import Family, check_template, family_for, placeholders
 from distill.teachers.hf_inputs import HFInputs, task_kind
 
 GENERATE_KEYS = ("num_beams", "max_new_tokens", "min_new_tokens", "no_repeat_ngram_size", "num_return_sequences",
@@ -49,7 +52,7 @@ def _ids(value) -> set[int]:
     return {int(v) for v in value} if isinstance(value, (list, tuple)) else {int(value)}
 
 
-class HFTeacher(Teacher):
+class HFTeacher(Model):
     """A transformers image-text model as a teacher (see the module docstring).
 
     Built from its folder's config, generation config and processor; the weights load at `load()` (a run with
@@ -59,8 +62,10 @@ class HFTeacher(Teacher):
     own_prompts = True  # the family's template, not OFA's prompt: rows keep it as `teacher_prompt`
 
     def __init__(self, folder: Path, auto_class: Any, model_config: Any, generation: Any, processor: Any,
-                 family: Family, identity: TeacherIdentity, config: Any, device: Any, template: str | None = None):
-        self.folder, self.auto_class, self.config, self.device = Path(folder), auto_class, config, torch.device(device)
+                 family: Family, identity: ModelIdentity, options: ModelOptions, device: Any,
+                 template: str | None = None):
+        self.folder, self.auto_class, self.options = Path(folder), auto_class, options
+        self.device = torch.device(device)
         self.family, self.identity, self.generation = family, identity, generation
         self.model, self.accepted = None, set()
         self.encoder_decoder = bool(getattr(model_config, "is_encoder_decoder", False))
@@ -83,20 +88,17 @@ class HFTeacher(Teacher):
             tok.padding_side = "left"  # generation continues every row from its last prompt token
         self.inputs = HFInputs(processor, family, template, self.encoder_decoder, prefix, eos_id)
 
-    # The DataLoader workers need only the processor half; never pickle the weights.
-    def __getstate__(self):
-        return dict(self.__dict__, model=None)
-
     @classmethod
-    def from_pretrained(cls, folder: str | Path, ident: Mapping[str, Any], config: Any, device: Any) -> HFTeacher:
+    def from_pretrained(cls, folder: str | Path, ident: Mapping[str, Any], options: ModelOptions, device: Any,
+                        task: Any = None) -> HFTeacher:
         """The teacher of a `save_pretrained` folder: config, generation config and processor now, the weights at
         `load()`; `ident` is the teacher's source record ({"id", "revision"/"sha256"})."""
         folder = Path(folder)
         if not (folder / "config.json").is_file():
             raise UserError(f"teacher {folder} has no config.json")
-        template = getattr(config, "prompt_template", None)
-        if template:
-            check_template(template)
+        template = options.prompt_template
+        if template:  # any registered task's placeholders; `check_task` then checks the task's own
+            check_template(template, tuple(dict.fromkeys(p for name in TASKS for p in placeholders(get_task(name)))))
         model_config = transformers.AutoConfig.from_pretrained(str(folder))
         model_type = model_config.model_type
         auto = _auto_class(model_type)
@@ -115,17 +117,17 @@ class HFTeacher(Teacher):
         family = family_for(model_type, bool(getattr(processor, "chat_template", None)))
         # the generation config changes outputs (EOS ids, biases): it is part of the identity
         gen_sha = hashlib.sha256(generation.to_json_string(use_diff=True).encode("utf-8")).hexdigest()
-        identity = TeacherIdentity(
+        identity = ModelIdentity(
             family=model_type, source=dict(ident), tokenizer_sha256=tokenizer_sha256(processor.tokenizer),
             extra={"prompt_template": template, "model_class": auto.__name__, "generation_config_sha256": gen_sha,
                    **family.extra})
-        return cls(folder, auto, model_config, generation, processor, family, identity, config, device, template)
+        return cls(folder, auto, model_config, generation, processor, family, identity, options, device, template)
 
     def load(self) -> None:
-        """The frozen model on the device, weights in `config.dtype`, attention `config.attn_implementation`."""
+        """The frozen model on the device, weights in `options.dtype`, attention `options.attn_implementation`."""
         if self.model is None:
-            model = load_pretrained(self.auto_class, self.folder, dtype=getattr(torch, self.config.dtype),
-                                    attn_implementation=self.config.attn_implementation)
+            model = load_pretrained(self.auto_class, self.folder, dtype=getattr(torch, self.options.dtype),
+                                    attn_implementation=self.options.attn_implementation)
             model.generation_config = self.generation
             self.model = model.to(self.device).eval()
             self.accepted = set(inspect.signature(model.forward).parameters)  # the inputs it names
@@ -139,16 +141,33 @@ class HFTeacher(Teacher):
         format)."""
         self.inputs.check_task(task)
 
-    def generation_settings(self, task: Any, candidates: Sequence[str] | None) -> dict[str, Any]:
+    def settings(self, task: Any, candidates: Sequence[str] | None = None,
+                 overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """The task's decoding settings that apply to any vocabulary (beams, lengths, n-gram blocking; OFA's
-        constraints over its own bins and answer trie do not), greedy unless they say otherwise. Box tasks get the
-        family's budget (Florence-2 writes the phrase before its location tokens: OFA's 4 tokens are too few)."""
+        constraints over its own bins and answer trie do not), greedy unless they say otherwise, then `overrides`.
+        Box tasks get the family's budget (Florence-2 writes the phrase before its location tokens: OFA's 4 tokens
+        are too few)."""
         self.inputs.check_task(task)
+        overrides = dict(overrides or {})
+        if overrides.pop("vqa_mode", None) not in (None, "beam"):
+            raise UserError(f"`vqa_mode` applies to OFA teachers; {self.identity.family} generates its answers freely")
         gen = {k: v for k, v in task.generation.items() if k in GENERATE_KEYS and v is not None}
         if task_kind(task) == "box":
             gen.pop("min_new_tokens", None)
             gen["max_new_tokens"] = self.family.grounding_max_new_tokens
+        gen.update({k: v for k, v in overrides.items() if v is not None})
+        gen.setdefault("num_return_sequences", 1)
+        if task_kind(task) == "choice" and gen["num_return_sequences"] > len(task.candidates):
+            raise UserError(f"`num_return_sequences` {gen['num_return_sequences']} exceeds the "
+                            f"{len(task.candidates)} candidates of {task.name}")
         return gen
+
+    def describe(self, task: Any, settings: Mapping[str, Any]) -> str:
+        return "AR candidate scoring" if task_kind(task) == "choice" else super().describe(task, settings)
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.inputs.tokenizer
 
     def prepare(self, rows, images, task) -> dict[str, Any]:
         return self.inputs(rows, images, task)
@@ -242,8 +261,8 @@ class HFTeacher(Teacher):
         nret = int(gen.get("num_return_sequences", 1))
         if nret > int(gen.get("num_beams", 1)) and not gen.get("do_sample"):
             gen["num_beams"] = nret
-        if self.config.cache_implementation != "dynamic":
-            gen["cache_implementation"] = self.config.cache_implementation
+        if self.options.cache_implementation != "dynamic":
+            gen["cache_implementation"] = self.options.cache_implementation
         res = self.model.generate(**self._to_device(inputs["model_inputs"]), **gen, output_scores=True,
                                   return_dict_in_generate=True)
         beam = int(gen.get("num_beams", 1)) > 1

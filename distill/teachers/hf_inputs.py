@@ -13,17 +13,14 @@ from typing import Any, Mapping, Sequence
 import torch
 
 from distill.errors import UserError
-from distill.teachers.families import Family, box_families, chat_text
+from distill.teachers.families import Family, box_families, chat_text, check_template, placeholders
 
 
 def task_kind(task: Any) -> str:
-    """How a teacher infers `task`: "choice" when the task scores candidates (`Task.inference == "score"`, or it
-    lists `candidates`), "box" when its rows hold a `box` (its predictions are boxes), else "text" (generation)."""
-    if getattr(task, "inference", None) == "score" or getattr(task, "candidates", None):
-        return "choice"
-    if "box" in getattr(task, "input_columns", ()):
-        return "box"
-    return "text"
+    """How a transformers teacher infers `task` (its `answer_space`): "choice" (score each candidate), "box"
+    (generate, then parse the family's location format), else "text" (generate; an answer-list task's answers are
+    generated freely)."""
+    return {"candidates": "choice", "box": "box"}.get(task.answer_space, "text")
 
 
 class HFInputs:
@@ -40,7 +37,7 @@ class HFInputs:
 
     def prompts(self, rows: Sequence[Mapping[str, Any]], task: Any) -> list[str]:
         """The teacher's prompt per row (the family's template filled; before any chat wrapping)."""
-        return [self.family.prompt(task.name, row, self.template, task.prompt(row)) for row in rows]
+        return [self.family.prompt(task, row, self.template) for row in rows]
 
     def _encode(self, images: Sequence[Any], prompts: Sequence[str]) -> dict:
         kwargs = {}
@@ -58,7 +55,10 @@ class HFInputs:
         return dict(enc)
 
     def check_task(self, task: Any) -> str:
-        """The task's kind; a UserError when the family cannot infer it (a box task without a location format)."""
+        """The task's kind; a UserError when the family cannot infer it (a box task without a location format, a
+        template naming a column the task has not)."""
+        if self.template:
+            check_template(self.template, placeholders(task))
         kind = task_kind(task)
         if kind == "box" and self.family.boxes is None:
             raise UserError(f"teacher family {self.family.name} has no location format, so it cannot distil "

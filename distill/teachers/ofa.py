@@ -1,29 +1,38 @@
-"""`OFATeacher`: OFA (`distill.ofa.OFAModel`) behind the teacher seam, exactly as `narvl-pipe distill` has always run it.
+"""`OFATeacher`: OFA (`distill.ofa.OFAModel`) behind the model seam (`distill.seam.Model`), decoding each task as OFA
+evaluates it.
 
-- `prepare` (DataLoader workers): OFA's prompt (`Task.prompt`) tokenised as `<s> prompt </s>` right-padded, each image
-  resized to the square resolution and normalised (`OFAImageProcessor`);
-- `infer` (main process): the task's own OFA inference when it has one (`Task.ofa_inference`: VQA's answer-trie beam
-  search or candidate scoring, entailment's candidate scoring, `distill.tasks.ofa_decoding`), else `generate()` with
-  the task's settings and `compute_transition_scores` for each beam's log-prob. Outputs become `Prediction`s through
-  `Task.to_prediction` (grounding: the bins decoded into a box in original pixels).
+- `prepare` (DataLoader workers): the task's OFA prompt and the image through `OFAProcessor` (`<s> prompt </s>`
+  right-padded; the image resized to the square resolution and normalised);
+- `infer` (main process), by the task's `answer_space`:
+  - `text`: `generate()` with the task's settings, `compute_transition_scores` for each beam's log-prob;
+  - `box`: the same, every step restricted to the `<bin_k>` tokens, the bins decoded into a box in original pixels;
+  - `answer_list` (VQA): the `prev_output` prompt forced, then beam search over the answer trie (`vqa_mode`
+    beam, OFA's `--beam-search-vqa-eval`) or every candidate scored (`allcand`) (`distill.teachers.ofa_decoding`);
+  - `candidates` (SNLI-VE): every candidate scored after the `prev_output` prompt.
 """
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-import numpy as np
 import torch
 
+from distill.errors import UserError
 from distill.loading import load_pretrained
 from distill.ofa import OFAModel
-from distill.ofa.processing_ofa import load_ofa_processor
-from distill.ofa.tokenization_ofa import load_ofa_tokenizer
-from distill.teachers.base import Prediction, Teacher, TeacherIdentity, tokenizer_sha256
+from distill.ofa.processing_ofa import OFAProcessor, load_ofa_processor
+from distill.ofa.tokenization_ofa import bin_token_ids, load_ofa_tokenizer
+from distill.prediction import ModelIdentity, Prediction, tokenizer_sha256
+from distill.seam import Model, ModelOptions, amp_context
+from distill.teachers.ofa_decoding import beam_search_answers, rank_candidates
 
 NBest = list[tuple[list[int], str, float]]
+VQA_MODES = ("beam", "allcand")
+"""OFA's two VQA inference types: beam search over the answer trie (`--beam-search-vqa-eval`), or every candidate
+scored (its default validation, `--val-inference-type allcand`)."""
+NOT_GENERATE_KEYS = ("vqa_mode", "candidates")
+"""Settings `infer` reads itself; the rest are `generate()` kwargs."""
 
 
 def folder_resolution(folder: Path) -> int | None:
@@ -50,89 +59,136 @@ def split_targets(sequences: torch.Tensor, scores: torch.Tensor, eos: int, pad: 
                 break
         if not ids or ids[-1] != eos:
             ids.append(eos)
-        result.append((ids, task.teacher_text(ids, tokenizer), total))
+        result.append((ids, task.output_text(ids, tokenizer), total))
     return result
 
 
-class OFATeacher(Teacher):
-    """An OFA folder (`save_pretrained` layout: weights, tokenizer, image processor) as a teacher.
+class OFATeacher(Model):
+    """An OFA model: a folder (`save_pretrained` or OFA-Sys layout) opened by `from_pretrained`, or a module being
+    trained (`from_module`, for in-training evaluation).
 
     Args:
-        folder: the model folder; identity: what the manifest records; config: the `DistillConfig` (dtype,
-        attention and cache implementation, resolution); device: where `load` puts the weights.
+        processor: the `OFAProcessor` (tokenizer + image processor); identity: what datasets record;
+        options: dtype, attention and cache implementation; device: where `load` puts the weights;
+        resolution: the square side images are resized to; folder: where `load` reads the weights (None: `model`).
     """
 
     decodes_over_answer_list = True  # VQA: beam search over the answer trie (OFA's --beam-search-vqa-eval)
 
-    def __init__(self, folder: Path, identity: TeacherIdentity, config: Any, device: Any, tokenizer: Any,
-                 default_resolution: int | None = None):
-        self.folder, self.identity, self.config, self.device = Path(folder), identity, config, torch.device(device)
-        self.tokenizer = tokenizer
-        self.resolution = config.resolution or folder_resolution(self.folder) or default_resolution
-        self.processor = load_ofa_processor(self.folder, size=self.resolution, tokenizer=self.tokenizer)
-        self.model: OFAModel | None = None
+    def __init__(self, processor: OFAProcessor, identity: ModelIdentity, options: ModelOptions, device: Any,
+                 resolution: int, folder: Path | None = None, model: OFAModel | None = None):
+        self.processor, self.identity, self.options = processor, identity, options
+        self.device, self.resolution, self.folder, self.model = torch.device(device), resolution, folder, model
 
     @classmethod
-    def from_pretrained(cls, folder: Path, ident: Mapping[str, Any], config: Any, device: Any,
-                        default_resolution: int | None = None) -> "OFATeacher":
+    def from_pretrained(cls, folder: Path, ident: Mapping[str, Any], options: ModelOptions, device: Any,
+                        task: Any = None) -> "OFATeacher":
         """The teacher of an OFA folder: tokenizer and processor now, the weights at `load()`. The resolution is
-        `config.resolution`, else the folder's processor's, else `default_resolution` (the task's)."""
+        `options.resolution`, else the folder's image processor's, else the task's (OFA-Sys folders have no image
+        processor)."""
+        if options.prompt_template:
+            raise UserError("`prompt_template` applies to transformers teachers; OFA reads the task's own prompt")
+        folder = Path(folder)
+        resolution = options.resolution or folder_resolution(folder) or getattr(task, "resolution", None)
+        if resolution is None:
+            raise UserError(f"{folder} has no image processor (preprocessor_config.json): give the task or "
+                            "`resolution`")
         tokenizer = load_ofa_tokenizer(folder)
-        identity = TeacherIdentity(family="ofa", source=dict(ident), tokenizer_sha256=tokenizer_sha256(tokenizer))
-        return cls(folder, identity, config, device, tokenizer, default_resolution)
+        identity = ModelIdentity(family="ofa", source=dict(ident), tokenizer_sha256=tokenizer_sha256(tokenizer))
+        processor = load_ofa_processor(folder, size=resolution, tokenizer=tokenizer)
+        return cls(processor, identity, options, device, resolution, folder=folder)
 
-    def __getstate__(self) -> dict[str, Any]:
-        state = dict(self.__dict__)
-        state["model"] = None  # the workers only prepare: never ship the weights to them
-        return state
+    @classmethod
+    def from_module(cls, model: OFAModel, processor: OFAProcessor) -> "OFATeacher":
+        """A module in memory (in-training evaluation of `train-teacher`), run where it is."""
+        identity = ModelIdentity(family="ofa", source={"id": "in-training"},
+                                 tokenizer_sha256=tokenizer_sha256(processor.tokenizer))
+        return cls(processor, identity, ModelOptions(), model.device, processor.image_processor.size, model=model)
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.processor.tokenizer
 
     def load(self) -> None:
-        """The frozen teacher (never DDP-wrapped), its weights in `config.dtype`, attention
-        `config.attn_implementation`."""
+        """The frozen teacher (never DDP-wrapped), its weights in `options.dtype`, attention
+        `options.attn_implementation`."""
         if self.model is None:
-            model = load_pretrained(OFAModel, self.folder, dtype=getattr(torch, self.config.dtype),
-                                    attn_implementation=self.config.attn_implementation)
+            model = load_pretrained(OFAModel, self.folder, dtype=getattr(torch, self.options.dtype),
+                                    attn_implementation=self.options.attn_implementation)
             self.model = model.to(self.device).eval()
 
-    def generation_settings(self, task: Any, candidates: Sequence[str] | None) -> dict[str, Any]:
-        """OFA's evaluation settings with the task's decoding constraint over OFA's vocabulary (bins, answer trie)."""
-        return dict(task.generate_kwargs(self.tokenizer, candidates))
+    # ------------------------------------------------------------------------------------------ settings
+    def settings(self, task: Any, candidates: Sequence[str] | None = None,
+                 overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """OFA's evaluation settings for the task, its constraint over OFA's vocabulary (the bins; the answer list
+        and `vqa_mode`), then `overrides`."""
+        overrides = dict(overrides or {})
+        mode = overrides.pop("vqa_mode", None)
+        settings = super().settings(task, None, overrides)
+        space = task.answer_space
+        if space == "box":
+            bins = bin_token_ids(self.tokenizer)
+            if not bins:
+                raise UserError(f"{task.name} needs a tokenizer with <bin_k> tokens")
+            settings["prefix_allowed_tokens_fn"] = lambda batch_id, input_ids: bins
+        elif space == "answer_list":
+            if not candidates:
+                raise UserError(f"{task.name} with an OFA model needs `answers` FILE: the candidate answer list it "
+                                "decodes over (OFA's dataset/vqa_data/trainval_ans2label.pkl, or a text/JSON list)")
+            mode = mode or "beam"
+            if mode not in VQA_MODES:
+                raise UserError(f"`vqa_mode` must be one of {', '.join(VQA_MODES)}, got {mode!r}")
+            settings.update(candidates=list(candidates), vqa_mode=mode)
+        if mode not in (None, "beam") and space != "answer_list":
+            raise UserError(f"`vqa_mode` applies to answer-list tasks (vqa), not to {task.name}")
+        limit = (len(task.candidates) if space == "candidates"
+                 else len(candidates) if settings.get("vqa_mode") == "allcand"
+                 else int(settings.get("num_beams", 1) or 1))
+        if settings["num_return_sequences"] > limit:
+            raise UserError(f"`num_return_sequences` {settings['num_return_sequences']} exceeds the {limit} outputs "
+                            f"OFA's {task.name} decoding has (`num_beams`)")
+        return settings
+
+    def describe(self, task: Any, settings: Mapping[str, Any]) -> str:
+        if task.answer_space == "candidates" or settings.get("vqa_mode") == "allcand":
+            return "AR candidate scoring"  # OFA scores the candidates, it does not generate
+        label = super().describe(task, settings)
+        return {"answer_list": label + " over answer trie", "box": label + ", 4 bins"}.get(task.answer_space, label)
 
     # ------------------------------------------------------------------------------------------ workers
     def prepare(self, rows: Sequence[Mapping[str, Any]], images: Sequence[Any], task: Any) -> dict[str, Any]:
-        pixels = [self.processor.image_processor.process_image(img, size=self.resolution) for img in images]
-        enc = self.tokenizer([task.prompt(r) for r in rows], return_tensors="pt", padding=True)
-        return {"input_ids": enc["input_ids"], "patch_images": torch.from_numpy(np.stack(pixels)),
+        enc = self.processor(text=[task.prompt(r) for r in rows], images=list(images), size=self.resolution)
+        return {"input_ids": enc["input_ids"], "patch_images": enc["patch_images"],
                 "orig_sizes": [tuple(img.size) for img in images]}
 
     # ------------------------------------------------------------------------------------------ main process
-    def _amp_dtype(self, model: OFAModel) -> torch.dtype | None:
-        mp = os.environ.get("ACCELERATE_MIXED_PRECISION", "no")
-        amp = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(mp) if self.device.type != "cpu" else None
-        return None if model.dtype != torch.float32 else amp  # half weights: already in the chosen type
-
     def infer(self, inputs: Mapping[str, Any], task: Any, settings: Mapping[str, Any]) -> list[list[Prediction]]:
         self.load()
-        model, tok, device = self.model, self.tokenizer, self.device
+        model, tok, device = self.model, self.tokenizer, self.model.device
         n = len(inputs["input_ids"])
         kwargs = {"input_ids": inputs["input_ids"].to(device),
                   "patch_images": inputs["patch_images"].to(device, model.dtype),
                   "patch_masks": torch.ones(n, dtype=torch.bool, device=device)}
-        nret = settings["num_return_sequences"]
-        amp_dtype = self._amp_dtype(model)
-        amp = torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None)
-        with torch.inference_mode(), amp:
-            nbests = task.ofa_inference(model, tok, kwargs, settings, nret)  # VQA / entailment: OFA's own recipe
-            if nbests is None:
+        nret = int(settings.get("num_return_sequences", 1))
+        with torch.inference_mode(), amp_context(device, model.dtype):
+            if task.answer_space == "candidates":
+                nbests = rank_candidates(model, tok, kwargs, task.candidates, nret)
+            elif task.answer_space == "answer_list" and settings["vqa_mode"] == "allcand":
+                nbests = rank_candidates(model, tok, kwargs, settings["candidates"], nret)
+            elif task.answer_space == "answer_list":
+                nbests = beam_search_answers(model, tok, kwargs, settings["candidates"],
+                                             int(settings.get("num_beams", 5)), nret)
+            else:
                 nbests = self._generate(kwargs, task, settings, n)
         return [[task.to_prediction(text, ids, lp, size, tok) for ids, text, lp in best]
                 for best, size in zip(nbests, inputs["orig_sizes"])]
 
     def _generate(self, kwargs: dict[str, Any], task: Any, settings: Mapping[str, Any], n: int) -> list[NBest]:
-        model, nret = self.model, settings["num_return_sequences"]
-        gen_kwargs = dict(settings, output_scores=True, return_dict_in_generate=True)
-        if self.config.cache_implementation != "dynamic":
-            gen_kwargs["cache_implementation"] = self.config.cache_implementation
+        model, nret = self.model, int(settings.get("num_return_sequences", 1))
+        gen_kwargs = {k: v for k, v in settings.items() if k not in NOT_GENERATE_KEYS}
+        gen_kwargs.update(output_scores=True, return_dict_in_generate=True)
+        if self.options.cache_implementation != "dynamic":
+            gen_kwargs["cache_implementation"] = self.options.cache_implementation
         res = model.generate(**kwargs, **gen_kwargs)
         steps = model.compute_transition_scores(res.sequences, res.scores, getattr(res, "beam_indices", None),
                                                 normalize_logits=settings.get("num_beams", 1) == 1)

@@ -20,6 +20,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "student"))
+sys.path.insert(0, str(Path(__file__).resolve().parent / "teachers"))
 
 from distill.tasks import TASKS, canonical_columns, get_task, register_task  # noqa: E402
 from distill.tasks.base import Task, ids_to_text  # noqa: E402
@@ -130,3 +131,73 @@ def test_fifth_task_distils_trains_and_evaluates(colour_task, tmp_path):
     assert "colour_accuracy=" in res.output and "exact match (test task)" in res.output
     lines = [json.loads(ln) for ln in preds.read_text().splitlines()]
     assert [ln["id"] for ln in lines] == [f"c{100 + i}" for i in range(6)]
+
+
+def test_fifth_task_predicts_exports_and_serves(colour_task, tmp_path):
+    """The registered task through `predict`, `export` (ONNX) and `serve` (a real HTTP request): the same answer
+    for the same image everywhere, its own text field (`shape_name`) taken by name; no other code knows it."""
+    import base64
+
+    import httpx
+    from distill_helpers import make_teacher
+    from student_helpers import cli, make_student
+
+    from pipelines.serve import background_server, create_app
+    from student.predictor import Predictor
+
+    world = _world(tmp_path)
+    teacher = make_teacher(tmp_path / "teacher", resolution=32)
+    student = make_student(teacher, tmp_path / "student", task="colour", num_queries=4, weight_std=0.3)
+    onnx_dir = tmp_path / "onnx"
+    assert "exported" in cli("export", "--model", student, "--out", onnx_dir).output
+    rows = list(datasets.load_from_disk(str(world))["validation"])[:3]
+    for i, r in enumerate(rows):
+        r["image"].save(tmp_path / f"c{i}.png")
+
+    answers = {}
+    for name, model in (("torch", student), ("onnx", onnx_dir), ("teacher", teacher)):
+        got = []
+        for i, r in enumerate(rows):
+            args = ["--model", model, "--image", tmp_path / f"c{i}.png", "--text", r["shape_name"]]
+            got.append(cli("predict", "--task", "colour", *args).stdout.strip())
+        answers[name] = got
+        with pytest.raises(AssertionError) as failed:
+            cli("predict", "--task", "colour", "--model", model, "--image", tmp_path / "c0.png")
+        assert "needs the text field 'shape_name'" in str(failed.value.__cause__)
+    assert answers["torch"] == answers["onnx"]
+
+    for name, model in (("onnx", onnx_dir), ("teacher", teacher)):
+        with background_server(create_app(Predictor.from_pretrained(model, task="colour", device="cpu"))) as url:
+            served = [httpx.post(url + "/predict", timeout=60, json={
+                "image": base64.b64encode((tmp_path / f"c{i}.png").read_bytes()).decode(),
+                "shape_name": r["shape_name"]}) for i, r in enumerate(rows)]
+            wrong = httpx.post(url + "/predict", json={"image": "", "question": "what?"}, timeout=60)
+        assert [s.status_code for s in served] == [200, 200, 200]
+        assert [s.json()["prediction"] for s in served] == answers[name]
+        assert wrong.status_code == 400
+
+
+def test_fifth_task_through_a_transformers_teacher(colour_task, tmp_path):
+    """A GIT teacher distils the registered task (prompted with the task's own prompt) and is evaluated as any
+    model is: its metric and ms/sample, the same predictions as `predict`."""
+    from student_helpers import cli
+    from tiny_hf import build_git
+
+    world = _world(tmp_path)
+    git = build_git(tmp_path / "git")
+    distilled = tmp_path / "kd"
+    cli("distill", "--task", "colour", "--teacher", git, "--data", world, "--out", distilled, "--num-workers", "0",
+        "--batch-size", "4", "--max-new-tokens", "4")
+    ds = datasets.load_from_disk(str(distilled))
+    assert len(ds) == 12 and set(ds["teacher_prompt"]) == {"what colour is the square?"}
+    preds = tmp_path / "git.jsonl"
+    res = cli("evaluate", "--model", git, "--task", "colour", "--data", world, "--split", "validation",
+              "--limit", "3", "--out", preds)
+    assert "colour git (AR greedy)" in res.output and "colour_accuracy=" in res.output and "ms/sample" in res.output
+    lines = [json.loads(ln) for ln in preds.read_text().splitlines()]
+    rows = list(datasets.load_from_disk(str(world))["validation"])[:3]
+    for line, r in zip(lines, rows):
+        r["image"].save(tmp_path / "img.png")
+        out = cli("predict", "--task", "colour", "--model", git, "--image", tmp_path / "img.png",
+                  "--text", r["shape_name"]).stdout.strip()
+        assert out == line["prediction"] and line["shape_name"] == "square" and line["colour"] == r["colour"]

@@ -106,13 +106,14 @@ def test_distill_options_fp32_equal_default_and_bf16_runs(world):
 
 
 def test_half_weights_load_in_that_dtype(world):
-    from distill.teachers import OFATeacher, load_teacher
+    from distill.loader import open_model
+    from distill.teachers.ofa import OFATeacher
 
     root, teacher = world
     for dtype in ("bfloat16", "float16"):
         config = DistillConfig(task="caption", teacher=str(teacher), data="-", out="-", dtype=dtype,
                                attn_implementation="sdpa")
-        loaded = load_teacher(teacher, {"id": str(teacher)}, config, torch.device("cpu"))
+        loaded = open_model(teacher, {"id": str(teacher)}, options=config, device="cpu")
         assert isinstance(loaded, OFATeacher) and loaded.model is None  # weights only at load()
         loaded.load()
         model = loaded.model
@@ -126,5 +127,5 @@ def test_bad_teacher_option_is_one_line_error(world, field, value):
     root, teacher = world
     config = DistillConfig(task="caption", teacher=str(teacher), data=str(root / "src"), out=str(root / "bad"),
                            progress=False, **{field: value})
-    with pytest.raises(UserError, match=f"^{field} must be one of .*got '{value}'$"):
+    with pytest.raises(UserError, match=f"^`{field}` must be one of .*got '{value}'$"):
         run_distill(config)

@@ -10,7 +10,7 @@ from distill.ofa import OFAModel, OFAProcessor
 from distill.ofa.image_processing_ofa import OFAImageProcessor
 from distill.ofa.processing_ofa import load_ofa_processor
 from distill.ofa.tokenization_ofa import load_ofa_tokenizer
-from student.evaluate import save_model_folder
+from student.model_folder import save_model_folder
 from tests.distill.distill_helpers import make_teacher
 
 

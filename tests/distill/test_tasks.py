@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from transformers import BartConfig, BartForConditionalGeneration
 
 from distill.errors import UserError
 from distill.tasks import TASKS, get_task
-from distill.tasks.base import TokenTrie, pre_caption, pre_question, trie_prefix_fn
+from distill.ofa.constraints import TokenTrie
+from distill.tasks.base import pre_caption, pre_question
 from distill.tasks.grounding import bins_to_box, box_to_bins
 from distill.tasks.vqa import candidate_answers
 from distill.ofa.tokenization_ofa import bin_token_ids, bins_to_token_ids, load_ofa_tokenizer, train_tiny_tokenizer
@@ -37,18 +37,6 @@ def tiny_tok():
     return train_tiny_tokenizer(CORPUS, vocab_size=320, num_codes=0, num_bins=50)
 
 
-@pytest.fixture(scope="module")
-def tiny_model(tiny_tok):
-    torch.manual_seed(0)
-    cfg = BartConfig(
-        vocab_size=len(tiny_tok), d_model=32, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
-        decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64, max_position_embeddings=64,
-        pad_token_id=1, bos_token_id=0, eos_token_id=2, decoder_start_token_id=0, forced_bos_token_id=None,
-        forced_eos_token_id=None,
-    )  # fmt: skip
-    return BartForConditionalGeneration(cfg).eval()
-
-
 def test_get_task_and_defaults():
     expected = {  # name: (resolution, num_queries, label_smoothing)
         "caption": (480, 20, 0.1), "vqa": (480, 6, 0.1), "grounding": (512, 5, 0.1), "entailment": (480, 3, 0.0),
@@ -64,8 +52,6 @@ def test_get_task_and_defaults():
         get_task("segmentation")
     with pytest.raises(UserError, match="no setting"):
         get_task("vqa", beams=3)
-    with pytest.raises(UserError, match="missing"):
-        get_task("vqa").check_columns(["id", "image", "question"])
 
 
 def test_prompts_reproduce_ofa_encodings(ofa_tok, reference):
@@ -178,37 +164,29 @@ def test_grounding_reference_and_decode_with_images(tiny_tok):
 def test_trie_allows_exactly_the_answers(tiny_tok):
     answers = ["red", "blue", "red car", "yes"]
     targets = {tuple(get_task("vqa").encode_target(a, tiny_tok)) for a in answers}
-    fn = trie_prefix_fn([list(t) for t in targets], tiny_tok.eos_token_id)
-    found, stack = set(), [[0]]
-    while stack:  # brute force: every path the constraint allows from <s>
+    trie = TokenTrie([list(t) for t in targets])
+    found, stack = set(), [[]]
+    while stack:  # brute force: every path the trie allows from the root
         seq = stack.pop()
-        for tok in fn(0, torch.tensor(seq)):
-            if tok == tiny_tok.eos_token_id:
-                found.add(tuple(seq[1:] + [tok]))
-            else:
-                stack.append(seq + [tok])
+        for tok in trie.next_tokens(seq):
+            (found.add(tuple(seq + [tok])) if tok == tiny_tok.eos_token_id else stack.append(seq + [tok]))
     assert found == targets
-    assert fn(0, torch.tensor([0, 3, 3])) == [tiny_tok.eos_token_id]  # off-trie beams may only end
+    assert trie.next_tokens([3, 3]) == []  # off the trie
     assert TokenTrie([[5, 6], [5, 7]]).next_tokens([5]) == [6, 7]
     rows = [{"answers": ["red"] * 3}, {"answers": ["Blue"]}, {"answers": ["red", "red", "blue"]},
             {"answers": ["x"], "answer_scores": [{"answer": "x", "confidence": 0.3}, {"answer": "red", "confidence": 1}]}]
     assert candidate_answers(rows) == ["red", "blue"]
 
 
-def test_constrained_generation_with_a_real_model(tiny_tok, tiny_model):
-    enc = tiny_tok([" what colour is the shape?", " yes no maybe"], return_tensors="pt", padding=True)
-    vqa = get_task("vqa")
-
-    grounding = get_task("grounding", resolution=64)
-    out = tiny_model.generate(**enc, **grounding.generate_kwargs(tiny_tok))
-    assert out.shape[1] == 1 + 4 and set(out[:, 1:].flatten().tolist()) <= set(bin_token_ids(tiny_tok))
-    assert all(grounding.decode(seq, {"width": 64, "height": 64}, tiny_tok) is not None for seq in out)
-
-    ent = get_task("entailment")
-    out = tiny_model.generate(**enc, **ent.generate_kwargs(tiny_tok))
-    assert {ent.decode(seq, {}, tiny_tok) for seq in out} <= {"yes", "no", "maybe"}
-    with pytest.raises(UserError):
-        vqa.generate_kwargs(tiny_tok)
+def test_tasks_describe_their_answers_and_run_no_model():
+    """A task says what an answer is; the models decide how to infer it (no task method takes a model)."""
+    spaces = {name: get_task(name).answer_space for name in TASKS}
+    assert spaces == {"caption": "text", "vqa": "answer_list", "grounding": "box", "entailment": "candidates"}
+    assert get_task("entailment").candidates == ("yes", "no", "maybe")
+    for name in TASKS:
+        task = get_task(name)
+        for attr in ("ofa_inference", "generate_kwargs", "ar_decoding", "max_return_sequences", "check_columns"):
+            assert not hasattr(task, attr), (name, attr)
 
 
 def test_decode_and_evaluate(tiny_tok):

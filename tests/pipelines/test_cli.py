@@ -59,7 +59,7 @@ def test_column_help_lists_the_canonical_columns():
 ])
 def test_empty_prediction_comes_with_a_hint(task, prediction, output, note):
     from pipelines.cmd_student import prediction_lines
-    from student.evaluate import Prediction
+    from student.evaluate import Answer as Prediction
 
     line, hint = prediction_lines(task, Prediction(output=output, prediction=prediction))
     assert line == "" and hint.startswith("note: empty prediction") and note in hint and "\n" not in hint

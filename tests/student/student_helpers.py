@@ -48,7 +48,7 @@ def make_student(teacher: Path, out: Path, task: str = "caption", num_queries: i
     image stem with that std: an untrained student then gives outputs that depend on the image and the prompt."""
     from distill.ofa import OFAModel
     from distill.ofa.processing_ofa import load_ofa_processor
-    from student.evaluate import save_model_folder
+    from student.model_folder import save_model_folder
     from student.modeling_narvl import NARVLModel
 
     torch.manual_seed(0)

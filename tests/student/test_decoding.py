@@ -6,6 +6,8 @@ from collections import defaultdict
 import pytest
 import torch
 
+from distill.tasks import get_task
+
 from student.decoding import (
     DecodingRule, collapse, ctc_greedy_decode, ctc_prefix_beam_search, ctc_sequence_log_prob, narvl_rule,
 )
@@ -54,9 +56,9 @@ LABELS = [
 
 def test_narvl_caption_rule_merges_and_drops_eos_wherever_it_occurs():
     blank, eos, pad = 6, 2, 1
-    out = ctc_greedy_decode(one_hot_logits(LABELS, 7), blank, eos, pad, narvl_rule("caption"))
+    out = ctc_greedy_decode(one_hot_logits(LABELS, 7), blank, eos, pad, narvl_rule(get_task("caption")))
     assert out == [[3, 3, 4, 5], [], [5, 4, 5, 4, 0, 3, 0, 3], [3, 4, 5, 0], [3, 3, 4]]
-    assert narvl_rule("vqa") == narvl_rule("caption") == DecodingRule()  # the default rule
+    assert narvl_rule(get_task("vqa")) == narvl_rule(get_task("caption")) == DecodingRule()  # the default rule
     for row, got in zip(LABELS, out):
         assert tuple(got) == decode_path(row, blank, eos, pad)
 
@@ -69,7 +71,7 @@ def test_cut_rule_stops_at_the_first_eos():
 def test_grounding_rule_keeps_repeats_and_only_bins():
     # Bins are ids 3, 4, 5; 0 is an ordinary word. Repeats are not merged: "3 3 4 4" is a box with x0=y0, x1=y1.
     blank, eos, pad, bins = 7, 2, 1, [3, 4, 5]
-    rule = narvl_rule("grounding", bins)
+    rule = narvl_rule(get_task("grounding"), bins)
     assert not rule.merge_repeats and rule.keep_ids == frozenset(bins)
     labels = [[3, 3, 4, 4, 2], [3, 0, 4, 5, 5], [3, 7, 4, 2, 5], [0, 0, 0, 2, 2]]
     out = ctc_greedy_decode(one_hot_logits(labels, 8), blank, eos, pad, rule)
@@ -80,7 +82,7 @@ def test_grounding_rule_keeps_repeats_and_only_bins():
 
 def test_entailment_rule_does_not_merge_and_drops_eos():
     blank, eos, pad = 6, 2, 1
-    rule = narvl_rule("entailment")
+    rule = narvl_rule(get_task("entailment"))
     out = ctc_greedy_decode(one_hot_logits([[2, 3, 3], [6, 4, 2]], 7), blank, eos, pad, rule)
     assert out == [[3, 3], [4]]  # the first token is the answer either way; an EOS before it is skipped
 
@@ -99,7 +101,7 @@ def test_collapse_packs_rows_left_and_pads():
 def test_greedy_matches_reference_rule_on_random_batches(task, eos_mode):
     torch.manual_seed(0)
     logits = torch.randn(64, 10, 6)
-    base = narvl_rule(task, [0, 3, 4])
+    base = narvl_rule(get_task(task), [0, 3, 4])
     rule = DecodingRule(base.merge_repeats, eos_mode, base.keep_ids)
     got = ctc_greedy_decode(logits, blank_id=5, eos_id=2, pad_id=1, rule=rule)
     for row, seq in zip(logits.argmax(-1).tolist(), got):
@@ -167,7 +169,7 @@ def test_prefix_beam_search_exact_with_narvl_eos_drop(n, v):
 
 def test_prefix_beam_search_refuses_rules_without_merging():
     with pytest.raises(ValueError, match="greedily"):
-        ctc_prefix_beam_search(torch.zeros(1, 3, 4).log_softmax(-1), 2, 3, 0, None, narvl_rule("grounding"))
+        ctc_prefix_beam_search(torch.zeros(1, 3, 4).log_softmax(-1), 2, 3, 0, None, narvl_rule(get_task("grounding")))
 
 
 def test_sequence_log_prob_matches_brute_force():

@@ -15,8 +15,20 @@ sys.path.insert(0, str(Path(__file__).parent))  # the suite runs with --import-m
 import student_helpers as h  # noqa: E402
 
 from distill.errors import UserError  # noqa: E402
+from distill.loader import load_model  # noqa: E402
+from student.predictor import Predictor  # noqa: E402
 
 TASKS = ("caption", "vqa", "grounding", "entailment")
+
+
+def retargeted(folder: Path, task: str, dest: Path) -> Path:
+    """A copy of a student (or export) folder that records `task`: one graph exercises every task's decoding rule
+    (a student answers only the task it records)."""
+    if not dest.exists():
+        shutil.copytree(folder, dest)
+        config = json.loads((dest / "config.json").read_text())
+        (dest / "config.json").write_text(json.dumps({**config, "task": task}))
+    return dest
 
 
 @pytest.fixture(scope="module")
@@ -62,16 +74,14 @@ def test_export_folder_and_graph(exported):
 
 
 @pytest.mark.parametrize("task", TASKS)
-def test_onnx_matches_torch(exported, task):
-    from student.predictor import Predictor
-
+def test_onnx_matches_torch(exported, task, tmp_path):
     student, onnx_dir, _, rows = exported
-    eager = Predictor.from_pretrained(student, task=task, device="cpu")
-    ort = Predictor.from_pretrained(onnx_dir, task=task)
+    eager = Predictor.from_pretrained(retargeted(student, task, tmp_path / "s"), task=task, device="cpu")
+    ort = Predictor.from_pretrained(retargeted(onnx_dir, task, tmp_path / "o"), task=task)
     assert (eager.backend, ort.backend) == ("torch", "onnx")
     for batch in (rows[:1], rows[:8]):  # batch 8: prompts of several lengths, so right padding is in play
         want, got = eager.logits(batch), ort.logits(batch)
-        assert got.shape == want.shape == (len(batch), 8, eager.loaded.model.config.vocab_size + 1)
+        assert got.shape == want.shape == (len(batch), 8, eager.model.config.vocab_size + 1)
         torch.testing.assert_close(got, want, rtol=0, atol=1e-4)
         assert ort.predict_rows(batch) == eager.predict_rows(batch)
     outputs = [p.output for p in eager.predict_rows(rows[:8])]
@@ -79,31 +89,28 @@ def test_onnx_matches_torch(exported, task):
 
 
 def test_onnx_beam_search_and_cli_predict(exported, tmp_path):
-    from student.predictor import Predictor
-
     student, onnx_dir, _, rows = exported
-    eager = Predictor.from_pretrained(student, device="cpu")
+    eager = Predictor(load_model(student, device="cpu"), "caption", num_beams=3)
     ort = Predictor.from_pretrained(onnx_dir)
     assert ort.task.name == "caption"  # the student's own task by default
-    assert ort.predict_rows(rows[:8], num_beams=3) == eager.predict_rows(rows[:8], num_beams=3)
+    assert Predictor(ort.model, "caption", num_beams=3).predict_rows(rows[:8]) == eager.predict_rows(rows[:8])
 
     image = tmp_path / "img.png"
     rows[3]["image"].save(image)
     for task, text in (("vqa", "what color is the triangle"), ("caption", None)):
         args = ["--task", task, "--image", image] + (["--text", text] if text else [])
-        a = h.cli("predict", "--model", onnx_dir, *args).stdout
-        b = h.cli("predict", "--model", student, *args).stdout
+        a = h.cli("predict", "--model", retargeted(onnx_dir, task, tmp_path / f"o-{task}"), *args).stdout
+        b = h.cli("predict", "--model", retargeted(student, task, tmp_path / f"s-{task}"), *args).stdout
         assert a == b and a.strip()
 
 
 def test_export_refusals(exported, tmp_path):
     from pipelines.cli import app
-    from student.evaluate import load_model
     from student.export import export_onnx
     from typer.testing import CliRunner
 
     student, onnx_dir, teacher, _ = exported
-    with pytest.raises(UserError, match="only a NARVL student exports"):
+    with pytest.raises(UserError, match="model_type 'ofa': only a NARVL student exports"):
         export_onnx(teacher, tmp_path / "t")
     with pytest.raises(UserError, match="format 'tflite' is not supported"):
         export_onnx(student, tmp_path / "f", format="tflite")

@@ -80,7 +80,7 @@ def test_trainers_evaluate_and_predict_take_a_hub_id(offline_cache, tmp_path):
     res = tmp_path / "eval.json"
     out = h.cli("evaluate", "--model", "me/tiny-narvl", "--task", "caption", "--data", world, "--split", "test",
                 "--json", res)
-    assert "caption narvl me/tiny-narvl: cider=" in out.output
+    assert "caption narvl (one pass + CTC) me/tiny-narvl: cider=" in out.output
     assert json.loads(res.read_text())["model_revision"] == sha2
     image = tmp_path / "img.png"
     import datasets
@@ -91,9 +91,9 @@ def test_trainers_evaluate_and_predict_take_a_hub_id(offline_cache, tmp_path):
     # OFA-Sys Hub folders carry no image processor: OFA's preprocessing at the task's resolution is used.
     snap = _cache(cache, "OFA-Sys/ofa-like", teacher)
     (snap / "preprocessor_config.json").unlink()
-    from student.evaluate import load_model
+    from distill.loader import load_model
 
-    assert load_model("OFA-Sys/ofa-like", "cpu", task=get_task("caption")).image_processor.size == 480
+    assert load_model("OFA-Sys/ofa-like", task=get_task("caption"), device="cpu").resolution == 480
     assert h.cli("predict", "--model", "OFA-Sys/ofa-like", "--task", "caption", "--image", image).output.strip()
 
 

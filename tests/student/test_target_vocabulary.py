@@ -20,7 +20,7 @@ from distill.ofa.tokenization_ofa import (load_ofa_tokenizer, text_to_bins, toke
 from distill.run import DistillConfig, run_distill  # noqa: E402
 from distill.tasks import get_task  # noqa: E402
 from distill.tasks.grounding import box_to_bins, original_size  # noqa: E402
-from distill.teachers.base import tokenizer_sha256  # noqa: E402
+from distill.prediction import tokenizer_sha256  # noqa: E402
 from student.data import TaskRows, needs_reencoding  # noqa: E402
 
 

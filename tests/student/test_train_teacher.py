@@ -67,7 +67,7 @@ def test_constrained_loss_is_ofa_constrained_fine_tuning():
     """OFA's constrained VQA/SNLI-VE fine-tuning: the logits outside the trie's next tokens are -inf before the
     log-softmax and the smoothing is spread over the allowed tokens. `collate` places each example's allowed tokens
     after its decoder prompt; a position with one allowed token (the EOS closing an answer) costs nothing."""
-    from distill.tasks.base import TokenTrie
+    from distill.ofa.constraints import TokenTrie
     from student.data import collate
     from student.train_teacher import teacher_loss
 
@@ -226,7 +226,7 @@ def test_teacher_is_trained_on_the_decoder_input_it_is_decoded_with(world, task_
     from distill.ofa.image_processing_ofa import OFAImageProcessor
     from distill.ofa.tokenization_ofa import load_ofa_tokenizer
     from distill.tasks import get_task
-    from distill.tasks.ofa_decoding import decoder_prompts
+    from distill.teachers.ofa_decoding import decoder_prompts
     from student.data import TaskRows, collate, load_training_data
     from student.train_teacher import TeacherTrainConfig, build_ofa_config, teacher_loss
 

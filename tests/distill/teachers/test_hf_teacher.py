@@ -19,7 +19,7 @@ import tiny_hf  # noqa: E402
 from distill.config import DistillConfig  # noqa: E402
 from distill.errors import UserError  # noqa: E402
 from distill.tasks import get_task  # noqa: E402
-from distill.teachers.base import tokenizer_sha256  # noqa: E402
+from distill.prediction import tokenizer_sha256  # noqa: E402
 from distill.teachers.hf import HFTeacher  # noqa: E402
 
 FAMILIES = ("florence2", "paligemma", "git", "llava")
@@ -128,7 +128,7 @@ def test_grounding_predictions_carry_a_box_or_none(teachers, family):
     teacher, task = teachers[family], get_task("grounding")
     inputs = teacher.prepare(ROWS, IMAGES, task)
     assert inputs["prompts"][0].endswith("the red circle")
-    settings = teacher.generation_settings(task, None)
+    settings = teacher.settings(task)
     assert settings["max_new_tokens"] > 4 and "prefix_allowed_tokens_fn" not in settings  # not OFA's 4 bins
     for (pred,), (w, h) in zip(teacher.infer(inputs, task, settings), [im.size for im in IMAGES]):
         if pred.box is not None:  # a random model may or may not write 4 location tokens in a row
@@ -162,7 +162,7 @@ def test_a_known_box_comes_back_in_original_pixels_through_generate(folders, tmp
     folder = shutil.copytree(folders[family], tmp_path / family)
     tiny_hf.force_sequence(folder, tokens, after=after)
     teacher, task = _load(folder), get_task("grounding")
-    settings = teacher.generation_settings(task, None)
+    settings = teacher.settings(task)
     pred = teacher.infer(teacher.prepare([ROWS[index]], [image], task), task, settings)[0][0]
     assert "".join(tokens) in pred.text
     assert pred.box is not None

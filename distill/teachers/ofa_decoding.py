@@ -1,4 +1,4 @@
-"""OFA's own inference for the closed-answer tasks (VQA, SNLI-VE), shared by the teacher run and `evaluate`.
+"""OFA's own inference for the closed-answer tasks (VQA, SNLI-VE), run by `OFATeacher` (distill, evaluate, serve).
 
 Facts from OFA-Sys/OFA (`tasks/mm_tasks/vqa_gen.py`, `snli_ve.py`, `utils/eval_utils.py`,
 `models/sequence_generator.py`, `data/mm_data/*_dataset.py`, fine-tuned with `--prompt-type=prev_output`):
@@ -23,7 +23,8 @@ from typing import Any, Sequence
 import torch
 from transformers import LogitsProcessorList
 
-from distill.tasks.base import TokenTrie, text_target_ids
+from distill.ofa.constraints import TokenTrie
+from distill.tasks.base import text_target_ids
 
 NBest = list[tuple[list[int], str, float]]
 """Per sample: (answer ids ending with EOS, answer text, answer log-prob), best first."""
@@ -179,8 +180,3 @@ def rank_candidates(model, tokenizer, inputs: dict[str, torch.Tensor], candidate
         order = sorted(range(len(candidates)), key=lambda k: (-row[k], k))[:num_return_sequences]
         out.append([(text_target_ids(candidates[k], tokenizer), candidates[k], row[k]) for k in order])
     return out
-
-
-def ofa_settings(gen: dict[str, Any]) -> dict[str, Any]:
-    """The keys of a task's generation settings that are not `generate()` kwargs."""
-    return {k: gen[k] for k in ("vqa_mode", "candidates") if k in gen}
