@@ -9,7 +9,8 @@ from transformers.utils import ModelOutput
 from .cache import OFACache
 from .configuration_ofa import OFAConfig
 from .encoder import padding_bias
-from .layers import OFADecoderLayer, linear_rates
+from .drop_path import linear_rates
+from .layers import OFADecoderLayer
 from .positions import code_position_ids, image_bucket_position, token_bucket_position
 
 

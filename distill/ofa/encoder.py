@@ -5,10 +5,11 @@ import torch
 from torch import nn
 from transformers.utils import ModelOutput
 
-from .configuration_ofa import OFAConfig
-from .layers import OFAEncoderLayer, linear_rates
+from .configuration_ofa import RESNET_DEPTHS, OFAConfig
+from .drop_path import linear_rates
+from .layers import OFAEncoderLayer
 from .positions import image_bucket_position, image_position_ids, token_bucket_position
-from .resnet import RESNET_DEPTHS, RESNET_OUT_CHANNELS, ResNet
+from .resnet import RESNET_OUT_CHANNELS, ResNet
 
 
 @dataclass

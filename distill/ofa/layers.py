@@ -5,32 +5,10 @@ from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache, EncoderDecoderCache
 
 from .configuration_ofa import OFAConfig
+from .drop_path import DropPath
 
 # OFA scales queries by (head_dim * 2) ** -0.5 in every attention, independently of `attn_scale_factor`.
 ATTENTION_SCALE_FACTOR = 2.0
-
-
-def linear_rates(max_rate: float, count: int) -> list[float]:
-    """Drop-path rates growing linearly from 0 to max_rate over `count` blocks (plain floats: works on `meta`)."""
-    return [max_rate * i / (count - 1) if count > 1 else 0.0 for i in range(count)]
-
-
-class DropPath(nn.Module):
-    """Stochastic depth: drop the whole residual branch per sample with probability `p` (training only)."""
-
-    def __init__(self, p: float = 0.0):
-        super().__init__()
-        self.p = p
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.p == 0.0 or not self.training:
-            return x
-        keep = 1.0 - self.p
-        mask = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(keep)
-        return x * mask / keep
-
-    def extra_repr(self) -> str:
-        return f"p={self.p}"
 
 
 class OFAAttention(nn.Module):
