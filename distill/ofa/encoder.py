@@ -154,7 +154,7 @@ class OFAEncoder(nn.Module):
             if num_patches:
                 bias[:, :, :num_patches, :num_patches] += self.image_rel_pos_table_list[idx](image_buckets).permute(
                     2, 0, 1)
-            x = layer(x, attention_mask=mask, attn_bias=bias)
+            x = layer(x, attention_mask=mask, position_bias=bias)
         if output_hidden_states:
             hidden_states.append(x)
         if self.layer_norm is not None:
