@@ -2,6 +2,14 @@
 from huggingface_hub.dataclasses import strict
 from transformers.configuration_utils import PreTrainedConfig
 
+# Bottleneck blocks per ResNet stage for OFA's `resnet_type`; every variant stops after layer3.
+RESNET_DEPTHS = {
+    "resnet18": (2, 2, 2),
+    "resnet50": (3, 4, 6),
+    "resnet101": (3, 4, 23),
+    "resnet152": (3, 8, 36),
+}
+
 
 @strict
 class OFAConfig(PreTrainedConfig):
@@ -107,10 +115,8 @@ class OFAConfig(PreTrainedConfig):
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
-        from .resnet import RESNET_DEPTHS  # local import: resnet imports layers, which imports this module
-
         if self.resnet_type not in RESNET_DEPTHS:
             raise ValueError(f"resnet_type must be one of {sorted(RESNET_DEPTHS)}, got {self.resnet_type!r}")
 
 
-__all__ = ["OFAConfig"]
+__all__ = ["OFAConfig", "RESNET_DEPTHS"]

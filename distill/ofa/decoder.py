@@ -9,7 +9,8 @@ from transformers.utils import ModelOutput
 from .cache import OFACache
 from .configuration_ofa import OFAConfig
 from .encoder import padding_bias
-from .layers import OFADecoderLayer, linear_rates
+from .drop_path import linear_rates
+from .layers import OFADecoderLayer
 from .positions import code_position_ids, image_bucket_position, token_bucket_position
 
 
@@ -148,9 +149,9 @@ class OFADecoder(nn.Module):
             if self.training and self.layerdrop > 0 and torch.rand(()) < self.layerdrop:
                 continue
             self_bias = (self_abs_bias + self.token_rel_pos_table_list[idx](buckets).permute(2, 0, 1))[None]
-            x = layer(x, attention_mask=self_mask, self_attn_bias=self_bias,
+            x = layer(x, attention_mask=self_mask, position_bias=self_bias,
                       encoder_hidden_states=encoder_hidden_states, encoder_attention_mask=cross_mask,
-                      cross_attn_bias=cross_bias, past_key_values=past_key_values)
+                      encoder_position_bias=cross_bias, past_key_values=past_key_values)
         if output_hidden_states:
             hidden_states.append(x)
         if self.layer_norm is not None:

@@ -5,10 +5,11 @@ import torch
 from torch import nn
 from transformers.utils import ModelOutput
 
-from .configuration_ofa import OFAConfig
-from .layers import OFAEncoderLayer, linear_rates
+from .configuration_ofa import RESNET_DEPTHS, OFAConfig
+from .drop_path import linear_rates
+from .layers import OFAEncoderLayer
 from .positions import image_bucket_position, image_position_ids, token_bucket_position
-from .resnet import RESNET_DEPTHS, RESNET_OUT_CHANNELS, ResNet
+from .resnet import RESNET_OUT_CHANNELS, ResNet
 
 
 @dataclass
@@ -153,7 +154,7 @@ class OFAEncoder(nn.Module):
             if num_patches:
                 bias[:, :, :num_patches, :num_patches] += self.image_rel_pos_table_list[idx](image_buckets).permute(
                     2, 0, 1)
-            x = layer(x, attention_mask=mask, attn_bias=bias)
+            x = layer(x, attention_mask=mask, position_bias=bias)
         if output_hidden_states:
             hidden_states.append(x)
         if self.layer_norm is not None:

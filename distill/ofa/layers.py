@@ -1,53 +1,69 @@
-"""OFA transformer building blocks: biased multi-head attention with per-head gains, NormFormer pre-LN layers."""
+"""OFA's transformer layers, written as transformers writes its models.
+
+Attention runs through one function per implementation, picked by `config._attn_implementation`: "eager" is
+`eager_attention_forward` below, "sdpa" is transformers' own `sdpa_attention_forward` from
+`ALL_ATTENTION_FUNCTIONS`. Both take the position biases as `position_bias`, added to the logits with the mask.
+The layers are NormFormer pre-LN: `x + mid_LN(attn(LN(x)))` per attention and `x + fc2(ffn_LN(gelu(fc1(LN(x)))))`,
+each residual branch through dropout and drop-path.
+"""
+from collections.abc import Callable
+
 import torch
 from torch import nn
 from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache, EncoderDecoderCache
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from .configuration_ofa import OFAConfig
+from .drop_path import DropPath
 
 # OFA scales queries by (head_dim * 2) ** -0.5 in every attention, independently of `attn_scale_factor`.
 ATTENTION_SCALE_FACTOR = 2.0
 
 
-def linear_rates(max_rate: float, count: int) -> list[float]:
-    """Drop-path rates growing linearly from 0 to max_rate over `count` blocks (plain floats: works on `meta`)."""
-    return [max_rate * i / (count - 1) if count > 1 else 0.0 for i in range(count)]
+def eager_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    position_bias: torch.Tensor | None = None,
+    **kwargs,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """softmax(query @ key^T * scaling + position_bias + attention_mask) @ value, as transformers' T5 computes it.
 
-
-class DropPath(nn.Module):
-    """Stochastic depth: drop the whole residual branch per sample with probability `p` (training only)."""
-
-    def __init__(self, p: float = 0.0):
-        super().__init__()
-        self.p = p
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.p == 0.0 or not self.training:
-            return x
-        keep = 1.0 - self.p
-        mask = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(keep)
-        return x * mask / keep
-
-    def extra_repr(self) -> str:
-        return f"p={self.p}"
+    query (B, H, T, hd), key/value (B, H, S, hd); position_bias and attention_mask additive, broadcastable to
+    (B, H, T, S). Returns the output (B, T, H, hd) and the attention weights (B, H, T, S)."""
+    weights = torch.matmul(query, key.transpose(2, 3))
+    scaling = query.shape[-1] ** -0.5 if scaling is None else scaling
+    if scaling != 1.0:
+        weights = weights * scaling
+    if position_bias is not None:
+        weights = weights + position_bias
+    if attention_mask is not None:
+        weights = weights + attention_mask
+    weights = nn.functional.dropout(nn.functional.softmax(weights, dim=-1), p=dropout, training=module.training)
+    return torch.matmul(weights, value).transpose(1, 2).contiguous(), weights
 
 
 class OFAAttention(nn.Module):
-    """Multi-head attention with an additive per-head bias (position biases) and NormFormer head gains `c_attn`."""
+    """Multi-head attention with additive position biases and NormFormer per-head gains `c_attn`."""
 
-    def __init__(self, embed_dim: int, num_heads: int, dropout: float, scale_heads: bool, layer_idx: int | None = None,
-                 config: OFAConfig | None = None):
+    def __init__(self, config: OFAConfig, num_heads: int, layer_idx: int | None = None):
         super().__init__()
-        self.config = config  # read at call time: `_attn_implementation` "sdpa" selects `_sdpa`
+        embed_dim = config.d_model
         if embed_dim % num_heads:
             raise ValueError(f"d_model {embed_dim} is not divisible by the number of heads {num_heads}")
+        self.config = config
         self.num_heads = num_heads
         self.head_dim = embed_dim // num_heads
         self.scaling = (self.head_dim * ATTENTION_SCALE_FACTOR) ** -0.5
-        self.dropout = dropout
+        self.dropout = config.attention_dropout
         self.layer_idx = layer_idx
-        self.c_attn = nn.Parameter(torch.ones(num_heads)) if scale_heads else None
+        self.is_causal = False  # every mask is passed explicitly (the decoder's causal one included)
+        self.c_attn = nn.Parameter(torch.ones(num_heads)) if config.normformer else None
         self.k_proj = nn.Linear(embed_dim, embed_dim)
         self.v_proj = nn.Linear(embed_dim, embed_dim)
         self.q_proj = nn.Linear(embed_dim, embed_dim)
@@ -61,17 +77,18 @@ class OFAAttention(nn.Module):
         self,
         hidden_states: torch.Tensor,
         key_value_states: torch.Tensor | None = None,
-        attn_bias: torch.Tensor | None = None,
+        position_bias: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         past_key_values: Cache | None = None,
-    ) -> torch.Tensor:
-        """hidden_states (B, T, D); key_value_states (B_kv, S, D) for cross-attention; attn_bias (B_kv, H, T, S);
-        attention_mask additive, broadcastable to (B_kv, 1, T, S). Returns (B, T, D).
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """hidden_states (B, T, D); key_value_states (B_kv, S, D) for cross-attention; position_bias (B_kv, H, T, S);
+        attention_mask additive, broadcastable to (B_kv, 1, T, S). Returns (B, T, D) and the weights (eager only).
 
         For cross-attention B may be a multiple g of B_kv: rows [i * g, (i + 1) * g) (the beams or returned
         sequences of sample i, as generate() orders them) all attend to sample i, whose keys/values are projected
         and cached once instead of once per beam."""
         batch, tgt_len, embed_dim = hidden_states.shape
+        # OFA (fairseq) scales the queries before the product: the attention function gets scaling 1.
         query = self._heads(self.q_proj(hidden_states) * self.scaling)
         is_cross = key_value_states is not None
         cache = past_key_values
@@ -88,150 +105,158 @@ class OFAAttention(nn.Module):
                 if is_cross:
                     past_key_values.is_updated[self.layer_idx] = True
         group = batch // key.shape[0]
-        if self.config is not None and self.config._attn_implementation == "sdpa":
-            return self._sdpa(query, key, value, attn_bias, attention_mask, group)
         if group > 1:
-            return self._grouped(query, key, value, attn_bias, attention_mask, group)
-        weights = torch.matmul(query, key.transpose(2, 3))
-        if attn_bias is not None:
-            weights = weights + attn_bias
-        if attention_mask is not None:
-            weights = weights + attention_mask
-        weights = nn.functional.dropout(weights.softmax(dim=-1), p=self.dropout, training=self.training)
-        output = torch.matmul(weights, value)  # (B, H, T, head_dim)
+            query, position_bias = self._stack_groups(query, position_bias, group)
+
+        attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
+            self.config._attn_implementation, eager_attention_forward)
+        output, weights = attention_interface(
+            self, query, key, value, attention_mask,
+            dropout=self.dropout if self.training else 0.0, scaling=1.0, position_bias=position_bias)
+        # output (B_kv, g * T, H, hd): sample-major, then group row, then position, so it is (B, T, H, hd) in order.
         if self.c_attn is not None:
-            output = output * self.c_attn[None, :, None, None]
-        output = output.transpose(1, 2).reshape(batch, tgt_len, embed_dim)
-        return self.out_proj(output)
+            output = output * self.c_attn[:, None]
+        return self.out_proj(output.reshape(batch, tgt_len, embed_dim)), weights
 
-    def _grouped(self, query, key, value, attn_bias, attention_mask, group: int) -> torch.Tensor:
-        """Attention of g query rows per key/value row: query (B_kv * g, H, T, hd), key/value (B_kv, H, S, hd).
-
-        The g rows' queries are stacked along T, (B_kv, H, g * T, hd), so one product per sample serves them all:
-        no (B_kv * g, H, S, hd) copy of the keys/values is made or re-ordered at any step."""
+    @staticmethod
+    def _stack_groups(query: torch.Tensor, position_bias: torch.Tensor | None,
+                      group: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """g query rows per key/value row: query (B_kv * g, H, T, hd) -> (B_kv, H, g * T, hd), the g rows' queries
+        stacked along T, so one product per sample serves them all: no (B_kv * g, H, S, hd) copy of the keys and
+        values is made or re-ordered at any step. position_bias (B_kv, H, T, S) -> (B_kv, H, g * T, S)."""
         rows, heads, tgt_len, head_dim = query.shape
-        samples = key.shape[0]
-        query = query.view(samples, group, heads, tgt_len, head_dim).transpose(1, 2)  # (B_kv, H, g, T, hd)
-        weights = torch.matmul(query.reshape(samples, heads, group * tgt_len, head_dim), key.transpose(2, 3))
-        weights = weights.view(samples, heads, group, tgt_len, -1)
-        if attn_bias is not None:
-            weights = weights + attn_bias[:, :, None]
-        if attention_mask is not None:
-            weights = weights + attention_mask[:, :, None]
-        weights = nn.functional.dropout(weights.softmax(dim=-1), p=self.dropout, training=self.training)
-        output = torch.matmul(weights.view(samples, heads, group * tgt_len, -1), value)  # (B_kv, H, g * T, hd)
-        if self.c_attn is not None:
-            output = output * self.c_attn[None, :, None, None]
-        output = output.view(samples, heads, group, tgt_len, head_dim).permute(0, 2, 3, 1, 4)  # (B_kv, g, T, H, hd)
-        return self.out_proj(output.reshape(rows, tgt_len, heads * head_dim))
+        samples = rows // group
+        query = query.view(samples, group, heads, tgt_len, head_dim).transpose(1, 2).reshape(
+            samples, heads, group * tgt_len, head_dim)
+        if position_bias is not None:
+            position_bias = position_bias[:, :, None].expand(samples, heads, group, tgt_len, -1).reshape(
+                samples, heads, group * tgt_len, -1)
+        return query, position_bias
 
 
-    def _sdpa(self, query, key, value, attn_bias, attention_mask, group: int) -> torch.Tensor:
-        """The same attention through `scaled_dot_product_attention` (fused kernels on GPU): query (B_kv * g, H, T,
-        hd) already scaled, key/value (B_kv, H, S, hd); bias and mask are summed into one additive mask (exact: the
-        mask holds only 0 and finfo.min)."""
-        rows, heads, tgt_len, head_dim = query.shape
-        samples = key.shape[0]
-        mask = attn_bias if attention_mask is None else (
-            attention_mask if attn_bias is None else attn_bias + attention_mask)
-        if group > 1:
-            query = query.view(samples, group, heads, tgt_len, head_dim).transpose(1, 2).reshape(
-                samples, heads, group * tgt_len, head_dim)
-            if mask is not None:
-                mask = mask[:, :, None].expand(samples, heads, group, tgt_len, mask.shape[-1]).reshape(
-                    samples, heads, group * tgt_len, mask.shape[-1])
-        if mask is not None:
-            mask = mask.to(query.dtype)
-        output = nn.functional.scaled_dot_product_attention(
-            query, key, value, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0, scale=1.0)
-        if self.c_attn is not None:
-            output = output * self.c_attn[None, :, None, None]
-        output = output.view(samples, heads, group, tgt_len, head_dim).permute(0, 2, 3, 1, 4)  # (B_kv, g, T, H, hd)
-        return self.out_proj(output.reshape(rows, tgt_len, heads * head_dim))
-
-
-class _FeedForward(nn.Module):
-    """Mixin holding the NormFormer FFN sub-block: x + drop_path(fc2(ffn_LN(act(fc1(LN(x))))))."""
-
-    def _init_ffn(self, config: OFAConfig, ffn_dim: int):
-        d = config.d_model
-        self.dropout = config.dropout
-        self.activation_dropout = config.activation_dropout
-        self.activation_fn = ACT2FN[config.activation_function]
-        self.fc1 = nn.Linear(d, ffn_dim)
-        self.fc2 = nn.Linear(ffn_dim, d)
-        self.ffn_layer_norm = nn.LayerNorm(ffn_dim) if config.normformer else None
-        self.final_layer_norm = nn.LayerNorm(d)
-
-    def _residual(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-        x = nn.functional.dropout(x, p=self.dropout, training=self.training)
-        return residual + self.drop_path(x)
-
-    def _ffn(self, x: torch.Tensor) -> torch.Tensor:
-        residual = x
-        if self.normalize_before:
-            x = self.final_layer_norm(x)
-        x = self.activation_fn(self.fc1(x))
-        x = nn.functional.dropout(x, p=self.activation_dropout, training=self.training)
-        if self.ffn_layer_norm is not None:
-            x = self.ffn_layer_norm(x)
-        x = self._residual(self.fc2(x), residual)
-        return x if self.normalize_before else self.final_layer_norm(x)
-
-    def _attend(self, name: str, x: torch.Tensor, **kwargs) -> torch.Tensor:
-        """Residual attention sub-block `name` ("self_attn" or "cross_attn") with its pre/mid/post layer norms."""
-        residual = x
-        norm = getattr(self, f"{name}_layer_norm")
-        if self.normalize_before:
-            x = norm(x)
-        x = getattr(self, name)(x, **kwargs)
-        mid_norm = getattr(self, f"{name}_mid_layer_norm")
-        if mid_norm is not None:
-            x = mid_norm(x)
-        x = self._residual(x, residual)
-        return x if self.normalize_before else norm(x)
-
-
-class OFAEncoderLayer(_FeedForward):
-    """Self-attention + FFN. hidden_states (B, S, D) -> (B, S, D)."""
+class OFAEncoderLayer(nn.Module):
+    """Self-attention, then feed-forward. hidden_states (B, S, D) -> (B, S, D)."""
 
     def __init__(self, config: OFAConfig, drop_path_rate: float = 0.0):
         super().__init__()
         d = config.d_model
         self.normalize_before = config.encoder_normalize_before
-        self.self_attn = OFAAttention(d, config.encoder_attention_heads, config.attention_dropout, config.normformer,
-                                      config=config)
+        self.self_attn = OFAAttention(config, config.encoder_attention_heads)
         self.self_attn_layer_norm = nn.LayerNorm(d)
         self.self_attn_mid_layer_norm = nn.LayerNorm(d) if config.normformer else None
-        self._init_ffn(config, config.encoder_ffn_dim)
+        self.dropout = config.dropout
+        self.activation_dropout = config.activation_dropout
+        self.activation_fn = ACT2FN[config.activation_function]
+        self.fc1 = nn.Linear(d, config.encoder_ffn_dim)
+        self.fc2 = nn.Linear(config.encoder_ffn_dim, d)
+        self.ffn_layer_norm = nn.LayerNorm(config.encoder_ffn_dim) if config.normformer else None
+        self.final_layer_norm = nn.LayerNorm(d)
         self.drop_path = DropPath(drop_path_rate)
 
-    def forward(self, hidden_states, attention_mask=None, attn_bias=None):
-        x = self._attend("self_attn", hidden_states, attn_bias=attn_bias, attention_mask=attention_mask)
-        return self._ffn(x)
+    def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                position_bias: torch.Tensor | None = None) -> torch.Tensor:
+        """hidden_states (B, S, D); attention_mask (B, 1, 1, S) additive (text padding); position_bias (B, H, S, S)."""
+        # Self-attention
+        residual = hidden_states
+        if self.normalize_before:
+            hidden_states = self.self_attn_layer_norm(hidden_states)
+        hidden_states, _ = self.self_attn(hidden_states, position_bias=position_bias, attention_mask=attention_mask)
+        if self.self_attn_mid_layer_norm is not None:
+            hidden_states = self.self_attn_mid_layer_norm(hidden_states)
+        hidden_states = nn.functional.dropout(hidden_states, p=self.dropout, training=self.training)
+        hidden_states = residual + self.drop_path(hidden_states)
+        if not self.normalize_before:
+            hidden_states = self.self_attn_layer_norm(hidden_states)
+
+        # Feed-forward
+        residual = hidden_states
+        if self.normalize_before:
+            hidden_states = self.final_layer_norm(hidden_states)
+        hidden_states = self.activation_fn(self.fc1(hidden_states))
+        hidden_states = nn.functional.dropout(hidden_states, p=self.activation_dropout, training=self.training)
+        if self.ffn_layer_norm is not None:
+            hidden_states = self.ffn_layer_norm(hidden_states)
+        hidden_states = nn.functional.dropout(self.fc2(hidden_states), p=self.dropout, training=self.training)
+        hidden_states = residual + self.drop_path(hidden_states)
+        if not self.normalize_before:
+            hidden_states = self.final_layer_norm(hidden_states)
+        return hidden_states
 
 
-class OFADecoderLayer(_FeedForward):
-    """Self-attention (causal or not) + cross-attention to the encoder + FFN. hidden_states (B, T, D) -> (B, T, D)."""
+class OFADecoderLayer(nn.Module):
+    """Self-attention (causal or not), then cross-attention to the encoder, then feed-forward.
+    hidden_states (B, T, D) -> (B, T, D)."""
 
     def __init__(self, config: OFAConfig, layer_idx: int, drop_path_rate: float = 0.0):
         super().__init__()
         d, heads = config.d_model, config.decoder_attention_heads
         self.normalize_before = config.decoder_normalize_before
-        self.self_attn = OFAAttention(d, heads, config.attention_dropout, config.normformer, layer_idx, config)
+        self.self_attn = OFAAttention(config, heads, layer_idx)
         self.self_attn_layer_norm = nn.LayerNorm(d)
         self.self_attn_mid_layer_norm = nn.LayerNorm(d) if config.normformer else None
-        self.cross_attn = OFAAttention(d, heads, config.attention_dropout, config.normformer, layer_idx, config)
+        self.cross_attn = OFAAttention(config, heads, layer_idx)
         self.cross_attn_layer_norm = nn.LayerNorm(d)
         self.cross_attn_mid_layer_norm = nn.LayerNorm(d) if config.normformer else None
-        self._init_ffn(config, config.decoder_ffn_dim)
+        self.dropout = config.dropout
+        self.activation_dropout = config.activation_dropout
+        self.activation_fn = ACT2FN[config.activation_function]
+        self.fc1 = nn.Linear(d, config.decoder_ffn_dim)
+        self.fc2 = nn.Linear(config.decoder_ffn_dim, d)
+        self.ffn_layer_norm = nn.LayerNorm(config.decoder_ffn_dim) if config.normformer else None
+        self.final_layer_norm = nn.LayerNorm(d)
         self.drop_path = DropPath(drop_path_rate)
 
-    def forward(self, hidden_states, attention_mask=None, self_attn_bias=None, encoder_hidden_states=None,
-                encoder_attention_mask=None, cross_attn_bias=None, past_key_values=None):
-        x = self._attend("self_attn", hidden_states, attn_bias=self_attn_bias, attention_mask=attention_mask,
-                         past_key_values=past_key_values)
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        position_bias: torch.Tensor | None = None,
+        encoder_hidden_states: torch.Tensor | None = None,
+        encoder_attention_mask: torch.Tensor | None = None,
+        encoder_position_bias: torch.Tensor | None = None,
+        past_key_values: Cache | None = None,
+    ) -> torch.Tensor:
+        """hidden_states (B, T, D); attention_mask (1, 1, T, K) additive causal mask or None (NARVL's queries);
+        position_bias (1, H, T, K); encoder_hidden_states (B_kv, S, D) with B = g * B_kv (see `OFAAttention`);
+        encoder_attention_mask (B_kv, 1, 1, S) additive or None; encoder_position_bias (B_kv, H, T, S)."""
+        # Self-attention
+        residual = hidden_states
+        if self.normalize_before:
+            hidden_states = self.self_attn_layer_norm(hidden_states)
+        hidden_states, _ = self.self_attn(hidden_states, position_bias=position_bias, attention_mask=attention_mask,
+                                          past_key_values=past_key_values)
+        if self.self_attn_mid_layer_norm is not None:
+            hidden_states = self.self_attn_mid_layer_norm(hidden_states)
+        hidden_states = nn.functional.dropout(hidden_states, p=self.dropout, training=self.training)
+        hidden_states = residual + self.drop_path(hidden_states)
+        if not self.normalize_before:
+            hidden_states = self.self_attn_layer_norm(hidden_states)
+
+        # Cross-attention
         if encoder_hidden_states is not None:
-            x = self._attend("cross_attn", x, key_value_states=encoder_hidden_states, attn_bias=cross_attn_bias,
-                             attention_mask=encoder_attention_mask, past_key_values=past_key_values)
-        return self._ffn(x)
+            residual = hidden_states
+            if self.normalize_before:
+                hidden_states = self.cross_attn_layer_norm(hidden_states)
+            hidden_states, _ = self.cross_attn(hidden_states, key_value_states=encoder_hidden_states,
+                                               position_bias=encoder_position_bias,
+                                               attention_mask=encoder_attention_mask, past_key_values=past_key_values)
+            if self.cross_attn_mid_layer_norm is not None:
+                hidden_states = self.cross_attn_mid_layer_norm(hidden_states)
+            hidden_states = nn.functional.dropout(hidden_states, p=self.dropout, training=self.training)
+            hidden_states = residual + self.drop_path(hidden_states)
+            if not self.normalize_before:
+                hidden_states = self.cross_attn_layer_norm(hidden_states)
+
+        # Feed-forward
+        residual = hidden_states
+        if self.normalize_before:
+            hidden_states = self.final_layer_norm(hidden_states)
+        hidden_states = self.activation_fn(self.fc1(hidden_states))
+        hidden_states = nn.functional.dropout(hidden_states, p=self.activation_dropout, training=self.training)
+        if self.ffn_layer_norm is not None:
+            hidden_states = self.ffn_layer_norm(hidden_states)
+        hidden_states = nn.functional.dropout(self.fc2(hidden_states), p=self.dropout, training=self.training)
+        hidden_states = residual + self.drop_path(hidden_states)
+        if not self.normalize_before:
+            hidden_states = self.final_layer_norm(hidden_states)
+        return hidden_states

@@ -13,6 +13,9 @@ from typing import Any, Sequence
 from transformers import BatchFeature
 from transformers.processing_utils import ProcessorMixin
 
+from .image_processing_ofa import OFAImageProcessor
+from .tokenization_ofa import load_ofa_tokenizer
+
 
 class OFAProcessor(ProcessorMixin):
     """Tokenizer (OFA's BPE with `<code_k>`/`<bin_k>` tokens) + `OFAImageProcessor`."""
@@ -46,9 +49,6 @@ def load_ofa_processor(folder: str | os.PathLike, size: int | None = None, token
     another folder / Hub id, replaces it) and its `OFAImageProcessor` from `preprocessor_config.json`, which every
     folder narvl-pipe writes holds, older ones without `processor_config.json` included. A folder without one (the
     OFA-Sys Hub checkpoints) gets OFA's preprocessing at `size`."""
-    from .image_processing_ofa import OFAImageProcessor
-    from .tokenization_ofa import load_ofa_tokenizer
-
     if tokenizer is None or isinstance(tokenizer, (str, os.PathLike)):
         tokenizer = load_ofa_tokenizer(os.fspath(tokenizer if tokenizer is not None else folder))
     if (Path(folder) / "preprocessor_config.json").is_file():

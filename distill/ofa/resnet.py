@@ -6,15 +6,8 @@ checkpoints load unchanged.
 import torch
 from torch import nn
 
-from .layers import DropPath, linear_rates
+from .drop_path import DropPath, linear_rates
 
-# Blocks per stage for OFA's `resnet_type`; every variant uses Bottleneck blocks and stops after layer3.
-RESNET_DEPTHS = {
-    "resnet18": (2, 2, 2),
-    "resnet50": (3, 4, 6),
-    "resnet101": (3, 4, 23),
-    "resnet152": (3, 8, 36),
-}
 RESNET_OUT_CHANNELS = 1024
 
 
@@ -45,7 +38,8 @@ class Bottleneck(nn.Module):
 
 
 class ResNet(nn.Module):
-    """(B, 3, H, W) normalised images -> (B, 1024, H/16, W/16) features."""
+    """(B, 3, H, W) normalised images -> (B, 1024, H/16, W/16) features. `depths`: blocks per stage, one of
+    `configuration_ofa.RESNET_DEPTHS`."""
 
     def __init__(self, depths: tuple[int, int, int], drop_path_rate: float = 0.0):
         super().__init__()

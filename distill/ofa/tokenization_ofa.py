@@ -16,6 +16,7 @@ import weakref
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from huggingface_hub import snapshot_download
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AddedToken, BartTokenizerFast, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
@@ -90,8 +91,6 @@ def _resolve_folder(path_or_hub_id: str | Path) -> Path:
         return path
     if path.exists():
         raise UserError(f"tokenizer source {path} is a file, expected a folder or a Hub id")
-    from huggingface_hub import snapshot_download
-
     try:
         return Path(snapshot_download(str(path_or_hub_id), allow_patterns=_TOKENIZER_FILES))
     except Exception as exc:  # noqa: BLE001  (offline, missing repo, bad id: all one user-facing message)
