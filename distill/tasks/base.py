@@ -228,6 +228,24 @@ class Task(abc.ABC):
 
         return {c: Value("string") for c in self.text_columns}
 
+    def text_value(self, column: str, text: str | None) -> Any:
+        """The canonical value of a list column (`column_features`) that a source gives as one string (a CSV, JSON
+        or TSV field): a list of strings holds that string (None: no item); a list of numbers is parsed from
+        "x0,y0,x1,y1" (commas or spaces; None when unparsable or empty). Any other column keeps `text`. A task
+        overrides it where its format joins items otherwise (VQA's `&&`-joined object tags)."""
+        from datasets import List, Value
+
+        feature = self.column_features().get(column)
+        if not isinstance(feature, List) or not isinstance(feature.feature, Value):
+            return text
+        if feature.feature.dtype in ("string", "large_string"):
+            return [text] if isinstance(text, str) else []
+        try:
+            numbers = [float(x) for x in (text or "").replace(" ", ",").split(",") if x]
+        except ValueError:
+            return None
+        return numbers or None
+
     def parse_tsv(self, raw: Mapping[str, str]) -> dict[str, Any]:
         """Canonical columns from one OFA TSV line (`raw`: `tsv_layout` name -> field; {} for a malformed line)."""
         raise UserError(f"task {self.name} has no OFA TSV format")
