@@ -20,7 +20,8 @@ class DistillConfig:
     teacher: str
     """Teacher folder (model + tokenizer + image processor, `save_pretrained` layout) or a Hub model id."""
     data: str
-    """Data source: a save_to_disk folder, parquet/arrow files, an imagefolder, OFA TSV, dataset_coco.json or a
+    """Data source: a save_to_disk folder, parquet/arrow files, an imagefolder, OFA TSV, a benchmark's own files
+    (COCO-Karpathy JSON, VQAv2 questions + annotations, RefCOCO refs(unc).p + instances.json, SNLI-VE jsonl) or a
     Hub dataset id (see `distill.sources`)."""
     out: str
     """Output folder (`datasets.load_from_disk` opens it when the run is complete)."""
@@ -56,7 +57,9 @@ class DistillConfig:
     num_workers: int = 2
     """DataLoader worker processes decoding images and tokenising prompts (0 = in the main process)."""
     image_root: str | None = None
-    """Root folder for relative image paths (COCO-Karpathy JSON, path columns); default: the source's folder."""
+    """Image folder of a benchmark's own files (the folder holding COCO's train2014/ or flickr30k_images/; default:
+    found beside the files) and root of relative image paths (Karpathy JSON, path columns; default: the source's
+    folder)."""
     revision: str | None = None
     """Hub revision of the teacher (ignored for a local folder)."""
     flush_every: int = 256
