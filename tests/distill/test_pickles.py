@@ -30,6 +30,15 @@ def test_ans2label_with_numpy_integers_is_read(tmp_path, protocol):
     assert data == {"yes": 1, "no": 0, "2": 2, "red car": 3} and all(type(v) is int for v in data.values())
 
 
+def test_numpy_1_pickles_are_read(tmp_path):
+    """numpy 1.x (and Python 2's numpy) name the scalar constructor `numpy.core.multiarray.scalar`."""
+    data = pickle.dumps(NUMPY_LABELS, protocol=2)
+    assert data.count(b"cnumpy._core.multiarray\nscalar\n") == 1  # GLOBAL opcode, its module as text
+    path = tmp_path / "trainval_ans2label.pkl"
+    path.write_bytes(data.replace(b"cnumpy._core.multiarray\n", b"cnumpy.core.multiarray\n"))
+    assert read_answers(str(path)) == ["no", "yes", "2", "red car"]
+
+
 def test_numpy_scalars_keep_their_values_and_byte_order(tmp_path):
     values = [np.float32(0.25), np.float64(-1e300), np.bool_(True), np.int8(-7), np.uint64(2**63 + 5),
               np.dtype(">i4").type(123456)]
