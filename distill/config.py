@@ -14,7 +14,9 @@ class SourceOptions:
     columns: dict[str, str] = field(default_factory=dict)
     """Column mapping canonical -> source column, e.g. {"captions": "text"}."""
     image_root: str | None = None
-    """Root folder for relative image paths (COCO-Karpathy JSON, path columns); default: the source's folder."""
+    """Image folder of a benchmark's own files (the folder holding COCO's train2014/ or flickr30k_images/; default:
+    found beside the files) and root of relative image paths (Karpathy JSON, path columns; default: the source's
+    folder)."""
 
 
 @dataclass
@@ -26,7 +28,8 @@ class DistillConfig(SourceOptions, DecodingOptions, ModelOptions):
     teacher: str
     """Teacher folder (model + tokenizer + image processor, `save_pretrained` layout) or a Hub model id."""
     data: str
-    """Data source: a save_to_disk folder, parquet/arrow files, an imagefolder, OFA TSV, dataset_coco.json or a
+    """Data source: a save_to_disk folder, parquet/arrow files, an imagefolder, OFA TSV, a benchmark's own files
+    (COCO-Karpathy JSON, VQAv2 questions + annotations, RefCOCO refs(unc).p + instances.json, SNLI-VE jsonl) or a
     Hub dataset id (see `distill.sources`)."""
     out: str
     """Output folder (`datasets.load_from_disk` opens it when the run is complete)."""

@@ -3,9 +3,9 @@
 `open_source(src, split, columns_map, task)` accepts, in this order of detection:
 - a `save_to_disk` folder: a `DatasetDict` (the split is chosen) or a `Dataset` (taken as the split asked for,
   unless it records another split name);
-- a COCO-Karpathy `dataset_coco.json` (or a folder holding one): splits `train`, `val`, `test`, `restval`; images
-  are `image_root/filepath/filename` (`image_root` defaults to the JSON's folder); `captions` = the raw sentences;
-  `id` = `cocoid` (else `imgid`);
+- a benchmark in its owner's files (`distill.owner_formats`: COCO-Karpathy `dataset_coco.json`, VQAv2 questions +
+  annotations JSON, RefCOCO/+/g `refs(...).p` + `instances.json`, SNLI-VE `snli_ve_*.jsonl`, each with its image
+  folder found beside it or under `image_root`): a file recognised by its content, or a folder holding them;
 - OFA's TSV files (a `.tsv` file, or a folder of them named `<anything>_<split>.tsv`), one layout per task, as in
   OFA-Sys's `run_scripts` (`selected_cols` checked against their eval scripts):
   - caption: `uniq-id, image-id, caption, predicted object labels, image base64`; `caption` may join several
@@ -22,17 +22,17 @@
 - otherwise a Hub dataset id (`load_dataset(src)`, offline-aware).
 
 Then `columns_map` (`{canonical: source}`) renames columns, the canonical columns are kept (others dropped), and
-types are normalised: `id` -> str (a source without `id` gets `"<split>-<row index>"`), a single-string `captions`
-/`answers` -> a one-element list, `box` "x0,y0,x1,y1" -> floats, `image` -> `datasets.Image(decode=False)` so that
-images are decoded later (in DataLoader workers), a missing `premise` -> "".
+types are normalised: `id` -> str (a source without `id` gets `"<split>-<row index>"`), a list column of the task
+(`Task.column_features`) given as one string -> the task's value for it (`Task.text_value`: a one-element list,
+"x0,y0,x1,y1" -> floats, `&&`-joined object tags -> a list), `image` -> `datasets.Image(decode=False)` so that images
+are decoded later (in DataLoader workers), then the task's own step (`Task.canonicalise`: a missing premise -> "").
 
 Validation (split, mapped columns, the task's input columns) raises `UserError` with one line naming what exists,
 and never needs the model.
 
 A split may be a union, `train+restval` (Karpathy's usual 113k COCO training set): every part is opened and
 canonicalised on its own (so generated ids stay distinct) and the parts are concatenated in order, for every kind of
-source. VQA's `object_tags` (OFA's "predicted labels" column, `&&`-separated) are kept when the source has them; an
-entailment source without any premise gets a one-time warning that the no-premise prompt is used.
+source. This module knows no task by its columns: each task's columns, types and TSV layout come from its `Task`.
 """
 from __future__ import annotations
 
@@ -44,6 +44,7 @@ from typing import Any, Iterator, Mapping
 
 from distill.errors import UserError
 from distill.images import decode_base64
+from distill.owner_formats import OWNER_FILES, available as _available, file_stamp, open_owner_format
 from distill.tasks import canonical_columns, get_task
 
 _COMPUTED = {"CANONICAL_COLUMNS": canonical_columns}
@@ -58,10 +59,6 @@ def __getattr__(name: str):
 
 
 _METADATA_FILES = ("metadata.jsonl", "metadata.csv", "metadata.parquet")
-
-
-def _available(names) -> str:
-    return ", ".join(sorted(str(n) for n in names)) or "(none)"
 
 
 def split_parts(split: str) -> list[str]:
@@ -134,13 +131,6 @@ def _metadata_rows(path: Path) -> int:
     return len(lines) - (path.suffix == ".csv" and bool(lines))  # a CSV's first line is its header
 
 
-def _file_stamp(path: Path) -> tuple:
-    """Size and mtime: part of a generator's cache key, so an edited file is re-read. (Tuples, because
-    `from_generator` would shard list-valued kwargs.)"""
-    st = path.stat()
-    return (str(path.resolve()), st.st_size, st.st_mtime_ns)
-
-
 def _tsv_rows(files: tuple, task_name: str) -> Iterator[dict]:
     task = get_task(task_name)
     layout = task.tsv_layout
@@ -190,38 +180,8 @@ def _open_tsv(path: Path, split: str, task):
             f"OFA's {task.name} TSV has {len(layout)}: {', '.join(layout)}"
         )
     return Dataset.from_generator(
-        _tsv_rows, gen_kwargs={"files": tuple(_file_stamp(f) for f in files), "task_name": task.name},
+        _tsv_rows, gen_kwargs={"files": tuple(file_stamp(f) for f in files), "task_name": task.name},
         features=_tsv_features(task),
-    )
-
-
-def _karpathy_rows(json_file: tuple, image_root: str, split: str) -> Iterator[dict]:
-    data = json.loads(Path(json_file[0]).read_text(encoding="utf-8"))
-    for img in data["images"]:
-        if img.get("split") != split:
-            continue
-        path = os.path.join(image_root, img.get("filepath", ""), img["filename"])
-        yield {
-            "id": str(img.get("cocoid", img.get("imgid"))),
-            "image": {"bytes": None, "path": path},
-            "captions": [s.get("raw", " ".join(s.get("tokens", []))) for s in img.get("sentences", [])],
-        }
-
-
-def _open_karpathy(json_path: Path, split: str, image_root: str | None):
-    from datasets import Dataset, Features, Image, List, Value
-
-    data = json.loads(json_path.read_text(encoding="utf-8"))
-    if not isinstance(data, dict) or "images" not in data:
-        raise UserError(f"{json_path} is not a COCO-Karpathy file (no 'images' list)")
-    splits = {img.get("split") for img in data["images"]}
-    if split not in splits:
-        raise UserError(f"split '{split}' not found in {json_path}; available: {_available(splits)}")
-    root = str(Path(image_root) if image_root else json_path.parent)
-    feats = Features({"id": Value("string"), "image": Image(decode=False), "captions": List(Value("string"))})
-    return Dataset.from_generator(
-        _karpathy_rows, gen_kwargs={"json_file": _file_stamp(json_path), "image_root": root, "split": split},
-        features=feats,
     )
 
 
@@ -238,8 +198,9 @@ def _load_raw(src: str, split: str, task, image_root: str | None):
             if ds.split is not None and str(ds.split) != split:
                 raise UserError(f"split '{split}' not found in {src}; available: {ds.split}")
             return ds
-        if (path / "dataset_coco.json").is_file():
-            return _open_karpathy(path / "dataset_coco.json", split, image_root)
+        owner = open_owner_format(path, split, image_root)
+        if owner is not None:
+            return owner
         if any(path.glob("*.tsv")):
             return _open_tsv(path, split, task)
         if any(p.name in _METADATA_FILES for p in path.rglob("metadata.*")):
@@ -248,18 +209,19 @@ def _load_raw(src: str, split: str, task, image_root: str | None):
         for ext, builder in (("parquet", "parquet"), ("arrow", "arrow")):
             if any(path.rglob(f"*.{ext}")):
                 return _pick_split(datasets.load_dataset(builder, data_dir=str(path)), split, src)
-        raise UserError(f"{src} is a folder but holds no dataset "
-                        "(save_to_disk, TSV, parquet/arrow, imagefolder metadata, dataset_coco.json)")
+        raise UserError(f"{src} is a folder but holds no dataset (save_to_disk, TSV, parquet/arrow, imagefolder "
+                        f"metadata, or a benchmark's own files: {OWNER_FILES})")
     if path.is_file():
+        owner = open_owner_format(path, split, image_root)  # recognised by content, whatever the file's name
+        if owner is not None:
+            return owner
         suffix = path.suffix.lower()
-        if suffix == ".json":
-            return _open_karpathy(path, split, image_root)
         if suffix == ".tsv":
             return _open_tsv(path, split, task)
         if suffix in (".parquet", ".arrow"):
             return datasets.load_dataset(suffix[1:], data_files={split: str(path)}, split=split)
-        raise UserError(f"{src}: unsupported file type '{suffix}' "
-                        "(expected .parquet, .arrow, .tsv or a COCO-Karpathy .json)")
+        raise UserError(f"{src}: unsupported file (expected .parquet, .arrow, .tsv, or a benchmark's own file "
+                        f"recognised by its content: {OWNER_FILES})")
     try:  # a Hub dataset id
         dd = datasets.load_dataset(src)
     except Exception as exc:  # noqa: BLE001 (offline, unknown id, bad config: one user-facing message)
@@ -270,20 +232,18 @@ def _load_raw(src: str, split: str, task, image_root: str | None):
 
 
 # ---------------------------------------------------------------------------------------------------- normalisation
-def _to_list(batch: dict, col: str) -> dict:
-    return {col: [[v] if isinstance(v, str) else (v or []) for v in batch[col]]}
+def _is_text(feature) -> bool:
+    from datasets import Value
+
+    return isinstance(feature, Value) and feature.dtype in ("string", "large_string")
 
 
-def _parse_box(batch: dict) -> dict:
-    out = []
-    for v in batch["box"]:
-        if isinstance(v, str):
-            try:
-                v = [float(x) for x in v.replace(" ", ",").split(",") if x]
-            except ValueError:
-                v = None
-        out.append(v)
-    return {"box": out}
+def _text_values(ds, task, column: str):
+    """A list column of the task that the source holds as one string per row, parsed by the task."""
+    def parse(batch):
+        return {column: [task.text_value(column, v) for v in batch[column]]}
+
+    return ds.map(parse, batched=True, desc=f"{column} from text")
 
 
 def _canonicalise(ds, split: str, columns_map: Mapping[str, str], task, src: str, image_root: str | None):
@@ -310,15 +270,10 @@ def _canonicalise(ds, split: str, columns_map: Mapping[str, str], task, src: str
         ds = ds.add_column("id", [f"{split}-{i}" for i in range(len(ds))])
     elif ds.features["id"] != Value("string"):
         ds = ds.cast_column("id", Value("string"))
+    for col, feature in task.column_features().items():
+        if col in ds.column_names and _is_text(ds.features[col]) and not _is_text(feature):
+            ds = _text_values(ds, task, col)
     ds = task.canonicalise(ds, src, split)
-    if "object_tags" in ds.column_names and isinstance(ds.features["object_tags"], Value):
-        ds = ds.map(lambda b: {"object_tags": [(v or "").split("&&") if (v or "").strip() else []
-                                               for v in b["object_tags"]]}, batched=True, desc="object_tags -> list")
-    for col in ("captions", "answers"):
-        if col in ds.column_names and isinstance(ds.features[col], Value):
-            ds = ds.map(_to_list, batched=True, fn_kwargs={"col": col}, desc=f"{col} -> list")
-    if "box" in ds.column_names and isinstance(ds.features["box"], Value):
-        ds = ds.map(_parse_box, batched=True, desc="box -> floats")
     feat = ds.features["image"]
     if isinstance(feat, Image):
         if feat.decode:

@@ -23,6 +23,7 @@ import torch
 from distill.errors import UserError
 from distill.jsonio import atomic_write_text
 from distill.manifest import teacher_tokenizer_sha256
+from distill.owner_formats import folder_kind
 from distill.prediction import tokenizer_sha256
 
 __all__ = ["TARGET_COLUMNS", "FilterReport", "needs_reencoding", "SkipLog", "load_training_data", "is_distilled",
@@ -59,7 +60,7 @@ def load_training_data(src: str | os.PathLike, split: str = "train", task=None, 
         from distill.sources import load_saved
 
         ds = load_saved(path, split, src)
-    elif path.is_dir() or not path.exists():
+    elif (path.is_dir() and folder_kind(path) is None) or not path.exists():  # a benchmark's files: open_source
         try:
             dd = datasets.load_dataset(src)
         except Exception:  # noqa: BLE001 (not a plain datasets folder/id: let open_source detect the format)

@@ -4,7 +4,7 @@ cross-entropy, OFA's recipe, on the shared Accelerate trainer (`student.trainer`
 This is how one makes a teacher for a new task, and how the offline demo gets its teacher on the shapes world:
 `--arch` builds an OFA of one of the published sizes (DESIGN.md section 3) from scratch, with optional overrides for
 a tiny custom size (`--d-model 64 --layers 2 ...`, or a whole `--config-json`); the tokenizer then comes from
-`--tokenizer` or the data folder's `tokenizer/`.
+`--tokenizer` or the data folder's `tokenizer/`, else is trained on the training text (`student.teacher_tokenizer`).
 """
 from __future__ import annotations
 
@@ -71,7 +71,7 @@ class TeacherTrainConfig(TrainDataFields, EvalFields, RecipeFields, TrainConfig)
     config_json: str | None = None
     """A JSON file of `OFAConfig` fields, applied last (any field)."""
     tokenizer: str | None = None
-    """Tokenizer folder for `arch` (default: DATA/tokenizer)."""
+    """Tokenizer folder for `arch` (default: DATA/tokenizer, else a BPE trained on the training text)."""
     resolution: int | None = None
     """Image side (default: the image processor of `init`; with `arch` the size's model-card side, tiny 256 and
     base 384, else the task's OFA resolution)."""
@@ -233,6 +233,7 @@ def train_teacher(cfg: TeacherTrainConfig) -> TrainResult:
     from student.evaluate import make_eval_fn
     from student.model_folder import save_model_folder
     from student.presets import ofa_size, resolve
+    from student.teacher_tokenizer import tokenizer_from_rows
     from student.train_setup import freeze_token_embeddings
     from student.trainer import train
 
@@ -262,9 +263,16 @@ def train_teacher(cfg: TeacherTrainConfig) -> TrainResult:
             processor.image_processor.size = cfg.resolution
     else:
         tok_src = cfg.tokenizer or os.path.join(cfg.data, "tokenizer")
-        if not Path(tok_src).is_dir():
-            raise UserError(f"no tokenizer at {tok_src}: pass `tokenizer` DIR to build a teacher with `arch`")
-        processor = OFAProcessor(OFAImageProcessor(size=default_resolution(cfg, task)), load_ofa_tokenizer(tok_src))
+        if Path(tok_src).is_dir():
+            tok = load_ofa_tokenizer(tok_src)
+        elif cfg.tokenizer:
+            raise UserError(f"no tokenizer at {tok_src}: pass `tokenizer` DIR, or none to train one on the data")
+        else:
+            tok = tokenizer_from_rows(datasets_by_task, [get_task(n) for n in names])
+            provenance["tokenizer"] = f"BPE trained on the training text ({len(tok)} tokens)"
+            print(f"note: no tokenizer given: trained a byte-level BPE on the training text ({len(tok)} tokens), "
+                  "saved with the teacher")
+        processor = OFAProcessor(OFAImageProcessor(size=default_resolution(cfg, task)), tok)
         model = OFAModel(build_ofa_config(cfg, len(processor.tokenizer), processor.image_processor.size))
     tokenizer = processor.tokenizer
     if len(tokenizer) > model.config.vocab_size:

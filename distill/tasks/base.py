@@ -119,7 +119,8 @@ class Task(abc.ABC):
     label_smoothing: float
     """Label smoothing of the training loss (0.1; entailment 0.0)."""
     generation: Mapping[str, Any] = field(default_factory=dict, hash=False)
-    """OFA's evaluation settings as static `generate()` kwargs; `generate_kwargs()` adds the constraints."""
+    """The paper's decoding settings for the task (OFA's evaluation: beams, lengths, n-gram blocking); each model
+    maps them to its own decoding (`Model.settings`)."""
     max_prompt_words: int | None = None
     """Words kept by OFA's prompt normalisation (OFA's `max_src_length`)."""
     max_target_words: int | None = None
@@ -185,6 +186,24 @@ class Task(abc.ABC):
         from datasets import Value
 
         return {c: Value("string") for c in self.text_columns}
+
+    def text_value(self, column: str, text: str | None) -> Any:
+        """The canonical value of a list column (`column_features`) that a source gives as one string (a CSV, JSON
+        or TSV field): a list of strings holds that string (None: no item); a list of numbers is parsed from
+        "x0,y0,x1,y1" (commas or spaces; None when unparsable or empty). Any other column keeps `text`. A task
+        overrides it where its format joins items otherwise (VQA's `&&`-joined object tags)."""
+        from datasets import List, Value
+
+        feature = self.column_features().get(column)
+        if not isinstance(feature, List) or not isinstance(feature.feature, Value):
+            return text
+        if feature.feature.dtype in ("string", "large_string"):
+            return [text] if isinstance(text, str) else []
+        try:
+            numbers = [float(x) for x in (text or "").replace(" ", ",").split(",") if x]
+        except ValueError:
+            return None
+        return numbers or None
 
     def parse_tsv(self, raw: Mapping[str, str]) -> dict[str, Any]:
         """Canonical columns from one OFA TSV line (`raw`: `tsv_layout` name -> field; {} for a malformed line)."""

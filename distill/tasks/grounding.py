@@ -97,11 +97,7 @@ class GroundingTask(Task):
 
     def parse_tsv(self, raw: Mapping[str, str]) -> dict[str, Any]:
         """`region-coord` is "x0,y0,x1,y1" in original pixels (unparsable: None, quarantined later)."""
-        try:
-            box = [float(v) for v in raw.get("box", "").split(",")]
-        except ValueError:
-            box = None
-        return {"region_text": raw.get("region_text", ""), "box": box}
+        return {"region_text": raw.get("region_text", ""), "box": self.text_value("box", raw.get("box", ""))}
 
     def prompt(self, row: Row) -> str:
         return f' which region does the text " {pre_caption(row["region_text"], self.max_prompt_words)} " describe?'

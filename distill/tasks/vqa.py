@@ -4,7 +4,6 @@ OFA's confidence score)."""
 from __future__ import annotations
 
 import json
-import pickle
 import random
 from collections import Counter
 from pathlib import Path
@@ -14,6 +13,7 @@ from typing import Any, ClassVar, Iterable, Mapping, Sequence
 import numpy as np
 
 from distill.errors import UserError
+from distill.pickles import load_data_pickle
 from distill.tasks.base import Row, Task, ids_to_text, pre_question
 from distill.tasks.metrics import (VQA_IMPLEMENTATION, VQA_TSV_IMPLEMENTATION, normalize_vqa_answer, tsv_vqa_score,
                                    vqa_score)
@@ -60,30 +60,14 @@ def candidate_answers(rows: Iterable[Row], max_answers: int | None = None) -> li
     return [a for a, _ in counts.most_common(max_answers)]
 
 
-class _DataOnlyUnpickler(pickle.Unpickler):
-    """OFA's `trainval_ans2label.pkl` is a pickled dict answer -> label. A pickle can run code on load: this one may
-    only build builtin containers and scalars (dict, list, str, int), never import anything."""
-
-    def find_class(self, module, name):
-        raise pickle.UnpicklingError(f"it refers to {module}.{name}; only a dict/list of strings is accepted")
-
-
-def _load_pickle(path: Path) -> Any:
-    with open(path, "rb") as fh:
-        try:
-            return _DataOnlyUnpickler(fh).load()
-        except (pickle.UnpicklingError, EOFError, ValueError, TypeError) as exc:
-            raise UserError(f"`answers` {path}: not a data-only pickle ({exc})") from exc
-
-
 def read_answers(path: str) -> list[str]:
-    """Candidate answers in OFA's order: `trainval_ans2label.pkl` (dict answer -> label: ordered by label), a JSON
-    list or dict (same rule), or one answer per line."""
+    """Candidate answers in OFA's order: `trainval_ans2label.pkl` (dict answer -> label: ordered by label; read as
+    data only, numpy integer labels included), a JSON list or dict (same rule), or one answer per line."""
     p = Path(path)
     if not p.is_file():
         raise UserError(f"`answers` {path}: file not found")
     if p.suffix == ".pkl":
-        data = _load_pickle(p)
+        data = load_data_pickle(p, "`answers`")
     elif p.suffix == ".json":
         data = json.loads(p.read_text(encoding="utf-8"))
     else:
@@ -134,7 +118,13 @@ class VQATask(Task):
         scores = parse_ofa_answers(raw.get("answers", ""))
         return {"question": raw.get("question", ""), "answer_scores": scores,
                 "answers": [s["answer"] for s in scores],
-                "object_tags": [o for o in raw.get("object_labels", "").strip().split("&&") if o]}
+                "object_tags": self.text_value("object_tags", raw.get("object_labels", ""))}
+
+    def text_value(self, column: str, text: str | None) -> Any:
+        """Object tags given as one string are OFA's `&&`-joined predicted labels."""
+        if column == "object_tags":
+            return [o for o in (text or "").strip().split("&&") if o]
+        return super().text_value(column, text)
 
     def answer_list(self, answers: str | None) -> list[str]:
         """OFA decodes over its fixed trainval answer list, not the split's: the `answers` file is required."""

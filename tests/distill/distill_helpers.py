@@ -14,19 +14,21 @@ WORDS = ["a red circle", "a blue square", "two green triangles", "what color is 
 REPO = Path(__file__).resolve().parents[2]
 
 
-def make_teacher(folder: Path, resolution: int = 32, seed: int = 0) -> Path:
-    """A seeded 1-layer OFA (d_model 32, resnet18 stem) + a BPE trained here + an image processor, saved to `folder`."""
+def make_teacher(folder: Path, resolution: int = 32, seed: int = 0, max_positions: int = 64,
+                 texts: tuple[str, ...] = ()) -> Path:
+    """A seeded 1-layer OFA (d_model 32, resnet18 stem) + a BPE trained here (on `WORDS` and `texts`) + an image
+    processor, saved to `folder`. `max_positions` bounds the prompt length in tokens."""
     import torch
 
     from distill.ofa.image_processing_ofa import OFAImageProcessor
     from distill.ofa import OFAConfig, OFAModel
     from distill.ofa.tokenization_ofa import train_tiny_tokenizer
 
-    tok = train_tiny_tokenizer(WORDS * 20, vocab_size=300, num_codes=0, num_bins=16)
+    tok = train_tiny_tokenizer(WORDS * 20 + list(texts), vocab_size=300, num_codes=0, num_bins=16)
     torch.manual_seed(seed)
     cfg = OFAConfig(vocab_size=len(tok), d_model=32, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
                     decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64, resnet_type="resnet18",
-                    image_bucket_size=4, token_bucket_size=16, max_position_embeddings=64)
+                    image_bucket_size=4, token_bucket_size=16, max_position_embeddings=max_positions)
     model = OFAModel(cfg).eval()
     folder.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(folder)
