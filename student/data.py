@@ -19,11 +19,14 @@ from typing import Any
 
 import numpy as np
 import torch
+from accelerate import PartialState
+from accelerate.utils import parse_flag_from_env
 
 from distill.errors import UserError
 from distill.jsonio import atomic_write_text
 from distill.manifest import teacher_tokenizer_sha256
 from distill.teachers.base import tokenizer_sha256
+from student.checkpoints import latest_checkpoint
 
 __all__ = ["TARGET_COLUMNS", "FilterReport", "needs_reencoding", "SkipLog", "load_training_data", "is_distilled", "filter_rows",
            "reference_problem", "TaskRows", "collate", "encode_readable", "encode_prompts"]
@@ -186,11 +189,6 @@ class SkipLog:
         """`OUTPUT_DIR/skipped.jsonl` of a training run: kept (deduplicated) on resume, emptied for a fresh run
         (unless checkpoints of an earlier run are there: the trainer refuses that run, and its record stays); every
         process waits until the main one has done that."""
-        from accelerate import PartialState
-        from accelerate.utils import parse_flag_from_env
-
-        from student.trainer import latest_checkpoint
-
         log = cls(Path(output_dir) / SKIPPED_FILE)
         state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
         if state.is_main_process:
@@ -277,7 +275,7 @@ class TaskRows:
     def target_ids(self, row: dict, draw: int) -> tuple[list[int], float]:
         """(target ids ending with EOS, per-sample loss weight)."""
         if self.target_column == "target":
-            if self.reencode:
+            if self.reencode or self.task.kd_targets_from_text:
                 return self.task.student_target(row, self.tokenizer), 1.0
             ids = row.get("target_ids")
             if ids is None:
