@@ -78,7 +78,7 @@ def measure_latency(cfg: EvaluateStageConfig) -> tuple[float, int]:
     less than a mean."""
 
     task = get_task(cfg.task)
-    lm = load_model(cfg.model)
+    lm = load_model(cfg.model, task=task)
     rows = [dict(r) for r in open_source(cfg.data, cfg.split, None, task, limit=cfg.limit)]
     candidates = _candidates(task, cfg.answers) if lm.kind == "ofa" else None
     timed = rows[: cfg.latency_limit] if cfg.latency_limit is not None else rows

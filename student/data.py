@@ -25,6 +25,7 @@ from accelerate.utils import parse_flag_from_env
 from distill.errors import UserError
 from distill.jsonio import atomic_write_text
 from distill.manifest import teacher_tokenizer_sha256
+from distill.sources import load_saved, open_source, pick_split
 from distill.teachers.base import tokenizer_sha256
 from student.checkpoints import latest_checkpoint
 
@@ -59,8 +60,6 @@ def load_training_data(src: str | os.PathLike, split: str = "train", task=None, 
     if (path / "manifest.json").is_file() and not (path / "state.json").is_file():
         raise UserError(f"{src} is an unfinished distill output (no state.json): rerun the same distill command")
     if path.is_dir() and ((path / "dataset_dict.json").is_file() or (path / "state.json").is_file()):
-        from distill.sources import load_saved
-
         ds = load_saved(path, split, src)
     elif path.is_dir() or not path.exists():
         try:
@@ -68,14 +67,13 @@ def load_training_data(src: str | os.PathLike, split: str = "train", task=None, 
         except Exception:  # noqa: BLE001 (not a plain datasets folder/id: let open_source detect the format)
             dd = None
         if dd is not None:
-            from distill.sources import pick_split
-
-            ds = pick_split(dd, split, src)
+            try:
+                ds = pick_split(dd, split, src)
+            except UserError:  # no such split as a plain dataset (a Karpathy folder's images): open_source decides
+                ds = None
     if ds is None or not is_distilled(ds):
         if task is None:
             raise UserError(f"{src} holds no teacher targets; opening it as a canonical source needs the task")
-        from distill.sources import open_source
-
         ds = open_source(src, split, None, task)
     if task is not None and "task" in ds.column_names and len(ds) and ds[0]["task"] != task.name:
         raise UserError(f"{src} was distilled for task {ds[0]['task']!r}, not {task.name!r}")
