@@ -17,12 +17,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import datasets
 import numpy as np
 import torch
 from accelerate import PartialState
+from datasets import Image
 from accelerate.utils import parse_flag_from_env
 
 from distill.errors import UserError
+from distill.images import ImageLoadError
 from distill.jsonio import atomic_write_text
 from distill.manifest import teacher_tokenizer_sha256
 from distill.sources import load_saved, open_source, pick_split
@@ -52,8 +55,6 @@ def load_training_data(src: str | os.PathLike, split: str = "train", task=None, 
     `distill.sources.open_source` (TSV, COCO-Karpathy JSON, imagefolder...) into the canonical schema, which needs
     `task`.
     """
-    import datasets
-
     src = os.fspath(src)
     path = Path(src)
     ds = None
@@ -248,8 +249,6 @@ class TaskRows:
             missing = [c for c in task.input_columns if c not in ds.column_names and c != "premise"]
             if missing:
                 raise UserError(f"`target_column` references: the data lacks {missing} for task {task.name}")
-        from datasets import Image
-
         if isinstance(ds.features.get("image"), Image) and ds.features["image"].decode:
             ds = ds.cast_column("image", Image(decode=False))  # decoded by `load_image`, as on every other path
         self.ds, self.task, self.processor, self.tokenizer = ds, task, processor, processor.tokenizer
@@ -366,8 +365,6 @@ def encode_readable(rows: list[dict], task, processor, resolution: int | None = 
     """Model inputs for the rows whose image can be read: `(inputs or None, their positions in rows, [(position,
     reason)] of the others)`; inputs as `encode_prompts` returns them. Images go one by one through the
     processor's image processor, so that one unreadable image leaves out its row only."""
-    from distill.images import ImageLoadError
-
     tokenizer, image_processor = processor.tokenizer, processor.image_processor
     size = resolution or getattr(image_processor, "size", None)
     kept, pixels, bad = [], [], []
@@ -387,8 +384,6 @@ def encode_readable(rows: list[dict], task, processor, resolution: int | None = 
 def encode_prompts(rows: list[dict], task, processor, resolution: int | None = None) -> dict:
     """Model inputs for inference on canonical rows: `input_ids` (B, S), `patch_images` (B, 3, H, W), `patch_masks`
     (B,). An unreadable image raises `ImageLoadError`."""
-    from distill.images import ImageLoadError
-
     inputs, _, bad = encode_readable(rows, task, processor, resolution)
     if bad:
         raise ImageLoadError(bad[0][1])

@@ -92,6 +92,8 @@ class EvalFields:
     """Rows scored per evaluation."""
     eval_num_beams: int | None = None
     """Beam size of evaluation (default: a student's greedy CTC, the paper's setting; a teacher's task setting)."""
+    eval_batch_size: int = 16
+    """Batch size of evaluation."""
 
 
 @dataclass(kw_only=True)

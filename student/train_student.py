@@ -67,8 +67,6 @@ class StudentTrainConfig(TrainDataFields, EvalFields, TrainConfig):
     """Query-CTC label smoothing (default: the task's, 0.1; entailment 0)."""
     dropout: float | None = None
     """Override the dropout of an OFA init (default: the checkpoint's; NARVL's recipe is 0.1)."""
-    eval_batch_size: int = 32
-    """Batch size of evaluation."""
 
 
 def student_loss(model, batch, step: int = 0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

@@ -91,8 +91,6 @@ class TeacherTrainConfig(TrainDataFields, EvalFields, DropWorstFields, TrainConf
     resolution: int | None = None
     """Image side (default: the image processor of `init`; with `arch` the size's model-card side, tiny 256 and
     base 384, else the task's OFA resolution)."""
-    eval_batch_size: int = 16
-    """Batch size of evaluation."""
     label_smoothing: float | None = None
     """Label smoothing of the cross-entropy (default: the task's, 0.1; entailment 0; a mixture: 0.1 unless all
     its tasks agree, OFA's pre-training value)."""

@@ -81,7 +81,8 @@ def test_kd_captions_are_cleaned_as_narvl_caption_dataset_then_reencoded(distill
     long = " ".join(f"Word{i}," for i in range(25))  # 25 words: cut at 20
     ds = ds.map(lambda r, i: {"target": ["A Red circle, on the LEFT.", long][i % 2] if i < 2 else r["target"]},
                 with_indices=True)
-    ds, rows = _rows(out["caption"], task, tok, reencode=False)  # same tokenizer: no re-encoding asked
+    assert needs_reencoding(out["caption"], ds, tok) is False  # same tokenizer: no re-encoding asked for
+    rows = TaskRows(ds, task, OFAProcessor(OFAImageProcessor(size=32), tok), reencode=False)
     table = str.maketrans({k: None for k in string.punctuation})  # NARVL's, written out
     for r in ds:
         words = r["target"].translate(table).strip().split()[:20]
