@@ -104,13 +104,17 @@ class BestModel:
             self._prune()
         return True
 
-    def checkpointed(self) -> dict[str, Any] | None:
-        """The record a checkpoint stores; from then on its file is the one a resume needs."""
+    def state(self) -> dict[str, Any] | None:
+        """The record a checkpoint stores."""
+        return None if self.step is None else {"metric": self.metric, "value": self.value, "step": self.step,
+                                               "metrics": self.metrics}
+
+    def committed(self) -> None:
+        """A checkpoint holding `state()` is complete: from now on a resume needs this best file, not the older one
+        (pruned only now, so that a crash while the checkpoint is written leaves the previous one usable)."""
         self.protected = self.step
         if self.is_main:
             self._prune()
-        return None if self.step is None else {"metric": self.metric, "value": self.value, "step": self.step,
-                                               "metrics": self.metrics}
 
     def record(self) -> dict[str, Any] | None:
         """`{metric, value, step, metrics, weights}` of the best evaluation (None before any)."""

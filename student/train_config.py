@@ -89,8 +89,8 @@ class TrainResult:
     resolved: dict[str, Any] = field(default_factory=dict)
     """Settings the trainer derived: `max_steps`, `grad_accum`, `per_device_batch_size`, `mixed_precision`."""
     best: dict[str, Any] | None = None
-    """With `select_best`: `{metric, value, step, weights}` of the best evaluation (`weights`: its state-dict file,
-    `student.checkpoints.load_best`)."""
+    """With `select_best`: `{metric, value, step, metrics, weights}` of the best evaluation (`weights`: its
+    safetensors file, `student.checkpoints.load_best`)."""
 
 
 class LossFn(Protocol):

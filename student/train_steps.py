@@ -158,8 +158,10 @@ def record_step(run: Run, cfg: TrainConfig, log: dict[str, float], bar: Any, tra
     if tracker and (step % cfg.log_every == 0 or evaluated):
         acc.log({k: v for k, v in log.items() if k != "step"}, step=step)
     if cfg.save_every and step % cfg.save_every == 0:
-        best = {"best": run.best.checkpointed()} if run.best is not None else {}
+        best = {"best": run.best.state()} if run.best is not None else {}
         save_checkpoint(acc, cfg, step, {"totals": totals, **best})
+        if run.best is not None:
+            run.best.committed()
 
 
 def final_eval(run: Run, tracker: str | None, step: int) -> dict[str, float]:

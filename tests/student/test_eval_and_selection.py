@@ -88,3 +88,33 @@ def test_select_best_keeps_the_best_evaluation_as_the_model(tmp_path):
         train(torch.nn.Linear(3, 3), loss_fn, data, TrainConfig(output_dir=str(tmp_path / "b"), max_steps=2,
               batch_size=2, eval_every=1, select_best="nope", report_to="none"), collate_fn=torch.stack,
               eval_fn=eval_fn)
+
+
+def test_select_best_resumes_with_the_checkpoint_s_record(tmp_path):
+    """A run resumed from its step-2 checkpoint starts from that checkpoint's best record (step 2), drops best
+    weights written after it (a crash between checkpoints), and ends with the same best as an uninterrupted run."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    def loss_fn(model, batch, step):
+        return model(batch).pow(2).mean(), {}
+
+    def run(out, scores, resume=False):
+        it = iter(scores)
+        torch.manual_seed(0)
+        cfg = TrainConfig(output_dir=str(out), max_steps=3, batch_size=2, lr=0.1, eval_every=1, save_every=1,
+                          keep_checkpoints=5, select_best="score", report_to="none", resume=resume)
+        data = [torch.randn(3, generator=torch.Generator().manual_seed(i)) for i in range(8)]
+        return train(torch.nn.Linear(3, 3), loss_fn, data, cfg, collate_fn=torch.stack,
+                     eval_fn=lambda m, a: {"score": next(it)})
+
+    ref = run(tmp_path / "ref", [0.5, 0.9, 0.1])
+    out = tmp_path / "crashed"
+    run(out, [0.5, 0.9, 0.95])  # a different step-3 score: its best file must not survive the resume
+    shutil.rmtree(out / "checkpoints" / "step_00000003")
+    resumed = run(out, [0.1], resume=True)  # only step 3 is replayed
+    assert resumed.best["step"] == ref.best["step"] == 2 and resumed.best["value"] == 0.9
+    assert sorted(p.name for p in (out / "checkpoints" / "best").iterdir()) == ["step_00000002.safetensors"]
+    a, b = load_file(ref.best["weights"]), load_file(resumed.best["weights"])
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -186,8 +186,9 @@ def test_caption_teacher_recipe_and_criterion_drop_the_worst_tokens():
 
 def test_teacher_vqa_trie_comes_from_the_answer_list_when_given(tmp_path):
     """OFA's VQA fine-tuning constrains the loss to its trainval answer list: `run_scripts/vqa/
-    train_vqa_base_distributed.sh` passes `--ans2label-file=${ans2label_file}` (trainval_ans2label.pkl), which
-    `tasks/mm_tasks/vqa_gen.py` turns into the constraint trie. Given `answers`, train-teacher uses that list (in
+    train_vqa_base_distributed.sh` line 25 `ans2label_file=../../dataset/vqa_data/trainval_ans2label.pkl`, line 131
+    `--ans2label-file=${ans2label_file}` ("the candidate answer set shall be specified by --ans2label-file", line
+    65), which `tasks/mm_tasks/vqa_gen.py` lines 99-100 load (`pickle.load`) into the constraint trie. Given `answers`, train-teacher uses that list (in
     the pickle's label order), not only the answers of the training rows; without it, the rows' answers."""
     files = paper_data.vqa_tsvs(tmp_path / "vqa")
     task = get_task("vqa")
