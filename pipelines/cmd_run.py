@@ -17,12 +17,13 @@ def run(
     out: Optional[Path] = typer.Option(None, "--out", help="Artifact folder (default: runs/<pipeline name>)."),
     force: List[str] = typer.Option([], "--force", metavar="STAGE", help="Re-run this stage and every stage after it that uses it; repeatable."),
     sets: List[str] = typer.Option([], "--set", metavar="NAME=VALUE", help="Value of a pipeline variable (default: the environment variable NAME, else the YAML's default); repeatable."),
+    overrides: List[str] = typer.Option([], "--override", metavar="STAGE.FIELD=VALUE", help="Set one config field of one stage (VALUE read as YAML), e.g. student.max_steps=4 for a short trial; repeatable."),
 ) -> None:
     """Run a pipeline's stages in order; each stage is skipped when its cached artifact is complete."""
     from pipelines.stages import load_pipeline, run_pipeline
-    from pipelines.variables import parse_sets
+    from pipelines.variables import parse_overrides, parse_sets
 
-    pipe = load_pipeline(pipeline, parse_sets(sets))
+    pipe = load_pipeline(pipeline, parse_sets(sets), parse_overrides(overrides))
     out = out or Path("runs") / pipe.name
     typer.echo(f"pipeline {pipe.name} ({len(pipe.stages)} stages) -> {out}")
     start = time.perf_counter()

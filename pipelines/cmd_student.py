@@ -12,7 +12,7 @@ from student.eval_config import EvalConfig, PredictConfig
 from student.train_student import StudentTrainConfig
 
 
-@config_command(StudentTrainConfig, train_opts("student"))
+@config_command(StudentTrainConfig, train_opts("student", StudentTrainConfig))
 def train_student(cfg: StudentTrainConfig) -> None:
     """Train a NARVL student with Query-CTC on teacher targets (KD) or raw references.
 

@@ -8,7 +8,7 @@ from pipelines.options import Opt, config_command, train_opts
 from student.presets import OFA_ARCHS
 from student.train_teacher import TeacherTrainConfig
 
-_TRAIN = train_opts("teacher")
+_TRAIN = train_opts("teacher", TeacherTrainConfig)
 OPTS = {
     **_TRAIN,
     "arch": Opt(choices=tuple(OFA_ARCHS), metavar="<size>",

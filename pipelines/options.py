@@ -184,14 +184,15 @@ def config_command(config_cls: type, opts: dict[str, Opt] | None = None) -> Call
     return decorate
 
 
-def train_opts(trainer: str) -> dict[str, Opt]:
+def train_opts(trainer: str, config_cls: type) -> dict[str, Opt]:
     """The CLI spelling of the fields `train-student` and `train-teacher` share (`student.train_fields`,
-    `student.presets.RecipeFields`, `student.trainer.TrainConfig`); `trainer` is `student` or `teacher`, whose
-    official recipes the help quotes."""
+    `student.train_config.TrainConfig`); `trainer` is `student` or `teacher`, whose official recipes the help
+    quotes for the recipe fields `config_cls` has."""
     def recipes(field: str) -> str:
         return f"Official {trainer} scripts: {option_help(trainer, field)}."
 
-    opts = {name: Opt(more=recipes(name)) for name in RECIPE_FIELDS}
+    names = {f.name for f in dataclasses.fields(config_cls)}
+    opts = {name: Opt(more=recipes(name)) for name in RECIPE_FIELDS if name in names}
     opts["freeze_embeddings"] = Opt(off="--train-embeddings", more=recipes("freeze_embeddings"))
     opts["output_dir"] = Opt(flag="--out")
     opts["adam_betas"] = Opt(metavar="<beta1> <beta2>")

@@ -186,12 +186,14 @@ def _substitute(value: Any, targets: Mapping[str, str]) -> Any:
     return value
 
 
-def load_pipeline(path: str | Path, sets: Mapping[str, str] | None = None) -> Pipeline:
+def load_pipeline(path: str | Path, sets: Mapping[str, str] | None = None,
+                  overrides: Mapping[tuple[str, str], Any] | None = None) -> Pipeline:
     """Parse and validate a pipeline YAML (kinds exist, names unique, references point at earlier stages); its
-    `${vars.NAME}` are filled from `sets`, the environment or their defaults (`pipelines.variables`)."""
+    `${vars.NAME}` are filled from `sets`, the environment or their defaults, and `overrides` (`(stage, field) ->
+    value`) set stage config fields (`pipelines.variables`)."""
     import yaml
 
-    from pipelines.variables import substitute_variables
+    from pipelines.variables import apply_overrides, substitute_variables
 
     path = Path(path)
     if not path.is_file():
@@ -202,6 +204,8 @@ def load_pipeline(path: str | Path, sets: Mapping[str, str] | None = None) -> Pi
         raise UserError(f"{path} is not valid YAML: {str(err).splitlines()[0]}") from None
     if isinstance(doc, Mapping) and ("variables" in doc or sets):
         doc = substitute_variables(doc, sets, source=str(path))
+    if isinstance(doc, Mapping) and overrides:
+        doc = apply_overrides(doc, overrides, source=str(path))
     pipe = parse_pipeline(doc, default_name=path.stem)
     pipe.source = path
     return pipe

@@ -17,14 +17,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import datasets
 import numpy as np
 import torch
+from accelerate import PartialState
+from datasets import Image
+from accelerate.utils import parse_flag_from_env
 
 from distill.errors import UserError
+from distill.images import ImageLoadError
 from distill.jsonio import atomic_write_text
 from distill.manifest import teacher_tokenizer_sha256
 from distill.owner_formats import folder_kind
 from distill.prediction import tokenizer_sha256
+from distill.sources import load_saved, open_source, pick_split
+from student.checkpoints import latest_checkpoint
 
 __all__ = ["TARGET_COLUMNS", "FilterReport", "needs_reencoding", "SkipLog", "load_training_data", "is_distilled",
            "filter_rows", "reference_problem", "TaskRows", "collate"]
@@ -49,16 +56,12 @@ def load_training_data(src: str | os.PathLike, split: str = "train", task=None, 
     `distill.sources.open_source` (TSV, COCO-Karpathy JSON, imagefolder...) into the canonical schema, which needs
     `task`.
     """
-    import datasets
-
     src = os.fspath(src)
     path = Path(src)
     ds = None
     if (path / "manifest.json").is_file() and not (path / "state.json").is_file():
         raise UserError(f"{src} is an unfinished distill output (no state.json): rerun the same distill command")
     if path.is_dir() and ((path / "dataset_dict.json").is_file() or (path / "state.json").is_file()):
-        from distill.sources import load_saved
-
         ds = load_saved(path, split, src)
     elif (path.is_dir() and folder_kind(path) is None) or not path.exists():  # a benchmark's files: open_source
         try:
@@ -66,14 +69,13 @@ def load_training_data(src: str | os.PathLike, split: str = "train", task=None, 
         except Exception:  # noqa: BLE001 (not a plain datasets folder/id: let open_source detect the format)
             dd = None
         if dd is not None:
-            from distill.sources import pick_split
-
-            ds = pick_split(dd, split, src)
+            try:
+                ds = pick_split(dd, split, src)
+            except UserError:  # no such split as a plain dataset (a Karpathy folder's images): open_source decides
+                ds = None
     if ds is None or not is_distilled(ds):
         if task is None:
             raise UserError(f"{src} holds no teacher targets; opening it as a canonical source needs the task")
-        from distill.sources import open_source
-
         ds = open_source(src, split, None, task)
     if task is not None and "task" in ds.column_names and len(ds) and ds[0]["task"] != task.name:
         raise UserError(f"{src} was distilled for task {ds[0]['task']!r}, not {task.name!r}")
@@ -187,11 +189,6 @@ class SkipLog:
         """`OUTPUT_DIR/skipped.jsonl` of a training run: kept (deduplicated) on resume, emptied for a fresh run
         (unless checkpoints of an earlier run are there: the trainer refuses that run, and its record stays); every
         process waits until the main one has done that."""
-        from accelerate import PartialState
-        from accelerate.utils import parse_flag_from_env
-
-        from student.trainer import latest_checkpoint
-
         log = cls(Path(output_dir) / SKIPPED_FILE)
         state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
         if state.is_main_process:
@@ -253,8 +250,6 @@ class TaskRows:
             missing = [c for c in task.input_columns if c not in ds.column_names and c != "premise"]
             if missing:
                 raise UserError(f"`target_column` references: the data lacks {missing} for task {task.name}")
-        from datasets import Image
-
         if isinstance(ds.features.get("image"), Image) and ds.features["image"].decode:
             ds = ds.cast_column("image", Image(decode=False))  # decoded by `load_image`, as on every other path
         self.ds, self.task, self.processor, self.tokenizer = ds, task, processor, processor.tokenizer
@@ -278,7 +273,7 @@ class TaskRows:
     def target_ids(self, row: dict, draw: int) -> tuple[list[int], float]:
         """(target ids ending with EOS, per-sample loss weight)."""
         if self.target_column == "target":
-            if self.reencode:
+            if self.reencode or self.task.kd_targets_from_text:
                 return self.task.student_target(row, self.tokenizer), 1.0
             ids = row.get("target_ids")
             if ids is None:

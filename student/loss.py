@@ -4,13 +4,13 @@ The maths follows the official NARVL criterion (amazon-science/NARVL, `criterion
 `ctc`): `F.ctc_loss` over the query axis with `reduction='mean'` and `zero_infinity=True`, and fairseq-NAT label
 smoothing `(1 - eps) * ctc - eps * mean(log_probs)`. Infeasible samples (a target that cannot fit in N queries)
 are counted; as in the official criterion only their CTC term is zeroed (`zero_infinity`), their smoothing term is
-kept, and the batch mean still divides by B. One deliberate difference:
+kept, and the batch mean still divides by B.
 
-* VQA soft scores weight each sample's loss. The official multiplies the log-probs by the score *before* CTC, which
-  is not a weighting: CTC then computes `-log sum_a prod_n p^c = -log sum_a p(a)^c`, a tempered marginal over
-  alignments (equal to `c * loss` only when a single alignment exists, e.g. grounding with N = target length and no
-  repeats). A score of 0 there still gives a non-zero loss `log(#alignments)` with zero gradient. Weighting the
-  per-sample loss is the weighted likelihood the soft score stands for, and is what we implement.
+VQA answer confidences enter as the official criterion has them (`ofa_nat_loss.py` `_compute_loss`: `logits =
+utils.log_softmax(outputs, dim=-1) * conf`, then CTC and the smoothing term on those): the log-probs are multiplied
+by the confidence *before* CTC. This is not a weighting of the loss: CTC then computes `-log sum_a p(a)^c`, a
+tempered marginal over alignments (equal to `c * loss` only when one alignment exists), and a confidence of 0 gives
+`-log(#alignments)` with zero gradient. The published VQA numbers were trained so.
 """
 from __future__ import annotations
 
@@ -52,12 +52,13 @@ def query_ctc_loss(
 
     Per sample ``b`` with target length ``L_b`` (clamped to at least 1, as in ``F.ctc_loss``)::
 
-        l_b = (1 - eps) * feasible_b * ctc_b / L_b + eps * mean_{n, v}(-log p[b, n, v])
-        loss = sum_b w_b * l_b / B
+        q[b] = w_b * log_softmax(logits[b])            (w_b = 1 without weights)
+        l_b = (1 - eps) * feasible_b * CTC(q[b], target_b) / L_b + eps * mean_{n, v}(-q[b, n, v])
+        loss = sum_b l_b / B
 
-    Without weights this is exactly the official NARVL ``(1 - eps) * F.ctc_loss(log_softmax(logits).transpose(0, 1),
-    targets, N, target_lengths, blank=blank_id, reduction='mean', zero_infinity=True) - eps * mean(log_probs)``:
-    an infeasible sample's CTC term adds 0 but it still counts in the divisor B, and its smoothing term stays.
+    This is exactly the official NARVL ``q = log_softmax(logits) * conf; (1 - eps) * F.ctc_loss(q.transpose(0, 1),
+    targets, N, target_lengths, blank=blank_id, reduction='mean', zero_infinity=True) - eps * mean(q)``: an
+    infeasible sample's CTC term adds 0 but it still counts in the divisor B, and its smoothing term stays.
 
     Args:
         logits (torch.Tensor): unnormalised scores over the vocabulary plus the blank, shape ``(B, N, V + 1)``.
@@ -67,7 +68,8 @@ def query_ctc_loss(
         target_lengths (torch.Tensor): real length of each target (EOS included), shape ``(B,)``.
         blank_id (int): index of the blank in the last axis of ``logits``.
         label_smoothing (float): ``eps`` above, in [0, 1).
-        weights (torch.Tensor | None): per-sample loss weights (e.g. VQA soft scores), shape ``(B,)``.
+        weights (torch.Tensor | None): per-sample factors of the log-probs (VQA: the answer's confidence, NARVL's
+            `conf`), shape ``(B,)``.
 
     Returns:
         tuple[torch.Tensor, torch.Tensor]: the scalar loss, and the number of infeasible samples (int64 scalar
@@ -87,6 +89,8 @@ def query_ctc_loss(
 
     # Half-precision logits are lifted to float32 (CTC's log-space sums need it); float64 stays float64.
     log_probs = logits.to(torch.promote_types(logits.dtype, torch.float32)).log_softmax(-1)
+    if weights is not None:
+        log_probs = log_probs * weights.to(device=logits.device, dtype=log_probs.dtype)[:, None, None]
     target_lengths = target_lengths.to(device=logits.device, dtype=torch.long)
     targets = targets.to(logits.device)
     # Padding may hold any value (-100, pad id, ...): make it a valid class so no CTC kernel ever reads it as one.
@@ -106,6 +110,4 @@ def query_ctc_loss(
     if label_smoothing > 0:
         smooth = -log_probs.mean(dim=(1, 2))
         per_sample = (1.0 - label_smoothing) * per_sample + label_smoothing * smooth
-    if weights is not None:
-        per_sample = per_sample * weights.to(device=logits.device, dtype=per_sample.dtype)
     return per_sample.sum() / batch, (~feasible).sum()

@@ -115,7 +115,8 @@ class NARVLModel(OFAPreTrainedModel):
             targets (torch.LongTensor | None): padded target ids ending with EOS, shape ``(B, T)``.
             target_lengths (torch.LongTensor | None): shape ``(B,)``; when None, the tokens that are neither
                 `<pad>` nor negative (-100) are counted.
-            weights (torch.FloatTensor | None): per-sample loss weights (VQA soft scores), shape ``(B,)``.
+            weights (torch.FloatTensor | None): per-sample factors of the log-probs before Query-CTC (VQA: the
+                answer confidence, as NARVL's criterion), shape ``(B,)``.
             encoder_outputs (OFAEncoderOutput | None): reuse a previous encoder pass.
 
         Returns:

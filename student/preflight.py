@@ -93,7 +93,7 @@ def estimate_step(model: torch.nn.Module, loss_fn: Callable, batch: Any, micro_b
         model.train()
         t0 = time.perf_counter()
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), (autocast or contextlib.nullcontext()):
-            loss, _ = loss_fn(model, batch)
+            loss, _ = loss_fn(model, batch, 1)
         loss.backward()
         seconds = time.perf_counter() - t0
     model.zero_grad(set_to_none=True)

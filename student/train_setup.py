@@ -14,11 +14,13 @@ import torch
 
 from distill.errors import UserError
 
-__all__ = ["resolve_length", "resolve_accumulation", "resolve_mixed_precision", "freeze_token_embeddings"]
+__all__ = ["evaluation_steps", "resolve_length", "resolve_accumulation", "resolve_mixed_precision",
+           "freeze_token_embeddings"]
 
 
 def resolve_length(cfg: Any, num_rows: int) -> int:
-    """Optimizer steps: `max_steps`, else `ceil(epochs * num_rows / batch_size)`."""
+    """Optimizer steps: `max_steps`, else `ceil(epochs * num_rows / batch_size)` (`num_rows`: the samples one epoch
+    counts)."""
     if cfg.max_steps is not None:
         if cfg.max_steps < 1:
             raise UserError(f"`max_steps` must be >= 1, got {cfg.max_steps}")
@@ -26,6 +28,19 @@ def resolve_length(cfg: Any, num_rows: int) -> int:
     if cfg.epochs is None or cfg.epochs <= 0:
         raise UserError(f"set `max_steps` or a positive `epochs` (got {cfg.epochs})")
     return max(1, math.ceil(cfg.epochs * num_rows / cfg.batch_size))
+
+
+def evaluation_steps(cfg: Any, max_steps: int, epoch_samples: int) -> set[int]:
+    """The steps before the last after which the trainer evaluates: every `eval_every` steps and, with
+    `eval_each_epoch`, the step that ends each epoch (`ceil(k * epoch_samples / batch_size)`). The last step is
+    always evaluated (the final evaluation)."""
+    steps = set(range(cfg.eval_every, max_steps, cfg.eval_every)) if cfg.eval_every else set()
+    if cfg.eval_each_epoch:
+        k = 1
+        while (end := math.ceil(k * epoch_samples / cfg.batch_size)) < max_steps:
+            steps.add(end)
+            k += 1
+    return steps
 
 
 def resolve_accumulation(cfg: Any, num_processes: int) -> tuple[int, int]:

@@ -7,18 +7,16 @@ import math
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import Any, Iterator
 
 import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration, send_to_device
 from transformers import get_polynomial_decay_schedule_with_warmup
 
-from student.checkpoints import LOG_FILE, STATE_FILE, save_checkpoint, truncate_log
+from student.checkpoints import LOG_FILE, STATE_FILE, BestModel, save_checkpoint, truncate_log
 from student.ema import WeightEMA
-
-if TYPE_CHECKING:
-    from student.trainer import EvalFn, LossFn, TrainConfig
+from student.train_config import EvalFn, LossFn, TrainConfig
 
 
 def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -40,14 +38,19 @@ class Run:
     scheduler: Any
     ema: WeightEMA | None
     eval_fn: EvalFn | None
+    best: BestModel | None = None
 
-    def evaluate(self) -> dict[str, float]:
-        """`eval_fn` on the unwrapped model (the EMA weights when kept, swapped back afterwards)."""
+    def evaluate(self, step: int) -> dict[str, float]:
+        """`eval_fn` on the unwrapped model (the EMA weights when kept, swapped back afterwards); with
+        `select_best`, the evaluated weights are kept when they score best."""
         plain = self.accelerator.unwrap_model(self.model)
         if self.ema is not None:
             self.ema.swap(plain)
         try:
-            return self.eval_fn(plain, self.accelerator)
+            metrics = self.eval_fn(plain, self.accelerator)
+            if self.best is not None:
+                self.best.offer(metrics, step, plain)
+            return metrics
         finally:
             if self.ema is not None:
                 self.ema.swap(plain)
@@ -70,8 +73,10 @@ def prepare(model: torch.nn.Module, cfg: TrainConfig, max_steps: int, accelerato
                                   eps=cfg.adam_eps)
     # At least one decay step: the schedule divides by (max_steps - warmup).
     warmup = max(0, min(int(math.ceil(cfg.warmup_ratio * max_steps)), max_steps - 1))
+    # fairseq decays over `total_num_update`: the run's length, unless a recipe keeps another (`lr_decay_steps`).
+    horizon = max(cfg.lr_decay_steps or max_steps, warmup + 1)
     scheduler = get_polynomial_decay_schedule_with_warmup(
-        optimizer, num_warmup_steps=warmup, num_training_steps=max_steps,
+        optimizer, num_warmup_steps=warmup, num_training_steps=horizon,
         lr_end=min(cfg.lr_end, cfg.lr * 0.999), power=cfg.lr_power)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     ema = None
@@ -98,9 +103,10 @@ def restore(accelerator: Accelerator, ckpt: Path | None, out: Path) -> tuple[int
     return start_step, extra
 
 
-def optimizer_step(run: Run, loss_fn: LossFn, batches: Iterator, grad_accum: int, max_grad_norm: float
+def optimizer_step(run: Run, loss_fn: LossFn, batches: Iterator, grad_accum: int, max_grad_norm: float, step: int
                     ) -> tuple[torch.Tensor, dict[str, torch.Tensor], float, float]:
-    """One optimizer step over `grad_accum` micro-batches: (mean loss, summed counts, grad norm, the lr used)."""
+    """Optimizer step `step` (1-based) over `grad_accum` micro-batches: (mean loss, summed counts, grad norm, the lr
+    used)."""
     acc, model = run.accelerator, run.model
     step_loss = torch.zeros((), device=acc.device)
     counts: dict[str, torch.Tensor] = {}
@@ -110,7 +116,7 @@ def optimizer_step(run: Run, loss_fn: LossFn, batches: Iterator, grad_accum: int
         sync = micro == grad_accum - 1
         with acc.no_sync(model) if not sync else nullcontext():
             with acc.autocast():
-                loss, c = loss_fn(model, batch)
+                loss, c = loss_fn(model, batch, step)
             acc.backward(loss / grad_accum)
         step_loss += loss.detach().float() / grad_accum
         for k, v in c.items():
@@ -152,7 +158,10 @@ def record_step(run: Run, cfg: TrainConfig, log: dict[str, float], bar: Any, tra
     if tracker and (step % cfg.log_every == 0 or evaluated):
         acc.log({k: v for k, v in log.items() if k != "step"}, step=step)
     if cfg.save_every and step % cfg.save_every == 0:
-        save_checkpoint(acc, cfg, step, {"totals": totals})
+        best = {"best": run.best.state()} if run.best is not None else {}
+        save_checkpoint(acc, cfg, step, {"totals": totals, **best})
+        if run.best is not None:
+            run.best.committed()
 
 
 def final_eval(run: Run, tracker: str | None, step: int) -> dict[str, float]:
@@ -163,7 +172,7 @@ def final_eval(run: Run, tracker: str | None, step: int) -> dict[str, float]:
     metrics: dict[str, float] = {}
     if run.eval_fn is not None:
         run.model.eval()
-        metrics = run.evaluate()
+        metrics = run.evaluate(step)
         if tracker:
             run.accelerator.log({f"eval/{k}": v for k, v in metrics.items()}, step=step)
     return metrics

@@ -10,26 +10,42 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from functools import partial
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
+from accelerate import PartialState
+from accelerate.utils import parse_flag_from_env, set_seed
 
 from distill.errors import UserError
+from distill.hub_ids import resolve_model_folder
 from distill.jsonio import jsonable
-from student.presets import RecipeFields, drop_path_fields
+from distill.loading import load_pretrained
+from distill.ofa import OFAModel
+from distill.ofa.processing_ofa import load_ofa_processor
+from distill.tasks import get_task
+from student.data import SkipLog, TaskRows, collate, filter_rows, load_training_data, needs_reencoding
+from distill.loader import model_type
+from student.evaluate import make_eval_fn
+from student.modeling_narvl import NARVLModel
+from student.presets import drop_path_fields, ofa_size, resolve
+from student.runner import NARVLStudent
+from student.run_folder import write_run_folder
+from student.train_config import TrainConfig, TrainResult
+from student.train_eval import eval_rows
 from student.train_fields import EvalFields, TrainDataFields
-from student.trainer import TrainConfig, TrainResult
+from student.train_setup import freeze_token_embeddings
+from student.trainer import train
 
 __all__ = ["StudentTrainConfig", "student_loss", "train_student", "resolve_student_config"]
 
 
 @dataclass(kw_only=True)
-class StudentTrainConfig(TrainDataFields, EvalFields, RecipeFields, TrainConfig):
-    """`narvl-pipe train-student` settings; the optimisation fields are those of `TrainConfig`, and the ones of
-    `RecipeFields` left unset take NARVL's script for the task and the init's size (`student.presets`)."""
+class StudentTrainConfig(TrainDataFields, EvalFields, TrainConfig):
+    """`narvl-pipe train-student` settings; the optimisation fields are those of `TrainConfig`, and its recipe
+    fields left unset take NARVL's script for the task and the init's size (`student.presets`)."""
 
     task: str
     """caption, vqa, grounding or entailment."""
@@ -53,51 +69,18 @@ class StudentTrainConfig(TrainDataFields, EvalFields, RecipeFields, TrainConfig)
     """Query-CTC label smoothing (default: the task's, 0.1; entailment 0)."""
     dropout: float | None = None
     """Override the dropout of an OFA init (default: the checkpoint's; NARVL's recipe is 0.1)."""
-    eval_batch_size: int = 32
-    """Batch size of evaluation."""
 
 
-def student_loss(model, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def student_loss(model, batch, step: int = 0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Query-CTC (inside `NARVLModel.forward`); infeasible targets are counted, not dropped silently."""
     out = model(input_ids=batch["input_ids"], patch_images=batch["patch_images"], patch_masks=batch["patch_masks"],
                 targets=batch["targets"], target_lengths=batch["target_lengths"], weights=batch["weights"])
     return out.loss, {"n_infeasible": out.n_infeasible, "n_samples": torch.tensor(batch["targets"].size(0))}
 
 
-def _eval_source(cfg: StudentTrainConfig) -> str | None:
-    if cfg.eval_data:
-        return cfg.eval_data
-    manifest = Path(cfg.data) / "manifest.json"
-    if manifest.is_file():  # a distill output: evaluate on the source it was distilled from
-        return json.loads(manifest.read_text()).get("source", {}).get("data")
-    if (Path(cfg.data) / "dataset_dict.json").is_file():
-        return cfg.data
-    return None
-
-
-def _eval_rows(cfg: StudentTrainConfig, task) -> list[dict] | None:
-    from distill.sources import open_source
-
-    src = _eval_source(cfg)
-    if src is None:
-        print("note: no evaluation source (pass --eval-data); training without periodic evaluation")
-        return None
-    try:
-        ds = open_source(src, cfg.eval_split, None, task, limit=cfg.eval_limit)
-    except UserError as exc:
-        if cfg.eval_data:
-            raise
-        print(f"note: no evaluation ({exc})")
-        return None
-    return [dict(r) for r in ds]
-
-
 def resolve_student_config(cfg: StudentTrainConfig) -> tuple[StudentTrainConfig, Path, dict[str, Any]]:
     """(`cfg` with the recipe filled in, the init folder, a record of the init identity and recipe); no weights
     are loaded (the size is read from the init's config.json)."""
-    from distill.hub_ids import resolve_model_folder
-    from student.presets import ofa_size, resolve
-
     init, identity = resolve_model_folder(cfg.init, cfg.init_revision, field="init")
     size = ofa_size(json.loads((init / "config.json").read_text()))
     resolved, recipe = resolve(cfg, "student", size)
@@ -137,16 +120,7 @@ def build_student(cfg: StudentTrainConfig, task, init: Path | None = None):
 
 def train_student(cfg: StudentTrainConfig) -> TrainResult:
     """Train the student and write `cfg.output_dir` as one usable folder; returns the trainer's result."""
-    from accelerate import PartialState
-    from accelerate.utils import parse_flag_from_env, set_seed
-
-    from distill.tasks import get_task
-    from student.data import SkipLog, TaskRows, collate, filter_rows, load_training_data, needs_reencoding
-    from student.evaluate import make_eval_fn
-    from student.model_folder import save_model_folder
-    from student.runner import NARVLStudent
-    from student.trainer import train
-
+    cfg.validate()
     task = get_task(cfg.task)
     ds = load_training_data(cfg.data, cfg.split, task, cfg.limit)  # the data first: a bad source fails before a load
     ds, report = filter_rows(ds, cfg.min_teacher_logprob, cfg.max_target_len)
@@ -155,8 +129,6 @@ def train_student(cfg: StudentTrainConfig) -> TrainResult:
     model, processor = build_student(cfg, task, init)
     tokenizer = processor.tokenizer
     if cfg.freeze_embeddings:
-        from student.train_setup import freeze_token_embeddings
-
         freeze_token_embeddings(model)
     # Same CPU flag as the Accelerator reads: a PartialState made first without it stays single-process.
     main = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU")).is_main_process
@@ -168,17 +140,18 @@ def train_student(cfg: StudentTrainConfig) -> TrainResult:
     rows = TaskRows(ds, task, processor, cfg.target_column, seed=cfg.seed, skips=skips,
                     reencode=reencode)
     eval_fn = None
-    eval_rows = _eval_rows(cfg, task)
-    if eval_rows:
-        eval_fn = make_eval_fn(task, eval_rows, partial(NARVLStudent.from_module, processor=processor),
+    held_out = eval_rows(cfg, task)
+    if held_out:
+        eval_fn = make_eval_fn(task, held_out, partial(NARVLStudent.from_module, processor=processor),
                                cfg.eval_batch_size, {"num_beams": cfg.eval_num_beams})
     resolved = dataclasses.replace(
         cfg, num_queries=model.config.num_queries, label_smoothing=model.config.label_smoothing,
         resolution=processor.image_processor.size, drop_path=model.config.encoder_drop_path_rate)
     pad, bos = tokenizer.pad_token_id, tokenizer.bos_token_id
     run_config = jsonable(resolved)
+    epoch = task.epoch_samples(ds)
     result = train(model, student_loss, rows, resolved, collate_fn=partial(collate, pad_id=pad, bos_id=bos),
-                   eval_fn=eval_fn, run_config=run_config)
+                   eval_fn=eval_fn, run_config=run_config, epoch_samples=epoch)
     run_config.update(result.resolved, **provenance)
     if result.is_main_process:
         infeasible = result.history[-1].get("total_n_infeasible", 0) if result.history else 0
@@ -186,9 +159,19 @@ def train_student(cfg: StudentTrainConfig) -> TrainResult:
             print(f"warning: {int(infeasible)} training samples did not fit in {model.config.num_queries} queries "
                   "(zero loss; see n_infeasible in log.jsonl)")
         record = {**run_config, "final_step": result.step, "eval": result.eval_metrics,
+                  "epoch": {"rows": len(ds), "samples": epoch, "rule": task.epoch_rule},
                   "filter": dataclasses.asdict(report) | {"kept": report.kept},
                   "n_infeasible_total": infeasible, "skipped_rows": skips.report(),
-                  "kd_targets": "re-encoded in the student's tokenizer" if reencode else cfg.target_column}
-        save_model_folder(result.model, processor, cfg.output_dir, record)
+                  "kd_targets": _kd_targets(cfg.target_column, reencode, task)}
+        write_run_folder(result, processor, cfg.output_dir, record)
     return result
 
+
+def _kd_targets(target_column: str, reencode: bool, task) -> str:
+    """What `train_config.json` says the student learned from."""
+    if target_column != "target":
+        return target_column
+    if reencode or task.kd_targets_from_text:
+        return "the teacher's `target` text, re-encoded in the student's tokenizer" + (
+            f" after {task.kd_text_rule}" if task.kd_targets_from_text else "")
+    return "the teacher's `target_ids`"

@@ -8,6 +8,7 @@ a tiny custom size (`--d-model 64 --layers 2 ...`, or a whole `--config-json`); 
 """
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import json
 import os
@@ -17,12 +18,30 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from accelerate.utils import set_seed
 
 from distill.errors import UserError
+from distill.hub_ids import resolve_model_folder
 from distill.jsonio import jsonable
-from student.presets import OFA_ARCHS as ARCHS, RecipeFields, drop_path_fields
-from student.train_fields import EvalFields, TrainDataFields
-from student.trainer import TrainConfig, TrainResult
+from distill.loading import load_pretrained
+from distill.ofa import OFAConfig, OFAModel, OFAProcessor
+from distill.ofa.image_processing_ofa import OFAImageProcessor
+from distill.ofa.processing_ofa import load_ofa_processor
+from distill.ofa.tokenization_ofa import load_ofa_tokenizer
+from distill.tasks import get_task
+from distill.ofa.constraints import TokenTrie
+from distill.tasks.base import text_target_ids
+from distill.teachers.ofa import OFATeacher
+from student.data import SkipLog, TaskRows, collate, load_training_data
+from student.evaluate import make_eval_fn
+from student.presets import OFA_ARCHS as ARCHS, drop_path_fields, ofa_size, resolve
+from student.run_folder import write_run_folder
+from student.train_config import TrainConfig, TrainResult
+from student.train_eval import eval_rows
+from student.train_fields import DropWorstFields, EvalFields, TrainDataFields
+from student.teacher_tokenizer import tokenizer_from_rows
+from student.train_setup import freeze_token_embeddings
+from student.trainer import train
 
 __all__ = ["ARCHS", "TaskMixture", "TeacherTrainConfig", "arch_help", "build_ofa_config", "default_resolution",
            "teacher_loss", "train_teacher"]
@@ -40,9 +59,9 @@ def default_resolution(cfg: "TeacherTrainConfig", task) -> int:
 
 
 @dataclass(kw_only=True)
-class TeacherTrainConfig(TrainDataFields, EvalFields, RecipeFields, TrainConfig):
-    """`narvl-pipe train-teacher` settings; the optimisation fields are those of `TrainConfig`, and the ones of
-    `RecipeFields` left unset take OFA's script for the task and size (`student.presets.TEACHER_RECIPES`; a model
+class TeacherTrainConfig(TrainDataFields, EvalFields, DropWorstFields, TrainConfig):
+    """`narvl-pipe train-teacher` settings; the optimisation fields are those of `TrainConfig`, and its recipe
+    fields (with OFA's drop-worst) left unset take OFA's script for the task and size (`student.presets.TEACHER_RECIPES`; a model
     built from scratch with `arch` never freezes its embeddings unless asked)."""
 
     task: str
@@ -75,11 +94,13 @@ class TeacherTrainConfig(TrainDataFields, EvalFields, RecipeFields, TrainConfig)
     resolution: int | None = None
     """Image side (default: the image processor of `init`; with `arch` the size's model-card side, tiny 256 and
     base 384, else the task's OFA resolution)."""
-    eval_batch_size: int = 16
-    """Batch size of evaluation."""
     label_smoothing: float | None = None
     """Label smoothing of the cross-entropy (default: the task's, 0.1; entailment 0; a mixture: 0.1 unless all
     its tasks agree, OFA's pre-training value)."""
+    answers: str | None = None
+    """VQA: OFA's trainval answer list (`trainval_ans2label.pkl`, or one answer per line / a JSON list): the trie
+    the loss and the in-training evaluation are constrained to, as OFA's `--ans2label-file` (default: the training
+    rows' answers)."""
 
 
 class TaskMixture:
@@ -96,16 +117,12 @@ class TaskMixture:
         return self.offsets[-1]
 
     def example(self, row: int, draw: int) -> dict[str, Any]:
-        import bisect
-
         k = bisect.bisect_right(self.offsets, int(row)) - 1
         return self.parts[k].example(int(row) - self.offsets[k], draw)
 
 
 def _task_names(cfg: TeacherTrainConfig) -> list[str]:
     """The trained tasks, validated: `[task]`, or `tasks` (distinct, containing `task`)."""
-    from distill.tasks import get_task
-
     if cfg.tasks is None:
         return [cfg.task]
     names = [get_task(t).name for t in cfg.tasks]
@@ -118,8 +135,6 @@ def _task_names(cfg: TeacherTrainConfig) -> list[str]:
 
 def build_ofa_config(cfg: TeacherTrainConfig, vocab_size: int, resolution: int):
     """An `OFAConfig` for `cfg.arch` with the overrides; the image grid is sized to the resolution."""
-    from distill.ofa import OFAConfig
-
     arch = cfg.arch or "tiny"
     if arch not in ARCHS:
         raise UserError(f"`arch` must be one of {', '.join(ARCHS)}, got {arch!r}")
@@ -148,19 +163,22 @@ def build_ofa_config(cfg: TeacherTrainConfig, vocab_size: int, resolution: int):
         raise UserError(f"invalid OFA configuration: {exc}") from exc
 
 
-def teacher_loss(label_smoothing: float):
+def teacher_loss(label_smoothing: float, drop_worst_ratio: float = 0.0, drop_worst_after: int = 0):
     """OFA's criterion (`criterions/label_smoothed_cross_entropy.py`), averaged over target tokens.
 
     Per target token, with `eps` the label smoothing and `A` the tokens allowed there (the whole vocabulary, or
     the trie's next tokens where the batch is `constrained`: the logits outside `A` are set to -inf before the
     log-softmax): `(1 - eps - eps_i) * nll + eps_i * sum_{v in A} -log p(v)`, `eps_i = eps / (|A| - 1)`, times the
-    sample's `weights` (OFA multiplies the log-probs by VQA's answer confidence).
+    sample's `weights` (OFA multiplies the log-probs by VQA's answer confidence). Drop-worst: once more than
+    `drop_worst_after` updates are done (optimizer step `step` > `drop_worst_after` + 1), only the
+    `int(n * (1 - drop_worst_ratio))` lowest of the micro-batch's `n` token losses count (OFA's `torch.topk(loss,
+    k, largest=False)`, the loss then averaged over the tokens kept).
 
     Batch: `decoder_input_ids`, `labels` (B, L) with -100 off the target; optional `constrained` (B, L) and
     `constraint_index` (N, 3) from `student.data.collate`. Returns the loss and `n_tokens`.
     """
 
-    def loss_fn(model, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def loss_fn(model, batch, step: int = 0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         out = model(input_ids=batch["input_ids"], patch_images=batch["patch_images"],
                     patch_masks=batch["patch_masks"], decoder_input_ids=batch["decoder_input_ids"])
         logits, labels = out.logits.float(), batch["labels"]
@@ -182,7 +200,10 @@ def teacher_loss(label_smoothing: float):
         weights = batch.get("weights")
         if weights is not None:
             per_token = per_token * weights.to(per_token)[:, None]
-        loss = per_token[keep].sum() / keep.sum().clamp(min=1)
+        tokens = per_token[keep]
+        if drop_worst_ratio > 0 and step - 1 > drop_worst_after:  # fairseq's update_num: the updates done
+            tokens = tokens.topk(int(tokens.numel() * (1 - drop_worst_ratio)), largest=False).values
+        loss = tokens.sum() / max(tokens.numel(), 1)
         return loss, {"n_tokens": keep.sum()}
 
     return loss_fn
@@ -194,49 +215,26 @@ def constraint_answers(task, ds) -> list[str] | None:
     return task.constraint_answers(list(ds.select_columns(columns)) if columns else [])
 
 
+def training_answers(cfg: TeacherTrainConfig, datasets_by_task: dict[str, Any]) -> dict[str, list[str] | None]:
+    """Per trained task, the answers its loss and evaluation are constrained to: the `answers` file for the tasks
+    that decode over an answer list (VQA: OFA's trainval list, as OFA's `--ans2label-file`), else the training
+    rows' (`constraint_answers`). A file given where no trained task takes one is refused."""
+    tasks = {name: get_task(name) for name in datasets_by_task}
+    if cfg.answers and not any(t.answer_space == "answer_list" for t in tasks.values()):
+        get_task(cfg.task).answer_list(cfg.answers)  # raises: the task decodes over no answer list
+    return {name: task.answer_list(cfg.answers) if cfg.answers and task.answer_space == "answer_list"
+            else constraint_answers(task, datasets_by_task[name]) for name, task in tasks.items()}
+
+
 def constraint_trie(answers: list[str] | None, tokenizer):
     """OFA's constrained fine-tuning: the trie of the answers' targets, or None for an unconstrained task."""
-    from distill.ofa.constraints import TokenTrie
-    from distill.tasks.base import text_target_ids
-
     return TokenTrie([text_target_ids(a, tokenizer) for a in answers]) if answers else None
-
-
-def _eval_rows(cfg: TeacherTrainConfig, task) -> list[dict] | None:
-    from distill.sources import open_source
-
-    src = cfg.eval_data or cfg.data
-    try:
-        ds = open_source(src, cfg.eval_split, None, task, limit=cfg.eval_limit)
-    except UserError as exc:
-        if cfg.eval_data:  # asked for explicitly: a bad split is an error
-            raise
-        print(f"note: no evaluation ({exc})")
-        return None
-    return [dict(r) for r in ds]
 
 
 def train_teacher(cfg: TeacherTrainConfig) -> TrainResult:
     """Train the AR OFA teacher and write `cfg.output_dir` as a save_pretrained folder (+ tokenizer, image
     processor, `train_config.json`)."""
-    from accelerate.utils import set_seed
-
-    from distill.hub_ids import resolve_model_folder
-    from distill.ofa.image_processing_ofa import OFAImageProcessor
-    from distill.loading import load_pretrained
-    from distill.ofa import OFAModel, OFAProcessor
-    from distill.ofa.processing_ofa import load_ofa_processor
-    from distill.tasks import get_task
-    from distill.ofa.tokenization_ofa import load_ofa_tokenizer
-    from student.data import SkipLog, TaskRows, collate, load_training_data
-    from distill.teachers.ofa import OFATeacher
-    from student.evaluate import make_eval_fn
-    from student.model_folder import save_model_folder
-    from student.presets import ofa_size, resolve
-    from student.teacher_tokenizer import tokenizer_from_rows
-    from student.train_setup import freeze_token_embeddings
-    from student.trainer import train
-
+    cfg.validate()
     if cfg.init and (cfg.arch or cfg.config_json):
         raise UserError("`init` and `arch`/`config_json` are exclusive: fine-tune a checkpoint or build a new model")
     task = get_task(cfg.task)
@@ -244,6 +242,7 @@ def train_teacher(cfg: TeacherTrainConfig) -> TrainResult:
     # the data first: a bad source fails before a load
     datasets_by_task = {name: load_training_data(cfg.data, cfg.split, get_task(name), cfg.limit) for name in names}
     ds = datasets_by_task[task.name]
+    answers = training_answers(cfg, datasets_by_task)  # the answer file too, before any model loads
     provenance: dict[str, Any] = {}
     if cfg.init:
         init, provenance["init_identity"] = resolve_model_folder(cfg.init, cfg.init_revision, field="init")
@@ -281,13 +280,12 @@ def train_teacher(cfg: TeacherTrainConfig) -> TrainResult:
         freeze_token_embeddings(model)
 
     skips = SkipLog.for_training(cfg.output_dir, cfg.resume)
-    answers = {name: constraint_answers(get_task(name), part_ds) for name, part_ds in datasets_by_task.items()}
     parts = [TaskRows(part_ds, get_task(name), processor, target_column="references", seed=cfg.seed, skips=skips,
                       trie=constraint_trie(answers[name], tokenizer))
              for name, part_ds in datasets_by_task.items()]
     train_rows = parts[0] if len(parts) == 1 else TaskMixture(parts)
     eval_fn = None
-    rows = _eval_rows(cfg, task)
+    rows = eval_rows(cfg, task)
     if rows:
         # an answer-list task decodes over the same list the loss is constrained to
         cands = answers[task.name] if task.answer_space == "answer_list" else None
@@ -300,12 +298,17 @@ def train_teacher(cfg: TeacherTrainConfig) -> TrainResult:
     pad, bos = tokenizer.pad_token_id, tokenizer.bos_token_id
     resolved = dataclasses.replace(cfg, label_smoothing=eps, resolution=processor.image_processor.size,
                                    drop_path=model.config.encoder_drop_path_rate)
-    result = train(model, teacher_loss(eps), train_rows, resolved,
-                   collate_fn=partial(collate, pad_id=pad, bos_id=bos), eval_fn=eval_fn, run_config=jsonable(resolved))
+    epoch = sum(get_task(name).epoch_samples(part_ds) for name, part_ds in datasets_by_task.items())
+    loss = teacher_loss(eps, resolved.drop_worst_ratio or 0.0, resolved.drop_worst_after or 0)
+    result = train(model, loss, train_rows, resolved, collate_fn=partial(collate, pad_id=pad, bos_id=bos),
+                   eval_fn=eval_fn, run_config=jsonable(resolved), epoch_samples=epoch)
     if result.is_main_process:
         record = {**jsonable(resolved), **result.resolved, **provenance, "final_step": result.step,
                   "eval": result.eval_metrics, "num_train_rows": len(ds), "num_train_examples": len(train_rows),
+                  "epoch": {"samples": epoch, "rule": "; ".join(sorted({get_task(n).epoch_rule for n in names}))},
+                  "constraint_answers": {name: ("answers file" if cfg.answers and get_task(name).answer_space == "answer_list"
+                                                else "training rows" if a else None) for name, a in answers.items()},
                   "skipped_rows": skips.report()}
-        save_model_folder(result.model, processor, cfg.output_dir, record)
+        write_run_folder(result, processor, cfg.output_dir, record)
     return result
 

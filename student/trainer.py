@@ -21,9 +21,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Protocol
+from typing import Any, Callable, Iterator
 
 import torch
 from accelerate import PartialState
@@ -33,105 +32,15 @@ from tqdm.auto import tqdm
 
 from distill.errors import UserError
 from distill.workers import DieWithParent
-from student.checkpoints import CHECKPOINT_DIR, latest_checkpoint
+from student.checkpoints import CHECKPOINT_DIR, BestModel, latest_checkpoint
 from student.preflight import preflight
+from student.train_config import EvalFn, LossFn, TrainConfig, TrainResult
+from student.train_fields import with_trainer_defaults
 from student.train_steps import (final_eval, make_accelerator, optimizer_step, prepare, record_step, restore,
                                  step_log)
-from student.train_setup import resolve_accumulation, resolve_length, resolve_mixed_precision
+from student.train_setup import evaluation_steps, resolve_accumulation, resolve_length, resolve_mixed_precision
 
 __all__ = ["TrainConfig", "TrainResult", "StepBatchSampler", "train", "latest_checkpoint", "CHECKPOINT_DIR"]
-
-
-@dataclass
-class TrainConfig:
-    """Optimisation and bookkeeping settings of one training run (NARVL/OFA fine-tuning recipe as defaults)."""
-
-    output_dir: str
-    """Run folder: `checkpoints/`, `log.jsonl` and tracker logs go here."""
-    max_steps: int | None = None
-    """Number of optimizer steps (default: `epochs` passes over the training rows)."""
-    epochs: float | None = None
-    """Training length in passes over the rows, `ceil(epochs * rows / batch_size)` steps; `max_steps` overrides."""
-    batch_size: int = 32
-    """Global batch per optimizer step, summed over processes and accumulation steps."""
-    per_device_batch_size: int | None = None
-    """Largest micro-batch of one process (default: the whole share); the accumulation steps are `batch_size`
-    divided by the processes and this."""
-    grad_accum: int | None = None
-    """Gradient accumulation steps (default: from `per_device_batch_size`, else 1); `batch_size` must divide by
-    this times the processes."""
-    lr: float = 5e-5
-    """Peak learning rate (NARVL: 1e-5 caption, 5e-5 VQA/grounding/entailment)."""
-    lr_end: float = 0.0
-    """Learning rate reached at the last step by the polynomial decay (fairseq's `end_learning_rate`, 0)."""
-    lr_power: float = 1.0
-    """Power of the polynomial decay (1 = linear)."""
-    warmup_ratio: float = 0.06
-    """Fraction of `max_steps` spent in linear warmup (OFA's recipe)."""
-    weight_decay: float = 0.01
-    """AdamW weight decay (not applied to biases and norm weights)."""
-    adam_betas: tuple[float, float] = (0.9, 0.999)
-    """AdamW betas."""
-    adam_eps: float = 1e-8
-    """AdamW epsilon."""
-    max_grad_norm: float = 1.0
-    """Gradient clipping norm; 0 disables clipping."""
-    mixed_precision: str = "auto"
-    """`auto` (CUDA: bf16 where supported, else fp16, as the scripts' `--fp16`; CPU: no; an `accelerate launch
-    --mixed_precision` setting wins), or `no`, `fp16`, `bf16`."""
-    ema_decay: float | None = None
-    """Keep an fp32 exponential moving average of the weights with this decay (default: off); it is what periodic and
-    final evaluations score and what the run returns (fairseq `--uses-ema --store-ema --ema-fp32`)."""
-    seed: int = 0
-    """Seed of initialisation, data order and dropout."""
-    eval_every: int = 0
-    """Evaluate with the task metric every this many steps (0: only at the end)."""
-    save_every: int = 0
-    """Write a resumable checkpoint every this many steps (0: never)."""
-    keep_checkpoints: int = 2
-    """Number of most recent checkpoints kept on disk."""
-    log_every: int = 10
-    """Send metrics to the trackers every this many steps (`log.jsonl` gets every step)."""
-    resume: bool = False
-    """Continue from the latest complete checkpoint in `output_dir` (its checkpoints/ folder), if any."""
-    num_workers: int = 0
-    """DataLoader worker processes."""
-    find_unused_parameters: bool = True
-    """DDP: tolerate parameters without gradient (OFA's image-code norms, NARVL's unused decoder input norms)."""
-    report_to: str = "auto"
-    """Accelerate tracker: `auto` (tensorboard when installed, else none), `none`, or a tracker name."""
-    project_name: str = "narvl"
-    """Run name shown by the trackers."""
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-
-@dataclass
-class TrainResult:
-    """What `train` returns."""
-
-    model: torch.nn.Module
-    """The trained model, unwrapped from DDP (on the accelerator's device)."""
-    step: int
-    """Last optimizer step done."""
-    history: list[dict[str, float]] = field(default_factory=list)
-    """Per-step logs of THIS process's run (resumed runs start after the checkpoint); `log.jsonl` has them all."""
-    eval_metrics: dict[str, float] = field(default_factory=dict)
-    """Task metrics of the final evaluation (empty without `eval_fn`)."""
-    is_main_process: bool = True
-    """True on the process that should write files."""
-    resolved: dict[str, Any] = field(default_factory=dict)
-    """Settings the trainer derived: `max_steps`, `grad_accum`, `per_device_batch_size`, `mixed_precision`."""
-
-
-class LossFn(Protocol):
-    def __call__(self, model: torch.nn.Module, batch: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Return the mean loss of `batch` and counts to SUM over micro-batches and processes (e.g. `n_infeasible`)."""
-
-
-EvalFn = Callable[[torch.nn.Module, Any], dict[str, float]]
-"""`eval_fn(model, accelerator) -> metrics`, called on every process (so it may shard its work)."""
 
 
 class StepBatchSampler(Sampler):
@@ -206,25 +115,32 @@ def _flat_config(config: dict[str, Any]) -> dict[str, Any]:
 
 def train(model: torch.nn.Module, loss_fn: LossFn, train_ds: Any, config: TrainConfig,
           collate_fn: Callable[[list[Any]], Any] | None = None, eval_fn: EvalFn | None = None,
-          run_config: dict[str, Any] | None = None) -> TrainResult:
+          run_config: dict[str, Any] | None = None, epoch_samples: int | None = None) -> TrainResult:
     """Train `model` on `train_ds` with AdamW, warmup + polynomial decay, clipping and periodic checkpoints.
 
     Args:
-        model: any `nn.Module`; `loss_fn(model, batch)` calls it.
-        loss_fn: returns `(mean loss, counts)`; counts are summed over micro-batches and processes and logged
-            (e.g. `n_infeasible` CTC samples, never silently dropped).
+        model: any `nn.Module`; `loss_fn(model, batch, step)` calls it.
+        loss_fn: returns `(mean loss, counts)` of a micro-batch of optimizer step `step` (1-based); counts are summed
+            over micro-batches and processes and logged (e.g. `n_infeasible` CTC samples, never silently dropped).
         train_ds: map-style dataset (`len` + `[row]`, or `example(row, draw)` to receive a per-sample seed).
-        config: `TrainConfig`.
+        config: `TrainConfig` (unset recipe fields take `TRAINER_DEFAULTS`).
         collate_fn: turns a list of items into a batch (tensors are moved to the device by the trainer).
-        eval_fn: `eval_fn(unwrapped_model, accelerator) -> metrics`, run every `eval_every` steps and at the end.
+        eval_fn: `eval_fn(unwrapped_model, accelerator) -> metrics`, run every `eval_every` steps (and each epoch
+            with `eval_each_epoch`) and at the end; `select_best` keeps the best-scoring weights.
         run_config: the caller's resolved config, sent to the trackers.
+        epoch_samples: the samples one epoch counts, for `epochs` and `eval_each_epoch` (default `len(train_ds)`).
     """
-    cfg = config
+    cfg = with_trainer_defaults(config)
+    cfg.validate()
+    if cfg.select_best and eval_fn is None:
+        raise UserError(f"`select_best` {cfg.select_best}: no evaluation to select on (give an evaluation source)")
     out = Path(cfg.output_dir)
     if not cfg.resume and latest_checkpoint(out) is not None:
         raise UserError(f"{out} holds checkpoints of an earlier run: pass `resume` to continue it, or choose "
                         "another output folder")
-    max_steps = resolve_length(cfg, len(train_ds))
+    epoch_samples = epoch_samples or len(train_ds)
+    max_steps = resolve_length(cfg, epoch_samples)
+    eval_steps = evaluation_steps(cfg, max_steps, epoch_samples) if eval_fn is not None else set()
     state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
     grad_accum, per_device = resolve_accumulation(cfg, state.num_processes)
     tracker = _tracker(cfg.report_to)
@@ -238,6 +154,8 @@ def train(model: torch.nn.Module, loss_fn: LossFn, train_ds: Any, config: TrainC
                 "mixed_precision": accelerator.mixed_precision}
     run = prepare(model, cfg, max_steps, accelerator, eval_fn)
     start_step, extra = restore(accelerator, ckpt, out)
+    if cfg.select_best:
+        run.best = BestModel(cfg.select_best, out, accelerator.is_main_process, extra.get("best"))
     if tracker:
         accelerator.init_trackers(cfg.project_name, config=_flat_config(run_config or cfg.to_dict()))
 
@@ -254,15 +172,15 @@ def train(model: torch.nn.Module, loss_fn: LossFn, train_ds: Any, config: TrainC
     step = start_step
     for step in range(start_step + 1, max_steps + 1):
         t0 = time.perf_counter()
-        step_loss, counts, grad_norm, lr = optimizer_step(run, loss_fn, batches, grad_accum, cfg.max_grad_norm)
+        step_loss, counts, grad_norm, lr = optimizer_step(run, loss_fn, batches, grad_accum, cfg.max_grad_norm, step)
         log = step_log(accelerator, step, step_loss, counts, grad_norm, lr, time.perf_counter() - t0, totals)
-        evaluated = eval_fn is not None and cfg.eval_every and step % cfg.eval_every == 0 and step < max_steps
+        evaluated = step in eval_steps
         if evaluated:
             run.model.eval()
-            log.update({f"eval/{k}": v for k, v in run.evaluate().items()})
+            log.update({f"eval/{k}": v for k, v in run.evaluate(step).items()})
             run.model.train()
         history.append(log)
-        record_step(run, cfg, log, bar, tracker, bool(evaluated), totals)
+        record_step(run, cfg, log, bar, tracker, evaluated, totals)
     bar.close()
 
     eval_metrics = final_eval(run, tracker, step)
@@ -270,4 +188,5 @@ def train(model: torch.nn.Module, loss_fn: LossFn, train_ds: Any, config: TrainC
         accelerator.end_training()
     accelerator.wait_for_everyone()
     return TrainResult(model=accelerator.unwrap_model(run.model), step=step, history=history,
-                       eval_metrics=eval_metrics, is_main_process=accelerator.is_main_process, resolved=resolved)
+                       eval_metrics=eval_metrics, is_main_process=accelerator.is_main_process, resolved=resolved,
+                       best=run.best.record() if run.best is not None else None)

@@ -158,6 +158,13 @@ class Task(abc.ABC):
     """The Hub task category of a distilled dataset's card (https://huggingface.co/tasks)."""
     recipe_task: ClassVar[str] = "caption"
     """The published training recipe (`student.presets`) a task without its own script follows."""
+    epoch_rule: ClassVar[str] = "one sample per row"
+    """What an epoch of the official recipe counts (`epoch_samples`), as `train_config.json` reports it."""
+    kd_targets_from_text: ClassVar[bool] = False
+    """A student learns the teacher's `target` text re-encoded after `kd_text_rule` (`student_target`), never its
+    `target_ids` as they are."""
+    kd_text_rule: ClassVar[str] = ""
+    """How `student_target` cleans the teacher's text first (for `train_config.json`)."""
     baseline_description: ClassVar[str] = "most frequent training target"
     """How the baseline's constant is chosen (the report's decoding column)."""
 
@@ -248,6 +255,11 @@ class Task(abc.ABC):
     def prediction_features(self) -> dict[str, Any]:
         """`datasets` features of `prediction_columns`."""
         return {}
+
+    def epoch_samples(self, ds) -> int:
+        """The training samples one epoch of the official recipe counts in the `datasets.Dataset` `ds`
+        (`epoch_rule`)."""
+        return len(ds)
 
     def student_target(self, row: Row, tokenizer: Any) -> list[int]:
         """A distilled row's target re-encoded in `tokenizer`'s vocabulary from its canonical prediction (the teacher

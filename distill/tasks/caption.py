@@ -35,6 +35,10 @@ class CaptionTask(Task):
     tsv_layout: ClassVar[tuple[str, ...] | None] = ("id", "image_id", "caption", "object_labels", "image")
     hub_category: ClassVar[str] = "image-to-text"
     baseline_description: ClassVar[str] = "most frequent training caption"
+    epoch_rule: ClassVar[str] = ("one sample per reference caption (OFA's caption_stage1_train.tsv lists each "
+                                 "caption on its own line)")
+    kd_targets_from_text: ClassVar[bool] = True
+    kd_text_rule: ClassVar[str] = "NARVL's caption cleaning (lower case, no punctuation, at most 20 words)"
 
     def column_features(self) -> dict[str, Any]:
         from datasets import List, Value
@@ -47,6 +51,24 @@ class CaptionTask(Task):
 
     def prompt(self, row: Row) -> str:
         return CAPTION_PROMPT
+
+    def epoch_samples(self, ds) -> int:
+        """One sample per reference caption: OFA's stage-1 caption TSV (which NARVL's KD file is made from) holds one
+        caption per line, an image on about five lines, where Karpathy's JSON (and a set distilled from it) holds
+        one row per image with all its captions. A row without captions counts once."""
+        if "captions" not in ds.column_names:
+            return len(ds)
+        batches = ds.select_columns(["captions"]).iter(batch_size=65536)
+        return sum(max(1, len(c or ())) for batch in batches for c in batch["captions"])
+
+    def student_target(self, row: Row, tokenizer: Any) -> list[int]:
+        """The teacher's caption cleaned as NARVL's `CaptionDataset` cleans training captions (punctuation removed,
+        at most `max_target_words` words; lower case too), then encoded: a teacher of another family (capitals,
+        full stops, long captions) gives the student the targets an OFA teacher's would."""
+        text = row.get("target")
+        if text is None:
+            raise UserError(f"task {self.name}: the distilled rows have no `target` column to re-encode")
+        return self.encode_target(clean_caption(text, self.max_target_words), tokenizer)
 
     def reference(self, row: Row, rng: random.Random | np.random.Generator | None = None, tokenizer: Any = None) -> str:
         captions = [c for c in (row.get("captions") or []) if c and c.strip()]

@@ -53,11 +53,37 @@ def test_every_config_field_is_an_option_with_the_dataclass_default(name):
 def test_recipe_options_are_declared_once_and_quote_each_trainer_s_scripts():
     from student.presets import RECIPE_FIELDS, option_help
 
-    for name, trainer in [("train-student", "student"), ("train-teacher", "teacher")]:
+    from student.train_student import StudentTrainConfig
+    from student.train_teacher import TeacherTrainConfig
+
+    for name, trainer, cls in [("train-student", "student", StudentTrainConfig),
+                               ("train-teacher", "teacher", TeacherTrainConfig)]:
         text = _help(app, [name])
+        fields = {f.name for f in dataclasses.fields(cls)}
         for f in RECIPE_FIELDS:
-            assert f"Official {trainer} scripts: {option_help(trainer, f)}." in text, (name, f)
+            if f in fields:
+                assert f"Official {trainer} scripts: {option_help(trainer, f)}." in text, (name, f)
     assert "--freeze-embeddings / --train-embeddings" in _help(app, ["train-student"])
+    assert "--drop-worst-ratio" in _help(app, ["train-teacher"]) and "--drop-worst" not in _help(app, ["train-student"])
+
+
+def test_each_training_field_is_declared_once():
+    """Issue 19 point 7: a field (`lr`, the evaluation defaults...) is declared in one class of the trainer configs
+    and the recipe table, and reaches the others by inheritance (mixins)."""
+    from student.presets import Recipe
+    from student.train_fields import EvalFields
+    from student.train_student import StudentTrainConfig
+    from student.train_teacher import TeacherTrainConfig
+
+    for cls in (StudentTrainConfig, TeacherTrainConfig, Recipe):
+        owners: dict[str, list[str]] = {}
+        for klass in cls.__mro__:
+            for name in vars(klass).get("__annotations__", {}):
+                owners.setdefault(name, []).append(klass.__name__)
+        twice = {name: ks for name, ks in owners.items() if len(ks) > 1}
+        assert not twice, (cls.__name__, twice)
+        assert owners["lr"] == ["RecipeFields"]
+    assert "eval_batch_size" in vars(EvalFields)["__annotations__"]
 
 
 @dataclass(kw_only=True)

@@ -141,17 +141,30 @@ def test_label_smoothing_is_fairseq_nat_form():
     assert abs(uniform.item() - math.log(9)) < 1e-4
 
 
-def test_weights_scale_each_sample():
+def test_vqa_confidence_scales_the_log_probs_before_ctc_as_narvl():
+    """NARVL's criterion, amazon-science/NARVL@1ed7fc3 `criterions/ofa_nat_loss.py`: line 84 `logits =
+    utils.log_softmax(outputs, dim=-1) * conf` (conf = `sample['conf'][:, None, None]`, line 159), lines 98-104
+    `F.ctc_loss(logits, targets, logits_lengths, target_lengths, blank, reduction='mean', zero_infinity=True)` and
+    lines 131-133 `nll_loss * (1 - label_smoothing) - mean_ds(logits) * label_smoothing` on the same scaled
+    log-probs. Computed here directly with F.ctc_loss; a loss weighting (the project's earlier rule) differs."""
     torch.manual_seed(3)
-    blank = 5
+    blank, eps = 5, 0.1
     logits = torch.randn(3, 6, 6)
     targets, lengths = padded([[1, 2], [3, 4, 2], [0, 2]])
-    weights = torch.tensor([1.0, 0.3, 0.0])
-    loss, _ = query_ctc_loss(logits, targets, lengths, blank, label_smoothing=0.1, weights=weights)
-    per = torch.stack(
-        [query_ctc_loss(logits[b : b + 1], targets[b : b + 1], lengths[b : b + 1], blank, label_smoothing=0.1)[0] for b in range(3)]
-    )
-    torch.testing.assert_close(loss, (per * weights).sum() / 3, rtol=0, atol=1e-6)
+    conf = torch.tensor([1.0, 0.3, 0.0])
+    loss, _ = query_ctc_loss(logits, targets, lengths, blank, label_smoothing=eps, weights=conf)
+    scaled = logits.log_softmax(-1) * conf[:, None, None]
+    n = torch.full((3,), 6, dtype=torch.long)
+    ctc = F.ctc_loss(scaled.transpose(0, 1), targets.clamp(max=blank - 1), n, lengths, blank=blank, reduction="mean",
+                     zero_infinity=True)
+    official = ctc * (1 - eps) - scaled.mean() * eps
+    torch.testing.assert_close(loss, official, rtol=0, atol=1e-6)
+    per = torch.stack([query_ctc_loss(logits[b: b + 1], targets[b: b + 1], lengths[b: b + 1], blank,
+                                      label_smoothing=eps)[0] for b in range(3)])
+    assert abs(loss.item() - ((per * conf).sum() / 3).item()) > 1e-3  # not a per-sample weighting
+    # A confidence of 0: every alignment has probability 1, so the CTC term is -log(#alignments) < 0.
+    zero, _ = query_ctc_loss(logits[2:], targets[2:], lengths[2:], blank, weights=conf[2:])
+    assert zero.item() < 0
 
 
 def test_half_precision_logits_are_computed_in_float32():

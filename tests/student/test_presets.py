@@ -124,9 +124,10 @@ def test_size_is_read_from_the_config():
 
 def test_help_lists_each_task_and_the_sizes_that_differ():
     assert option_help("student", "lr") == ("caption 1e-05; vqa 5e-05; grounding 5e-05, large/huge 3e-05; "
+                                           "refcocog 5e-05, tiny/huge 3e-05; refcoco+ 5e-05, huge 3e-05; "
                                            "entailment 5e-05, huge 2e-05")
     assert option_help("student", "drop_path") == ("caption 0.1; vqa 0.1; grounding 0.1, large/huge 0.2; "
-                                                  "entailment 0.1, huge 0.2")
+                                                  "refcocog 0.1; refcoco+ 0.1, huge 0.2; entailment 0.1, huge 0.2")
     assert "vqa 15, large 40000 steps" in option_help("teacher", "epochs")
 
 

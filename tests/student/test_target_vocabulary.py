@@ -19,6 +19,7 @@ from distill.ofa.tokenization_ofa import (load_ofa_tokenizer, text_to_bins, toke
                                           train_tiny_tokenizer)
 from distill.run import DistillConfig, run_distill  # noqa: E402
 from distill.tasks import get_task  # noqa: E402
+from distill.tasks.base import clean_caption  # noqa: E402
 from distill.tasks.grounding import box_to_bins, original_size  # noqa: E402
 from distill.prediction import tokenizer_sha256  # noqa: E402
 from student.data import TaskRows, needs_reencoding  # noqa: E402
@@ -58,10 +59,37 @@ def test_manifest_records_the_teacher_and_its_tokenizer(distilled):
 def test_same_tokenizer_uses_the_teacher_ids_as_they_are(distilled):
     teacher, out, _ = distilled
     tok = load_ofa_tokenizer(teacher)
-    ds = datasets.load_from_disk(str(out["caption"]))
-    assert needs_reencoding(out["caption"], ds, tok) is False
-    ds, rows = _rows(out["caption"], get_task("caption"), tok, reencode=False)
+    ds = datasets.load_from_disk(str(out["grounding"]))
+    assert needs_reencoding(out["grounding"], ds, tok) is False
+    ds, rows = _rows(out["grounding"], get_task("grounding"), tok, reencode=False)
     assert [rows.target_ids(r, 0)[0] for r in ds] == ds["target_ids"]
+
+
+def test_kd_captions_are_cleaned_as_narvl_caption_dataset_then_reencoded(distilled):
+    """NARVL's `CaptionDataset` (amazon-science/NARVL@1ed7fc3 `data/mm_data/caption_dataset.py`) cleans every
+    training caption, the distilled ones included (its KD captions sit in the TSV's caption column): line 102
+    `transtab = str.maketrans({key: None for key in string.punctuation})`, lines 130-133 `caption.translate(
+    transtab).strip()`, `' '.join(caption.strip().split()[:max_tgt_length])` with `max_tgt_length=20`
+    (`run_scripts/caption_nat/train_caption_stage1_huge_distill_from_huge_20.sh` line 34). The project lower-cases
+    too (issue 22 point 7: OFA's caption data are lower case; a non-OFA teacher writes capitals). The teacher's own
+    `target_ids` are not used, even with the same tokenizer: the student learns the cleaned `target` text."""
+    import string
+
+    teacher, out, _ = distilled
+    tok, task = load_ofa_tokenizer(teacher), get_task("caption")
+    ds = datasets.load_from_disk(str(out["caption"]))
+    long = " ".join(f"Word{i}," for i in range(25))  # 25 words: cut at 20
+    ds = ds.map(lambda r, i: {"target": ["A Red circle, on the LEFT.", long][i % 2] if i < 2 else r["target"]},
+                with_indices=True)
+    assert needs_reencoding(out["caption"], ds, tok) is False  # same tokenizer: no re-encoding asked for
+    rows = TaskRows(ds, task, OFAProcessor(OFAImageProcessor(size=32), tok), reencode=False)
+    table = str.maketrans({k: None for k in string.punctuation})  # NARVL's, written out
+    for r in ds:
+        words = r["target"].translate(table).strip().split()[:20]
+        expected = tok(" " + " ".join(words).lower(), add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+        assert rows.target_ids(r, 0) == (expected, 1.0)
+    got = [tok.decode(rows.target_ids(r, 0)[0], skip_special_tokens=True).strip() for r in ds]
+    assert got[0] == "a red circle on the left" and len(got[1].split()) == 20
 
 
 def test_other_tokenizer_reencodes_text_targets(distilled):
@@ -72,9 +100,10 @@ def test_other_tokenizer_reencodes_text_targets(distilled):
     ds, rows = _rows(out["caption"], task, other, reencode=True)
     for r in ds:
         ids, weight = rows.target_ids(r, 0)
-        expected = other(" " + r["target"].strip(), add_special_tokens=False)["input_ids"] + [other.eos_token_id]
+        text = clean_caption(r["target"], 20)  # NARVL's caption cleaning (the test above)
+        expected = other(" " + text, add_special_tokens=False)["input_ids"] + [other.eos_token_id]
         assert ids == expected and weight == 1.0
-        assert other.decode(ids, skip_special_tokens=True).strip() == r["target"]
+        assert other.decode(ids, skip_special_tokens=True).strip() == text
     assert any(rows.target_ids(r, 0)[0] != r["target_ids"] for r in ds)  # the teacher's ids would be wrong here
 
 

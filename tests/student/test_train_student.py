@@ -148,17 +148,24 @@ def test_vqa_keeps_and_saves_the_ema(world_teacher_distilled, tmp_path):
 
 def test_infeasible_targets_are_counted(world_teacher_distilled, tmp_path):
     world, teacher, distilled = world_teacher_distilled
-    # The barely trained teacher emits max-length targets: give them varied lengths and some adjacent repeats.
+    from distill.ofa.tokenization_ofa import load_ofa_tokenizer
+    from distill.tasks import get_task
+
+    # The barely trained teacher emits max-length targets: give them varied lengths and some adjacent repeats (a
+    # caption student learns the `target` text, re-encoded: `CaptionTask.student_target`).
+    words = ["red", "circle", "blue", "square", "green", "triangle"]
+
     def vary(row, i):
-        ids = row["target_ids"][: 1 + i % 6]
-        if i % 3 == 0 and len(ids) >= 2:
-            ids[1] = ids[0]
-        return {"target_ids": ids + [2], "target_len": len(ids) + 1}
+        text = [words[(i + k) % 6] for k in range(1 + i % 6)]
+        if i % 3 == 0 and len(text) >= 2:
+            text[1] = text[0]
+        return {"target": " ".join(text)}
 
     rows = datasets.load_from_disk(str(distilled)).map(vary, with_indices=True)
     rows.save_to_disk(str(tmp_path / "varied"))
     n_queries = 4
-    expected = sum(_required_frames(ids) > n_queries for ids in rows["target_ids"])
+    tok, task = load_ofa_tokenizer(teacher), get_task("caption")
+    expected = sum(_required_frames(task.student_target(r, tok)) > n_queries for r in rows)
     assert 0 < expected < len(rows)
     out = tmp_path / "student"
     # One step whose global batch is the whole set: every row is seen exactly once.

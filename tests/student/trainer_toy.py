@@ -66,7 +66,7 @@ def main() -> None:
     model = Toy(dropout=args.dropout)
     calls = {"n": 0}
 
-    def loss_fn(m, batch):
+    def loss_fn(m, batch, step):
         calls["n"] += 1
         if args.kill_at_call and calls["n"] == args.kill_at_call:
             kids = [k for task in os.listdir("/proc/self/task")

@@ -96,13 +96,13 @@ def test_paligemma_caption_and_grounding(world_and_student_init):
     _train(root, out, init, "caption")
 
     forced = shutil.copytree(folder, root / "paligemma-forced")
-    yx = [256, 128, 768, 960]  # y0 x0 y1 x1 on PaliGemma's 1024-bin grid
+    yx = [256, 128, 768, 960]  # y0 x0 y1 x1 on PaliGemma's 1024 location tokens
     tiny_hf.force_sequence(forced, [f"<loc{k:04d}>" for k in yx], after="Ċ")
     _, ds, _ = _distil(root, world, forced, "grounding")
     for row in ds:
         w, h_ = row["image"].size
-        assert row["target_box"] == pytest.approx([yx[1] / 1024 * w, yx[0] / 1024 * h_,
-                                                   yx[3] / 1024 * w, yx[2] / 1024 * h_])
+        assert row["target_box"] == pytest.approx([yx[1] / 1023 * w, yx[0] / 1023 * h_,  # big_vision's / 1023
+                                                   yx[3] / 1023 * w, yx[2] / 1023 * h_])
 
 
 def test_git_entailment_choices_distil_and_train(world_and_student_init):

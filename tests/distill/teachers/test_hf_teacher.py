@@ -155,9 +155,9 @@ def test_a_known_box_comes_back_in_original_pixels_through_generate(folders, tmp
         bins = [math.floor(v / s * 1000) for v, s in ((x0, w), (y0, h), (x1, w), (y1, h))]
         tokens, tolerance = [f"<loc_{k}>" for k in bins], [w / 1000, h / 1000] * 2
         after = None  # the decoder start token
-    else:  # 1024 bins, y first, decoded at the bin start
-        bins = [math.floor(v / s * 1024) for v, s in ((y0, h), (x0, w), (y1, h), (x1, w))]
-        tokens, tolerance = [f"<loc{k:04d}>" for k in bins], [w / 1024, h / 1024] * 2
+    else:  # 1024 tokens, y first, k / 1023 of the side (big_vision)
+        bins = [round(v / s * 1023) for v, s in ((y0, h), (x0, w), (y1, h), (x1, w))]
+        tokens, tolerance = [f"<loc{k:04d}>" for k in bins], [w / 1023 / 2, h / 1023 / 2] * 2
         after = "Ċ"  # the prompt's closing "\n" (byte-level BPE)
     folder = shutil.copytree(folders[family], tmp_path / family)
     tiny_hf.force_sequence(folder, tokens, after=after)

@@ -38,16 +38,23 @@ def test_florence2_parse_is_x_first_and_takes_every_box():
     assert loc.FLORENCE2.parse("no box <loc_1><loc_2>", W, H) == []
 
 
-def test_paligemma_is_y_first_over_1024_bins():
-    box = [64.0, 36.0, 320.0, 180.0]  # x0 y0 x1 y1
-    text = loc.PALIGEMMA.box_to_text(box, W, H)
-    y0, x0, y1, x1 = (int(box[i] / s * 1024) for i, s in ((1, H), (0, W), (3, H), (2, W)))
-    assert text == f"<loc{y0:04d}><loc{x0:04d}><loc{y1:04d}><loc{x1:04d}>"
-    parsed = loc.PALIGEMMA.parse(text + " red circle ; " + text, W, H)
-    assert len(parsed) == 2
-    assert parsed[0] == pytest.approx([x0 / 1024 * W, y0 / 1024 * H, x1 / 1024 * W, y1 / 1024 * H])
-    for got, want, size in zip(parsed[0], box, (W, H, W, H)):
-        assert 0 <= want - got < size / 1024  # floor encoding: within one bin below
+def test_paligemma_is_y_first_and_divided_by_1023_as_big_vision():
+    """big_vision decodes PaliGemma's location tokens as `k / 1023` of the image side, y first:
+    google-research/big_vision `big_vision/evaluators/proj/paligemma/transfers/segmentation.py` line 102
+    `bbox = tokens[:, :4] / 1023  # Back to [0.0 ... 1.0]`, line 110 `y1, x1, y2, x2 = bb`, line 119
+    `(y1 * h, x1 * w, y2 * h, x2 * w)`. So `<loc1023>` is the far edge (the old `/ 1024` fell one token short)."""
+    text = "<loc0100><loc0200><loc0900><loc1023> red circle ; <loc0000><loc0000><loc1023><loc1023>"
+    parsed = loc.PALIGEMMA.parse(text, W, H)
+    bb = [[100, 200, 900, 1023], [0, 0, 1023, 1023]]
+    for got, (y1, x1, y2, x2) in zip(parsed, bb):  # big_vision's formula, written out
+        assert got == pytest.approx([x1 / 1023 * W, y1 / 1023 * H, x2 / 1023 * W, y2 / 1023 * H])
+    assert parsed[1] == pytest.approx([0.0, 0.0, W, H])
+    box = [64.0, 36.0, 320.0, 180.0]  # x0 y0 x1 y1; encoding is the inverse: the nearest token, y first
+    y0, x0, y1, x1 = (round(box[i] / s * 1023) for i, s in ((1, H), (0, W), (3, H), (2, W)))
+    assert loc.PALIGEMMA.box_to_text(box, W, H) == f"<loc{y0:04d}><loc{x0:04d}><loc{y1:04d}><loc{x1:04d}>"
+    for got, want, size in zip(loc.PALIGEMMA.parse(loc.PALIGEMMA.box_to_text(box, W, H), W, H)[0], box,
+                               (W, H, W, H)):
+        assert abs(got - want) <= size / 1023 / 2 + 1e-9  # round trip within half a token
 
 
 def test_bins_clamp_outside_the_image():
