@@ -14,7 +14,7 @@ The artifact folder is passed as the config's output field (`out`/`output_dir`),
 `resume=True`, so a run killed inside a stage continues from that stage's own checkpoints or shards. A finished
 trainer stage drops its `checkpoints/` (the final model is the artifact). The `*_NON_RESULT` sets name the fields
 that change how a stage runs but not what it writes; they are not fingerprinted (see `pipelines.stages`).
-Registered by `pipelines.stages.stage_kinds()` (from `builtin_kinds()`, on first need).
+Registered by `pipelines.stages.stage_kinds()` (from `builtin_kinds()`).
 """
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ from distill.tasks import get_task
 from pipelines.baseline import BaselineConfig, run_baseline
 from pipelines.report import METRICS_FILE, PREDICTIONS_FILE, ReportConfig, run_report
 from pipelines.shapes import ShapesConfig, write_shapes
-from pipelines.stages import StageKind
+from pipelines.stage_kind import StageKind
 from distill.seam import Model
 from student.eval_config import EvalConfig
 from student.evaluate import evaluate, open_for_task, predict_rows

@@ -47,6 +47,8 @@ from typing import Any, Callable, Iterable, Mapping
 from distill.errors import UserError
 from distill.jsonio import jsonable, write_json
 from distill.locks import ProcessLock
+from pipelines.stage_kind import StageKind
+from pipelines.stage_kinds import builtin_kinds
 
 FINGERPRINT_VERSION = 1  # bump when the artifact layout of any stage changes incompatibly
 COMPLETE_MARKER = "stage_complete.json"
@@ -55,36 +57,6 @@ STAGE_CONFIG = "stage_config.json"
 LOCK_FILE = ".narvl-run.lock"
 _REF = re.compile(r"\$\{stages\.([A-Za-z0-9_.-]+?)\}")
 _NAME = re.compile(r"^[A-Za-z0-9_-]+$")
-
-
-@dataclass(frozen=True)
-class StageKind:
-    """A kind of stage: its config dataclass and the function that writes its artifact."""
-
-    name: str
-    """The `kind:` value in a pipeline YAML."""
-    config_cls: type
-    """Config dataclass; the YAML `config:` mapping holds (some of) its fields."""
-    run: Callable[[Any, Path], Any]
-    """`run(config, artifact_dir)`: writes the artifact into `artifact_dir` (which exists)."""
-    out_field: str | None = None
-    """Config field that receives the artifact folder (not settable from YAML, not fingerprinted)."""
-    fixed: Mapping[str, Any] = field(default_factory=dict)
-    """Fields the runner always sets (e.g. `resume=True`); not settable from YAML, not fingerprinted."""
-    resumable: bool = False
-    """True: an interrupted folder is given back to `run` to resume. False: it is emptied first."""
-    non_result: frozenset[str] = frozenset()
-    """Config fields that change how the stage runs but not its artifact (workers, logging, trackers, progress bars):
-    left out of the fingerprint, so changing one re-runs nothing."""
-    resume_state: tuple[str, ...] = ()
-    """Sub-folders of the artifact that only serve resuming an interrupted run (checkpoints): deleted once complete."""
-
-    def __post_init__(self):
-        fields = {f.name for f in dataclasses.fields(self.config_cls)}
-        unknown = sorted(set(self.non_result) - fields)
-        if unknown:
-            raise ValueError(f"stage kind {self.name!r}: non_result names no field of "
-                             f"{self.config_cls.__name__}: {', '.join(unknown)}")
 
 
 _KINDS: dict[str, StageKind] = {}
@@ -96,11 +68,9 @@ def register_stage_kind(kind: StageKind) -> None:
 
 
 def stage_kinds(needed: Iterable[str] | None = None) -> dict[str, StageKind]:
-    """Registered kinds. The built-in ones (data, train-teacher, ...) are imported (torch, transformers: seconds)
-    unless every kind in `needed` is registered already."""
+    """Registered kinds: the built-in ones (data, train-teacher, ...) join them unless every kind in `needed` is
+    registered already."""
     if needed is None or any(k not in _KINDS for k in needed):
-        from pipelines.stage_kinds import builtin_kinds  # torch, transformers: seconds
-
         for kind in builtin_kinds():  # a kind registered under the same name first wins
             _KINDS.setdefault(kind.name, kind)
     return _KINDS

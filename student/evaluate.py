@@ -59,19 +59,21 @@ def _sync(model: Model) -> Callable[[], None]:
 def predict_rows(model: Model, task, rows: Sequence[dict], settings: dict, batch_size: int = 16,
                  progress: bool = False, scored: bool = False) -> RowPredictions:
     """Predict every usable row (its image readable; when `scored`, a reference to score against), `batch_size`
-    rows per `Model.infer` call; the others are returned as `skipped`. The weights load with the first usable
-    batch (`Model.infer`): a source with no usable row fails without reading them."""
+    usable rows per `Model.infer` call; the others are returned as `skipped`. The weights load only when some row
+    has a reference to score (before the progress bar starts, so their errors print alone)."""
     out = RowPredictions([], [], [], [], 0.0)
+    usable = []
+    for i, row in enumerate(rows):
+        why = reference_problem(task, row) if scored else None
+        (out.skipped.append({"id": str(row.get("id")), "index": i, "reason": why}) if why else usable.append(i))
+    if not usable:
+        return out
+    model.load()
     sync = _sync(model)
-    for start in tqdm(range(0, len(rows), batch_size), desc=f"evaluate {model.kind}", disable=not progress):
-        chunk = list(rows[start: start + batch_size])
-        usable, bad = [], []
-        for i, row in enumerate(chunk):
-            why = reference_problem(task, row) if scored else None
-            (bad.append((i, why)) if why else usable.append(i))
-        prep = prepare_rows(model, [chunk[i] for i in usable], task)
-        bad += [(usable[k], why) for k, why in prep.bad]
-        out.skipped += [{"id": str(chunk[i].get("id")), "index": start + i, "reason": why} for i, why in sorted(bad)]
+    for start in tqdm(range(0, len(usable), batch_size), desc=f"evaluate {model.kind}", disable=not progress):
+        chunk = usable[start: start + batch_size]
+        prep = prepare_rows(model, [rows[i] for i in chunk], task)
+        out.skipped += [{"id": str(rows[chunk[k]].get("id")), "index": chunk[k], "reason": why} for k, why in prep.bad]
         if prep.inputs is None:
             continue
         sync()
@@ -80,10 +82,10 @@ def predict_rows(model: Model, task, rows: Sequence[dict], settings: dict, batch
         sync()
         out.seconds += time.perf_counter() - t0
         for k, best in zip(prep.good, nbests):
-            i = usable[k]
             out.predictions.append(best[0])
-            out.scored.append(task.scored(best[0], chunk[i]))
-            out.kept.append(start + i)
+            out.scored.append(task.scored(best[0], rows[chunk[k]]))
+            out.kept.append(chunk[k])
+    out.skipped.sort(key=lambda s: s["index"])
     return out
 
 

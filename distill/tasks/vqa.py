@@ -1,5 +1,5 @@
 """Visual question answering (VQAv2): prompt `" {question}?"` (+ `" object: ..."` tags when the row has them),
-an answer-list task (OFA teachers decode over the user's answer list), the official VQA accuracy (or, for OFA's TSV rows,
+an answer-list task (an OFA model decodes over the user's answer list), the official VQA accuracy (or, for OFA's TSV rows,
 OFA's confidence score)."""
 from __future__ import annotations
 
