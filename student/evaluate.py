@@ -20,6 +20,7 @@ from distill.errors import UserError
 from distill.hub_ids import resolve_model_folder
 from distill.jsonio import atomic_write_text
 from distill.tasks.base import ids_to_text
+from distill.ofa import fairseq_rules
 from distill.ofa.processing_ofa import OFAProcessor
 
 __all__ = ["LoadedModel", "EvalResult", "Prediction", "RowPredictions", "model_kind", "check_model_folder",
@@ -140,7 +141,7 @@ def decode_batch(lm: LoadedModel, task, inputs: dict[str, torch.Tensor], num_bea
     nbests = task.ofa_inference(model, tok, inputs, settings, 1)  # VQA / entailment: OFA's recipe, as distill
     if nbests is not None:
         return [best[0][0] for best in nbests]
-    out = model.generate(**inputs, **settings)
+    out = model.generate(**inputs, **fairseq_rules.generate_kwargs(settings, tok))  # caption/grounding: fairseq's rules
     return out[:, 1:].tolist()
 
 

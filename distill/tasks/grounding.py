@@ -13,6 +13,7 @@ import numpy as np
 
 from distill.errors import UserError
 from distill.images import row_image_size
+from distill.ofa.fairseq_rules import NUM_SPECIALS, sequence_generator_settings
 from distill.tasks.base import Row, Task, output_ids, pre_caption
 from distill.teachers.base import Prediction
 from distill.tasks.metrics import GROUNDING_IMPLEMENTATION, grounding_accuracy
@@ -75,8 +76,9 @@ class GroundingTask(Task):
     num_queries: int = 5
     label_smoothing: float = 0.1
     generation: Mapping[str, Any] = field(
-        # exactly 4 bins: the model config's forced EOS at the last step would replace the 4th bin
-        default_factory=lambda: {"num_beams": 5, "min_new_tokens": 4, "max_new_tokens": 4, "forced_eos_token_id": None},
+        # OFA's evaluation flags (run_scripts/refcoco/evaluate_refcoco.sh): 4 tokens, then EOS, decoded by fairseq's
+        # rules; `generate_kwargs` adds the bins' constraint_range
+        default_factory=lambda: sequence_generator_settings(beam=5, max_len_b=4, min_len=4, no_repeat_ngram_size=3),
         hash=False,
     )
     max_prompt_words: int | None = 80
@@ -143,11 +145,16 @@ class GroundingTask(Task):
         return GROUNDING_IMPLEMENTATION
 
     def generate_kwargs(self, tokenizer: Any, candidates: Sequence[str] | None = None) -> dict[str, Any]:
-        """Exactly 4 new tokens, each restricted to the bin tokens."""
+        """4 tokens then EOS (OFA's RefCOCO flags), over the bins: fairseq's `constraint_range` renormalises the
+        log-probs over the bins and the 4 specials (`<s> <pad> </s> <unk>`); `<pad>`, and EOS before the 5th step, are
+        excluded by fairseq's rules, `<s>` and `<unk>` by `suppress_tokens`, so that the teacher always writes a box.
+        OFA's own RefCOCO evaluation sets no `constraint_range` (`run_scripts/refcoco/evaluate_refcoco.sh`); a bin
+        hypothesis scores as under fairseq's `--constraint-range`."""
         bins = bin_token_ids(tokenizer)
         if not bins:
             raise UserError("grounding needs a tokenizer with <bin_k> tokens")
-        return {**self.generation, "prefix_allowed_tokens_fn": lambda batch_id, input_ids: bins}
+        specials = [t for t in range(NUM_SPECIALS) if t not in (tokenizer.pad_token_id, tokenizer.eos_token_id)]
+        return {**self.generation, "constraint_range": [bins[0], bins[-1] + 1], "suppress_tokens": specials}
 
     def teacher_text(self, ids: Sequence[int], tokenizer: Any) -> str:
         """Bins as OFA writes them, "<bin_a><bin_b>...", no spaces."""

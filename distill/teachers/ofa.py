@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from distill.loading import load_pretrained
-from distill.ofa import OFAModel
+from distill.ofa import OFAModel, fairseq_rules
 from distill.ofa.processing_ofa import load_ofa_processor
 from distill.ofa.tokenization_ofa import load_ofa_tokenizer
 from distill.teachers.base import Prediction, Teacher, TeacherIdentity, tokenizer_sha256
@@ -130,12 +130,15 @@ class OFATeacher(Teacher):
 
     def _generate(self, kwargs: dict[str, Any], task: Any, settings: Mapping[str, Any], n: int) -> list[NBest]:
         model, nret = self.model, settings["num_return_sequences"]
-        gen_kwargs = dict(settings, output_scores=True, return_dict_in_generate=True)
+        # OFA's caption/grounding settings: fairseq SequenceGenerator's rules, its scores already log-probs
+        gen_kwargs = dict(fairseq_rules.generate_kwargs(settings, self.tokenizer), output_scores=True,
+                          return_dict_in_generate=True)
         if self.config.cache_implementation != "dynamic":
             gen_kwargs["cache_implementation"] = self.config.cache_implementation
         res = model.generate(**kwargs, **gen_kwargs)
         steps = model.compute_transition_scores(res.sequences, res.scores, getattr(res, "beam_indices", None),
-                                                normalize_logits=settings.get("num_beams", 1) == 1)
+                                                normalize_logits=settings.get("num_beams", 1) == 1
+                                                and not fairseq_rules.uses_fairseq_rules(settings))
         flat = split_targets(res.sequences, steps.float(), model.config.eos_token_id, model.config.pad_token_id,
                              self.tokenizer, task)
         return [flat[k * nret: (k + 1) * nret] for k in range(n)]

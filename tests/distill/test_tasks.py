@@ -9,6 +9,7 @@ from PIL import Image
 from transformers import BartConfig, BartForConditionalGeneration
 
 from distill.errors import UserError
+from distill.ofa.fairseq_rules import generate_kwargs
 from distill.tasks import TASKS, get_task
 from distill.tasks.base import TokenTrie, pre_caption, pre_question, trie_prefix_fn
 from distill.tasks.grounding import bins_to_box, box_to_bins
@@ -57,8 +58,11 @@ def test_get_task_and_defaults():
     for name, (res, queries, smoothing) in expected.items():
         task = get_task(name)
         assert (task.name, task.resolution, task.num_queries, task.label_smoothing) == (name, res, queries, smoothing)
+    # OFA's flags, decoded by fairseq's rules (distill.ofa.fairseq_rules); max_len_b 16: 16 tokens + EOS
     assert get_task("caption").generation == {"num_beams": 5, "max_new_tokens": 17, "min_new_tokens": 1,
-                                              "no_repeat_ngram_size": 3}  # OFA's max_len_b 16: 16 tokens + EOS
+                                              "no_repeat_ngram_size": 3, "length_penalty": 1.0, "decoding": "fairseq"}
+    assert get_task("grounding").generation == {"num_beams": 5, "max_new_tokens": 5, "min_new_tokens": 4,
+                                                "no_repeat_ngram_size": 3, "length_penalty": 1.0, "decoding": "fairseq"}
     assert get_task("grounding", resolution=64).resolution == 64
     with pytest.raises(UserError, match="caption, vqa, grounding, entailment"):
         get_task("segmentation")
@@ -200,8 +204,10 @@ def test_constrained_generation_with_a_real_model(tiny_tok, tiny_model):
     vqa = get_task("vqa")
 
     grounding = get_task("grounding", resolution=64)
-    out = tiny_model.generate(**enc, **grounding.generate_kwargs(tiny_tok))
-    assert out.shape[1] == 1 + 4 and set(out[:, 1:].flatten().tolist()) <= set(bin_token_ids(tiny_tok))
+    out = tiny_model.generate(**enc, **generate_kwargs(grounding.generate_kwargs(tiny_tok), tiny_tok))
+    # 4 bins, then EOS (fairseq's max_len_b 4, min_len 4)
+    assert out.shape[1] == 1 + 4 + 1 and set(out[:, 1:-1].flatten().tolist()) <= set(bin_token_ids(tiny_tok))
+    assert (out[:, -1] == tiny_tok.eos_token_id).all()
     assert all(grounding.decode(seq, {"width": 64, "height": 64}, tiny_tok) is not None for seq in out)
 
     ent = get_task("entailment")
