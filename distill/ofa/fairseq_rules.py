@@ -82,10 +82,11 @@ def sequence_generator_settings(beam: int = 5, max_len_b: int = 200, min_len: in
                                 constraint_range: Sequence[int] | None = None) -> dict[str, Any]:
     """fairseq's generation flags (`--beam --max-len-b --min-len --no-repeat-ngram-size --lenpen --unkpen
     --unnormalized`, OFA's `--constraint-range` as `(start, end)`) as a task's JSON settings. `max_new_tokens` counts
-    the final EOS step, so it is `max_len_b + 1`."""
+    the final EOS step, so it is `max_len_b + 1`; `length_penalty` is left out at its default, 1."""
     settings = {"num_beams": beam, "max_new_tokens": max_len_b + 1, "min_new_tokens": min_len,
-                "no_repeat_ngram_size": no_repeat_ngram_size, "length_penalty": lenpen if normalize_scores else 0.0,
-                "decoding": FAIRSEQ}
+                "no_repeat_ngram_size": no_repeat_ngram_size, "decoding": FAIRSEQ}
+    if not normalize_scores or lenpen != 1.0:  # 1.0 is also generate()'s default: other teachers see no change
+        settings["length_penalty"] = lenpen if normalize_scores else 0.0
     if unkpen:
         settings["unk_penalty"] = unkpen
     if constraint_range is not None:

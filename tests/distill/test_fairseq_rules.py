@@ -133,6 +133,7 @@ def test_generate_kwargs_shape():
     assert kw["early_stopping"] is True and kw["length_penalty"] == 1.0 and kw["num_return_sequences"] == 3
     assert "decoding" not in kw and "constraint_range" not in kw
     assert generate_kwargs({"num_beams": 4, "max_new_tokens": 3}, Ids) == {"num_beams": 4, "max_new_tokens": 3}
+    assert "length_penalty" not in settings  # fairseq's default lenpen 1 is generate()'s default too
     assert sequence_generator_settings(normalize_scores=False)["length_penalty"] == 0.0  # --unnormalized
     greedy = generate_kwargs(dict(settings, num_beams=1), Ids)
     assert isinstance(greedy["logits_processor"][0], LogSoftmaxLogitsProcessor) and "length_penalty" not in greedy
