@@ -151,7 +151,9 @@ class Task(abc.ABC):
     label_smoothing: float
     """Label smoothing of the training loss (0.1; entailment 0.0)."""
     generation: Mapping[str, Any] = field(default_factory=dict, hash=False)
-    """OFA's evaluation settings as static `generate()` kwargs; `generate_kwargs()` adds the constraints."""
+    """OFA's evaluation settings (JSON values; caption/grounding: fairseq's flags, which
+    `distill.ofa.fairseq_rules.generate_kwargs` turns into `generate()` kwargs); `generate_kwargs()` adds the
+    constraints."""
     max_prompt_words: int | None = None
     """Words kept by OFA's prompt normalisation (OFA's `max_src_length`)."""
     max_target_words: int | None = None
@@ -284,7 +286,8 @@ class Task(abc.ABC):
         """A model output (text, or ids with or without `<s>`/EOS) -> the prediction the metric scores."""
 
     def generate_kwargs(self, tokenizer: Any, candidates: Sequence[str] | None = None) -> dict[str, Any]:
-        """Full `generate()` kwargs: `generation` plus any decoding constraint (bins, answer trie)."""
+        """Full decoding settings: `generation` plus any decoding constraint (bins, answer trie), passed to `generate()`
+        through `distill.ofa.fairseq_rules.generate_kwargs`."""
         return dict(self.generation)
 
     def max_return_sequences(self, settings: Mapping[str, Any]) -> int:

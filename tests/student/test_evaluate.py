@@ -68,6 +68,7 @@ def test_evaluate_narvl_is_greedy_ctc(models, tmp_path):
 
 
 def test_evaluate_ar_matches_generate(models):
+    from distill.ofa.fairseq_rules import generate_kwargs
     from distill.tasks import get_task
     from student.evaluate import evaluate, load_model
 
@@ -79,7 +80,8 @@ def test_evaluate_ar_matches_generate(models):
     expected = []
     for row in rows:
         with torch.no_grad():
-            out = lm.model.generate(**_inputs(lm, task, row), **task.generate_kwargs(lm.tokenizer))
+            out = lm.model.generate(**_inputs(lm, task, row),  # OFA's caption flags under fairseq's rules
+                                    **generate_kwargs(task.generate_kwargs(lm.tokenizer), lm.tokenizer))
         expected.append(task.decode(out[0, 1:].tolist(), row, lm.tokenizer))
     assert res.predictions == expected
 
