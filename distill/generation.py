@@ -7,6 +7,7 @@ from typing import Any, Sequence
 
 from distill.config import DistillConfig
 from distill.errors import UserError
+from distill.ofa import fairseq_rules
 from distill.tasks import task_options
 
 OVERRIDES = ("num_beams", "max_new_tokens", "no_repeat_ngram_size")
@@ -39,6 +40,7 @@ def generation_settings(config: DistillConfig, task, teacher, candidates: list[s
     if config.num_return_sequences > limit:
         raise UserError(f"`num_return_sequences` {config.num_return_sequences} exceeds `num_beams` {limit}")
     gen["num_return_sequences"] = config.num_return_sequences
+    fairseq_rules.check_settings(gen)  # e.g. --max-new-tokens below grounding's 4 tokens + EOS
     defaults = {f.name: f.default for f in dataclasses.fields(DistillConfig) if f.name in TASK_OPTIONS}
     options = task_options(task, {k: getattr(config, k) for k in TASK_OPTIONS}, defaults)
     record = _record(gen, task, candidates)

@@ -15,12 +15,13 @@ Its rules, and how each is met with transformers 5's beam search (`generate()`; 
 - `constraint_range` "S,E" (SG:877-880) masks the LOGITS of ids 4..S-1 and E.. before that `log_softmax`, so the
   allowed ids (the 4 specials and S..E-1) are renormalised among themselves: `ConstraintRangeLogitsProcessor`,
   first in the list, re-applies `log_softmax` over them (the same as masking the logits);
-- EOS gets -inf while `step < min_len` (SG:391-393): transformers' `MinNewTokensLengthLogitsProcessor`;
+- EOS gets -inf while `step < min_len` (SG:391-393): `LengthLogitsProcessor` (transformers'
+  `MinNewTokensLengthLogitsProcessor` does the same but keeps its EOS id on the device it was built for);
 - `<pad>` is never chosen (SG:397): `SuppressTokensLogitsProcessor`, which also takes the settings' own
   `suppress_tokens` (after any renormalisation, as `<pad>`); `unkpen` is subtracted from `<unk>`'s log-prob (SG:398):
   `SequenceBiasLogitsProcessor`;
 - `max_len = max_len_a * src_len + max_len_b` (SG:267); at `step >= max_len` every id but EOS gets -inf and EOS keeps
-  its own log-prob (SG:410-412). transformers' forced EOS scores it 0 instead, so `MaxLenEOSLogitsProcessor`.
+  its own log-prob (SG:410-412). transformers' forced EOS scores it 0 instead, so `LengthLogitsProcessor`.
   OFA runs these tasks with `max_len_a` 0, the only value supported here (`max_len` = `max_new_tokens` - 1);
 - `no_repeat_ngram_size` n (SG:435-436, `fairseq/ngram_repeat_block.py`): bans the tokens that would repeat an n-gram of
   `<s>` + the hypothesis: transformers' `NoRepeatNGramLogitsProcessor` on the same ids;
@@ -59,13 +60,14 @@ import torch
 from transformers import (
     LogitsProcessor,
     LogitsProcessorList,
-    MinNewTokensLengthLogitsProcessor,
     NoRepeatNGramLogitsProcessor,
     SequenceBiasLogitsProcessor,
     StoppingCriteria,
     StoppingCriteriaList,
     SuppressTokensLogitsProcessor,
 )
+
+from distill.errors import UserError
 
 FAIRSEQ = "fairseq"
 """`settings["decoding"]` of settings that `generate_kwargs` turns into fairseq's rules."""
@@ -122,19 +124,25 @@ class ConstraintRangeLogitsProcessor(LogitsProcessor):
         return torch.log_softmax(masked, dim=-1)
 
 
-class MaxLenEOSLogitsProcessor(LogitsProcessor):
-    """fairseq's length limit (SG:410-412): from generated step `max_len` on (0-based, after `prompt_len` decoder
-    tokens), every id but EOS gets -inf and EOS keeps its own log-prob (transformers' forced EOS would score it 0)."""
+class LengthLogitsProcessor(LogitsProcessor):
+    """fairseq's length rules on the (rows, V) log-probs of generated step `step` (0-based, after `prompt_len` decoder
+    tokens): EOS gets -inf while `step < min_len` (SG:391-393); from `step == max_len` on every id but EOS gets -inf
+    and EOS keeps its own log-prob (SG:410-412; transformers' forced EOS would score it 0)."""
 
-    def __init__(self, max_len: int, eos_token_id: int, prompt_len: int = DECODER_PROMPT_LEN):
-        self.max_len, self.eos, self.prompt_len = int(max_len), int(eos_token_id), prompt_len
+    def __init__(self, min_len: int, max_len: int, eos_token_id: int, prompt_len: int = DECODER_PROMPT_LEN):
+        self.min_len, self.max_len, self.eos = int(min_len), int(max_len), int(eos_token_id)
+        self.prompt_len = prompt_len
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        if input_ids.shape[1] - self.prompt_len < self.max_len:
-            return scores
-        out = torch.full_like(scores, float("-inf"))
-        out[:, self.eos] = scores[:, self.eos]
-        return out
+        step = input_ids.shape[1] - self.prompt_len
+        if step >= self.max_len:
+            out = torch.full_like(scores, float("-inf"))
+            out[:, self.eos] = scores[:, self.eos]
+            return out
+        if step < self.min_len:
+            scores = scores.clone()
+            scores[:, self.eos] = float("-inf")
+        return scores
 
 
 class FirstComeFinalisation(StoppingCriteria):
@@ -172,6 +180,16 @@ class FirstComeFinalisation(StoppingCriteria):
         return finished.view(-1)
 
 
+def check_settings(settings: Mapping[str, Any]) -> None:
+    """A one-line `UserError` for fairseq settings that cannot decode (SG:268-270: `min_len` above `max_len`), e.g.
+    after a `--max-new-tokens` override; other settings pass."""
+    if uses_fairseq_rules(settings):
+        min_len, max_len = int(settings.get("min_new_tokens") or 0), int(settings["max_new_tokens"]) - 1
+        if min_len > max_len:
+            raise UserError(f"max_new_tokens {max_len + 1} leaves {max_len} tokens before EOS, fewer than the "
+                            f"task's min_new_tokens {min_len}")
+
+
 def generate_kwargs(settings: Mapping[str, Any], tokenizer: Any) -> dict[str, Any]:
     """`generate()` kwargs for `settings`: fairseq's rules for `sequence_generator_settings` (see the module
     docstring; `suppress_tokens` and a `constraint_range` may be added to them), any other settings unchanged.
@@ -179,20 +197,18 @@ def generate_kwargs(settings: Mapping[str, Any], tokenizer: Any) -> dict[str, An
     holds that call's state."""
     if not uses_fairseq_rules(settings):
         return dict(settings)
+    check_settings(settings)
     rest = {k: v for k, v in settings.items() if k not in ("decoding", "unk_penalty", "constraint_range",
                                                            "suppress_tokens", "min_new_tokens", "no_repeat_ngram_size")}
     beams, max_len = int(settings.get("num_beams", 1) or 1), int(settings["max_new_tokens"]) - 1
     min_len, eos = int(settings.get("min_new_tokens") or 0), tokenizer.eos_token_id
-    if min_len > max_len:
-        raise ValueError(f"min_new_tokens {min_len} exceeds the {max_len} tokens before EOS")  # SG:268-270
     processors = [LogSoftmaxLogitsProcessor()] if beams == 1 else []
     if settings.get("constraint_range") is not None:
         processors.append(ConstraintRangeLogitsProcessor(*settings["constraint_range"]))
-    processors += [MinNewTokensLengthLogitsProcessor(DECODER_PROMPT_LEN, min_len, eos),
+    processors += [LengthLogitsProcessor(min_len, max_len, eos),
                    SuppressTokensLogitsProcessor([tokenizer.pad_token_id, *settings.get("suppress_tokens", ())])]
     if settings.get("unk_penalty"):
         processors.append(SequenceBiasLogitsProcessor({(tokenizer.unk_token_id,): -float(settings["unk_penalty"])}))
-    processors.append(MaxLenEOSLogitsProcessor(max_len, eos))
     if settings.get("no_repeat_ngram_size"):
         processors.append(NoRepeatNGramLogitsProcessor(int(settings["no_repeat_ngram_size"])))
     # one step beyond max_len: every sentence is full by then (see FirstComeFinalisation), so it never runs

@@ -6,22 +6,27 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import MinNewTokensLengthLogitsProcessor, NoRepeatNGramLogitsProcessor, SuppressTokensLogitsProcessor
+from transformers import NoRepeatNGramLogitsProcessor, SuppressTokensLogitsProcessor
 
 sys.path.insert(0, str(Path(__file__).parent))  # the suite runs with --import-mode=importlib
 from ofa_helpers import other_config, randomized  # noqa: E402
 
+from distill.config import DistillConfig  # noqa: E402
+from distill.errors import UserError  # noqa: E402
+from distill.generation import generation_settings  # noqa: E402
 from distill.ofa import OFAModel  # noqa: E402
 from distill.ofa.fairseq_rules import (  # noqa: E402
     UNWRITTEN_ID,
     ConstraintRangeLogitsProcessor,
     FirstComeFinalisation,
+    LengthLogitsProcessor,
     LogSoftmaxLogitsProcessor,
-    MaxLenEOSLogitsProcessor,
     generate_kwargs,
     sequence_generator_settings,
     uses_fairseq_rules,
 )
+from distill.tasks import get_task  # noqa: E402
+from distill.teachers.ofa import OFATeacher  # noqa: E402
 
 INF = float("-inf")
 
@@ -49,14 +54,16 @@ def test_constraint_range_renormalises_over_the_specials_and_the_range():
         assert (got == want == INF) or got == pytest.approx(want, abs=1e-6)
 
 
-def test_max_len_keeps_eos_own_log_prob():
-    """SG:410-412: from step max_len on, every id but EOS is -inf and EOS keeps its log-prob (not 0)."""
-    scores = torch.tensor([[-1.0, -2.0, -3.5, -0.4], [-0.2, -4.0, -6.0, -2.0]])
-    proc = MaxLenEOSLogitsProcessor(max_len=3, eos_token_id=2)
-    before = torch.zeros(2, 3, dtype=torch.long)  # <s> + 2 tokens: step 2 < 3
-    assert torch.equal(proc(before, scores), scores)
-    at = torch.zeros(2, 4, dtype=torch.long)  # <s> + 3 tokens: step 3
-    assert proc(at, scores).tolist() == [[INF, INF, -3.5, INF], [INF, INF, -6.0, INF]]
+def test_length_rules_min_len_and_eos_own_log_prob_at_max_len():
+    """SG:391-393: EOS is -inf while step < min_len; SG:410-412: from step max_len on, every id but EOS is -inf and
+    EOS keeps its log-prob (not 0)."""
+    scores = torch.tensor([[-1.0, -2.0, -3.5, -0.5], [-0.25, -4.0, -6.0, -2.0]])
+    proc = LengthLogitsProcessor(min_len=2, max_len=3, eos_token_id=2)
+    prefix = lambda step: torch.zeros(2, 1 + step, dtype=torch.long)  # noqa: E731  <s> + `step` tokens
+    assert proc(prefix(1), scores).tolist() == [[-1.0, -2.0, INF, -0.5], [-0.25, -4.0, INF, -2.0]]
+    assert torch.equal(proc(prefix(2), scores), scores)
+    assert proc(prefix(3), scores).tolist() == [[INF, INF, -3.5, INF], [INF, INF, -6.0, INF]]
+    assert scores[0, 2] == -3.5  # the input is left as it was
 
 
 def test_first_come_finalisation_keeps_the_first_hypotheses_in_candidate_order():
@@ -118,14 +125,13 @@ def test_generate_kwargs_processors_equal_a_fairseq_step(step):
 
 
 def test_generate_kwargs_shape():
-    """Which generate() settings carry the rules: the built-in processors where they match fairseq, no forced EOS,
+    """Which generate() settings carry the rules: built-in processors where they match fairseq, no forced EOS,
     the length limit one step past max_len (never reached), first-come finalisation, fairseq's length penalty."""
     settings = dict(sequence_generator_settings(beam=5, max_len_b=16, min_len=1, no_repeat_ngram_size=3),
                     num_return_sequences=3)
     assert settings["max_new_tokens"] == 17 and uses_fairseq_rules(settings)
     kw = generate_kwargs(settings, Ids)
-    assert [type(p) for p in kw["logits_processor"]] == [MinNewTokensLengthLogitsProcessor,
-                                                          SuppressTokensLogitsProcessor, MaxLenEOSLogitsProcessor,
+    assert [type(p) for p in kw["logits_processor"]] == [LengthLogitsProcessor, SuppressTokensLogitsProcessor,
                                                           NoRepeatNGramLogitsProcessor]
     assert [type(c) for c in kw["stopping_criteria"]] == [FirstComeFinalisation]
     assert kw["max_new_tokens"] == 18 and kw["min_new_tokens"] == 0 and kw["no_repeat_ngram_size"] == 0
@@ -137,8 +143,20 @@ def test_generate_kwargs_shape():
     assert sequence_generator_settings(normalize_scores=False)["length_penalty"] == 0.0  # --unnormalized
     greedy = generate_kwargs(dict(settings, num_beams=1), Ids)
     assert isinstance(greedy["logits_processor"][0], LogSoftmaxLogitsProcessor) and "length_penalty" not in greedy
-    with pytest.raises(ValueError, match="min_new_tokens 5 exceeds"):  # SG:268-270
+    with pytest.raises(UserError, match="fewer than the task's min_new_tokens 5"):  # SG:268-270
         generate_kwargs(sequence_generator_settings(max_len_b=4, min_len=5), Ids)
+
+
+def test_too_short_max_new_tokens_is_a_user_error_before_the_model_loads():
+    """`distill --max-new-tokens 4` on grounding (4 tokens + EOS, min_len 4): one line, from the settings alone."""
+    fixture = Path(__file__).parents[1] / "fixtures" / "ofa-tokenizer"  # a teacher folder without weights
+    config = DistillConfig(task="grounding", teacher=str(fixture), data="-", out="-", max_new_tokens=4)
+    teacher = OFATeacher.from_pretrained(fixture, {"id": "tokenizer-only"}, config, "cpu", default_resolution=32)
+    with pytest.raises(UserError, match="max_new_tokens 4 leaves 3 tokens before EOS"):
+        generation_settings(config, get_task("grounding"), teacher, None)
+    ok = generation_settings(DistillConfig(**{**config.__dict__, "max_new_tokens": 5}), get_task("grounding"),
+                             teacher, None)[0]
+    assert ok["max_new_tokens"] == 5 and teacher.model is None
 
 
 def test_greedy_equals_a_fairseq_beam1_loop():
