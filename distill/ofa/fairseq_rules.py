@@ -5,8 +5,8 @@ the transformers port ships the same file as `models/ofa/generate/sequence_gener
 cited below as SG with main-branch line numbers), built by `tasks/ofa_task.py:289-305` from the evaluation flags:
 caption `--beam=5 --max-len-b=16 --no-repeat-ngram-size=3` (`run_scripts/caption/evaluate_caption.sh:28-30`),
 RefCOCO `--beam=5 --min-len=4 --max-len-a=0 --max-len-b=4 --no-repeat-ngram-size=3`
-(`run_scripts/refcoco/evaluate_refcoco.sh:28-32`), fairseq's defaults for the rest (`min_len` 1, `max_len_a` 0,
-`lenpen` 1, `unkpen` 0, scores normalised: `fairseq/dataclass/configs.py:769-805`).
+(`run_scripts/refcoco/evaluate_refcoco.sh:29-33`), fairseq's defaults for the rest (`min_len` 1, `max_len_a` 0,
+`lenpen` 1, `unkpen` 0, scores normalised: `fairseq/dataclass/configs.py:763-805`).
 
 Its rules, and how each is met with transformers 5's beam search (`generate()`; no beam search of our own):
 - the decoder starts from `<s>` (SG:293), as the config's `decoder_start_token_id`;
@@ -23,8 +23,8 @@ Its rules, and how each is met with transformers 5's beam search (`generate()`; 
 - `max_len = max_len_a * src_len + max_len_b` (SG:267); at `step >= max_len` every id but EOS gets -inf and EOS keeps
   its own log-prob (SG:410-412). transformers' forced EOS scores it 0 instead, so `LengthLogitsProcessor`.
   OFA runs these tasks with `max_len_a` 0, the only value supported here (`max_len` = `max_new_tokens` - 1);
-- `no_repeat_ngram_size` n (SG:435-436, `fairseq/ngram_repeat_block.py`): bans the tokens that would repeat an n-gram of
-  `<s>` + the hypothesis: transformers' `NoRepeatNGramLogitsProcessor` on the same ids;
+- `no_repeat_ngram_size` n (SG:435-436, `fairseq/ngram_repeat_block.py:96-128`): bans the tokens that would repeat
+  an n-gram of `<s>` + the hypothesis: transformers' `NoRepeatNGramLogitsProcessor` on the same ids;
 - each step keeps the 2 x beam best candidates over all beams (SG:315, `fairseq/search.py:119-140`; step 0
   expands beam 0 only): generate()'s `beams_to_keep` is 2 x beam, and its -1e9 start scores of beams 1.. do the
   same;

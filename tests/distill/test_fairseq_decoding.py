@@ -6,7 +6,7 @@ padding, on random OFA-tiny-shaped weights (`fairseq_cases`).
   transformers 4.18 was installed to, see benchmarks/teacher_vs_official.py);
 - against its outputs recorded in tests/fixtures/ofa-sequence-generator (CI: no official port there).
 Official values: OFA-Sys/OFA `models/sequence_generator.py` (the port's `models/ofa/generate/sequence_generator.py`),
-flags of `run_scripts/caption/evaluate_caption.sh:28-30` and `run_scripts/refcoco/evaluate_refcoco.sh:28-32`.
+flags of `run_scripts/caption/evaluate_caption.sh:28-30` and `run_scripts/refcoco/evaluate_refcoco.sh:29-33`.
 """
 import json
 import os
