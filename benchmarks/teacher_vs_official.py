@@ -17,9 +17,14 @@ Sides (each in its own worker process, so that two `distill` or `transformers` p
 The model is OFA-tiny shaped with random weights (4+4 layers, d_model 256, ResNet50 stem, 59,457 ids, 256 px).
 The timed case is beam 5, batch 8, 16 new tokens, no_repeat_ngram_size 3, KV cache on (`--timed` adds others).
 Identity: greedy, beam, n-best, prefix_allowed_tokens_fn and no_repeat_ngram_size at batch 1 and 8 must give the
-same ids on every side. Writes benchmarks/results/teacher_vs_official.json.
+same ids on every side. The `fairseq_*` identity cases run OFA's own decoder: the official side fairseq's
+`SequenceGenerator` (the port's `models/ofa/generate/sequence_generator.py`), the project side its `generate()` with
+`distill.ofa.fairseq_rules`, with OFA's caption flags (beam 5, max_len_b 16, min_len 1, no-repeat-ngram 3) and RefCOCO
+flags (beam 5, min_len 4, max_len_b 4, no-repeat-ngram 3; with and without the bins' `constraint_range`) on prompts of
+different lengths (right-padded at batch 8): every hypothesis of every n-best list must be the same ids with scores
+within 1e-4 (relative). Writes benchmarks/results/teacher_vs_official.json (`--identity-only`: no timing).
 
-    python benchmarks/teacher_vs_official.py --official-src DIR [--old-src DIR] [--rounds 5]
+    python benchmarks/teacher_vs_official.py --official-src DIR [--old-src DIR] [--rounds 5] [--identity-only]
 """
 from __future__ import annotations
 
@@ -52,6 +57,16 @@ CASES = {
     }.items()
 }
 TIMED = "norepeat3_beam5_b8"
+BINS_RANGE = "58457,59457"  # <bin_0..999> of OFA's vocabulary, as fairseq's --constraint-range takes it
+# OFA's evaluation flags (run_scripts/caption/evaluate_caption.sh, run_scripts/refcoco/evaluate_refcoco.sh)
+FAIRSEQ_FLAGS = {
+    "caption": dict(beam=5, max_len_a=0, max_len_b=16, min_len=1, no_repeat_ngram_size=3),
+    "grounding": dict(beam=5, max_len_a=0, max_len_b=4, min_len=4, no_repeat_ngram_size=3),
+    "grounding_bins": dict(beam=5, max_len_a=0, max_len_b=4, min_len=4, no_repeat_ngram_size=3,
+                           constraint_range=BINS_RANGE),
+}
+FAIRSEQ_CASES = {f"fairseq_{name}_b{b}": (b, flags) for b in (1, 8) for name, flags in FAIRSEQ_FLAGS.items()}
+SCORE_TOL = 1e-4  # relative (absolute below 1): float32 sums of up to 17 log-probs, two implementations
 
 
 # ------------------------------------------------------------------------------------------------------ worker
@@ -91,10 +106,21 @@ def worker(side: str, src: str, data: Path, threads: int) -> None:
     missing = [k for k in missing if not k.endswith(("rp_bucket", "image_position_idx", "num_batches_tracked"))]
     if missing or unexpected:
         raise SystemExit(f"{side}: weights do not match: missing {missing[:5]}, unexpected {unexpected[:5]}")
-    inputs = torch.load(data / "inputs.pt")
+    inputs = torch.load(data / "inputs.pt") if (data / "inputs.pt").is_file() else None
     print(json.dumps({"ready": side, "transformers": version, "module": model_cls.__module__}), flush=True)
     for line in sys.stdin:
         request = json.loads(line)
+        if request.get("case") in FAIRSEQ_CASES:  # a named fairseq case: the padded inputs of make_data
+            batch, flags = FAIRSEQ_CASES[request["case"]]
+            request = {"fairseq": flags, "batch": batch, "inputs": "inputs_padded.pt"}
+        if "fairseq" in request:
+            batch_inputs = {k: v[:request["batch"]] for k, v in torch.load(data / request["inputs"]).items()}
+            run = official_sequence_generator if side == "official" else project_sequence_generator
+            try:
+                print(json.dumps({"hypos": run(model, request["fairseq"], batch_inputs)}), flush=True)
+            except ImportError as e:  # an older checkout without distill.ofa.fairseq_rules
+                print(json.dumps({"error": str(e)}), flush=True)
+            continue
         batch, kw = CASES[request["case"]]
         kw = dict(kw)
         if kw.pop("prefix", None):
@@ -110,6 +136,92 @@ def worker(side: str, src: str, data: Path, threads: int) -> None:
                 out = model.generate(**args)
             seconds.append(time.perf_counter() - start)
         print(json.dumps({"seconds": seconds, "ids": out.tolist()}), flush=True)
+
+
+class SpecialIds:
+    """What fairseq's `SequenceGenerator` and `fairseq_rules` read of a tokenizer: OFA's special ids and the vocabulary
+    size (the generator sizes its beams by `len(get_vocab())`), without a BPE."""
+
+    bos_token_id, pad_token_id, eos_token_id, unk_token_id = 0, 1, 2, 3
+
+    def __init__(self, vocab_size: int):
+        self.vocab_size = vocab_size
+
+    def get_vocab(self) -> dict:
+        return {str(i): i for i in range(self.vocab_size)}
+
+    def get_added_vocab(self) -> dict:
+        return {}
+
+
+def _net_input(inputs) -> dict:
+    import torch
+
+    return {"input_ids": inputs["input_ids"], "patch_images": inputs["patch_images"],
+            "patch_masks": torch.ones(len(inputs["input_ids"]), dtype=torch.bool)}
+
+
+def official_sequence_generator(model, flags: dict, inputs) -> list:
+    """fairseq's `SequenceGenerator` of the official port with `flags` -> per sample its hypotheses, best first:
+    {"tokens" (ending with EOS), "score" (normalised), "positional_scores"}."""
+    import torch
+    from transformers.models.ofa.generate.sequence_generator import SequenceGenerator
+
+    flags = dict(flags)
+    generator = SequenceGenerator(tokenizer=SpecialIds(model.config.vocab_size), beam_size=flags.pop("beam"),
+                                  len_penalty=flags.pop("lenpen", 1.0), unk_penalty=flags.pop("unkpen", 0.0), **flags)
+    with torch.inference_mode():
+        hypos = generator.generate([model], {"net_input": _net_input(inputs)})
+    return [[{"tokens": h["tokens"].tolist(), "score": float(h["score"]),
+              "logprob": float(h["positional_scores"].sum()), "positional_scores": h["positional_scores"].tolist()}
+             for h in sample] for sample in hypos]
+
+
+def project_sequence_generator(model, flags: dict, inputs) -> list:
+    """The same flags through this checkout's `generate()` with `distill.ofa.fairseq_rules`, in the same form."""
+    import torch
+
+    from distill.ofa.fairseq_rules import generate_kwargs, sequence_generator_settings
+
+    flags = dict(flags)
+    if flags.pop("max_len_a", 0):
+        raise SystemExit("fairseq_rules supports max_len_a 0 only (OFA's caption and RefCOCO flags)")
+    rng = flags.pop("constraint_range", None)
+    settings = sequence_generator_settings(**flags, constraint_range=rng and [int(v) for v in rng.split(",")])
+    settings["num_return_sequences"] = beams = settings["num_beams"]
+    with torch.inference_mode():
+        res = model.generate(**_net_input(inputs), **generate_kwargs(settings, SpecialIds(model.config.vocab_size)),
+                             output_scores=True, return_dict_in_generate=True)
+        steps = model.compute_transition_scores(res.sequences, res.scores, res.beam_indices, normalize_logits=False)
+    out = []
+    for k, (seq, pos) in enumerate(zip(res.sequences.tolist(), steps.tolist())):
+        length = seq[1:].index(SpecialIds.eos_token_id) + 1
+        hypo = {"tokens": seq[1:1 + length], "score": float(res.sequences_scores[k]), "logprob": sum(pos[:length]),
+                "positional_scores": pos[:length]}
+        out.append([hypo]) if k % beams == 0 else out[-1].append(hypo)
+    return out
+
+
+def _score_values(hypo: dict) -> list[float]:
+    return [hypo["score"], hypo["logprob"]] + list(hypo.get("positional_scores", []))
+
+
+def compare_hypos(ours: list, theirs: list, tol: float = SCORE_TOL) -> dict:
+    """Per-sample n-best lists ({"tokens", "score" (normalised), "logprob" (summed), optional "positional_scores"}
+    per hypothesis, best first) side by side: samples whose best ids agree, samples whose whole n-best lists agree
+    (the same ids in the same order, every score within `tol` relative, absolute below 1), and the largest absolute
+    score difference over hypotheses with the same ids at the same rank."""
+    best = nbest = 0
+    worst = 0.0
+    for a, b in zip(ours, theirs):
+        best += a[0]["tokens"] == b[0]["tokens"]
+        same_ids = [h["tokens"] for h in a] == [h["tokens"] for h in b]
+        diffs = [(abs(x - y), y) for h, g in zip(a, b) if h["tokens"] == g["tokens"]
+                 for x, y in zip(_score_values(h), _score_values(g))]
+        worst = max([worst] + [d for d, _ in diffs])
+        nbest += same_ids and all(d <= tol * max(1.0, abs(y)) for d, y in diffs)
+    return {"rows": len(theirs), "best_equal": best, "nbest_equal": nbest, "max_score_diff": worst,
+            "identical": len(ours) == len(theirs) == nbest}
 
 
 # ------------------------------------------------------------------------------------------------------ parent
@@ -130,7 +242,11 @@ class Side:
         return json.loads(line)
 
     def ask(self, case: str, repeat: int = 1) -> dict:
-        self.proc.stdin.write(json.dumps({"case": case, "repeat": repeat}) + "\n")
+        return self.request({"case": case, "repeat": repeat})
+
+    def request(self, request: dict) -> dict:
+        """One JSON-line request: a named case, or {"fairseq": flags, "batch": n, "inputs": file in the data folder}."""
+        self.proc.stdin.write(json.dumps(request) + "\n")
         self.proc.stdin.flush()
         return self._read()
 
@@ -156,6 +272,11 @@ def make_data(root: Path, seed: int = 0) -> None:
     input_ids[:, 0], input_ids[:, -1] = 0, 2
     patch_images = torch.rand(8, 3, RESOLUTION, RESOLUTION, generator=generator) * 2 - 1
     torch.save({"input_ids": input_ids, "patch_images": patch_images}, root / "inputs.pt")
+    padded = input_ids.clone()  # row k: TEXT_LEN - k % 5 tokens, then <pad>
+    for k in range(len(padded)):
+        length = TEXT_LEN - k % 5
+        padded[k, length - 1], padded[k, length:] = 2, 1
+    torch.save({"input_ids": padded, "patch_images": patch_images}, root / "inputs_padded.pt")
 
 
 def main() -> None:
@@ -165,6 +286,7 @@ def main() -> None:
     ap.add_argument("--old-src", help="another narvl-pipe checkout to compare with (its root folder)")
     ap.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds (>= 5 for the record)")
     ap.add_argument("--timed", nargs="+", default=[TIMED], choices=list(CASES), help="cases to time")
+    ap.add_argument("--identity-only", action="store_true", help="check identity only, time nothing")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--worker", choices=["project", "official", "old"], help=argparse.SUPPRESS)
@@ -195,8 +317,17 @@ def main() -> None:
                 ids = {s.name: s.ask(case)["ids"] for s in sides}
                 identity[case] = all(v == ids["project"] for v in ids.values())
                 print(f"identity {case:22s} {'same ids' if identity[case] else 'DIFFERENT ids: ' + str(ids)}")
-            timings = {case: {s.name: [] for s in sides} for case in args.timed}
-            for case in args.timed:
+            fairseq = {}
+            for case in FAIRSEQ_CASES:
+                answers = {s.name: s.ask(case) for s in sides}
+                if "official" not in answers or "hypos" not in answers["project"]:
+                    continue
+                fairseq[case] = cmp = compare_hypos(answers["project"]["hypos"], answers["official"]["hypos"])
+                identity[case] = cmp["identical"]
+                print(f"identity {case:22s} vs SequenceGenerator: best {cmp['best_equal']}/{cmp['rows']}, n-best "
+                      f"{cmp['nbest_equal']}/{cmp['rows']}, max score diff {cmp['max_score_diff']:.1e}")
+            timings = {case: {s.name: [] for s in sides} for case in ([] if args.identity_only else args.timed)}
+            for case in timings:
                 for s in sides:
                     s.ask(case)  # warm-up
                 for r in range(args.rounds):  # interleaved, the order rotating each round
@@ -207,10 +338,11 @@ def main() -> None:
                 s.close()
 
     rows = []
-    print(f"\n{args.rounds} interleaved rounds, {args.threads} thread(s), median seconds per generate() call")
-    header = "| case | " + " | ".join(s.name for s in sides) + " | " + " | ".join(
-        f"project / {k} (median of per-round ratios, range)" for k in others) + " |"
-    print(header + "\n|" + "---|" * (header.count("|") - 1))
+    if timings:
+        print(f"\n{args.rounds} interleaved rounds, {args.threads} thread(s), median seconds per generate() call")
+        header = "| case | " + " | ".join(s.name for s in sides) + " | " + " | ".join(
+            f"project / {k} (median of per-round ratios, range)" for k in others) + " |"
+        print(header + "\n|" + "---|" * (header.count("|") - 1))
     for case, per_side in timings.items():
         row = {"case": case, "median_s": {k: statistics.median(v) for k, v in per_side.items()}, "rounds": per_side}
         cells = [f"{row['median_s'][s.name]:.3f}" for s in sides]
@@ -225,7 +357,7 @@ def main() -> None:
         "benchmark": "teacher_vs_official", "model": {**TINY, "resolution": RESOLUTION, "text_len": TEXT_LEN,
                                                       "new_tokens": NEW_TOKENS},
         "sides": {s.name: s.info for s in sides}, "threads": args.threads, "rounds": args.rounds,
-        "identity": identity, "all_identical": all(identity.values()), "timings": rows,
+        "identity": identity, "all_identical": all(identity.values()), "fairseq_identity": fairseq, "timings": rows,
         "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
         "load_average_before": load_before, "load_average_after": os.getloadavg(),
         "wall_seconds": round(time.time() - started, 1),

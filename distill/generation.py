@@ -2,7 +2,7 @@
 config's explicit values over them, and their JSON record (part of the run identity)."""
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any
 
 from distill.config import DistillConfig
 
@@ -10,18 +10,15 @@ OVERRIDES = ("num_beams", "max_new_tokens", "no_repeat_ngram_size", "num_return_
 """DistillConfig fields that replace the model's default for the task when set."""
 
 
-def _record(gen: dict[str, Any], task, candidates: Sequence[str] | None) -> dict[str, Any]:
+def _record(gen: dict[str, Any]) -> dict[str, Any]:
     record = {k: (v if isinstance(v, (int, float, str, bool, type(None), list)) else f"<{type(v).__name__}>")
               for k, v in gen.items()}
     if "candidates" in gen:
         record["candidates"] = f"{len(gen['candidates'])} answers (see answers_sha256)"
-    if "prefix_allowed_tokens_fn" in gen:
-        record["prefix_allowed_tokens_fn"] = (
-            f"answer trie over {len(candidates)} answers" if candidates is not None else f"{task.name} constraint")
     return record
 
 
 def generation_settings(config: DistillConfig, task, teacher, candidates: list[str] | None) -> tuple[dict, dict]:
     """(decoding settings for `teacher.infer`, their JSON record for the manifest)."""
     gen = teacher.settings(task, candidates, {name: getattr(config, name) for name in OVERRIDES})
-    return gen, _record(gen, task, candidates)
+    return gen, _record(gen)

@@ -119,8 +119,9 @@ class Task(abc.ABC):
     label_smoothing: float
     """Label smoothing of the training loss (0.1; entailment 0.0)."""
     generation: Mapping[str, Any] = field(default_factory=dict, hash=False)
-    """The paper's decoding settings for the task (OFA's evaluation: beams, lengths, n-gram blocking); each model
-    maps them to its own decoding (`Model.settings`)."""
+    """The paper's decoding settings for the task as JSON values (OFA's evaluation flags: beams, lengths, n-gram
+    blocking; caption and grounding as fairseq's `SequenceGenerator` runs them, `distill.ofa.fairseq_rules`); each
+    model maps them to its own decoding (`Model.settings`)."""
     max_prompt_words: int | None = None
     """Words kept by OFA's prompt normalisation (OFA's `max_src_length`)."""
     max_target_words: int | None = None

@@ -9,6 +9,7 @@ from typing import Any, ClassVar, Mapping, Sequence
 import numpy as np
 
 from distill.errors import UserError
+from distill.ofa.fairseq_rules import sequence_generator_settings
 from distill.tasks.base import Row, Task, clean_caption, ids_to_text, most_frequent, pick
 from distill.tasks.caption_metrics import caption_metric_implementation, caption_scores, cider_d
 
@@ -25,9 +26,8 @@ class CaptionTask(Task):
     num_queries: int = 20
     label_smoothing: float = 0.1
     generation: Mapping[str, Any] = field(
-        # OFA's --max-len-b 16 in fairseq means 16 tokens and then EOS; transformers' max_new_tokens counts the EOS
-        # (the config's forced EOS takes the last step), so 16 + 1. fairseq's min_len 1: no empty caption.
-        default_factory=lambda: {"num_beams": 5, "max_new_tokens": 17, "min_new_tokens": 1, "no_repeat_ngram_size": 3},
+        # OFA's evaluation flags (run_scripts/caption/evaluate_caption.sh), decoded by fairseq's rules
+        default_factory=lambda: sequence_generator_settings(beam=5, max_len_b=16, min_len=1, no_repeat_ngram_size=3),
         hash=False,
     )
     max_target_words: int | None = 20

@@ -13,6 +13,7 @@ import numpy as np
 
 from distill.errors import UserError
 from distill.images import row_image_size
+from distill.ofa.fairseq_rules import sequence_generator_settings
 from distill.prediction import Prediction
 from distill.tasks.base import Row, Task, output_ids, pre_caption
 from distill.tasks.metrics import GROUNDING_IMPLEMENTATION, grounding_accuracy
@@ -74,8 +75,9 @@ class GroundingTask(Task):
     num_queries: int = 5
     label_smoothing: float = 0.1
     generation: Mapping[str, Any] = field(
-        # exactly 4 bins: the model config's forced EOS at the last step would replace the 4th bin
-        default_factory=lambda: {"num_beams": 5, "min_new_tokens": 4, "max_new_tokens": 4, "forced_eos_token_id": None},
+        # OFA's evaluation flags (run_scripts/refcoco/evaluate_refcoco.sh): 4 tokens, then EOS, decoded by fairseq's
+        # rules; an OFA model adds the bins' constraint (`OFATeacher.settings`)
+        default_factory=lambda: sequence_generator_settings(beam=5, max_len_b=4, min_len=4, no_repeat_ngram_size=3),
         hash=False,
     )
     max_prompt_words: int | None = 80

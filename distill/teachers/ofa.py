@@ -20,7 +20,7 @@ import torch
 
 from distill.errors import UserError
 from distill.loading import load_pretrained
-from distill.ofa import OFAModel
+from distill.ofa import OFAModel, fairseq_rules
 from distill.ofa.processing_ofa import OFAProcessor, load_ofa_processor
 from distill.ofa.tokenization_ofa import bin_token_ids, load_ofa_tokenizer
 from distill.prediction import ModelIdentity, Prediction, tokenizer_sha256
@@ -127,10 +127,7 @@ class OFATeacher(Model):
         settings = super().settings(task, None, overrides)
         space = task.answer_space
         if space == "box":
-            bins = bin_token_ids(self.tokenizer)
-            if not bins:
-                raise UserError(f"{task.name} needs a tokenizer with <bin_k> tokens")
-            settings["prefix_allowed_tokens_fn"] = lambda batch_id, input_ids: bins
+            settings.update(self._bins_constraint(task))
         elif space == "answer_list":
             if not candidates:
                 raise UserError(f"{task.name} with an OFA model needs `answers` FILE: the candidate answer list it "
@@ -147,7 +144,20 @@ class OFATeacher(Model):
         if settings["num_return_sequences"] > limit:
             raise UserError(f"`num_return_sequences` {settings['num_return_sequences']} exceeds the {limit} outputs "
                             f"OFA's {task.name} decoding has (`num_beams`)")
+        fairseq_rules.check_settings(settings)  # e.g. `max_new_tokens` below grounding's 4 tokens + EOS
         return settings
+
+    def _bins_constraint(self, task: Any) -> dict[str, Any]:
+        """A box task decodes over the bins: fairseq's `constraint_range` renormalises the log-probs over the bins
+        and the 4 specials (`<s> <pad> </s> <unk>`); `<pad>`, and EOS before the 5th step, are excluded by fairseq's
+        rules, `<s>` and `<unk>` by `suppress_tokens`, so that the teacher always writes a box. OFA's own RefCOCO
+        evaluation sets no `constraint_range` (`run_scripts/refcoco/evaluate_refcoco.sh`); a bin hypothesis
+        scores as under fairseq's `--constraint-range`."""
+        bins, tok = bin_token_ids(self.tokenizer), self.tokenizer
+        if not bins:
+            raise UserError(f"{task.name} needs a tokenizer with <bin_k> tokens")
+        specials = [t for t in range(fairseq_rules.NUM_SPECIALS) if t not in (tok.pad_token_id, tok.eos_token_id)]
+        return {"constraint_range": [bins[0], bins[-1] + 1], "suppress_tokens": specials}
 
     def describe(self, task: Any, settings: Mapping[str, Any]) -> str:
         if task.answer_space == "candidates" or settings.get("vqa_mode") == "allcand":
@@ -185,13 +195,17 @@ class OFATeacher(Model):
 
     def _generate(self, kwargs: dict[str, Any], task: Any, settings: Mapping[str, Any], n: int) -> list[NBest]:
         model, nret = self.model, int(settings.get("num_return_sequences", 1))
-        gen_kwargs = {k: v for k, v in settings.items() if k not in NOT_GENERATE_KEYS}
+        # caption/grounding: fairseq SequenceGenerator's rules, built per call (its stopping criterion holds state),
+        # their scores already log-probs
+        gen_kwargs = fairseq_rules.generate_kwargs({k: v for k, v in settings.items() if k not in NOT_GENERATE_KEYS},
+                                                   self.tokenizer)
         gen_kwargs.update(output_scores=True, return_dict_in_generate=True)
         if self.options.cache_implementation != "dynamic":
             gen_kwargs["cache_implementation"] = self.options.cache_implementation
         res = model.generate(**kwargs, **gen_kwargs)
         steps = model.compute_transition_scores(res.sequences, res.scores, getattr(res, "beam_indices", None),
-                                                normalize_logits=settings.get("num_beams", 1) == 1)
+                                                normalize_logits=settings.get("num_beams", 1) == 1
+                                                and not fairseq_rules.uses_fairseq_rules(settings))
         flat = split_targets(res.sequences, steps.float(), model.config.eos_token_id, model.config.pad_token_id,
                              self.tokenizer, task)
         return [flat[k * nret: (k + 1) * nret] for k in range(n)]

@@ -69,11 +69,13 @@ def other_config(**overrides) -> OFAConfig:
     return OFAConfig(**values)
 
 
-def randomized(model: OFAModel, seed: int = 0) -> OFAModel:
-    """Redraw every float tensor so that each code path (gains, relative tables, BN statistics) has an effect."""
+def randomized(model: OFAModel, seed: int = 0, by_name: bool = False) -> OFAModel:
+    """Redraw every float tensor so that each code path (gains, relative tables, BN statistics) has an effect;
+    `by_name`: in sorted name order (the draws then do not depend on the module order), else in state-dict order."""
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for name, tensor in model.state_dict(keep_vars=True).items():
+        items = model.state_dict(keep_vars=True).items()
+        for name, tensor in (sorted(items) if by_name else items):
             if not tensor.is_floating_point():
                 continue
             noise = torch.randn(tensor.shape, generator=generator)

@@ -21,6 +21,7 @@ from tests.proc_helpers import alive, children  # noqa: E402
 
 from distill import shards as sh  # noqa: E402
 from distill.errors import UserError  # noqa: E402
+from distill.ofa.fairseq_rules import generate_kwargs, sequence_generator_settings  # noqa: E402
 from distill.run import DistillConfig, run_distill  # noqa: E402
 
 N_ROWS, SHARD, BATCH = 48, 8, 4
@@ -90,21 +91,21 @@ def test_rows_match_a_bare_generate_on_the_same_batches(world):
         pix = torch.stack([torch.from_numpy(proc.process_image(load_image(src[i]["image"]))) for i in idx])
         ids = tok([" what does the image describe?"] * len(idx), return_tensors="pt")["input_ids"]
         with torch.inference_mode():
-            seqs = model.generate(input_ids=ids, patch_images=pix, num_beams=5, max_new_tokens=17,
-                                  min_new_tokens=1, no_repeat_ngram_size=3)
+            # OFA's caption flags under fairseq's rules (tests/distill/test_fairseq_decoding.py checks those rules)
+            seqs = model.generate(input_ids=ids, patch_images=pix, **generate_kwargs(
+                sequence_generator_settings(beam=5, max_len_b=16, min_len=1, no_repeat_ngram_size=3), tok))
             for k, i in enumerate(idx):
                 r = by_id[src[i]["id"]]
                 ref = [t for t in seqs[k, 1:].tolist() if t != tok.pad_token_id]
                 assert r["target_ids"] == ref and ref[-1] == tok.eos_token_id and 0 not in ref[:1]
                 assert r["target_len"] == len(ref)
                 assert r["target"] == tok.decode(ref, skip_special_tokens=True).strip()
-                # Independent log-prob: teacher forcing. generate() forces EOS at max length (16 + EOS, OFA's
-                # max_len_b 16): it scores 0 there.
+                # Independent log-prob: teacher forcing. EOS keeps its own log-prob, also where it is forced at
+                # max length (16 + EOS, OFA's max_len_b 16), as in fairseq.
                 dec = torch.tensor([[0] + ref[:-1]])
                 logp = model(input_ids=ids[k:k + 1], patch_images=pix[k:k + 1], decoder_input_ids=dec).logits.log_softmax(-1)
                 tf = logp[0, torch.arange(len(ref)), torch.tensor(ref)]
-                expected = tf[:-1].sum() if len(ref) == 17 else tf.sum()
-                assert r["teacher_logprob"] == pytest.approx(float(expected), abs=1e-3)
+                assert r["teacher_logprob"] == pytest.approx(float(tf.sum()), abs=1e-3)
                 assert r["captions"] == src[i]["captions"]
                 assert r["image"]["bytes"] == src[i]["image"]["bytes"] and r["source_index"] == i
                 checked += 1
@@ -113,7 +114,7 @@ def test_rows_match_a_bare_generate_on_the_same_batches(world):
     m = json.loads((out / "manifest.json").read_text())
     assert m["status"] == "complete" and (m["rows"], m["failures"], m["shards"]) == (s.rows, s.failures, s.shards)
     assert m["generation"] == {"num_beams": 5, "max_new_tokens": 17, "min_new_tokens": 1, "no_repeat_ngram_size": 3,
-                               "num_return_sequences": 1}
+                               "decoding": "fairseq", "num_return_sequences": 1}
     assert m["metric_implementation"].startswith("pycocoevalcap")  # named on the dataset card
     assert len(m["teacher"]["sha256"]) == 64 and m["source"]["split"] == "train" and m["source"]["ids_sha256"]
     assert m["narvl_pipe_version"] and m["wall_time_s"] > 0

@@ -45,8 +45,11 @@ def test_get_task_and_defaults():
     for name, (res, queries, smoothing) in expected.items():
         task = get_task(name)
         assert (task.name, task.resolution, task.num_queries, task.label_smoothing) == (name, res, queries, smoothing)
+    # OFA's flags, decoded by fairseq's rules (distill.ofa.fairseq_rules); max_len_b 16: 16 tokens + EOS
     assert get_task("caption").generation == {"num_beams": 5, "max_new_tokens": 17, "min_new_tokens": 1,
-                                              "no_repeat_ngram_size": 3}  # OFA's max_len_b 16: 16 tokens + EOS
+                                              "no_repeat_ngram_size": 3, "decoding": "fairseq"}
+    assert get_task("grounding").generation == {"num_beams": 5, "max_new_tokens": 5, "min_new_tokens": 4,
+                                                "no_repeat_ngram_size": 3, "decoding": "fairseq"}
     assert get_task("grounding", resolution=64).resolution == 64
     with pytest.raises(UserError, match="caption, vqa, grounding, entailment"):
         get_task("segmentation")

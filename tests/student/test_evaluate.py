@@ -19,6 +19,7 @@ import student_helpers as h  # noqa: E402
 
 from distill.errors import UserError  # noqa: E402
 from distill.loader import load_model  # noqa: E402
+from distill.ofa.fairseq_rules import generate_kwargs  # noqa: E402
 from distill.ofa import OFAModel  # noqa: E402
 from distill.ofa.processing_ofa import load_ofa_processor  # noqa: E402
 from distill.run import DistillConfig, run_distill  # noqa: E402
@@ -89,7 +90,8 @@ def test_evaluate_ar_matches_generate(models):
     expected = []
     for row in rows:
         with torch.no_grad():
-            out = model.model.generate(**_inputs(model, task, row), **task.generation)
+            out = model.model.generate(**_inputs(model, task, row),  # OFA's caption flags under fairseq's rules
+                                       **generate_kwargs(task.generation, model.tokenizer))
         expected.append(task.decode(out[0, 1:].tolist(), row, model.tokenizer))
     assert res.predictions == expected
 

@@ -10,6 +10,7 @@ sys.path.insert(0, str(Path(__file__).parents[1]))
 from ofa_helpers import randomized  # noqa: E402
 
 from distill.ofa import OFAConfig, OFAModel  # noqa: E402
+from distill.ofa.fairseq_rules import generate_kwargs  # noqa: E402
 from distill.tasks import get_task  # noqa: E402
 from distill.tasks.base import text_target_ids  # noqa: E402
 from distill.teachers.ofa_decoding import (beam_search_answers, candidate_scores, decoder_prompts,  # noqa: E402
@@ -154,7 +155,7 @@ def test_snli_ve_scores_the_first_answer_token_renormalised_over_the_candidates(
 
 
 class _DiscourageEos:
-    """Pushes EOS far down (finite, so the config's forced EOS at the last step still wins)."""
+    """Pushes EOS far down (finite, so that the forced EOS at the last step still wins)."""
 
     def __call__(self, input_ids, scores):
         scores[:, 2] = scores[:, 2] - 1e4
@@ -166,12 +167,16 @@ def test_caption_length_is_ofas_max_len_b_16_tokens_then_eos(model, tok, inputs,
     from transformers import LogitsProcessorList
 
     caption = get_task("caption")
-    kwargs = {**caption.generation, "num_beams": num_beams}
-    common = dict(logits_processor=LogitsProcessorList([_DiscourageEos()]), no_repeat_ngram_size=0)
+    settings = {**caption.generation, "num_beams": num_beams, "no_repeat_ngram_size": 0}
+
+    def run(**overrides):
+        kwargs = generate_kwargs({**settings, **overrides}, tok)
+        kwargs["logits_processor"] = LogitsProcessorList([_DiscourageEos(), *kwargs["logits_processor"]])
+        return model.generate(**inputs, **kwargs)
+
     with torch.no_grad():
-        ours = model.generate(**inputs, **{**kwargs, **common})
-        plain = model.generate(**inputs, **{**kwargs, **common, "max_new_tokens": 16})
+        ours, plain = run(), run(max_new_tokens=16)
     # fairseq's max_len_b=16: steps 0..15 free, EOS forced at step 16 -> 16 tokens + EOS
     assert ours.shape[1] == 1 + 16 + 1 and (ours[:, -1] == 2).all() and (ours[:, 1:-1] != 2).all()
-    # transformers' max_new_tokens counts the forced EOS: 16 stops at 15 tokens + EOS
+    # the settings' max_new_tokens counts the EOS step: 16 stops at 15 tokens + EOS
     assert plain.shape[1] == 1 + 15 + 1 and (plain[:, -1] == 2).all()
