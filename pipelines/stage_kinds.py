@@ -2,7 +2,7 @@
 
 | kind            | config dataclass                         | function                              | resumes from        |
 |-----------------|------------------------------------------|---------------------------------------|---------------------|
-| `data`          | `pipelines.shapes.ShapesConfig`          | `write_shapes(dir, cfg)`              | - (restarts)        |
+| `data`          | `distill.shapes.ShapesConfig`          | `write_shapes(dir, cfg)`              | - (restarts)        |
 | `train-teacher` | `student.train_teacher.TeacherTrainConfig`   | `train_teacher(cfg)`                  | trainer checkpoints |
 | `distill`       | `distill.run.DistillConfig`              | `run_distill(cfg)`                    | complete shards     |
 | `train-student` | `student.train_student.StudentTrainConfig` | `train_student(cfg)`                | trainer checkpoints |
@@ -30,7 +30,7 @@ from distill.sources import open_source
 from distill.tasks import get_task
 from pipelines.baseline import BaselineConfig, run_baseline
 from pipelines.report import METRICS_FILE, ReportConfig, run_report
-from pipelines.shapes import ShapesConfig, write_shapes
+from distill.shapes import ShapesConfig, write_shapes
 from pipelines.stages import StageKind
 from student.evaluate import _candidates, evaluate, load_model, predict_rows
 from student.train_student import StudentTrainConfig, train_student
