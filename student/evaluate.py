@@ -21,6 +21,7 @@ from distill.hub_ids import resolve_model_folder
 from distill.jsonio import atomic_write_text
 from distill.tasks.base import ids_to_text
 from distill.ofa.processing_ofa import OFAProcessor
+from student.intervals import mean_interval
 
 __all__ = ["LoadedModel", "EvalResult", "Prediction", "RowPredictions", "model_kind", "check_model_folder",
            "load_model", "save_model_folder", "decode_batch", "predict_rows", "make_eval_fn", "evaluate", "predict"]
@@ -259,6 +260,14 @@ class EvalResult:
     """`{"id", "index", "reason"}` of each skipped row."""
     skipped_path: str | None = None
     """JSONL of the skipped rows (next to the predictions), when written."""
+    row_ids: list[str] = field(default_factory=list, repr=False)
+    """Ids of the scored rows, aligned with `predictions` and `row_scores`."""
+    row_scores: list[float] | None = field(default=None, repr=False)
+    """Each scored row's score (`Task.row_scores`, their mean is the headline metric): what reports pair; None when
+    the task gives none."""
+    interval: dict[str, Any] | None = None
+    """95% bootstrap interval of the headline metric over the rows (`student.intervals.mean_interval`); None when
+    the task gives no per-row scores."""
 
     @property
     def score(self) -> float:
@@ -267,6 +276,9 @@ class EvalResult:
 
     def line(self) -> str:
         metrics = " ".join(f"{k}={v:.4g}" for k, v in self.metrics.items())
+        if self.metrics:
+            metrics += (f" (95% CI {self.interval['low']:.4g}-{self.interval['high']:.4g})" if self.interval
+                        else " (no interval: the task gives no per-row scores)")
         line = (f"{self.task} {self.kind} {self.model}: {metrics} | {self.ms_per_sample:.2f} ms/sample "
                 f"(batch {self.batch_size}, {self.num_samples} samples) | metric: {self.metric_implementation}")
         if self.num_skipped:
@@ -312,12 +324,15 @@ def evaluate(model: str | os.PathLike, task: str, data: str | os.PathLike, split
     if not res.kept:
         raise _nothing_readable(len(rows), res.skipped)
     scored = [rows[i] for i in res.kept]
+    row_scores = t.row_scores(res.predictions, scored) if score else None
     result = EvalResult(task=t.name, model=str(identity["id"] if "revision" in identity else model), kind=lm.kind,
                         metrics=t.evaluate(res.predictions, scored) if score else {},
                         metric_implementation=t.metric_implementation(scored) if score else "",
                         ms_per_sample=1000.0 * res.seconds / len(scored), num_samples=len(scored),
                         batch_size=batch_size, num_beams=num_beams, predictions=res.predictions,
-                        num_skipped=len(res.skipped), skipped=res.skipped, model_revision=identity.get("revision"))
+                        num_skipped=len(res.skipped), skipped=res.skipped, model_revision=identity.get("revision"),
+                        row_ids=[str(r["id"]) for r in scored], row_scores=row_scores,
+                        interval=mean_interval(row_scores).to_dict() if row_scores is not None else None)
     if out is not None:
         out = Path(out)
         out.parent.mkdir(parents=True, exist_ok=True)
