@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import statistics
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -32,7 +32,8 @@ from pipelines.baseline import BaselineConfig, run_baseline
 from pipelines.report import METRICS_FILE, ReportConfig, run_report
 from distill.shapes import ShapesConfig, write_shapes
 from pipelines.stages import StageKind
-from student.evaluate import _candidates, evaluate, load_model, predict_rows
+from student.evaluate import _candidates, evaluate, load_model
+from student.latency import time_calls
 from student.train_student import StudentTrainConfig, train_student
 from student.train_teacher import TeacherTrainConfig, train_teacher
 from student.trainer import CHECKPOINT_DIR
@@ -47,7 +48,8 @@ DISTILL_NON_RESULT = frozenset({"num_workers", "progress", "flush_every", "overw
 
 @dataclass
 class EvaluateStageConfig:
-    """Score one model on a split: the task metric on every row (batched), latency at batch 1 on a subset."""
+    """Score one model on a split: the task metric on every row (batched) with its interval, latency at each
+    `latency_batch_sizes` on a subset."""
 
     model: str
     """Model folder (NARVL student or OFA teacher)."""
@@ -65,36 +67,38 @@ class EvaluateStageConfig:
     """Score only the first N rows."""
     answers: str | None = None
     """VQA: the answer list file the AR teacher decodes over (required for it; see `narvl-pipe evaluate --answers`)."""
-    latency_batch_size: int = 1
-    """Batch size of the latency measurement (1, as in the paper's table)."""
+    latency_batch_sizes: list[int] = field(default_factory=lambda: [1, 8, 64])
+    """Batch sizes latency is measured at (the paper's table is batch 1); reports compare speed-ups at each."""
     latency_limit: int | None = 50
-    """Rows timed for latency, one call per `latency_batch_size` rows after one warm-up call; the figure is the
-    median over the calls (None: all rows; 0: report the quality pass's batched mean instead)."""
+    """Rows timed for latency at each batch size: one call per batch of that many rows (at least
+    `student.latency.MIN_CALLS` calls, rows reused in turn) after one warm-up call; the figure is the median over the
+    calls (None: all rows; 0: report the quality pass's batched mean instead, at `batch_size`)."""
 
 
-def measure_latency(cfg: EvaluateStageConfig) -> tuple[float, int]:
-    """(median ms per sample over timed calls, number of calls): one `predict_rows` call per batch of
-    `latency_batch_size` rows, after a warm-up call. A median, so a burst of load on a shared machine moves it
-    less than a mean."""
+def measure_latency(cfg: EvaluateStageConfig) -> dict[int, dict]:
+    """Per latency batch size: {median ms per sample over the timed calls, "median", number of calls, each call's ms
+    per sample} (`student.latency.time_calls`). A median, so a burst of load on a shared machine moves it less than
+    a mean; the calls let reports put an interval on speed-ups."""
 
     task = get_task(cfg.task)
     lm = load_model(cfg.model)
     rows = [dict(r) for r in open_source(cfg.data, cfg.split, None, task, limit=cfg.limit)]
     candidates = _candidates(task, cfg.answers) if lm.kind == "ofa" else None
     timed = rows[: cfg.latency_limit] if cfg.latency_limit is not None else rows
-    b = cfg.latency_batch_size
-    predict_rows(lm, task, timed[:b], b, cfg.num_beams, candidates)  # warm-up: first-call allocations
-    calls = [timed[i: i + b] for i in range(0, len(timed), b)]
-    ms = [1000.0 * predict_rows(lm, task, chunk, b, cfg.num_beams, candidates).seconds / len(chunk) for chunk in calls]
-    return statistics.median(ms), len(ms)
+    latency = {}
+    for b in cfg.latency_batch_sizes:
+        ms = time_calls(lm, task, timed, b, cfg.num_beams, candidates).ms_per_sample
+        latency[b] = {"ms_per_sample": statistics.median(ms), "statistic": "median", "calls": len(ms), "call_ms": ms}
+    return latency
 
 
 def _run_evaluate(cfg: EvaluateStageConfig, out: Path) -> None:
     quality = evaluate(cfg.model, cfg.task, cfg.data, split=cfg.split, batch_size=cfg.batch_size,
                        num_beams=cfg.num_beams, limit=cfg.limit, out=out / "predictions.jsonl", answers=cfg.answers)
-    ms, calls, latency_batch = quality.ms_per_sample, 1, quality.batch_size
+    latency = {quality.batch_size: {"ms_per_sample": quality.ms_per_sample, "statistic": "mean", "calls": 1}}
     if cfg.latency_limit != 0:
-        (ms, calls), latency_batch = measure_latency(cfg), cfg.latency_batch_size
+        latency = measure_latency(cfg)
+    latency_batch = next(iter(latency))  # the table's ms/sample column: the first batch size
 
     metric = next(iter(quality.metrics))
     if quality.kind == "narvl":
@@ -106,9 +110,11 @@ def _run_evaluate(cfg: EvaluateStageConfig, out: Path) -> None:
         "task": quality.task, "model": quality.model, "model_type": quality.kind, "decoding": decoding,
         "metric": metric, "score": quality.metrics[metric], "metrics": quality.metrics,
         "metric_implementation": quality.metric_implementation,
-        "num_samples": quality.num_samples, "ms_per_sample": ms, "latency_statistic": "median" if calls > 1 else "mean",
-        "latency_batch_size": latency_batch, "latency_calls": calls, "latency_threads": torch.get_num_threads(),
-        "batched_ms_per_sample": quality.ms_per_sample, "batch_size": quality.batch_size,
+        "num_samples": quality.num_samples, "ms_per_sample": latency[latency_batch]["ms_per_sample"],
+        "latency_statistic": latency[latency_batch]["statistic"], "latency_batch_size": latency_batch,
+        "latency_calls": latency[latency_batch]["calls"], "latency_threads": torch.get_num_threads(),
+        "latency": latency, "batched_ms_per_sample": quality.ms_per_sample, "batch_size": quality.batch_size,
+        "interval": quality.interval, "row_ids": quality.row_ids, "row_scores": quality.row_scores,
     }
     (out / METRICS_FILE).write_text(json.dumps(record, indent=2) + "\n")
 
