@@ -282,8 +282,10 @@ class Session:
 
 
 def pair_line(p: dict) -> str:
-    """`name: 1.352x faster (1.301-1.398, 7 rounds)`: the figure every benchmark prints."""
-    return (f"{p['name']}: {p['speedup']:.3f}x faster ({p['speedup_min']:.3f}-{p['speedup_max']:.3f}, "
+    """`name: 1.352x faster (1.301-1.398 over 7 rounds)` (below 1: "x the speed", i.e. slower): the figure every
+    benchmark prints, time(b) / time(a) per round, its median and min-max."""
+    word = "faster" if p["speedup"] >= 1 else "the speed (slower)"
+    return (f"{p['name']}: {p['speedup']:.3f}x {word} ({p['speedup_min']:.3f}-{p['speedup_max']:.3f} over "
             f"{len(p['speedup_per_round'])} rounds)")
 
 
