@@ -95,12 +95,10 @@ def main() -> None:
     with timing.Session(sides, settings) as session:
         session.run(entries, [p for p in pairs if p.b in entries])
         result = session.result()
-    print(f"\n{settings.rounds} rounds, {settings.threads} thread(s), cores {settings.cores}")
     for key, times in result["times"].items():
         ms = [1000 * t for t in times]
         print(f"{key:<36} median {statistics.median(ms):8.2f} ms/sample, max/min over rounds {max(ms) / min(ms):.2f}")
-    for p in result["pairs"]:
-        print(timing.pair_line(p))
+    timing.print_pairs(result)
     timing.write(args.results, {"benchmark": "demo_latency", "out": str(args.out), "stages": configs, **result})
     print(f"\nwrote {args.results}")
 

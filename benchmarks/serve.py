@@ -208,9 +208,7 @@ def main() -> None:
             session.run([e for p in latency for e in (p.a, p.b)], latency)
             session.run([timing.Entry(n, f"c{c}") for c in args.clients for n in SERVERS], throughput)
             result = session.result()
-    print(f"\n{settings.rounds} rounds, {settings.threads} thread(s), cores {settings.cores}")
-    for p in result["pairs"]:
-        print(timing.pair_line(p))
+    timing.print_pairs(result, "throughput pairs: seconds per request")
     timing.write(args.out, {
         "benchmark": "serve", "model": {"d_model": args.d_model, "layers": args.layers, "heads": args.heads,
                                         "resnet": args.resnet, "resolution": args.resolution, "task": args.task},

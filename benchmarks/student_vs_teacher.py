@@ -119,10 +119,7 @@ def main() -> None:
     with timing.Session(sides, settings) as session:
         session.run(entries, pairs)
         result = session.result()
-    print(f"\n{settings.rounds} rounds, {settings.threads} thread(s), cores {settings.cores}; "
-          "'enc+1dec vs narvl' is narvl / (enc+1dec) in time (goal <= 1.1)")
-    for p in result["pairs"]:
-        print(timing.pair_line(p))
+    timing.print_pairs(result, "'enc+1dec vs narvl' is narvl / (enc+1dec) in time (goal <= 1.1)")
     timing.write(args.out, {"benchmark": "student_vs_teacher", "cases": cases, "methods": METHODS,
                             "note": "random weights; AR forced to min=max new tokens; KV cache on", **result})
     print(f"wrote {args.out}")

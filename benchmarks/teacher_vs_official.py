@@ -186,10 +186,7 @@ def main() -> None:
             session.run(entries, pairs)
             result = session.result()
 
-    print(f"\n{settings.rounds} rounds, {settings.threads} thread(s), cores {settings.cores}: "
-          "project's generate() speed-up (median of paired per-round ratios, min-max)")
-    for p in result["pairs"]:
-        print(timing.pair_line(p))
+    timing.print_pairs(result, "project's generate() speed-up (median of paired per-round ratios, min-max)")
     timing.write(args.out, {
         "benchmark": "teacher_vs_official", "sizes": {s: _shape_record(s) for s in args.sizes},
         "text_len": TEXT_LEN, "new_tokens": NEW_TOKENS, "decodings": DECODINGS, "identity": identity, **result})

@@ -206,7 +206,7 @@ class Session:
             raise
         self.times: dict[str, list[float]] = {}
         self.info: dict[str, list[dict]] = {}
-        self.orders: list[list[str]] = []
+        self.orders: list[list[list[str]]] = []  # per `run`, per timed round: the entries in the order timed
         self.digests: dict[str, str] = {}
         self.pairs: list[dict] = []
 
@@ -228,6 +228,7 @@ class Session:
         """Warm-up then timed rounds over `entries` (order reversed every other round); checks outputs every round;
         returns (and records) each pair's figure."""
         s = self.settings
+        self.orders.append([])
         for r in range(s.warmup + s.rounds):
             order = entries if r % 2 == 0 else entries[::-1]
             seen = {e.key: self._timed(e, r >= s.warmup) for e in order}
@@ -236,7 +237,7 @@ class Session:
                     raise OutputMismatch(f"{p.name}: {p.a.key} and {p.b.key} computed different outputs in round "
                                          f"{r} ({seen[p.a.key][:12]} vs {seen[p.b.key][:12]})")
             if r >= s.warmup:
-                self.orders.append([e.key for e in order])
+                self.orders[-1].append([e.key for e in order])
         out = [self._pair(p) for p in pairs]
         self.pairs += out
         return out
@@ -289,6 +290,14 @@ def pair_line(p: dict) -> str:
             f"{len(p['speedup_per_round'])} rounds)")
 
 
+def print_pairs(result: dict, note: str = "") -> None:
+    """The run's settings, then one `pair_line` per pair."""
+    h = result["harness"]
+    print(f"\n{h['rounds']} rounds, {h['threads']} thread(s), cores {h['cores']}" + (f"; {note}" if note else ""))
+    for p in result["pairs"]:
+        print(pair_line(p))
+
+
 def write(path: Path, result: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=1) + "\n")
@@ -315,7 +324,7 @@ def _worker(spec: dict) -> None:
         out.flush()
         return
     torch = sys.modules.get("torch")
-    versions = {"torch": getattr(torch, "__version__", None)}
+    versions = {"torch": getattr(torch, "__version__", None) or _installed("torch")}  # a side may run torch in a child
     if "transformers" in sys.modules:
         versions["transformers"] = sys.modules["transformers"].__version__
     out.write(json.dumps({"ready": spec["side"], "affinity": sorted(os.sched_getaffinity(0)), "versions": versions,
@@ -344,6 +353,15 @@ def _worker(spec: dict) -> None:
             reply = {"error": traceback.format_exc()}
         out.write(json.dumps(reply) + "\n")
         out.flush()
+
+
+def _installed(package: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return None
 
 
 def _threads(n: int) -> None:

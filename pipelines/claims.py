@@ -62,17 +62,13 @@ def quality_claim(task: str, student: dict, ref: dict, metric: str, ratio: float
     """The student close to the reference: a paired ratio >= `ratio`, or a paired difference >= -`margin`."""
     if margin is not None:
         text = f"{prefix}{student['label']} {metric} within {margin:g} points of {ref['label']} or better"
-    else:
-        text = f"{prefix}{student['label']} {metric} >= {ratio:g} x {ref['label']}"
+        return _difference_claim(task, text, student, ref, -margin, strict=False)
+    text = f"{prefix}{student['label']} {metric} >= {ratio:g} x {ref['label']}"
     scores = f"{student['score']:.1f} vs {ref['score']:.1f}"
     pairs = row_pairs(student, ref)
     if isinstance(pairs, str):
         return claim(task, text, "inconclusive", f"{scores}; not paired: {pairs}")
     s, r, rows = pairs
-    if margin is not None:
-        iv = paired_difference(s, r)
-        verdict, note = _guarded(iv.verdict(-margin), s, r)
-        return claim(task, text, verdict, f"{scores}; difference {_signed(iv)}, {rows}{note}")
     if not np.any(r):
         return claim(task, text, "inconclusive", f"{scores}; {ref['label']}'s scores are all zero: no ratio")
     iv = paired_ratio(s, r)
@@ -82,14 +78,18 @@ def quality_claim(task: str, student: dict, ref: dict, metric: str, ratio: float
 
 def better_claim(task: str, kd: dict, raw: dict, metric: str, prefix: str) -> dict[str, Any]:
     """KD above raw: a paired difference > 0."""
-    text = f"{prefix}{kd['label']} {metric} > {raw['label']}"
-    scores = f"{kd['score']:.1f} vs {raw['score']:.1f}"
-    pairs = row_pairs(kd, raw)
+    return _difference_claim(task, f"{prefix}{kd['label']} {metric} > {raw['label']}", kd, raw, 0.0, strict=True)
+
+
+def _difference_claim(task: str, text: str, a: dict, b: dict, threshold: float, strict: bool) -> dict[str, Any]:
+    """"a - b >= threshold" (`strict`: ">") on the paired difference of their per-row scores."""
+    scores = f"{a['score']:.1f} vs {b['score']:.1f}"
+    pairs = row_pairs(a, b)
     if isinstance(pairs, str):
         return claim(task, text, "inconclusive", f"{scores}; not paired: {pairs}")
-    k, r, rows = pairs
-    iv = paired_difference(k, r)
-    verdict, note = _guarded(iv.verdict(0.0, strict=True), k, r)
+    x, y, rows = pairs
+    iv = paired_difference(x, y)
+    verdict, note = _guarded(iv.verdict(threshold, strict), x, y)
     return claim(task, text, verdict, f"{scores}; difference {_signed(iv)}, {rows}{note}")
 
 

@@ -37,7 +37,7 @@ def test_pinned_sides_alternate_drop_the_warmup_and_pair_rounds():
     check_harness(result, rounds=4, cores=pinned_cores(), torch=False)
     # each side's own call count is its 'seconds': the 2 warm-up rounds are gone, rounds 3..6 are kept
     assert result["times"] == {"a/1": [3.0, 4.0, 5.0, 6.0], "b/1": [3.0, 4.0, 5.0, 6.0]}
-    assert result["orders"] == [["a/1", "b/1"], ["b/1", "a/1"], ["a/1", "b/1"], ["b/1", "a/1"]]
+    assert result["orders"] == [[["a/1", "b/1"], ["b/1", "a/1"], ["a/1", "b/1"], ["b/1", "a/1"]]]
     assert result["info"]["a/1"] == [{"call": 1}] * 4
     assert pair["speedup"] == 1.0 and pair["outputs"] == "equal every round"
     assert env == {"OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
