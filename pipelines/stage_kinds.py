@@ -2,7 +2,7 @@
 
 | kind            | config dataclass                         | function                              | resumes from        |
 |-----------------|------------------------------------------|---------------------------------------|---------------------|
-| `data`          | `distill.shapes.ShapesConfig`          | `write_shapes(dir, cfg)`              | - (restarts)        |
+| `data`          | `distill.shapes.ShapesConfig`            | `write_shapes(dir, cfg)`              | - (restarts)        |
 | `train-teacher` | `student.train_teacher.TeacherTrainConfig`   | `train_teacher(cfg)`                  | trainer checkpoints |
 | `distill`       | `distill.run.DistillConfig`              | `run_distill(cfg)`                    | complete shards     |
 | `train-student` | `student.train_student.StudentTrainConfig` | `train_student(cfg)`                | trainer checkpoints |
