@@ -228,6 +228,9 @@ class Session:
         """Warm-up then timed rounds over `entries` (order reversed every other round); checks outputs every round;
         returns (and records) each pair's figure."""
         s = self.settings
+        again = [e.key for e in entries if e.key in self.times]
+        if again:
+            raise ValueError(f"{again} were timed in an earlier run: an entry's rounds are one run's")
         self.orders.append([])
         for r in range(s.warmup + s.rounds):
             order = entries if r % 2 == 0 else entries[::-1]

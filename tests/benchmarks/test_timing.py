@@ -45,15 +45,19 @@ def test_pinned_sides_alternate_drop_the_warmup_and_pair_rounds():
 
 
 def test_different_outputs_fail_loudly():
-    loop, formula, wrong = Entry("loop", "1000"), Entry("formula", "1000"), Entry("wrong", "1000")
+    loop, formula = Entry("loop", "1000"), Entry("formula", "1000")
     with Session([_side("loop", "loop"), _side("formula", "formula"), _side("wrong", "off_by_one")],
                  _settings()) as s:
         [pair] = s.run([loop, formula], [Pair("formula vs loop", formula, loop, same_outputs=True)])
         assert pair["same_outputs"] and len(pair["speedup_per_round"]) == 3
+        with pytest.raises(ValueError, match="timed in an earlier run"):
+            s.run([loop], [])
+        loop2, wrong2 = Entry("loop", "2000"), Entry("wrong", "2000")
         with pytest.raises(OutputMismatch, match="computed different outputs in round 0"):
-            s.run([loop, wrong], [Pair("wrong vs loop", wrong, loop, same_outputs=True)])
+            s.run([loop2, wrong2], [Pair("wrong vs loop", wrong2, loop2, same_outputs=True)])
         # sides that compute different things by design are still checked for stable outputs
-        [other] = s.run([loop, wrong], [Pair("wrong vs loop", wrong, loop, same_outputs=False)])
+        loop3, wrong3 = Entry("loop", "3000"), Entry("wrong", "3000")
+        [other] = s.run([loop3, wrong3], [Pair("wrong vs loop", wrong3, loop3, same_outputs=False)])
         assert other["outputs"].startswith("each side stable")
     with Session([_side("drift", "drifting")], _settings()) as s:
         with pytest.raises(OutputMismatch, match="outputs changed between rounds"):
