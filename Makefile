@@ -21,6 +21,6 @@ demo: $(VENV)/.installed
 	$(VENV)/bin/narvl-pipe demo --out runs/demo
 
 demo-all: $(VENV)/.installed
-	$(VENV)/bin/narvl-pipe demo --tasks all --out runs/demo
+	$(VENV)/bin/narvl-pipe demo --tasks all --out runs/demo-all
 
 .PHONY: install test demo demo-all

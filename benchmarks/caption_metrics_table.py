@@ -55,7 +55,7 @@ def main() -> None:
     sys.path.insert(0, str(REPO))
     sys.path.insert(0, str(REPO / "tests" / "distill"))
     from distill.tasks.caption_metrics import caption_scores, java_ptb_tokenize, ptb_tokenize
-    from pipelines.shapes import ShapesConfig, generate_example
+    from distill.shapes import ShapesConfig, generate_example
     from test_caption_metrics import ptb_cases
 
     old = old_metrics(args.base)

@@ -1,66 +1,106 @@
-"""How stable are the demo's ms/sample figures? Re-measure every evaluate stage of a finished demo, several times.
+"""How stable are the demo's ms/sample figures, and its speed-ups? Re-measure every evaluate stage of a finished demo
+with the harness (`benchmarks/timing.py`).
 
-For each evaluate stage under OUT (its `stage_config.json`), it re-runs the stage's own latency measurement
-(`pipelines.stage_kinds.measure_latency`: median over one call per test row, batch 1, after a warm-up call),
-round-robin over `--rounds` rounds so that a burst of machine load hits every model alike, and prints per model the
-median of each round, max/min over rounds (the goal: <= 1.15) and the speed-up over its task's teacher per round.
-Writes `benchmarks/results/demo_latency.json`.
+Each evaluate stage under OUT (its `stage_config.json`) becomes one pinned worker process holding its model and its
+test rows; a call re-runs the stage's own latency measurement (`student.latency.time_calls`: one call per batch of
+rows at the batch size, after a warm-up call) and reports the median ms/sample over those calls. Rounds are
+interleaved with the order reversed every other round, and each student's speed-up over its task's teacher (the
+`*teacher-beam5*` stage when there is one) is the median of the paired per-round ratios, with its min-max. Writes
+`benchmarks/results/demo_latency.json`.
 
-    python benchmarks/demo_latency.py runs/demo --rounds 2
+    python benchmarks/demo_latency.py runs/demo [--batches 1 8 64] [--rounds 7]
 """
 from __future__ import annotations
 
 import argparse
 import json
-import platform
+import statistics
+import sys
 from pathlib import Path
 
-import torch
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import timing  # noqa: E402
 
-from pipelines.stage_kinds import EvaluateStageConfig, measure_latency
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = Path(__file__).parent / "results" / "demo_latency.json"
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("out", type=Path, help="A finished demo output folder (narvl-pipe demo --out).")
-    ap.add_argument("--rounds", type=int, default=2)
-    ap.add_argument("--results", type=Path, default=Path(__file__).parent / "results" / "demo_latency.json")
-    args = ap.parse_args()
+def side(model: str, task: str, data: str, split: str, limit: int | None, num_beams: int | None,
+         answers: str | None, latency_limit: int | None):
+    """A harness side: one evaluate stage's model on its rows; case `bN`: its latency at batch N (seconds/sample)."""
+    from distill.sources import open_source
+    from distill.tasks import get_task
+    from student.evaluate import open_for_task
+    from student.latency import time_calls
 
-    stages, seen = [], set()
-    for cfg_file in sorted(args.out.glob("*/stage_config.json")):
+    t = get_task(task)
+    lm, candidates = open_for_task(model, t, answers=answers, device="cpu")
+    settings = lm.settings(t, candidates, {"num_beams": num_beams})
+    lm.load()
+    rows = [dict(r) for r in open_source(data, split, None, t, limit=limit)]
+    rows = rows[:latency_limit] if latency_limit else rows
+
+    def prepare(case: str):
+        def run():
+            calls = time_calls(lm, t, rows, int(case[1:]), settings)
+            return timing.Timed(statistics.median(calls.ms_per_sample) / 1000.0, calls.texts,
+                                {"calls": len(calls.ms_per_sample)})
+        return run
+    return prepare
+
+
+def stages(out: Path) -> dict[str, dict]:
+    """Stage name -> its evaluate config, for every finished evaluate stage under `out`."""
+    found, seen = {}, set()
+    for cfg_file in sorted(out.glob("*/stage_config.json")):
         if cfg_file.resolve() in seen:  # OUT/<name> links to OUT/<name>-<fingerprint>
             continue
         seen.add(cfg_file.resolve())
         record = json.loads(cfg_file.read_text())
-        if record["kind"] == "evaluate":
-            stages.append((record["name"], EvaluateStageConfig(**record["config"])))
-    if not stages:
-        raise SystemExit(f"no finished evaluate stages under {args.out}")
-    rounds: dict[str, list[float]] = {name: [] for name, _ in stages}
-    for r in range(args.rounds):
-        for name, cfg in stages:
-            ms, calls = measure_latency(cfg)
-            rounds[name].append(ms)
-            print(f"round {r + 1}: {name}: {ms:.2f} ms/sample (median of {calls} calls)", flush=True)
+        if record["kind"] == "evaluate" and (cfg_file.parent / "metrics.json").is_file():
+            found[record["name"]] = record["config"]
+    if not found:
+        raise SystemExit(f"no finished evaluate stages under {out}")
+    return found
 
-    teachers = {cfg.task: name for name, cfg in stages if "teacher" in name}
-    rows = []
-    print(f"\n{'stage':<28} " + " ".join(f"{'round ' + str(i + 1):>9}" for i in range(args.rounds))
-          + f" {'max/min':>8}  speed-up over teacher per round")
-    for name, cfg in stages:
-        ms = rounds[name]
-        ref = rounds.get(teachers.get(cfg.task, ""), [])
-        speedups = [t / m for t, m in zip(ref, ms)] if ref else []
-        spread = max(ms) / min(ms)
-        rows.append({"stage": name, "task": cfg.task, "ms_per_sample": ms, "max_over_min": spread,
-                     "speedup_over_teacher": speedups})
-        print(f"{name:<28} " + " ".join(f"{m:9.2f}" for m in ms) + f" {spread:8.2f}  "
-              + " ".join(f"{s:.2f}x" for s in speedups))
-    args.results.parent.mkdir(parents=True, exist_ok=True)
-    args.results.write_text(json.dumps({
-        "out": str(args.out), "rounds": args.rounds, "threads": torch.get_num_threads(),
-        "machine": platform.processor() or platform.machine(), "rows": rows}, indent=2) + "\n")
+
+def reference(names: list[str]) -> str | None:
+    """A task's teacher stage: the beam-5 one when there are several."""
+    teachers = [n for n in names if "teacher" in n]
+    return next((n for n in teachers if "beam5" in n), teachers[0] if teachers else None)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("out", type=Path, help="A finished demo output folder (narvl-pipe demo --out).")
+    ap.add_argument("--batches", nargs="+", type=int, help="batch sizes (default: each stage's latency_batch_sizes)")
+    ap.add_argument("--results", type=Path, default=RESULTS)
+    timing.add_args(ap)
+    args = ap.parse_args()
+    settings = timing.Settings.from_args(args)
+    configs = stages(args.out)
+    keys = ("model", "task", "data", "split", "limit", "num_beams", "answers", "latency_limit")
+    sides = [timing.Side(name, __file__, "side", {k: cfg.get(k) for k in keys}, python_path=[str(REPO)])
+             for name, cfg in configs.items()]
+    entries, pairs = [], []
+    for name, cfg in configs.items():
+        for b in args.batches or cfg.get("latency_batch_sizes") or [cfg.get("latency_batch_size", 1)]:
+            entries.append(timing.Entry(name, f"b{b}"))
+    for task in dict.fromkeys(cfg["task"] for cfg in configs.values()):
+        names = [n for n, cfg in configs.items() if cfg["task"] == task]
+        ref = reference(names)
+        for name in names:
+            for e in (e for e in entries if e.side == name and ref and name != ref):
+                pairs.append(timing.Pair(f"{name} vs {ref} at batch {e.case[1:]}", e, timing.Entry(ref, e.case),
+                                         same_outputs=False))
+    with timing.Session(sides, settings) as session:
+        session.run(entries, [p for p in pairs if p.b in entries])
+        result = session.result()
+    for key, times in result["times"].items():
+        ms = [1000 * t for t in times]
+        print(f"{key:<36} median {statistics.median(ms):8.2f} ms/sample, max/min over rounds {max(ms) / min(ms):.2f}")
+    timing.print_pairs(result)
+    timing.write(args.results, {"benchmark": "demo_latency", "out": str(args.out), "stages": configs, **result})
     print(f"\nwrote {args.results}")
 
 

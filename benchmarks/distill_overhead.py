@@ -1,30 +1,32 @@
-"""Overhead of `narvl-pipe distill` over a bare `generate()` loop in steady state, and its memory with the row count.
+"""Overhead of `narvl-pipe distill` over a bare `generate()` loop in steady state, at equal CPU, and its memory with
+the row count. Timed by the harness (`benchmarks/timing.py`): each side is a pinned worker process, and every process
+a side starts (distill's DataLoader workers) runs on that side's cores, so distill's image decoding in its workers
+gets exactly the CPU on which the bare loop decodes inline (on a 2-core machine: both sides on the same core, one at
+a time, rounds interleaved).
 
 Both sides run the same tiny teacher over the same batches (caption task, OFA's beam 5 / 16 tokens / no-repeat 3,
-the same batch size; batches never cross shards, and the row count is a multiple of the shard size):
+the same batch size; batches never cross shards, and the row count is a multiple of the shard size), and must write
+the same captions (checked every round):
 - bare: open the dataset, load the model, then for each batch decode + preprocess the images, tokenise the prompt,
-  `generate()` under `torch.inference_mode()`; results kept in a Python list, nothing written;
+  `generate()` under `torch.inference_mode()` with the task's settings; results kept in a Python list;
 - distill: `run_distill(DistillConfig(...))`: the same plus DataLoader workers, shards, flushes, manifest, assembly.
 
-Each measurement runs in its own subprocess (same thread settings). Reported separately:
-- steady state: rows/s between the start of batch `--warmup` and the start of the last batch (each side records
-  the start of every generate() call), so imports, model load, worker start-up and final assembly are excluded;
-- start-up: imports (of what each side needs), then from the run's start to the first generate() (model load,
-  source opening, workers), and the end-to-end wall time with rows/s over it;
-- memory: peak PSS and RSS of the process plus its DataLoader workers (sampled every 20 ms from /proc; PSS shares
-  forked pages fairly, RSS counts them in each process), the anonymous + shared-memory part of that PSS (heap,
-  tensors: what grows if rows were kept; the rest is file pages such as the memory-mapped source), and the
-  process's own VmHWM.
+The timed span is the steady state: from the start of batch `--warmup-batches` to the start of the last batch (each
+side records the start of every generate() call), so imports, model load, worker start-up and final assembly are
+excluded; both sides cover the same rows in it, so distill/bare throughput = the harness's bare-over-distill ratio
+inverted, i.e. the paired figure "distill vs bare" (goal >= 0.95). Each call also records start-up, end-to-end
+seconds and memory: peak PSS and RSS of the process plus its DataLoader workers (sampled every 20 ms from /proc;
+PSS shares forked pages fairly, RSS counts them in each process), and the anonymous + shared-memory part of that PSS
+(heap, tensors: what grows if rows were kept); distill also runs at a tenth of the rows, for the memory growth
+(goal: peak anonymous PSS at the full row count <= 1.2x that at a tenth).
 
-    python benchmarks/distill_overhead.py [--rows 1280] [--shard-size 128] [--batch-size 16] [--repeats 2]
+    python benchmarks/distill_overhead.py [--rows 1280] [--shard-size 128] [--batch-size 16] [--workers 2]
 
-Goals: distill steady-state throughput >= 0.95x the bare loop (issue 12); peak anonymous PSS at the full row
-count <= 1.2x that at a tenth of it (issue 3). Writes benchmarks/results/distill_overhead.json.
+Writes benchmarks/results/distill_overhead.json.
 """
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import subprocess
@@ -34,10 +36,11 @@ import threading
 import time
 from pathlib import Path
 
-T_START = time.perf_counter()
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import timing  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results" / "distill_overhead.json"
-PROMPT = " what does the image describe?"
 GEN = dict(num_beams=5, max_new_tokens=16, no_repeat_ngram_size=3)
 
 
@@ -131,23 +134,19 @@ class MemorySampler(threading.Thread):
                 "processes": self.max_processes}
 
 
-def measure(kind: str, root: Path, rows: int, batch_size: int, shard_size: int, workers: int, warmup: int) -> dict:
-    """One measurement, inside its own process."""
-    sampler = MemorySampler()
-    sampler.start()
+def side(kind: str, root: str, batch_size: int, shard_size: int, workers: int, warmup_batches: int):
+    """A harness side, `bare` or `distill`; case `rowsN`: a run over the N-row source, timed over its steady state."""
+    import shutil
+
     import torch
+    from datasets import Image, load_from_disk
 
+    from distill.images import load_image
     from distill.ofa import OFAModel
-
-    if kind == "distill":
-        from distill.run import DistillConfig, run_distill
-    else:
-        from datasets import Image, load_from_disk
-
-        from distill.images import load_image
-        from distill.ofa.image_processing_ofa import OFAImageProcessor
-        from distill.ofa.tokenization_ofa import load_ofa_tokenizer
-    imports_s = time.perf_counter() - T_START
+    from distill.ofa.image_processing_ofa import OFAImageProcessor
+    from distill.ofa.tokenization_ofa import load_ofa_tokenizer
+    from distill.run import DistillConfig, run_distill
+    from distill.tasks import get_task
 
     starts: list[tuple[float, int]] = []  # (time, rows) at the start of every generate() call
     original = OFAModel.generate
@@ -157,37 +156,55 @@ def measure(kind: str, root: Path, rows: int, batch_size: int, shard_size: int, 
         return original(self, *args, **kwargs)
 
     OFAModel.generate = timed_generate
-    src, teacher = root / f"src{rows}", root / "teacher"
-    t0 = time.perf_counter()
-    if kind == "distill":
-        out = Path(tempfile.mkdtemp(dir=root))
-        summary = run_distill(DistillConfig(task="caption", teacher=str(teacher), data=str(src), out=str(out),
-                                            batch_size=batch_size, shard_size=shard_size, num_workers=workers,
-                                            progress=False, **GEN))
-        assert summary.rows == rows, summary
-    else:
+    task, teacher = get_task("caption"), Path(root) / "teacher"
+
+    def bare(src: Path) -> list[tuple[str, str]]:
         ds = load_from_disk(str(src)).cast_column("image", Image(decode=False))
         model = OFAModel.from_pretrained(str(teacher)).eval()
         tok, proc = load_ofa_tokenizer(teacher), OFAImageProcessor.from_pretrained(str(teacher))
-        results = []
+        settings = {**task.generate_kwargs(tok), **GEN}  # what distill decodes with
+        out = []
         with torch.inference_mode():
-            for lo in range(0, rows, batch_size):
+            for lo in range(0, len(ds), batch_size):
                 batch = ds[lo: lo + batch_size]
                 pix = torch.stack([torch.from_numpy(proc.process_image(load_image(im))) for im in batch["image"]])
-                ids = tok([PROMPT] * len(pix), return_tensors="pt")["input_ids"]
-                res = model.generate(input_ids=ids, patch_images=pix, output_scores=True,
-                                     return_dict_in_generate=True, **GEN)
-                results += tok.batch_decode(res.sequences, skip_special_tokens=True)
-        assert len(results) == rows
-    seconds = time.perf_counter() - t0
-    if len(starts) <= warmup + 1:
-        raise SystemExit(f"{rows} rows make {len(starts)} batches: too few for --warmup {warmup}")
-    steady_rows = sum(n for _, n in starts[warmup:-1])
-    steady_s = starts[-1][0] - starts[warmup][0]
-    return {"kind": kind, "rows": rows, "imports_s": round(imports_s, 3),
-            "startup_s": round(starts[0][0] - t0, 3), "seconds": round(seconds, 3), "rows_per_s": rows / seconds,
-            "steady_rows": steady_rows, "steady_s": round(steady_s, 3), "steady_rows_per_s": steady_rows / steady_s,
-            "vmhwm_mb": _vmhwm_mb(), **sampler.stop()}
+                ids = tok([task.prompt({})] * len(pix), return_tensors="pt", padding=True)["input_ids"]
+                res = model.generate(input_ids=ids, patch_images=pix, patch_masks=torch.ones(len(pix), dtype=torch.bool),
+                                     output_scores=True, return_dict_in_generate=True, **settings)
+                out += zip(batch["id"], (t.strip() for t in tok.batch_decode(res.sequences, skip_special_tokens=True)))
+        return out
+
+    def distill(src: Path) -> list[tuple[str, str]]:
+        out = Path(tempfile.mkdtemp(dir=root))
+        run_distill(DistillConfig(task="caption", teacher=str(teacher), data=str(src), out=str(out),
+                                  batch_size=batch_size, shard_size=shard_size, num_workers=workers, progress=False,
+                                  **GEN))
+        ds = load_from_disk(str(out))
+        rows = list(zip(ds["id"], ds["target"]))
+        shutil.rmtree(out)
+        return rows
+
+    def prepare(case: str):
+        src = Path(root) / f"src{int(case[4:])}"
+
+        def run():
+            sampler = MemorySampler()
+            sampler.start()
+            starts.clear()
+            t0 = time.perf_counter()
+            rows = (bare if kind == "bare" else distill)(src)
+            seconds = time.perf_counter() - t0
+            if len(starts) <= warmup_batches + 1:
+                raise SystemExit(f"{case} makes {len(starts)} batches: too few for --warmup-batches {warmup_batches}")
+            steady_rows = sum(n for _, n in starts[warmup_batches:-1])
+            steady_s = starts[-1][0] - starts[warmup_batches][0]
+            info = {"rows": len(rows), "startup_s": round(starts[0][0] - t0, 3), "seconds": round(seconds, 3),
+                    "steady_rows": steady_rows, "steady_rows_per_s": steady_rows / steady_s,
+                    "vmhwm_mb": _vmhwm_mb(), **sampler.stop()}
+            return timing.Timed(steady_s, sorted(rows), info)
+        return run
+
+    return prepare
 
 
 def _vmhwm_mb() -> float:
@@ -197,81 +214,60 @@ def _vmhwm_mb() -> float:
     return 0.0
 
 
-def _sub(kind, root, rows, args) -> dict:
-    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
-               OMP_NUM_THREADS=str(args.threads), PYTHONPATH=str(REPO))
-    cmd = [sys.executable, __file__, "--measure", kind, "--root", str(root), "--rows", str(rows),
-           "--batch-size", str(args.batch_size), "--shard-size", str(args.shard_size), "--workers", str(args.workers),
-           "--warmup", str(args.warmup)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
-    if proc.returncode != 0:
-        raise SystemExit(f"{kind} measurement failed:\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1]) if kind != "build" else {}
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", type=int, default=1280)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--shard-size", type=int, default=128)
-    ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--warmup", type=int, default=4, help="batches left out of the steady-state rate")
-    ap.add_argument("--repeats", type=int, default=2, help="alternating bare/distill pairs; medians are reported")
-    ap.add_argument("--measure", choices=["bare", "distill", "build"])
-    ap.add_argument("--root")
+    ap.add_argument("--workers", type=int, default=2, help="distill's DataLoader workers (on the side's cores)")
+    ap.add_argument("--warmup-batches", type=int, default=4, help="batches left out of the steady state")
+    ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--build", help=argparse.SUPPRESS)
+    timing.add_args(ap)
     args = ap.parse_args()
-    if args.measure == "build":
-        build(Path(args.root), args.rows)
+    if args.build:
+        build(Path(args.build), args.rows)
         return
-    if args.measure:
-        print(json.dumps(measure(args.measure, Path(args.root), args.rows, args.batch_size, args.shard_size,
-                                 args.workers, args.warmup)))
-        return
+    settings = timing.Settings.from_args(args)
     if args.rows % args.shard_size or args.shard_size % args.batch_size:
         raise SystemExit("--rows must be a multiple of --shard-size, itself a multiple of --batch-size")
 
     small_rows = max(args.shard_size, args.rows // 10 // args.shard_size * args.shard_size)
-    load_before, started = os.getloadavg(), time.time()
     with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp)
         for n in sorted({small_rows, args.rows}):  # in subprocesses: this parent stays small (no torch here)
-            _sub("build", root, n, args)
-        runs = []
-        for _ in range(args.repeats):  # alternate, so that machine load hits both sides alike
-            runs += [_sub("bare", root, args.rows, args), _sub("distill", root, args.rows, args)]
-        small = _sub("distill", root, small_rows, args)
-    med = {k: {f: statistics.median(r[f] for r in runs if r["kind"] == k)
-               for f in ("steady_rows_per_s", "rows_per_s", "imports_s", "startup_s", "seconds", "peak_pss_mb",
-                         "peak_anon_pss_mb", "peak_rss_mb", "vmhwm_mb")} for k in ("bare", "distill")}
-    pairs = [(b, d) for b, d in zip(runs[0::2], runs[1::2])]
-    ratios = [d["steady_rows_per_s"] / b["steady_rows_per_s"] for b, d in pairs]
-    ratio = statistics.median(ratios)
-    big = statistics.median(r["peak_anon_pss_mb"] for r in runs if r["kind"] == "distill")
-    growth = big / small["peak_anon_pss_mb"]
-    print(f"{'median of ' + str(args.repeats) + ' runs':36s}{'bare generate()':>18s}{'narvl-pipe distill':>20s}")
+            subprocess.run([sys.executable, __file__, "--build", tmp, "--rows", str(n)], check=True,
+                           env=dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get(
+                               "PYTHONPATH")]))))
+        kwargs = dict(root=tmp, batch_size=args.batch_size, shard_size=args.shard_size, workers=args.workers,
+                      warmup_batches=args.warmup_batches)
+        sides = [timing.Side(k, __file__, "side", dict(kwargs, kind=k), python_path=[str(REPO)],
+                             env={"HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}) for k in ("bare", "distill")]
+        full, small = f"rows{args.rows}", f"rows{small_rows}"
+        bare, distill = timing.Entry("bare", full), timing.Entry("distill", full)
+        with timing.Session(sides, settings) as session:
+            [pair] = session.run([bare, distill, timing.Entry("distill", small)],
+                                 [timing.Pair("distill vs bare (steady-state throughput)", distill, bare, True)])
+            result = session.result()
+    info = result["info"]
+    med = {k: {f: statistics.median(r[f] for r in info[e.key]) for f in info[e.key][0] if f != "rows"}
+           for k, e in (("bare", bare), ("distill", distill))}
+    growth = med["distill"]["peak_anon_pss_mb"] / statistics.median(
+        r["peak_anon_pss_mb"] for r in info[f"distill/{small}"])
+    print(f"{'median of ' + str(settings.rounds) + ' rounds':36s}{'bare generate()':>18s}{'narvl-pipe distill':>20s}")
     for label, field, fmt in [(f"steady rows/s ({args.rows} rows)", "steady_rows_per_s", ".2f"),
-                              ("end-to-end rows/s", "rows_per_s", ".2f"), ("imports s", "imports_s", ".2f"),
                               ("start-up to 1st batch s", "startup_s", ".2f"), ("wall s", "seconds", ".1f"),
                               ("peak PSS MB (+ workers)", "peak_pss_mb", ".1f"),
                               ("peak anonymous PSS MB (+ workers)", "peak_anon_pss_mb", ".1f"),
                               ("peak RSS MB (+ workers)", "peak_rss_mb", ".1f"), ("VmHWM MB (main)", "vmhwm_mb", ".1f")]:
         print(f"{label:36s}{med['bare'][field]:18{fmt}}{med['distill'][field]:20{fmt}}")
-    print(f"steady-state ratio distill/bare = {ratio:.3f} (per pair: {', '.join(f'{r:.3f}' for r in ratios)}; "
-          f"goal >= 0.95); peak anonymous PSS {args.rows}/{small_rows} rows = {growth:.3f} (goal <= 1.2)")
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps({
-        "settings": {k: getattr(args, k) for k in ("rows", "batch_size", "shard_size", "workers", "threads", "warmup",
-                                                   "repeats")},
-        "generation": GEN, "runs": runs, "distill_small": small, "medians": med,
-        "steady_throughput_ratio": ratio, "steady_throughput_ratio_per_pair": ratios,
-        "peak_anon_pss_ratio_full_over_tenth": growth,
-        "goals": {"steady_throughput_ratio": ">= 0.95", "peak_anon_pss_ratio": "<= 1.2"},
-        "load_average_before": load_before, "load_average_after": os.getloadavg(),
-        "wall_seconds": round(time.time() - started, 1), "cpu_count": os.cpu_count(),
-        "note": "shared CPU: compare the sides of one run (alternating pairs), not runs",
-    }, indent=2) + "\n")
-    print(f"wrote {RESULTS.relative_to(REPO)}")
+    print(timing.pair_line(pair) + " (goal >= 0.95)")
+    print(f"peak anonymous PSS {args.rows}/{small_rows} rows = {growth:.3f} (goal <= 1.2)")
+    timing.write(args.out, {
+        "benchmark": "distill_overhead", "generation": GEN,
+        "settings": {k: getattr(args, k) for k in ("rows", "batch_size", "shard_size", "workers", "warmup_batches")},
+        "medians": med, "peak_anon_pss_ratio_full_over_tenth": growth,
+        "goals": {"distill vs bare": ">= 0.95", "peak_anon_pss_ratio": "<= 1.2"}, **result})
+    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":

@@ -23,20 +23,25 @@ $PY -c "import os, sys, torch; sys.exit(0 if torch.cuda.is_available() or os.env
 $PY -c "import torch; print('device:', torch.cuda.get_device_name() if torch.cuda.is_available() else 'cpu',
         '| torch', torch.__version__)"
 
-# Runs `narvl-pipe ARGS...` in-process and appends {stage, seconds, peak_gpu_mb} to $OUT/stages.jsonl.
+# Runs one library stage in-process (KIND: train-teacher, distill or train-student; CONFIG: its config dataclass's
+# fields as JSON, the fields the CLI options set) and appends {stage, seconds, peak_gpu_mb} to $OUT/stages.jsonl.
 stage() {
-  local name=$1; shift
-  $PY - "$name" "$OUT/stages.jsonl" "$@" <<'EOF'
+  local name=$1 kind=$2 config=$3
+  $PY - "$name" "$OUT/stages.jsonl" "$kind" "$config" <<'EOF'
 import json, sys, time
 import torch
-from typer.main import get_command
-from pipelines.cli import app
-name, log, args = sys.argv[1], sys.argv[2], sys.argv[3:]
+from distill.run import DistillConfig, run_distill
+from student.train_student import StudentTrainConfig, train_student
+from student.train_teacher import TeacherTrainConfig, train_teacher
+name, log, kind, config = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
+run = {"train-teacher": lambda c: train_teacher(TeacherTrainConfig(**c)),
+       "distill": lambda c: run_distill(DistillConfig(**c)),
+       "train-student": lambda c: train_student(StudentTrainConfig(**c))}[kind]
 cuda = torch.cuda.is_available()
 if cuda:
     torch.cuda.reset_peak_memory_stats()
 t0 = time.perf_counter()
-get_command(app)(args, standalone_mode=False)
+run(config)
 record = {"stage": name, "seconds": time.perf_counter() - t0,
           "peak_gpu_mb": torch.cuda.max_memory_allocated() / 2**20 if cuda else 0.0}
 with open(log, "a") as f:
@@ -45,21 +50,24 @@ EOF
 }
 
 rm -f "$OUT/stages.jsonl"
-$PY -m pipelines.cli data shapes --out "$OUT/shapes" --n-train "$ROWS" --n-val 64 --n-test 64 --size 64 --overwrite
-stage teacher-bf16 train-teacher --task caption --data "$OUT/shapes" --out "$OUT/teacher" --arch tiny \
-  --resolution 64 --max-steps "$STEPS" --batch-size "$BATCH" --lr 1e-4 --mixed-precision bf16 --eval-limit 0 \
-  --save-every "$STEPS" --report-to none
-DISTILL=(distill --task caption --teacher "$OUT/teacher" --data "$OUT/shapes" --split train --batch-size "$BATCH"
-         --shard-size "$ROWS" --num-workers 4 --overwrite)
-stage distill-fp32-eager-dynamic "${DISTILL[@]}" --out "$OUT/d-fp32"
-stage distill-fp16-sdpa-static "${DISTILL[@]}" --out "$OUT/d-fp16" --dtype float16 --attn-implementation sdpa \
-  --cache-implementation static
-stage distill-bf16-sdpa-static "${DISTILL[@]}" --out "$OUT/d-bf16" --dtype bfloat16 --attn-implementation sdpa \
-  --cache-implementation static
-stage distill-bf16-sdpa-dynamic "${DISTILL[@]}" --out "$OUT/d-bf16-dyn" --dtype bfloat16 --attn-implementation sdpa
-stage student-bf16 train-student --task caption --data "$OUT/d-fp32" --init "$OUT/teacher" --out "$OUT/student" \
-  --max-steps "$STEPS" --batch-size "$BATCH" --mixed-precision bf16 --eval-limit 0 --save-every "$STEPS" \
-  --report-to none
+$PY -c "import sys; from distill.shapes import ShapesConfig, write_shapes
+write_shapes(sys.argv[1], ShapesConfig(n_train=int(sys.argv[2]), n_val=64, n_test=64, size=64), overwrite=True)" \
+  "$OUT/shapes" "$ROWS"
+TRAIN="\"max_steps\": $STEPS, \"batch_size\": $BATCH, \"mixed_precision\": \"bf16\", \"eval_limit\": 0,
+       \"save_every\": $STEPS, \"report_to\": \"none\""
+stage teacher-bf16 train-teacher "{\"task\": \"caption\", \"data\": \"$OUT/shapes\", \"output_dir\": \"$OUT/teacher\",
+  \"arch\": \"tiny\", \"resolution\": 64, \"lr\": 1e-4, $TRAIN}"
+DISTILL="\"task\": \"caption\", \"teacher\": \"$OUT/teacher\", \"data\": \"$OUT/shapes\", \"split\": \"train\",
+         \"batch_size\": $BATCH, \"shard_size\": $ROWS, \"num_workers\": 4, \"overwrite\": true"
+stage distill-fp32-eager-dynamic distill "{$DISTILL, \"out\": \"$OUT/d-fp32\"}"
+stage distill-fp16-sdpa-static distill "{$DISTILL, \"out\": \"$OUT/d-fp16\", \"dtype\": \"float16\",
+  \"attn_implementation\": \"sdpa\", \"cache_implementation\": \"static\"}"
+stage distill-bf16-sdpa-static distill "{$DISTILL, \"out\": \"$OUT/d-bf16\", \"dtype\": \"bfloat16\",
+  \"attn_implementation\": \"sdpa\", \"cache_implementation\": \"static\"}"
+stage distill-bf16-sdpa-dynamic distill "{$DISTILL, \"out\": \"$OUT/d-bf16-dyn\", \"dtype\": \"bfloat16\",
+  \"attn_implementation\": \"sdpa\"}"
+stage student-bf16 train-student "{\"task\": \"caption\", \"data\": \"$OUT/d-fp32\", \"init\": \"$OUT/teacher\",
+  \"output_dir\": \"$OUT/student\", $TRAIN}"
 
 $PY - "$OUT" "$ROWS" <<'EOF'
 import json, statistics, sys

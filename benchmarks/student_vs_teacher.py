@@ -1,38 +1,30 @@
-"""NARVL student vs AR OFA teacher: inference latency, in one process, interleaved.
+"""NARVL student vs AR OFA teacher: inference latency for the four tasks at batch 1, 8 and 64, timed by the harness
+(`benchmarks/timing.py`: the student and the teacher are two pinned worker processes, rounds interleaved, every
+"x faster" the median of paired per-round ratios with its min-max).
 
 For each size (tiny at 256 px, base at 384 px; random weights, the official 59,457-token vocabulary), task and batch
-size, it times, round-robin over `--repeats` rounds (median reported):
-
-* `encoder`: the OFA encoder alone (ResNet stem + transformer over image patches and prompt);
-* `enc+1dec`: the encoder plus one AR decoder pass over a single token (the floor of any generation);
-* `narvl`: the student's single pass (encoder + N parallel queries) plus greedy CTC collapse;
-* `ar_greedy` / `ar_beam5`: `generate()` with the KV cache, forced to realistic target lengths
+size, it times:
+* `narvl` (student side): the student's single pass (encoder + N parallel queries) plus greedy CTC collapse;
+* `enc+1dec` (teacher side): the encoder plus one AR decoder pass over a single token (the floor of any generation);
+* `ar_greedy` / `ar_beam5` (teacher side): `generate()` with the KV cache, forced to realistic target lengths
   (caption 16, VQA 3, grounding 4, entailment 1 new tokens: min = max).
 
-It prints a table with the speed-ups of NARVL over AR greedy / beam 5 and the ratio narvl / (enc+1dec), whose goal
-is <= 1.1 (NARVL costs about one encoder pass), and writes `benchmarks/results/student_vs_teacher.json`.
+Figures: NARVL's speed-up over AR greedy and over AR beam 5, and narvl / (enc+1dec) (time ratio; goal <= 1.1: NARVL
+costs about one encoder pass). Writes `benchmarks/results/student_vs_teacher.json`.
 
-    python benchmarks/student_vs_teacher.py            # tiny@256 and base@384, batch 1 and 16 (slow on CPU)
-    python benchmarks/student_vs_teacher.py --quick    # tiny@256 only, 2 rounds
+    python benchmarks/student_vs_teacher.py [--sizes tiny base] [--tasks ...] [--batches 1 8 64]
 """
 from __future__ import annotations
 
 import argparse
-import json
-import platform
-import statistics
-import time
+import sys
 from pathlib import Path
 
-import torch
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import timing  # noqa: E402
+from ofa_shapes import SHAPES, ofa_shape  # noqa: E402
 
-from distill.ofa import OFAConfig, OFAModel
-from distill.tasks import get_task
-from student.train_teacher import ARCHS
-from student.decoding import ctc_greedy_decode
-from student.modeling_narvl import NARVLModel
-
-SIZES = {"tiny": 256, "base": 384}
+REPO = Path(__file__).resolve().parents[1]
 AR_LENGTHS = {"caption": 16, "vqa": 3, "grounding": 4, "entailment": 1}
 PROMPT_ROWS = {
     "caption": {},
@@ -40,124 +32,97 @@ PROMPT_ROWS = {
     "grounding": {"region_text": "the small red square on the left"},
     "entailment": {"premise": "", "hypothesis": "two shapes are in the picture"},
 }
+METHODS = {"student": ("narvl",), "teacher": ("enc+1dec", "ar_greedy", "ar_beam5")}
 RESULTS = Path(__file__).parent / "results" / "student_vs_teacher.json"
-FIXTURE_TOKENIZER = Path(__file__).parents[1] / "tests" / "fixtures" / "ofa-tokenizer"
+FIXTURE_TOKENIZER = REPO / "tests" / "fixtures" / "ofa-tokenizer"
 
 
-def build_ofa(size: str) -> OFAModel:
-    a = ARCHS[size]
-    cfg = OFAConfig(d_model=a["d_model"], encoder_layers=a["encoder_layers"], decoder_layers=a["decoder_layers"],
-                    encoder_attention_heads=a["heads"], decoder_attention_heads=a["heads"],
-                    encoder_ffn_dim=4 * a["d_model"], decoder_ffn_dim=4 * a["d_model"], resnet_type=a["resnet_type"])
-    return OFAModel(cfg).eval()
+def run_model(method: str, model, inputs: dict, new_tokens: int):
+    """Run one timed method on today's model API (the one place that does; the `Model` seam replaces it):
+    `narvl` -> CTC-collapsed ids per sample; `enc+1dec` -> the first decoder step's argmax (B, 1);
+    `ar_greedy` / `ar_beam5` -> `generate()` ids (B, 1 + new_tokens)."""
+    import torch
+
+    from student.decoding import ctc_greedy_decode
+
+    with torch.inference_mode():
+        if method == "narvl":
+            return ctc_greedy_decode(model(**inputs).logits, model.config.blank_id, model.config.eos_token_id)
+        if method == "enc+1dec":
+            start = torch.full((len(inputs["input_ids"]), 1), model.config.decoder_start_token_id)
+            return model(**inputs, decoder_input_ids=start, use_cache=False).logits.argmax(-1)
+        out = model.generate(**inputs, num_beams=1 if method == "ar_greedy" else 5, min_new_tokens=new_tokens,
+                             max_new_tokens=new_tokens, use_cache=True, do_sample=False)
+        if out.shape[1] != new_tokens + 1:  # forced length (+ start token)
+            raise RuntimeError(f"{method}: expected {new_tokens} new tokens, got {out.shape[1] - 1}")
+        return out
 
 
-def prompt_ids(task: str, batch: int) -> torch.Tensor:
+def side(kind: str):
+    """A harness side: the AR teacher (`teacher`) or its NARVL student (`student`), built per size (seed 0: both
+    sides hold the same OFA weights) and per task (the student's query count)."""
+    import torch
+
+    from distill.ofa import OFAConfig, OFAModel
     from distill.ofa.tokenization_ofa import load_ofa_tokenizer
+    from distill.tasks import get_task
+    from student.modeling_narvl import NARVLModel
 
     tok = load_ofa_tokenizer(FIXTURE_TOKENIZER)
-    t = get_task(task)
-    ids = tok(t.prompt({"id": "x", **PROMPT_ROWS[task]}))["input_ids"]
-    return torch.tensor([ids] * batch)
+    models: dict[tuple, object] = {}
 
+    def model_for(size: str, task: str):
+        if (size, "ofa") not in models:
+            torch.manual_seed(0)
+            models[size, "ofa"] = OFAModel(OFAConfig(**ofa_shape(size)[0])).eval()
+        if kind == "teacher":
+            return models[size, "ofa"]
+        if (size, task) not in models:
+            models[size, task] = NARVLModel.from_ofa(models[size, "ofa"], num_queries=get_task(task).num_queries).eval()
+        return models[size, task]
 
-def _timed(fn) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return (time.perf_counter() - t0) * 1000.0
+    def prepare(case: str):
+        size, task, batch, method = case.split("/")
+        b, resolution = int(batch[1:]), ofa_shape(size)[1]
+        ids = tok(get_task(task).prompt({"id": "x", **PROMPT_ROWS[task]}))["input_ids"]
+        generator = torch.Generator().manual_seed(0)
+        inputs = {"input_ids": torch.tensor([ids] * b), "patch_masks": torch.ones(b, dtype=torch.bool),
+                  "patch_images": torch.randn(b, 3, resolution, resolution, generator=generator)}
+        model = model_for(size, task)
+        return lambda: run_model(method, model, inputs, AR_LENGTHS[task])
 
-
-def bench_case(ofa: OFAModel, size: str, task: str, batch: int, repeats: int) -> dict:
-    t = get_task(task)
-    res = SIZES[size]
-    narvl = NARVLModel.from_ofa(ofa, num_queries=t.num_queries).eval()
-    ids = prompt_ids(task, batch)
-    images = torch.randn(batch, 3, res, res)
-    masks = torch.ones(batch, dtype=torch.bool)
-    length = AR_LENGTHS[task]
-    blank, eos = narvl.config.blank_id, ofa.config.eos_token_id
-    start = torch.full((batch, 1), ofa.config.decoder_start_token_id, dtype=torch.long)
-
-    def encoder():
-        ofa.encoder(ids, patch_images=images, patch_masks=masks)
-
-    def enc_one_dec():
-        ofa(input_ids=ids, patch_images=images, patch_masks=masks, decoder_input_ids=start, use_cache=False)
-
-    def nar():
-        ctc_greedy_decode(narvl(ids, patch_images=images, patch_masks=masks).logits, blank, eos)
-
-    def ar(beams: int):
-        def run():
-            out = ofa.generate(input_ids=ids, patch_images=images, patch_masks=masks, num_beams=beams,
-                               min_new_tokens=length, max_new_tokens=length, use_cache=True, do_sample=False)
-            assert out.shape[1] == length + 1, out.shape  # forced length (+ start token)
-        return run
-
-    methods = {"encoder": encoder, "enc+1dec": enc_one_dec, "narvl": nar, "ar_greedy": ar(1), "ar_beam5": ar(5)}
-    times: dict[str, list[float]] = {k: [] for k in methods}
-    with torch.inference_mode():
-        for fn in methods.values():  # warm-up
-            fn()
-        for _ in range(repeats):  # interleaved rounds: load drift hits every method alike
-            for name, fn in methods.items():
-                times[name].append(_timed(fn))
-    med = {k: statistics.median(v) for k, v in times.items()}
-    return {
-        "size": size, "resolution": res, "task": task, "batch": batch, "ar_new_tokens": length,
-        "num_queries": t.num_queries, "ms": med, "ms_all": times,
-        "speedup_vs_greedy": med["ar_greedy"] / med["narvl"], "speedup_vs_beam5": med["ar_beam5"] / med["narvl"],
-        "nar_over_enc_1dec": med["narvl"] / med["enc+1dec"],
-    }
-
-
-def print_table(rows: list[dict]) -> None:
-    head = (f"{'size':<5} {'px':>4} {'task':<10} {'B':>3} | {'encoder':>8} {'enc+1dec':>9} {'narvl':>8} "
-            f"{'ar_greedy':>10} {'ar_beam5':>9} | {'x greedy':>8} {'x beam5':>8} {'nar/(enc+1dec)':>14}")
-    print(head)
-    print("-" * len(head))
-    for r in rows:
-        m = r["ms"]
-        print(f"{r['size']:<5} {r['resolution']:>4} {r['task']:<10} {r['batch']:>3} | {m['encoder']:>8.1f} "
-              f"{m['enc+1dec']:>9.1f} {m['narvl']:>8.1f} {m['ar_greedy']:>10.1f} {m['ar_beam5']:>9.1f} | "
-              f"{r['speedup_vs_greedy']:>7.2f}x {r['speedup_vs_beam5']:>7.2f}x {r['nar_over_enc_1dec']:>14.2f}")
-    print("(ms per batch call, median of interleaved rounds; goal nar/(enc+1dec) <= 1.1)")
+    return prepare
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--sizes", default="tiny,base", help="comma list of tiny, base")
-    ap.add_argument("--tasks", default="caption,vqa,grounding,entailment")
-    ap.add_argument("--batches", default="1,16")
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--quick", action="store_true", help="tiny only, 2 rounds")
-    ap.add_argument("--out", default=str(RESULTS))
-    ap.add_argument("--overwrite", action="store_true", help="drop earlier results in --out instead of merging")
+    ap.add_argument("--sizes", nargs="+", default=["tiny", "base"], choices=SHAPES)
+    ap.add_argument("--tasks", nargs="+", default=list(AR_LENGTHS), choices=list(AR_LENGTHS))
+    ap.add_argument("--batches", nargs="+", type=int, default=[1, 8, 64])
+    ap.add_argument("--out", type=Path, default=RESULTS)
+    timing.add_args(ap)
     args = ap.parse_args()
-    sizes = ["tiny"] if args.quick else args.sizes.split(",")
-    repeats = 2 if args.quick else args.repeats
-    torch.manual_seed(0)
-    rows = []
-    for size in sizes:
-        ofa = build_ofa(size)
-        for task in args.tasks.split(","):
-            for batch in (int(b) for b in args.batches.split(",")):
-                rows.append(bench_case(ofa, size, task, batch, repeats))
-                print(f"done {size} {task} batch {batch}: narvl {rows[-1]['ms']['narvl']:.1f} ms", flush=True)
-    print()
-    print_table(rows)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    meta = {"torch": torch.__version__, "threads": torch.get_num_threads(), "machine": platform.machine(),
-            "processor": platform.processor(), "device": "cpu", "repeats": repeats, "quick": args.quick,
-            "cases": [[r["size"], r["task"], r["batch"]] for r in rows],
-            "note": "random weights; AR forced to min=max new tokens; KV cache on"}
-    # Merge with earlier runs (e.g. tiny and base measured separately): same (size, task, batch) is replaced.
-    old = json.loads(out.read_text()) if out.is_file() and not args.overwrite else {"runs": [], "results": []}
-    key = lambda r: (r["size"], r["task"], r["batch"])  # noqa: E731
-    merged = {key(r): r for r in old.get("results", [])} | {key(r): r for r in rows}
-    out.write_text(json.dumps({"runs": old.get("runs", []) + [meta], "results": list(merged.values())}, indent=1))
-    print(f"wrote {out} ({len(merged)} cases)")
+    settings = timing.Settings.from_args(args)
+    sides = [timing.Side(k, __file__, "side", {"kind": k}, python_path=[str(REPO)]) for k in METHODS]
+    entries, pairs, cases = [], [], []
+    for size in args.sizes:
+        for task in args.tasks:
+            for b in args.batches:
+                case = f"{size}/{task}/b{b}"
+                e = {m: timing.Entry(k, f"{case}/{m}") for k, ms in METHODS.items() for m in ms}
+                entries += [e["enc+1dec"], e["narvl"], e["ar_greedy"], e["ar_beam5"]]
+                pairs += [timing.Pair(f"narvl vs ar_greedy {case}", e["narvl"], e["ar_greedy"], same_outputs=False),
+                          timing.Pair(f"narvl vs ar_beam5 {case}", e["narvl"], e["ar_beam5"], same_outputs=False),
+                          timing.Pair(f"enc+1dec vs narvl {case}", e["enc+1dec"], e["narvl"], same_outputs=False)]
+                cases.append({"size": size, "resolution": ofa_shape(size)[1], "task": task, "batch": b,
+                              "ar_new_tokens": AR_LENGTHS[task]})
+    with timing.Session(sides, settings) as session:
+        session.run(entries, pairs)
+        result = session.result()
+    timing.print_pairs(result, "'enc+1dec vs narvl' is narvl / (enc+1dec) in time (goal <= 1.1)")
+    timing.write(args.out, {"benchmark": "student_vs_teacher", "cases": cases, "methods": METHODS,
+                            "note": "random weights; AR forced to min=max new tokens; KV cache on", **result})
+    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import typer
 
-from pipelines.shapes import ShapesConfig
+from distill.shapes import ShapesConfig
 
 app = typer.Typer(no_args_is_help=True, rich_markup_mode=None)  # plain help: see pipelines/cli.py
 _DEFAULTS = ShapesConfig()
@@ -22,7 +22,7 @@ def shapes(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing shapes world at --out."),
 ) -> None:
     """Write the synthetic shapes world (captions, VQA, grounding, entailment) and its BPE tokenizer."""
-    from pipelines.shapes import write_shapes
+    from distill.shapes import write_shapes
 
     config = ShapesConfig(n_train=n_train, n_val=n_val, n_test=n_test, seed=seed, size=size)
     path = write_shapes(out, config, overwrite=overwrite)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import importlib.resources
 import shutil
+import textwrap
 import time
 from pathlib import Path
 from typing import List, Optional
@@ -31,22 +32,35 @@ def run(
     typer.echo(f"done: {timing_line(outcomes, time.perf_counter() - start)}")
 
 
-DEMO_PIPELINES = {"caption": "demo.yaml", "all": "demo_all.yaml"}
-"""`narvl-pipe demo --tasks X` -> the packaged pipeline it runs."""
+DEMO_PIPELINES = {"caption": ("demo.yaml", Path("runs/demo")), "all": ("demo_all.yaml", Path("runs/demo-all"))}
+"""`narvl-pipe demo --tasks X` -> (the packaged pipeline it runs, its default output folder): the two demos never
+share a folder, so one report never replaces the other."""
 
 
 def demo(
-    out: Path = typer.Option(Path("runs/demo"), "--out", help="Output folder (artifacts of every stage + the report)."),
-    tasks: str = typer.Option("caption", "--tasks", help="caption (the 10-minute demo) or all (caption, VQA, "
-                              "grounding and entailment with one multi-task teacher: the paper's table; longer)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Output folder (artifacts of every stage + the report; "
+                                       "default: runs/demo, or runs/demo-all with --tasks all)."),
+    tasks: str = typer.Option("caption", "--tasks", help="caption (about 10 minutes) or all (the four tasks, "
+                              "about 40 minutes on 2 CPU cores)."),
     force: List[str] = typer.Option([], "--force", metavar="STAGE", help="Re-run this demo stage and the stages after it; repeatable."),
 ) -> None:
-    """Offline end to end on the shapes world: AR teacher -> distill -> NAR students (KD vs raw) -> report."""
+    """Offline end to end on the built-in shapes world, with a report (table, claims, plot).
+
+    --tasks caption (pipelines/demo.yaml): trains a small AR OFA captioner from scratch, distils its beam-search
+    captions over the train split, trains two NARVL students (on the teacher's captions, KD, and on raw
+    references), evaluates all on the test split against a constant baseline.
+
+    --tasks all (pipelines/demo_all.yaml): trains ONE multi-task OFA on caption, VQA, grounding and entailment, then
+    fine-tunes it into one AR teacher per task (as OFA-Sys's task checkpoints are); distils caption and VQA; trains
+    six NARVL students from their task's teacher (KD and raw for caption and VQA, on the labels for grounding and
+    entailment); evaluates every model with its OFA decoding, a baseline per task.
+    """
     from distill.errors import UserError
 
     if tasks not in DEMO_PIPELINES:
         raise UserError(f"--tasks must be one of {', '.join(DEMO_PIPELINES)}, got {tasks!r}")
-    run_demo(out, force, Path(str(importlib.resources.files("pipelines") / DEMO_PIPELINES[tasks])))
+    pipeline, default_out = DEMO_PIPELINES[tasks]
+    run_demo(out or default_out, force, Path(str(importlib.resources.files("pipelines") / pipeline)))
 
 
 def run_demo(out: Path, force: List[str] = (), pipeline_file: Path | None = None) -> dict:
@@ -66,10 +80,11 @@ def run_demo(out: Path, force: List[str] = (), pipeline_file: Path | None = None
     pipe = load_pipeline(pipeline_file)
     out = Path(out)
     typer.echo(
-        "narvl-pipe demo: distil an autoregressive OFA teacher into a one-pass NARVL student, offline, on the\n"
-        f"shapes world ({pipe.name}: {pipeline_file.name}). Stages: world -> AR teacher -> teacher outputs over train\n"
-        "(distill) -> NAR students on teacher outputs (KD) and on raw references (raw) -> test-split evaluation.\n"
-        f"Every stage is cached in {out}/<stage>-<fingerprint>/ (a re-run skips finished stages).\n"
+        "narvl-pipe demo: distil autoregressive OFA teachers into one-pass NARVL students, offline, on the shapes\n"
+        f"world ({pipe.name}: {pipeline_file.name}).\n"
+        + textwrap.fill(f"{len(pipe.stages)} stages: " + ", ".join(s.name for s in pipe.stages) + ".", 114,
+                        break_on_hyphens=False)
+        + f"\nEvery stage is cached in {out}/<stage>-<fingerprint>/ (a re-run skips finished stages).\n"
     )
     start = time.perf_counter()
     outcomes = run_pipeline(pipe, out, force=force, log=typer.echo)

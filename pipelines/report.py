@@ -1,11 +1,13 @@
 """The report stage: quality vs latency of evaluated systems, as a printed table, `report.md`, `report.json` and a PNG.
 
 Inputs are evaluate-stage folders, each holding `metrics.json` (written by `pipelines.stage_kinds`):
-`{"task", "metric", "score", "ms_per_sample", "num_samples", "model", "decoding", "metrics": {...},
-"metric_implementation"}`, and `predictions.jsonl`; a `baseline` stage folder (`pipelines.baseline`) has the same files, without latency.
+`{"task", "metric", "score", "interval", "row_ids", "row_scores", "ms_per_sample", "latency": {batch: {...}},
+"num_samples", "model", "decoding", "metrics": {...}, "metric_implementation"}`, and `predictions.jsonl`; a
+`baseline` stage folder (`pipelines.baseline`) has the same files, without latency.
 Systems are grouped by task (one group for `results`, one per entry of `tasks`). In each group speed-ups are relative
-to the `reference` system (the AR teacher with OFA's decoding, the paper's baseline), the paper's claims are checked
-on the student, and a few example predictions are shown next to the reference answer. A one-task table also shows
+to the `reference` system (the AR teacher with OFA's decoding, the paper's baseline), at each batch size both were
+timed at, the paper's claims are checked on the student with paired intervals (`pipelines.claims`: PASS, FAIL or
+inconclusive), and a few example predictions are shown next to the reference answer. A one-task table also shows
 every other metric of the rows (e.g. BLEU-4, METEOR, ROUGE-L for captions); the report names the implementation
 that computed them.
 """
@@ -19,8 +21,12 @@ from typing import Any
 
 from distill.errors import UserError
 from distill.tasks import get_task
+from pipelines.claims import better_claim, comparable, latency_by_batch, quality_claim, speed_claims, speedup
+from student.intervals import Interval
 
 METRICS_FILE = "metrics.json"
+PER_ROW = ("row_ids", "row_scores")
+"""metrics.json fields that hold one value per row: read for the claims, left out of the report's rows."""
 PREDICTIONS_FILE = "predictions.jsonl"
 REPORT_FILES = ("report.md", "report.json", "report.png")
 DISPLAY_NAMES = {"cider": "CIDEr", "bleu1": "BLEU-1", "bleu2": "BLEU-2", "bleu3": "BLEU-3", "bleu4": "BLEU-4",
@@ -79,30 +85,18 @@ def metric_display(metric: str) -> str:
 
 
 def _check_group(task: str, by: dict[str, dict], cfg: ReportConfig, prefix: str) -> list[dict[str, Any]]:
-    """The paper's claims in one group: student close to the teacher, faster, and above the raw student."""
+    """The paper's claims in one group (`pipelines.claims`): student close to the teacher, faster at each latency
+    batch size, and above the raw student."""
     ref, raw = by.get(cfg.reference), by.get(cfg.raw)
     student = by.get(cfg.kd) or by.get(cfg.student)
     checks = []
     if student and ref:
-        label, metric = student["label"], metric_display(ref["metric"])
         margin = cfg.quality_margin.get(task)
-        if margin is not None:
-            claim = f"{label} {metric} within {margin:g} points of {cfg.reference} or better"
-            passed = student["score"] >= ref["score"] - margin
-            detail = f"{student['score']:.1f} vs {ref['score']:.1f} = {student['score'] - ref['score']:+.1f}"
-        else:
-            claim = f"{label} {metric} >= {cfg.kd_quality_ratio:g} x {cfg.reference}"
-            passed = student["score"] >= cfg.kd_quality_ratio * ref["score"]
-            ratio = f" = {student['score'] / ref['score']:.2f}x" if ref["score"] > 0 else ""
-            detail = f"{student['score']:.1f} vs {ref['score']:.1f}{ratio}"
-        checks.append({"task": task, "claim": prefix + claim, "passed": passed, "detail": detail})
-        checks.append({"task": task, "claim": f"{prefix}{label} faster than {cfg.reference}",
-                       "passed": student["speedup"] is not None and student["speedup"] > 1.0,
-                       "detail": f"{student['speedup']:.1f}x speed-up" if student["speedup"] else "no latency"})
+        checks.append(quality_claim(task, student, ref, metric_display(ref["metric"]),
+                                    None if margin is not None else cfg.kd_quality_ratio, margin, prefix))
+        checks += speed_claims(task, student, ref, prefix)
     if student and raw and student is by.get(cfg.kd):
-        checks.append({"task": task, "claim": f"{prefix}{cfg.kd} {metric_display(raw['metric'])} > {cfg.raw}",
-                       "passed": student["score"] > raw["score"],
-                       "detail": f"{student['score']:.1f} vs {raw['score']:.1f}"})
+        checks.append(better_claim(task, student, raw, metric_display(raw["metric"]), prefix))
     return checks
 
 
@@ -146,26 +140,36 @@ def build_report(entries: list[dict[str, Any]] | dict[str, list[dict[str, Any]]]
     prefix = len(groups) > 1
     for task, group in groups.items():
         ref = next((e for e in group if e["label"] == cfg.reference), None)
-        rows = []
         for e in group:
-            ms = e.get("ms_per_sample")
-            speedup = ref["ms_per_sample"] / ms if ref and ms else None
-            rows.append({**e, "group": task, "speedup": speedup})
-        report["rows"] += rows
-        report["checks"] += _check_group(task, {r["label"]: r for r in rows}, cfg, f"{task}: " if prefix else "")
+            row = {k: v for k, v in e.items() if k not in PER_ROW}  # the per-row lists stay in metrics.json
+            report["rows"].append({**row, "group": task, "speedups": _speedups(ref, e) if ref else {}})
+        report["checks"] += _check_group(task, {e["label"]: e for e in group}, cfg, f"{task}: " if prefix else "")
         report["examples"][task] = _examples(task, group, cfg)
-    report["latency"] = latency_note(report["rows"])
+    report["latency"] = latency_note(report["rows"], cfg.reference)
     return report
 
 
-def latency_note(rows: list[dict[str, Any]]) -> str:
-    """How the ms/sample column was measured (batch size, thread count, statistic), from the rows' records."""
-    timed = [r for r in rows if r.get("ms_per_sample") is not None]
-    seen = sorted({(r.get("latency_batch_size", r.get("batch_size", "?")), r.get("latency_threads", "?"),
-                    r.get("latency_statistic", "mean"), r.get("latency_calls", r.get("latency_samples", "?")))
-                   for r in timed}, key=str)
-    parts = [f"batch {b}, {t} CPU thread(s), {s} over {n} calls" for b, t, s, n in seen]
-    return "ms/sample: model + decoding time per sample (image loading excluded); " + "; ".join(parts)
+def _speedups(ref: dict, entry: dict) -> dict[str, dict[str, float]]:
+    """Batch size -> the reference's ms/sample over the entry's ({estimate, low, high, ...} or {estimate}), at each
+    batch size both were timed with the same statistic."""
+    out = {}
+    for b in comparable(ref, entry):
+        sp = speedup(ref, entry, b)
+        out[str(b)] = sp.to_dict() if isinstance(sp, Interval) else {"estimate": sp}
+    return out
+
+
+def latency_note(rows: list[dict[str, Any]], reference: str) -> str:
+    """How the latency columns were measured (batch sizes, thread count, statistic, calls), from the rows' records."""
+    seen: dict[tuple, set[int]] = {}
+    for r in rows:
+        for b, v in latency_by_batch(r).items():
+            seen.setdefault((v["statistic"], v.get("calls", "?"), r.get("latency_threads", "?")), set()).add(b)
+    parts = [f"batch {'/'.join(map(str, sorted(bs)))}: {s} over {n} calls, {t} CPU thread(s)"
+             for (s, n, t), bs in sorted(seen.items(), key=str)]
+    return ("ms/sample: model + decoding time per sample (image loading excluded), at the first batch size; "
+            f"speed-up bN: {reference}'s ms/sample over the row's at batch N (same batch size and statistic); "
+            + "; ".join(parts))
 
 
 def metric_name(report: dict[str, Any]) -> str:
@@ -187,14 +191,19 @@ def format_table(report: dict[str, Any], markdown: bool = False) -> str:
     multi = len(report.get("tasks", [])) > 1
     others = [] if multi else _other_metrics(report)
     head = (["task"] if multi else []) + ["system", "decoding"] + (["metric", "score"] if multi else [metric_name(report)])
-    head += [DISPLAY_NAMES.get(k, k) for k in others] + ["ms/sample", "speed-up vs " + report["reference"]]
+    batches = sorted({int(b) for r in report["rows"] for b in r.get("speedups", {})})
+    head += ["95% CI"] + [DISPLAY_NAMES.get(k, k) for k in others] + ["ms/sample"]
+    head += [f"speed-up b{b}" for b in batches]
     body = []
     for r in report["rows"]:
-        ms, sp = r.get("ms_per_sample"), r.get("speedup")
+        ms, iv = r.get("ms_per_sample"), r.get("interval")
         cells = [r["label"], r.get("decoding", "")]
         cells += [metric_display(r["metric"]), f"{r['score']:.1f}"] if multi else [f"{r['score']:.1f}"]
+        cells += [f"{iv['low']:.1f}-{iv['high']:.1f}" if iv else "-"]
         cells += [f"{r['metrics'][k]:.1f}" if k in (r.get("metrics") or {}) else "-" for k in others]
-        cells += [f"{ms:.1f}" if ms is not None else "-", f"{sp:.1f}x" if sp is not None else "-"]
+        cells += [f"{ms:.1f}" if ms is not None else "-"]
+        cells += [f"{r['speedups'][str(b)]['estimate']:.2f}x" if str(b) in r.get("speedups", {}) else "-"
+                  for b in batches]
         body.append(([r["group"]] if multi else []) + cells)
     if markdown:
         lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
@@ -206,8 +215,9 @@ def format_table(report: dict[str, Any], markdown: bool = False) -> str:
 
 
 def format_checks(report: dict[str, Any]) -> str:
-    return "\n".join(f"[{'x' if c['passed'] else ' '}] {c['claim']}: {'yes' if c['passed'] else 'NO'} ({c['detail']})"
-                     for c in report["checks"])
+    """One line per claim: PASS (its 95% interval clears the threshold), FAIL (the interval is wholly below) or
+    inconclusive, with the figures."""
+    return "\n".join(f"{c['verdict']:<12} {c['claim']} ({c['detail']})" for c in report["checks"])
 
 
 def format_examples(report: dict[str, Any], markdown: bool = False) -> str:
@@ -285,8 +295,9 @@ def write_report(report: dict[str, Any], out_dir: str | Path) -> list[Path]:
     if report.get("latency"):
         text += [report["latency"] + ".", ""]
     if report["checks"]:
-        text += ["Claims of the paper, checked on these numbers:", ""]
-        text += [f"- {'PASS' if c['passed'] else 'FAIL'}: {c['claim']} ({c['detail']})" for c in report["checks"]]
+        text += ["Claims of the paper, checked on these numbers (PASS: the 95% paired bootstrap interval clears the "
+                 "threshold; FAIL: it lies wholly on the wrong side; inconclusive: neither):", ""]
+        text += [f"- {c['verdict']}: {c['claim']} ({c['detail']})" for c in report["checks"]]
         text.append("")
     if any(report.get("examples", {}).values()):
         text += ["Example predictions (the first test rows):", "", format_examples(report, markdown=True), ""]

@@ -103,33 +103,44 @@ def decode_base64_image(text: Any) -> bytes:
     return data
 
 
+class _TooLarge(Exception):
+    """Raised inside a request's body read once it passes the limit (never seen by the route)."""
+
+
 class BodyLimit:
-    """ASGI middleware: a request body over `max_bytes` is answered 413: at once when its Content-Length says so,
-    else as soon as the bytes received pass the limit (a chunked body), before anything parses it."""
+    """ASGI middleware: a request body over `max_bytes` is answered 413 without being parsed: as soon as its
+    Content-Length says so, else once the bytes received pass the limit (a chunked body). The rest of the body is
+    read and dropped first, so the client gets its answer rather than a connection reset mid-upload."""
 
     def __init__(self, app, max_bytes: int):
         self.app, self.max_bytes = app, max_bytes
 
-    def _too_large(self) -> str:
-        return f"request body over the limit of {self.max_bytes / 2**20:g} MiB (serve --max-request-mb)"
+    async def _refuse(self, scope, receive, send, message: dict) -> None:
+        while message.get("more_body"):  # drain, keeping nothing
+            message = await receive()
+        detail = f"request body over the limit of {self.max_bytes / 2**20:g} MiB (serve --max-request-mb)"
+        await JSONResponse({"detail": detail}, status_code=413)(scope, receive, send)
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         declared = dict(scope.get("headers") or []).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            return await JSONResponse({"detail": self._too_large()}, status_code=413)(scope, receive, send)
-        received = 0
+            return await self._refuse(scope, receive, send, {"more_body": True})
+        received, last = 0, {}
 
         async def limited():
-            nonlocal received
-            message = await receive()
-            received += len(message.get("body", b""))
-            if received > self.max_bytes:  # raised inside the body read: FastAPI answers it as a 413
-                raise HTTPException(status_code=413, detail=self._too_large())
-            return message
+            nonlocal received, last
+            last = await receive()
+            received += len(last.get("body", b""))
+            if received > self.max_bytes:
+                raise _TooLarge
+            return last
 
-        return await self.app(scope, limited, send)
+        try:
+            await self.app(scope, limited, send)
+        except _TooLarge:
+            await self._refuse(scope, receive, send, last)
 
 
 def create_app(predictor, max_batch_size: int = 8, batch_timeout_ms: float = 0.0, max_request_mb: float = 4.0):

@@ -2,7 +2,7 @@
 
 | kind            | config dataclass                         | function                              | resumes from        |
 |-----------------|------------------------------------------|---------------------------------------|---------------------|
-| `data`          | `pipelines.shapes.ShapesConfig`          | `write_shapes(dir, cfg)`              | - (restarts)        |
+| `data`          | `distill.shapes.ShapesConfig`            | `write_shapes(dir, cfg)`              | - (restarts)        |
 | `train-teacher` | `student.train_teacher.TeacherTrainConfig`   | `train_teacher(cfg)`                  | trainer checkpoints |
 | `distill`       | `distill.run.DistillConfig`              | `run_distill(cfg)`                    | complete shards     |
 | `train-student` | `student.train_student.StudentTrainConfig` | `train_student(cfg)`                | trainer checkpoints |
@@ -21,7 +21,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import statistics
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -31,11 +31,12 @@ from distill.sources import open_source
 from distill.tasks import get_task
 from pipelines.baseline import BaselineConfig, run_baseline
 from pipelines.report import METRICS_FILE, PREDICTIONS_FILE, ReportConfig, run_report
-from pipelines.shapes import ShapesConfig, write_shapes
+from distill.shapes import ShapesConfig, write_shapes
 from pipelines.stage_kind import StageKind
 from distill.seam import Model
 from student.eval_config import EvalConfig
-from student.evaluate import evaluate, open_for_task, predict_rows
+from student.evaluate import evaluate, open_for_task
+from student.latency import time_calls
 from student.train_student import StudentTrainConfig, train_student
 from student.train_teacher import TeacherTrainConfig, train_teacher
 from student.trainer import CHECKPOINT_DIR
@@ -50,28 +51,30 @@ DISTILL_NON_RESULT = frozenset({"num_workers", "progress", "flush_every", "overw
 
 @dataclass(kw_only=True)
 class EvaluateStageConfig(EvalConfig):
-    """Score one model on a split (`student.eval_config.EvalConfig`: the task metric on every row, batched), then
-    its latency at `latency_batch_size` on a subset. `out` is the stage folder's `predictions.jsonl`."""
+    """Score one model on a split (`student.eval_config.EvalConfig`: the task metric on every row, batched, with its
+    interval), then its latency at each of `latency_batch_sizes` on a subset. `out` is the stage folder's
+    `predictions.jsonl`."""
 
-    latency_batch_size: int = 1
-    """Batch size of the latency measurement (1, as in the paper's table)."""
+    latency_batch_sizes: list[int] = field(default_factory=lambda: [1, 8, 64])
+    """Batch sizes latency is measured at (the paper's table is batch 1); reports compare speed-ups at each."""
     latency_limit: int | None = 50
-    """Rows timed for latency, one call per `latency_batch_size` rows after one warm-up call; the figure is the
-    median over the calls (None: all rows; 0: report the quality pass's batched mean instead)."""
+    """Rows timed for latency at each batch size: one call per batch of that many rows (at least
+    `student.latency.MIN_CALLS` calls, rows reused in turn) after one warm-up call; the figure is the median over the
+    calls (None: all rows; 0: report the quality pass's batched mean instead, at `batch_size`)."""
 
 
-def measure_latency(cfg: EvaluateStageConfig, model: Model, settings: dict) -> tuple[float, int]:
-    """(median ms per sample over timed calls, number of calls): one `predict_rows` call per batch of
-    `latency_batch_size` rows, after a warm-up call. A median, so a burst of load on a shared machine moves it
-    less than a mean."""
+def measure_latency(cfg: EvaluateStageConfig, model: Model, settings: dict) -> dict[int, dict]:
+    """Per latency batch size: {median ms per sample over the timed calls, "median", number of calls, each call's ms
+    per sample} (`student.latency.time_calls`). A median, so a burst of load on a shared machine moves it less than
+    a mean; the calls let reports put an interval on speed-ups."""
     task = get_task(cfg.task)
     rows = [dict(r) for r in open_source(cfg.data, cfg.split, cfg.columns, task, cfg.image_root, cfg.limit)]
     timed = rows[: cfg.latency_limit] if cfg.latency_limit is not None else rows
-    b = cfg.latency_batch_size
-    predict_rows(model, task, timed[:b], settings, b)  # warm-up: first-call allocations
-    calls = [timed[i: i + b] for i in range(0, len(timed), b)]
-    ms = [1000.0 * predict_rows(model, task, chunk, settings, b).seconds / len(chunk) for chunk in calls]
-    return statistics.median(ms), len(ms)
+    latency = {}
+    for b in cfg.latency_batch_sizes:
+        ms = time_calls(model, task, timed, b, settings).ms_per_sample
+        latency[b] = {"ms_per_sample": statistics.median(ms), "statistic": "median", "calls": len(ms), "call_ms": ms}
+    return latency
 
 
 def _run_evaluate(cfg: EvaluateStageConfig, out: Path) -> None:
@@ -79,9 +82,10 @@ def _run_evaluate(cfg: EvaluateStageConfig, out: Path) -> None:
     model, candidates = open_for_task(cfg.model, task, cfg.revision, cfg.answers, cfg, cfg.device)
     settings = model.settings(task, candidates, {"num_beams": cfg.num_beams, "vqa_mode": cfg.vqa_mode})
     quality = evaluate(dataclasses.replace(cfg, out=str(out / PREDICTIONS_FILE)), opened=(model, candidates))
-    ms, calls, latency_batch = quality.ms_per_sample, 1, quality.batch_size
+    latency = {quality.batch_size: {"ms_per_sample": quality.ms_per_sample, "statistic": "mean", "calls": 1}}
     if cfg.latency_limit != 0:
-        (ms, calls), latency_batch = measure_latency(cfg, model, settings), cfg.latency_batch_size
+        latency = measure_latency(cfg, model, settings)
+    latency_batch = next(iter(latency))  # the table's ms/sample column: the first batch size
 
     metric = next(iter(quality.metrics))
     record = {
@@ -89,9 +93,11 @@ def _run_evaluate(cfg: EvaluateStageConfig, out: Path) -> None:
         "autoregressive": model.autoregressive,
         "metric": metric, "score": quality.metrics[metric], "metrics": quality.metrics,
         "metric_implementation": quality.metric_implementation,
-        "num_samples": quality.num_samples, "ms_per_sample": ms, "latency_statistic": "median" if calls > 1 else "mean",
-        "latency_batch_size": latency_batch, "latency_calls": calls, "latency_threads": torch.get_num_threads(),
-        "batched_ms_per_sample": quality.ms_per_sample, "batch_size": quality.batch_size,
+        "num_samples": quality.num_samples, "ms_per_sample": latency[latency_batch]["ms_per_sample"],
+        "latency_statistic": latency[latency_batch]["statistic"], "latency_batch_size": latency_batch,
+        "latency_calls": latency[latency_batch]["calls"], "latency_threads": torch.get_num_threads(),
+        "latency": latency, "batched_ms_per_sample": quality.ms_per_sample, "batch_size": quality.batch_size,
+        "interval": quality.interval, "row_ids": quality.row_ids, "row_scores": quality.row_scores,
     }
     (out / METRICS_FILE).write_text(json.dumps(record, indent=2) + "\n")
 

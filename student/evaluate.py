@@ -29,6 +29,7 @@ from distill.tasks import get_task
 
 from .data import SkipLog, reference_problem
 from .eval_config import EvalConfig, PredictConfig
+from .intervals import mean_interval
 
 __all__ = ["EvalResult", "RowPredictions", "Answer", "predict_rows", "make_eval_fn", "open_for_task", "evaluate",
            "predict", "prediction_record"]
@@ -169,6 +170,12 @@ class EvalResult:
     """Hub commit of `model` when it is a Hub id."""
     predictions: list[Any] = field(default_factory=list, repr=False)
     """What the metric scored, aligned with the scored rows (the rows minus the skipped ones)."""
+    row_ids: list[str] = field(default_factory=list, repr=False)
+    """Ids of the scored rows, aligned with `predictions` (reports pair two systems on them)."""
+    row_scores: list[float] | None = field(default=None, repr=False)
+    """Per-row scores whose mean is the headline metric (`Task.row_scores`); None when the task gives none."""
+    interval: dict[str, Any] | None = None
+    """95% bootstrap interval of the headline metric over rows (`student.intervals.mean_interval`)."""
     num_skipped: int = 0
     """Rows left out: their image could not be read, or they have no reference to score against."""
     skipped: list[dict] = field(default_factory=list, repr=False)
@@ -183,6 +190,9 @@ class EvalResult:
 
     def line(self) -> str:
         metrics = " ".join(f"{k}={v:.4g}" for k, v in self.metrics.items())
+        if self.metrics:
+            metrics += (f" (95% CI {self.interval['low']:.4g}-{self.interval['high']:.4g})" if self.interval
+                        else " (no interval: the task gives no per-row scores)")
         line = (f"{self.task} {self.kind} ({self.decoding}) {self.model}: {metrics} | {self.ms_per_sample:.2f} "
                 f"ms/sample (batch {self.batch_size}, {self.num_samples} samples) | metric: "
                 f"{self.metric_implementation}")
@@ -228,6 +238,7 @@ def evaluate(cfg: EvalConfig, progress: bool = True, score: bool = True,
     if not res.kept:
         raise _nothing_usable(len(rows), res.skipped)
     scored_rows = [rows[i] for i in res.kept]
+    row_scores = task.row_scores(res.scored, scored_rows) if score else None
     source = model.identity.source
     result = EvalResult(task=task.name, model=str(source.get("id", cfg.model)), kind=model.kind,
                         decoding=model.describe(task, settings), settings=_jsonable_settings(settings),
@@ -235,7 +246,9 @@ def evaluate(cfg: EvalConfig, progress: bool = True, score: bool = True,
                         metric_implementation=task.metric_implementation(scored_rows) if score else "",
                         ms_per_sample=1000.0 * res.seconds / len(scored_rows), num_samples=len(scored_rows),
                         batch_size=cfg.batch_size, predictions=res.scored, num_skipped=len(res.skipped),
-                        skipped=res.skipped, model_revision=source.get("revision"))
+                        skipped=res.skipped, model_revision=source.get("revision"),
+                        row_ids=[str(r["id"]) for r in scored_rows], row_scores=row_scores,
+                        interval=mean_interval(row_scores).to_dict() if row_scores is not None else None)
     if cfg.out is not None:
         skip_log = _write_predictions(Path(cfg.out), task, rows, res)
         result.predictions_path = str(cfg.out)

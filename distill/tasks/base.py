@@ -296,6 +296,12 @@ class Task(abc.ABC):
     def evaluate(self, predictions: Sequence[Any], rows: Sequence[Row]) -> dict[str, float]:
         """The task metric over predictions aligned with rows."""
 
+    def row_scores(self, predictions: Sequence[Any], rows: Sequence[Row]) -> list[float] | None:
+        """Each row's score on the headline metric's scale, whose mean over the rows is `evaluate`'s first value:
+        what bootstrap intervals resample and what pairs two systems row by row (`student.intervals`). None: the
+        task gives no per-row scores, and its evaluations carry no interval."""
+        return None
+
     def training_metrics(self, predictions: Sequence[Any], rows: Sequence[Row]) -> dict[str, float]:
         """The metric of training-time evaluations (fast, in-process); by default `evaluate`."""
         return self.evaluate(predictions, rows)

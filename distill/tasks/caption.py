@@ -11,7 +11,7 @@ import numpy as np
 from distill.errors import UserError
 from distill.ofa.fairseq_rules import sequence_generator_settings
 from distill.tasks.base import Row, Task, clean_caption, ids_to_text, most_frequent, pick
-from distill.tasks.caption_metrics import caption_metric_implementation, caption_scores, cider_d
+from distill.tasks.caption_metrics import caption_metric_implementation, caption_scores, cider_d, cider_per_image
 
 CAPTION_PROMPT = " what does the image describe?"
 
@@ -84,6 +84,10 @@ class CaptionTask(Task):
         """pycocoevalcap's metrics, `cider` first (the headline figure)."""
         scores = caption_scores(list(predictions), [list(r["captions"]) for r in rows])
         return {"cider": scores.pop("cider", 0.0), **scores}
+
+    def row_scores(self, predictions: Sequence[str], rows: Sequence[Row]) -> list[float]:
+        """pycocoevalcap's CIDEr-D of each image (idf from the whole set), x100."""
+        return cider_per_image(list(predictions), [list(r["captions"]) for r in rows])
 
     def training_metrics(self, predictions: Sequence[str], rows: Sequence[Row]) -> dict[str, float]:
         """CIDEr-D on the Python PTB tokenizer: no JVM inside a training loop."""

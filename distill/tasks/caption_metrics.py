@@ -187,13 +187,37 @@ def caption_scores(predictions: Sequence[str], references: Sequence[Sequence[str
     figures may differ from the official ones, and without METEOR (a Java program too). Scorers are the
     pycocoevalcap classes themselves (BLEU `closest` reference length, CIDEr-D with idf from these references).
     """
+    _check(predictions, references)
+    return _score(*_tokenized(predictions, references, java)) if predictions else {}
+
+
+def cider_per_image(predictions: Sequence[str], references: Sequence[Sequence[str]],
+                    java: bool | None = None) -> list[float]:
+    """pycocoevalcap's CIDEr-D of each image, x100, from one `Cider.compute_score` over all of them (the idf comes
+    from the whole set, as for the corpus figure): their mean is `caption_scores(...)["cider"]`. Tokenised as
+    `caption_scores` tokenises."""
+    from pycocoevalcap.cider.cider import Cider
+
+    _check(predictions, references)
+    if not predictions:
+        return []
+    gts, res, _ = _tokenized(predictions, references, java)
+    _, per_image = Cider().compute_score(gts, res)
+    return [100.0 * float(s) for s in per_image]
+
+
+def _check(predictions: Sequence[str], references: Sequence[Sequence[str]]) -> None:
     if len(predictions) != len(references):
         raise ValueError(f"{len(predictions)} predictions for {len(references)} reference lists")
-    if not predictions:
-        return {}
     for i, refs in enumerate(references):
         if not refs:
             raise ValueError(f"prediction {i} has no reference caption")
+
+
+def _tokenized(predictions: Sequence[str], references: Sequence[Sequence[str]],
+               java: bool | None) -> tuple[dict, dict, bool]:
+    """pycocoevalcap's `gts` (image -> tokenised references) and `res` (image -> [tokenised prediction]), and whether
+    Java tokenised them."""
     java = java_available() if java is None else java
     flat = list(predictions) + [r for refs in references for r in refs]
     if java:
@@ -210,7 +234,7 @@ def caption_scores(predictions: Sequence[str], references: Sequence[Sequence[str
     for i, refs in enumerate(references):
         gts[i] = toks[k: k + len(refs)]
         k += len(refs)
-    return _score(gts, res, java)
+    return gts, res, java
 
 
 _METEOR: list = []

@@ -93,5 +93,11 @@ class EntailmentTask(Task):
     def evaluate(self, predictions: Sequence[str | None], rows: Sequence[Row]) -> dict[str, float]:
         return {"accuracy": accuracy(list(predictions), [label_to_answer(r["label"]) for r in rows])}
 
+    def row_scores(self, predictions: Sequence[str | None], rows: Sequence[Row]) -> list[float]:
+        """100 for the right label, 0 otherwise."""
+        if len(predictions) != len(rows):
+            raise ValueError(f"{len(predictions)} predictions for {len(rows)} rows")
+        return [100.0 if p == label_to_answer(r["label"]) else 0.0 for p, r in zip(predictions, rows)]
+
     def metric_implementation(self, rows: Sequence[Row] = ()) -> str:
         return ACCURACY_IMPLEMENTATION

@@ -16,7 +16,7 @@ from distill.images import row_image_size
 from distill.ofa.fairseq_rules import sequence_generator_settings
 from distill.prediction import Prediction
 from distill.tasks.base import Row, Task, output_ids, pre_caption
-from distill.tasks.metrics import GROUNDING_IMPLEMENTATION, grounding_accuracy
+from distill.tasks.metrics import GROUNDING_IMPLEMENTATION, box_hit, grounding_accuracy
 from distill.ofa.tokenization_ofa import (
     bins_to_text,
     bins_to_token_ids,
@@ -139,6 +139,12 @@ class GroundingTask(Task):
 
     def evaluate(self, predictions: Sequence[list[float] | None], rows: Sequence[Row]) -> dict[str, float]:
         return {"acc@0.5": grounding_accuracy(list(predictions), [list(r["box"]) for r in rows])}
+
+    def row_scores(self, predictions: Sequence[list[float] | None], rows: Sequence[Row]) -> list[float]:
+        """100 for a hit (`box_hit`), 0 for a miss or no box."""
+        if len(predictions) != len(rows):
+            raise ValueError(f"{len(predictions)} predictions for {len(rows)} rows")
+        return [100.0 if p is not None and box_hit(p, list(r["box"])) else 0.0 for p, r in zip(predictions, rows)]
 
     def metric_implementation(self, rows: Sequence[Row] = ()) -> str:
         return GROUNDING_IMPLEMENTATION

@@ -179,6 +179,12 @@ class VQATask(Task):
             return {"vqa_accuracy": 0.0}
         return {"vqa_accuracy": 100.0 * sum(self._score(p, r) for p, r in zip(predictions, rows)) / len(rows)}
 
+    def row_scores(self, predictions: Sequence[str], rows: Sequence[Row]) -> list[float]:
+        """Each question's accuracy (or OFA confidence), x100."""
+        if len(predictions) != len(rows):
+            raise ValueError(f"{len(predictions)} predictions for {len(rows)} rows")
+        return [100.0 * self._score(p, r) for p, r in zip(predictions, rows)]
+
     def metric_implementation(self, rows: Sequence[Row] = ()) -> str:
         kinds = {answer_confidences(r) is not None for r in rows} or {False}
         return " + ".join(VQA_TSV_IMPLEMENTATION if k else VQA_IMPLEMENTATION for k in sorted(kinds, reverse=True))

@@ -10,7 +10,7 @@ import pytest
 from datasets import load_from_disk
 
 from pipelines.baseline import BaselineConfig, run_baseline
-from pipelines.shapes import ShapesConfig, write_shapes
+from distill.shapes import ShapesConfig, write_shapes
 
 
 @pytest.fixture(scope="module")

@@ -66,3 +66,25 @@ def test_empty_prediction_comes_with_a_hint(task, prediction, output, note):
     assert prediction_lines("caption", Prediction(output="a red circle", prediction="a red circle")) == (
         "a red circle", None)
     assert prediction_lines("grounding", Prediction(output="", prediction=None))[0].startswith("no box")
+
+
+def test_the_two_demos_write_to_different_folders_and_say_what_they_run(monkeypatch):
+    """`demo` and `demo --tasks all` never share a default folder (one report would replace the other); Makefile and
+    README name the same folders; --help describes the four-task demo's per-task teachers."""
+    from pathlib import Path
+
+    from pipelines import cmd_run
+
+    ran = []
+    monkeypatch.setattr(cmd_run, "run_demo", lambda out, force, pipeline: ran.append((out, pipeline.name)))
+    for args in ([], ["--tasks", "all"], ["--tasks", "all", "--out", "elsewhere"]):
+        assert CliRunner().invoke(app, ["demo", *args]).exit_code == 0
+    assert ran == [(Path("runs/demo"), "demo.yaml"), (Path("runs/demo-all"), "demo_all.yaml"),
+                   (Path("elsewhere"), "demo_all.yaml")]
+    text = " ".join(_help(["demo"]).split())
+    assert "runs/demo-all with --tasks all" in text
+    assert "fine-tunes it into one AR teacher per task" in text and "trains ONE multi-task OFA" in text
+    root = Path(__file__).resolve().parents[2]
+    make = (root / "Makefile").read_text()
+    assert "demo --out runs/demo\n" in make and "demo --tasks all --out runs/demo-all\n" in make
+    assert "output in `runs/demo-all`" in (root / "README.md").read_text()

@@ -160,7 +160,7 @@ def test_a_body_over_the_limit_gets_413_before_it_is_read(setup):
         for i in range(0, len(payload), 64 * 1024):
             yield payload[i: i + 64 * 1024]
 
-    with running(predictor(students["caption"], "caption"), max_request_mb=1.0) as url:
+    with running(predictor(students["caption"], "caption"), max_batch_size=1, max_request_mb=1.0) as url:
         declared = httpx.post(url + "/predict", json=big, timeout=60)
         streamed = httpx.post(url + "/predict", content=chunked(), headers={"content-type": "application/json"},
                               timeout=60)

@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 from distill.errors import UserError
 from distill.ofa.tokenization_ofa import bin_token_ids, load_ofa_tokenizer
 from pipelines.cli import app
-from pipelines.shapes import (
+from distill.shapes import (
     BACKGROUND,
     COLORS,
     KINDS,

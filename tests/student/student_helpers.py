@@ -23,7 +23,7 @@ def cli(*args: str):
 
 
 def make_world(root: Path, n_train: int = 24, n_val: int = 8) -> Path:
-    from pipelines.shapes import ShapesConfig, write_shapes
+    from distill.shapes import ShapesConfig, write_shapes
 
     return Path(write_shapes(root / "world", ShapesConfig(n_train=n_train, n_val=n_val, n_test=4, size=32)))
 

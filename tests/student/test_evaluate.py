@@ -78,6 +78,8 @@ def test_evaluate_narvl_is_greedy_ctc(models, tmp_path):
     assert [x["prediction"] for x in lines] == expected == res.predictions
     assert res.metrics == pytest.approx(caption_scores(expected, [r["captions"] for r in rows]))  # pycocoevalcap
     assert res.metric_implementation == caption_metric_implementation() and "pycocoevalcap" in res.line()
+    assert res.row_ids == [r["id"] for r in rows] and sum(res.row_scores) / 6 == pytest.approx(res.metrics["cider"])
+    assert res.interval["low"] <= res.metrics["cider"] <= res.interval["high"] and "95% CI" in res.line()
 
 
 def test_evaluate_ar_matches_generate(models):
