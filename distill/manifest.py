@@ -17,6 +17,7 @@ from typing import Any
 from distill import shards as sh
 from distill.card import PERCENTILES, STAT_COLUMNS, CardInput, render_card
 from distill.errors import UserError
+from distill.outputs import check_output_dir
 from distill.packages import package_version
 from distill.store import Store
 from distill.tasks import get_task
@@ -65,6 +66,8 @@ def prepare(store: Store, record: dict, overwrite: bool) -> dict | None:
     same = manifest is not None and manifest.get("key") == record["key"]
     if same and manifest.get("status") == "complete" and not overwrite:
         return manifest
+    if store.local:  # writability is needed from here on: one clear line, not a PermissionError
+        check_output_dir(store.root)
     if same and not overwrite:
         return None
     computed = has_results(store)

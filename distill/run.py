@@ -135,7 +135,7 @@ def source_record(config: DistillConfig, source) -> dict:
         return source.key()
     data = str(Path(config.data).resolve()) if Path(config.data).exists() else config.data
     return {"data": data, "split": config.split, "columns": dict(config.columns), "limit": config.limit,
-            "source_ids_sha256": ids_fingerprint(source.ds), "num_rows": len(source.ds)}
+            "ids_sha256": ids_fingerprint(source.ds), "num_rows": len(source.ds)}
 
 
 def run_key(config: DistillConfig, task, teacher, gen_record: dict, candidates: list[str] | None, source) -> dict:
@@ -223,8 +223,6 @@ def run_distill(config: DistillConfig) -> DistillSummary:
     if finished is not None:
         return DistillSummary(store.display(), finished["rows"], finished["failures"], len(plan), 0,
                               time.time() - t0, noop=True)
-    if store.local:
-        check_output_dir(config.out)
 
     num_tasks, task_index = task_slot(config)
     slots, slot = num_tasks * state.num_processes, task_index * state.num_processes + state.process_index

@@ -22,10 +22,10 @@ import torch
 
 from distill.errors import UserError
 from distill.jsonio import atomic_write_text
-from distill.manifest import teacher_tokenizer_sha256
+from distill.provenance import teacher_identity
 from distill.teachers.base import tokenizer_sha256
 
-__all__ = ["TARGET_COLUMNS", "FilterReport", "needs_reencoding", "SkipLog", "load_training_data", "is_distilled", "filter_rows",
+__all__ = ["TARGET_COLUMNS", "FilterReport", "needs_reencoding", "target_vocabulary", "SkipLog", "load_training_data", "is_distilled", "filter_rows",
            "reference_problem", "TaskRows", "collate", "encode_readable", "encode_prompts"]
 
 SKIPPED_FILE = "skipped.jsonl"
@@ -39,27 +39,48 @@ def is_distilled(ds) -> bool:
     return "target_ids" in ds.column_names or "target" in ds.column_names
 
 
+def _distill_output(path: Path, src: str, split: str):
+    """A `narvl-pipe distill` output folder as a `Dataset` (its one split, whatever `split` says), or None when
+    `path` is not one. An unfinished output is refused."""
+    import datasets
+
+    manifest_file = path / "manifest.json"
+    if not manifest_file.is_file():
+        return None
+    manifest = json.loads(manifest_file.read_text(encoding="utf-8"))
+    if (path / "state.json").is_file() or (path / "dataset_dict.json").is_file():  # an earlier version's layout
+        from distill.sources import load_saved
+
+        return load_saved(path, split, src)
+    if manifest.get("status") != "complete":
+        raise UserError(f"{src} is an unfinished distill output (manifest status {manifest.get('status')!r}): "
+                        "rerun the same distill command")
+    files = sorted(str(p) for p in (path / "data").glob("*.parquet"))
+    if not files:
+        raise UserError(f"{src} holds no parquet shards (data/*.parquet)")
+    # data_files, not the folder: the cache is then keyed on the files (a folder's cache is keyed on its card)
+    return datasets.load_dataset("parquet", data_files={"train": files}, split="train")
+
+
 def load_training_data(src: str | os.PathLike, split: str = "train", task=None, limit: int | None = None):
     """Open `src` as a `datasets.Dataset`, keeping every column (the teacher metadata included).
 
-    `src` is a `save_to_disk` folder (a `Dataset`, such as the output of `narvl-pipe distill`, is taken whatever
-    `split` says; a `DatasetDict` gives `split`), a `load_dataset`-able folder (parquet/arrow, e.g. a dataset pushed
-    with `narvl-pipe push`) or a Hub id. A source without teacher targets is opened through
-    `distill.sources.open_source` (TSV, COCO-Karpathy JSON, imagefolder...) into the canonical schema, which needs
-    `task`.
+    `src` is the output folder of `narvl-pipe distill` (its one split is taken whatever `split` says; an output of
+    an earlier version, a `save_to_disk` folder, too), a `save_to_disk` folder (a `DatasetDict` gives `split`), a
+    `load_dataset`-able folder (parquet/arrow, e.g. a dataset pushed with `narvl-pipe push`) or a Hub id. A source
+    without teacher targets is opened through `distill.sources.open_source` (TSV, COCO-Karpathy JSON,
+    imagefolder...) into the canonical schema, which needs `task`.
     """
     import datasets
 
     src = os.fspath(src)
     path = Path(src)
-    ds = None
-    if (path / "manifest.json").is_file() and not (path / "state.json").is_file():
-        raise UserError(f"{src} is an unfinished distill output (no state.json): rerun the same distill command")
-    if path.is_dir() and ((path / "dataset_dict.json").is_file() or (path / "state.json").is_file()):
+    ds = _distill_output(path, src, split) if path.is_dir() else None
+    if ds is None and path.is_dir() and ((path / "dataset_dict.json").is_file() or (path / "state.json").is_file()):
         from distill.sources import load_saved
 
         ds = load_saved(path, split, src)
-    elif path.is_dir() or not path.exists():
+    elif ds is None and (path.is_dir() or not path.exists()):
         try:
             dd = datasets.load_dataset(src)
         except Exception:  # noqa: BLE001 (not a plain datasets folder/id: let open_source detect the format)
@@ -83,19 +104,27 @@ def load_training_data(src: str | os.PathLike, split: str = "train", task=None, 
     return ds
 
 
-def needs_reencoding(src: str | os.PathLike, ds, tokenizer) -> bool:
-    """Whether a distilled dataset's `target_ids` are in another vocabulary than `tokenizer`'s: its manifest's
-    teacher tokenizer hash differs from the student tokenizer's (`distill.teachers.base.tokenizer_sha256`). Then
-    the targets are re-encoded from the canonical prediction (`Task.student_target`); a dataset without one is
-    refused. No recorded hash (no manifest, or an older one) means the teacher's ids are used as they are."""
-    teacher_hash = teacher_tokenizer_sha256(src) if Path(src).is_dir() else None
-    if teacher_hash is None or teacher_hash == tokenizer_sha256(tokenizer):
-        return False
+def target_vocabulary(src: str | os.PathLike | None, ds, tokenizer) -> tuple[bool, str]:
+    """(re-encode?, the line saying which) for a distilled dataset's `target_ids`: the teacher's ids are learned as
+    they are only when its recorded tokenizer hash (`distill.provenance.teacher_identity`: the dataset's features,
+    else an older output's local manifest) equals the student tokenizer's; when it differs or is unknown, each
+    target is re-encoded from the canonical prediction (`Task.student_target`); a dataset without one is refused."""
+    mine = tokenizer_sha256(tokenizer)
+    teacher = teacher_identity(ds, src if src is not None and Path(src).is_dir() else None) or {}
+    theirs = teacher.get("tokenizer_sha256")
+    if theirs == mine:
+        return False, f"KD targets: the teacher's ids as they are (its tokenizer is the student's, sha256 {mine[:12]})"
+    why = (f"the teacher's tokenizer (sha256 {theirs[:12]}) is not the student's ({mine[:12]})" if theirs
+           else "the teacher's tokenizer is not recorded in the data")
     if "target" not in ds.column_names:
-        raise UserError(f"{src}: its teacher's tokenizer (sha256 {teacher_hash[:12]}) is not the student's "
-                        f"({tokenizer_sha256(tokenizer)[:12]}), and its rows hold no canonical `target` to "
-                        "re-encode: distil with a teacher sharing the student's tokenizer")
-    return True
+        raise UserError(f"{src}: {why}, and its rows hold no canonical `target` to re-encode: distil with a "
+                        "teacher sharing the student's tokenizer")
+    return True, f"KD targets: re-encoded from `target` in the student's vocabulary ({why})"
+
+
+def needs_reencoding(src: str | os.PathLike | None, ds, tokenizer) -> bool:
+    """Whether `target_ids` must be re-encoded for `tokenizer` (see `target_vocabulary`)."""
+    return target_vocabulary(src, ds, tokenizer)[0]
 
 
 @dataclass

@@ -141,7 +141,7 @@ def train_student(cfg: StudentTrainConfig) -> TrainResult:
     from accelerate.utils import parse_flag_from_env, set_seed
 
     from distill.tasks import get_task
-    from student.data import SkipLog, TaskRows, collate, filter_rows, load_training_data, needs_reencoding
+    from student.data import SkipLog, TaskRows, collate, filter_rows, load_training_data, target_vocabulary
     from student.evaluate import make_eval_fn, save_model_folder
     from student.trainer import train
 
@@ -162,7 +162,10 @@ def train_student(cfg: StudentTrainConfig) -> TrainResult:
         print(f"training rows: {report.kept} of {report.total} (removed: {report.removed_logprob} below "
               f"--min-teacher-logprob, {report.removed_length} above --max-target-len)")
     skips = SkipLog.for_training(cfg.output_dir, cfg.resume)
-    reencode = cfg.target_column == "target" and needs_reencoding(cfg.data, ds, tokenizer)
+    reencode, vocabulary = (target_vocabulary(cfg.data, ds, tokenizer) if cfg.target_column == "target"
+                            else (False, ""))
+    if main and vocabulary:
+        print(vocabulary)
     rows = TaskRows(ds, task, processor, cfg.target_column, seed=cfg.seed, skips=skips,
                     reencode=reencode)
     eval_fn = None
