@@ -36,6 +36,7 @@ intra-op thread count): with a near-uniform (e.g. untrained) teacher, float diff
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import time
 from dataclasses import dataclass
@@ -221,8 +222,10 @@ def run_distill(config: DistillConfig) -> DistillSummary:
                                         teacher.identity.record(), _metric_rows(source))
     finished = manifest_lib.prepare(store, static, config.overwrite)
     if finished is not None:
-        return DistillSummary(store.display(), finished["rows"], finished["failures"], len(plan), 0,
-                              time.time() - t0, noop=True)
+        summary = DistillSummary(store.display(), finished["rows"], finished["failures"], len(plan), 0,
+                                 time.time() - t0, noop=True)
+        _check_not_empty(store, summary)
+        return summary
 
     num_tasks, task_index = task_slot(config)
     slots, slot = num_tasks * state.num_processes, task_index * state.num_processes + state.process_index
@@ -251,4 +254,15 @@ def run_distill(config: DistillConfig) -> DistillSummary:
                 "world_size": state.num_processes, "num_tasks": num_tasks})
         summary = DistillSummary(store.display(), manifest.get("rows", 0), manifest.get("failures", 0), len(plan),
                                  new_rows, time.time() - t0, noop=False, remaining=remaining)
+        _check_not_empty(store, summary)
     return summary
+
+
+def _check_not_empty(store: Store, summary: DistillSummary) -> None:
+    """An output whose every row was quarantined is complete, but holds nothing to train on: say so in one line."""
+    if summary.remaining or summary.rows or not summary.failures:
+        return
+    first = (store.read_bytes(sh.QUARANTINE).decode("utf-8").splitlines() or ["{}"])[0]
+    reason = json.loads(first).get("reason", "")
+    raise UserError(f"every one of the {summary.failures} source rows was quarantined (first: {reason}); reasons in "
+                    f"{store.display(sh.QUARANTINE)}")
