@@ -116,7 +116,7 @@ def _size_category(n: int) -> str:
     return "1M<n<10M" if n < 10_000_000 else "10M<n<100M"
 
 
-def _public_name(name: Any) -> str:
+def public_name(name: Any) -> str:
     """A source reference as published: a Hub id as it is, a local path (distill records them absolute) as its
     folder name."""
     text = json.dumps(name) if isinstance(name, dict) else str(name)
@@ -166,7 +166,7 @@ def render_card(data: CardInput, manifest: dict, repo_id: str, source_license: s
 
     task = manifest_get(manifest, ("task",), default=data.first_task)
     license_ = source_license or manifest_get(manifest, ("source", "license"), ("source_license",), default="unknown")
-    source_name = _public_name(manifest_get(manifest, ("source", "name"), ("source", "data"), ("source",),
+    source_name = public_name(manifest_get(manifest, ("source", "name"), ("source", "data"), ("source",),
                                             default="unknown"))
     teacher = manifest_get(manifest, ("teacher", "id"), ("teacher_id",), ("teacher",), default="unknown")
     revision = manifest_get(manifest, ("teacher", "revision"), ("teacher_revision",), default=None)

@@ -4,7 +4,8 @@ several nodes, Slurm array tasks), through files in the output (`OUT/.work/claim
 The rule (claims are for efficiency; exactly-once rows never depend on them, see `distill.shards`):
 - a process takes a unit by creating its claim file (`Store.create`: exclusive on a POSIX filesystem, written and
   read back on an object store) holding its owner (host, pid, start time, task slot, a random nonce) and an expiry
-  (`now + lease`); it renews the expiry at each flush and deletes the claim once the unit's marker is written (or
+  (`now + lease`); a process claims its own share of the units up front and the others' abandoned ones when its
+  share is done, renews its claims every quarter lease, and deletes a claim once the unit's marker is written (or
   when it is interrupted and has flushed);
 - a unit with a completion marker is never taken again;
 - an existing claim is taken over (overwritten, then read back) only when it is stale: its expiry has passed, or its
@@ -33,7 +34,7 @@ from distill.store import Store
 
 @dataclass(frozen=True)
 class Owner:
-    """The process that works on its claimed units (the main process of a rank; its DataLoader workers claim for it)."""
+    """The process that works on its claimed units (the main process of a rank)."""
 
     host: str
     pid: int

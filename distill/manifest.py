@@ -15,7 +15,7 @@ from dataclasses import asdict
 from typing import Any
 
 from distill import shards as sh
-from distill.card import PERCENTILES, STAT_COLUMNS, CardInput, render_card
+from distill.card import PERCENTILES, STAT_COLUMNS, CardInput, public_name, render_card
 from distill.errors import UserError
 from distill.outputs import check_output_dir
 from distill.packages import package_version
@@ -114,6 +114,26 @@ def static_record(key: dict, source: dict, config, units: list[dict], teacher: d
     return _json(record)
 
 
+def card_input(features, manifest: dict) -> CardInput:
+    """What the card says about the data of a finished output (recorded in its manifest by `finalise`)."""
+    card = manifest["card"]
+    return CardInput(features, card["splits"], card["statistics"], card["download_size"], manifest["task"])
+
+
+def public_manifest(manifest: dict) -> dict:
+    """The manifest as published by `push`: without the run's local settings and paths (a local teacher or source
+    is named by its folder name; its hashes identify it)."""
+    out = {k: v for k, v in manifest.items() if k not in ("key", "config")}
+    for section in ("teacher", "source"):
+        if isinstance(out.get(section), dict):
+            out[section] = {k: public_name(v) if k in ("id", "data") else v for k, v in out[section].items()}
+    if isinstance(out.get("teacher_identity"), dict):
+        ident = out["teacher_identity"]
+        out["teacher_identity"] = {**ident, "source": {k: public_name(v) if k == "id" else v
+                                                       for k, v in (ident.get("source") or {}).items()}}
+    return out
+
+
 def finalise(store: Store, features, split: str, num_units: int, card_name: str, this_run: dict) -> dict:
     """Make the output complete once every unit has its marker: `quarantine.jsonl` (every unit's, in unit order),
     the card, then the manifest with status \"complete\" (written last), then `.work/` is removed. Idempotent:
@@ -139,9 +159,10 @@ def finalise(store: Store, features, split: str, num_units: int, card_name: str,
         if merged is not None:
             stats.append({"split": sh.split_name(split), "column": col,
                           **{k: f"{float(v):.3f}" for k, v in merged.items()}})
-    data = CardInput(features, {sh.split_name(split): {"rows": rows, "bytes": sum(m.get("bytes", 0) for m in markers)}},
-                     stats, sum(m.get("bytes", 0) for m in markers), manifest["task"])
-    store.write_bytes(sh.CARD, str(render_card(data, manifest, card_name)).encode("utf-8"))
+    size = sum(m.get("bytes", 0) for m in markers)
+    manifest["card"] = {"splits": {sh.split_name(split): {"rows": rows, "bytes": size}}, "statistics": stats,
+                        "download_size": size}
+    store.write_bytes(sh.CARD, str(render_card(card_input(features, manifest), manifest, card_name)).encode("utf-8"))
     store.write_json(sh.MANIFEST, manifest)
     store.remove_tree(sh.WORK)
     return manifest

@@ -184,7 +184,7 @@ class StreamSource:
             yield from _webdataset_rows(unit.file, start, self.storage_options)
             return
         yield from _parquet_rows(unit.file, unit.lo + start, unit.hi, self.storage_options,
-                                 sorted(set(self.select.values())))
+                                 sorted(set(self.select.values())) or None)
 
     def canonical(self, raw: dict, unit: Unit, index: int) -> dict:
         """One source row in canonical columns (`index`: its row in the unit)."""
@@ -244,7 +244,7 @@ def _webdataset_rows(file: str, start: int, storage_options: Mapping[str, Any]) 
 
 
 def _parquet_rows(file: str, lo: int, hi: int | None, storage_options: Mapping[str, Any],
-                  columns: list[str]) -> Iterator[dict]:
+                  columns: list[str] | None) -> Iterator[dict]:
     with fsspec.open(file, "rb", **storage_options) as fh:
         pf = pq.ParquetFile(fh)
         hi = pf.metadata.num_rows if hi is None else hi
@@ -252,7 +252,8 @@ def _parquet_rows(file: str, lo: int, hi: int | None, storage_options: Mapping[s
         for g in range(pf.metadata.num_row_groups):
             n = pf.metadata.row_group(g).num_rows
             if first + n > lo and first < hi:
-                table = pf.read_row_group(g, columns=[c for c in columns if c in pf.schema_arrow.names])
+                table = pf.read_row_group(g, columns=None if columns is None else
+                                          [c for c in columns if c in pf.schema_arrow.names])
                 a, b = max(lo - first, 0), min(hi - first, n)
                 yield from table.slice(a, b - a).to_pylist()
             first += n

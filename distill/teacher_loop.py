@@ -4,8 +4,9 @@ DataLoader workers take units (`distill.claims`), read their rows (`distill.unit
 images (`load_image`, EXIF applied), flag bad rows (`Task.bad_row_reason`) and call `teacher.prepare`; the main
 process calls `teacher.infer` and writes each unit through its `distill.shards.UnitWriter`.
 
-Worker w of W takes this process's own units `own[w::W]`, then helps with `steal[w::W]` (other pending units, last
-first, so a thief and the owner meet late); one worker reads one unit at a time, so W units are open at once. Each
+The main process claims its own share of units up front (`distill.claims`), generates them, then claims and
+generates the other pending units that nobody holds (a task that never started, or died); DataLoader worker w of W
+reads `units[w::W]`, one unit at a time, so W units are open at once. Each
 batch is a slice of one unit (batch k = unit rows [k*B, (k+1)*B), bad rows dropped), so a row's batch, hence its
 padding and result, does not depend on the number of processes or on where a crashed run resumed: flushes happen
 on batch boundaries and a resume continues at one.
@@ -111,27 +112,23 @@ class _Collate:
 
 
 class _Units(IterableDataset):
-    """Messages for the main process: `{"unit", "open": Chain}`, then its batches, then `{"unit", "end": True}`."""
+    """Messages for the main process: `{"unit", "open": Chain}`, then its batches, then `{"unit", "end": True}`.
+    Worker w of W reads `units[w::W]`, each from the end of its chain; workers never touch the output (the main
+    process claims, resumes and writes: an object store's client is not shared across a fork)."""
 
-    def __init__(self, job: UnitJob, own: list[int], steal: list[int]):
-        self.source, self.plan, self.claims, self.store = job.source, job.plan, job.claims, job.store
-        self.own, self.steal, self.batch_size = own, steal, job.config.batch_size
+    def __init__(self, job: UnitJob, units: list[int], chains: dict[int, sh.Chain]):
+        self.source, self.plan, self.units, self.chains = job.source, job.plan, units, chains
+        self.batch_size = job.config.batch_size
         self.collate = _Collate(job.task, job.teacher, job.config.images, job.roots)
-
-    def _done(self, index: int) -> bool:
-        return self.store.exists(f"{sh.DONE}/{sh.unit_name(index)}.json")
 
     def __iter__(self):
         info = get_worker_info()
         w, n = (info.id, info.num_workers) if info is not None else (0, 1)
-        for index in self.own[w::n] + self.steal[w::n]:
-            if not self.claims.take(index, self._done):
-                continue
-            unit = self.plan[index]
-            chain = sh.find_chain(self.store, index)
+        for index in self.units[w::n]:
+            chain = self.chains[index]
             yield {"unit": index, "open": chain}
             if not chain.last:
-                for items in self.source.rows(unit, chain.end, self.batch_size):
+                for items in self.source.rows(self.plan[index], chain.end, self.batch_size):
                     batch = self.collate(items)
                     batch["unit"] = index
                     yield batch
@@ -173,6 +170,9 @@ class _Writers:
         self.flush_rows = max(bs, -(-job.config.flush_every // bs) * bs)
         self.interval = job.config.flush_interval_s
         self.completed = self.written = 0
+        self.held: set[int] = set()
+        """Units this process claimed and has not finished (their claims are renewed together)."""
+        self.renewed = time.monotonic()
 
     def start(self, index: int, chain: sh.Chain) -> None:
         unit = self.job.plan[index]
@@ -183,59 +183,76 @@ class _Writers:
     def flush_due(self) -> None:
         """Flush every open unit that consumed `flush_rows` rows, or any row `interval` seconds ago or more."""
         now = time.monotonic()
-        for index, w in self.open.items():
+        for w in self.open.values():
             if w.consumed >= self.flush_rows or (w.consumed and now - w.last_flush >= self.interval):
                 w.flush()
+        if now - self.renewed >= self.job.claims.lease_s / 4:  # a live owner's claims never lapse
+            for index in self.held:
                 self.job.claims.renew(index)
+            self.renewed = now
 
     def finish(self, index: int) -> None:
         w = self.open.pop(index)
         w.complete()
         self.job.claims.release(index)
+        self.held.discard(index)
         self.completed += 1
         self.written += w.written
 
     def close(self) -> None:
         """Flush what every open unit consumed and release its claim (an interruption)."""
-        for index, w in list(self.open.items()):
+        for w in self.open.values():
             w.flush()
             self.written += w.written
-            self.job.claims.release(index)
         self.open.clear()
+        for index in self.held:
+            self.job.claims.release(index)
+        self.held.clear()
 
 
-def _loader(job: UnitJob, own: list[int], steal: list[int]) -> DataLoader:
+def _loader(job: UnitJob, units: list[int], chains: dict[int, sh.Chain]) -> DataLoader:
     c = job.config
     return DataLoader(
-        _Units(job, own, steal), batch_size=None, num_workers=c.num_workers, persistent_workers=False,
-        prefetch_factor=4 if c.num_workers else None,
+        _Units(job, units, chains), batch_size=None, num_workers=min(c.num_workers, len(units)),
+        persistent_workers=False, prefetch_factor=4 if c.num_workers else None,
         worker_init_fn=DieWithParent(),  # a killed run leaves no orphan workers behind
     )
 
 
 def generate_units(job: UnitJob, own: list[int], steal: list[int]) -> tuple[int, int]:
-    """Generate the units this process gets (its own, then others nobody works on); returns (rows written this
-    run, units completed). Raises `Interrupted` after flushing on SIGTERM / Ctrl-C."""
-    if not own and not steal:
-        return 0, 0  # nothing pending: no model load
-    job.teacher.load()
+    """Generate the units this process gets: its own share, claimed up front, then the others' pending units that
+    nobody holds any more (claimed when its share is done). Returns (rows written this run, units completed);
+    raises `Interrupted` after flushing on SIGTERM / Ctrl-C."""
+    def done(index: int) -> bool:
+        return job.store.exists(f"{sh.DONE}/{sh.unit_name(index)}.json")
+
     writers = _Writers(job)
     bar = tqdm(unit="row", desc=f"distill {job.task.name}", dynamic_ncols=True, smoothing=0.1,
                disable=not job.show_progress)
+    loaded = False
     with _Signals() as signals:
         try:
-            for msg in _loader(job, own, steal):
-                index = msg["unit"]
-                if "open" in msg:
-                    writers.start(index, msg["open"])
-                elif "end" in msg:
-                    writers.finish(index)
-                else:
-                    _write_batch(job, writers.open[index], msg)
-                    bar.update(len(msg["indices"]))
-                if signals.received:
-                    break
-                writers.flush_due()
+            for candidates in (own, steal):
+                units = [u for u in candidates if job.claims.take(u, done)]
+                writers.held.update(units)
+                if not units or signals.received:
+                    continue
+                if not loaded:  # a process with nothing to do never loads the model
+                    job.teacher.load()
+                    loaded = True
+                chains = {u: sh.find_chain(job.store, u) for u in units}
+                for msg in _loader(job, units, chains):
+                    index = msg["unit"]
+                    if "open" in msg:
+                        writers.start(index, msg["open"])
+                    elif "end" in msg:
+                        writers.finish(index)
+                    else:
+                        _write_batch(job, writers.open[index], msg)
+                        bar.update(len(msg["indices"]))
+                    if signals.received:
+                        break
+                    writers.flush_due()
         finally:
             bar.close()
             if signals.received:
