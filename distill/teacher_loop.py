@@ -18,7 +18,6 @@ release their claims and raise `Interrupted`.
 from __future__ import annotations
 
 import os
-import signal
 import time
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -33,6 +32,7 @@ from distill.config import DistillConfig
 from distill.errors import Interrupted
 from distill.images import ImageLoadError, load_image
 from distill.schema import output_row
+from distill.signals import StopSignals
 from distill.store import Store
 from distill.teachers.base import Teacher
 from distill.units import Unit
@@ -136,31 +136,6 @@ class _Units(IterableDataset):
 
 
 # ---------------------------------------------------------------------------------------------------- main process
-class _Signals:
-    """SIGTERM / SIGINT set a flag the loop checks at each batch (a second Ctrl-C interrupts at once)."""
-
-    def __init__(self):
-        self.received: str | None = None
-        self._old: dict[int, Any] = {}
-
-    def _handle(self, signum, frame) -> None:
-        if self.received is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.received = signal.Signals(signum).name
-
-    def __enter__(self) -> "_Signals":
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            try:
-                self._old[sig] = signal.signal(sig, self._handle)
-            except ValueError:  # not the main thread: leave the handlers alone
-                pass
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
-
-
 class _Writers:
     """The open units of this process: their writers, flush policy, claim renewals and completion."""
 
@@ -230,7 +205,7 @@ def generate_units(job: UnitJob, own: list[int], steal: list[int]) -> tuple[int,
     bar = tqdm(unit="row", desc=f"distill {job.task.name}", dynamic_ncols=True, smoothing=0.1,
                disable=not job.show_progress)
     loaded = False
-    with _Signals() as signals:
+    with StopSignals() as signals:
         try:
             for candidates in (own, steal):
                 units = [u for u in candidates if job.claims.take(u, done)]

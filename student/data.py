@@ -334,6 +334,15 @@ class TaskRows:
         where = f" (reasons in {self.skips.path})" if self.skips.path else ""
         raise UserError(f"no usable training row: all {n} rows were skipped{where}; first: {first}")
 
+    def encode_row(self, r: dict, draw: int) -> dict[str, Any] | None:
+        """The example of a row given as a dict (a streamed row), or None when it is unusable (then recorded in
+        `skips` under the draw's number: a stream has no row index)."""
+        try:
+            return self._encode(r, draw)
+        except _ROW_ERRORS as exc:
+            self.skips.add(draw, r.get("id", draw), str(exc))
+            return None
+
     def _encode(self, r: dict, draw: int) -> dict[str, Any]:
         ids, weight = self.target_ids(r, draw)
         input_ids = self.tokenizer(self.task.prompt(r))["input_ids"]

@@ -40,6 +40,9 @@ class Run:
     scheduler: Any
     ema: WeightEMA | None
     eval_fn: EvalFn | None
+    data_state: Any = None
+    """`() -> state` of a streamed training set's loader, saved with each checkpoint (None: map-style rows, whose
+    position follows from the step)."""
 
     def evaluate(self) -> dict[str, float]:
         """`eval_fn` on the unwrapped model (the EMA weights when kept, swapped back afterwards)."""
@@ -152,7 +155,7 @@ def record_step(run: Run, cfg: TrainConfig, log: dict[str, float], bar: Any, tra
     if tracker and (step % cfg.log_every == 0 or evaluated):
         acc.log({k: v for k, v in log.items() if k != "step"}, step=step)
     if cfg.save_every and step % cfg.save_every == 0:
-        save_checkpoint(acc, cfg, step, {"totals": totals})
+        save_checkpoint(acc, cfg, step, {"totals": totals}, run.data_state)
 
 
 def final_eval(run: Run, tracker: str | None, step: int) -> dict[str, float]:

@@ -55,6 +55,12 @@ class StudentTrainConfig(TrainDataFields, EvalFields, RecipeFields, TrainConfig)
     """Override the dropout of an OFA init (default: the checkpoint's; NARVL's recipe is 0.1)."""
     eval_batch_size: int = 32
     """Batch size of evaluation."""
+    streaming: bool = False
+    """Read `data` as a stream (a distill output folder, parquet files or URLs, a Hub id) instead of opening it
+    whole: rows split by process, shuffled through `shuffle_buffer`, the stream position saved with each
+    checkpoint (exact resume at the same process count). Needs `max_steps` unless the row count is recorded."""
+    shuffle_buffer: int = 1000
+    """Rows in the shuffle buffer of `streaming` (saved with each checkpoint)."""
 
 
 def student_loss(model, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -62,6 +68,21 @@ def student_loss(model, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     out = model(input_ids=batch["input_ids"], patch_images=batch["patch_images"], patch_masks=batch["patch_masks"],
                 targets=batch["targets"], target_lengths=batch["target_lengths"], weights=batch["weights"])
     return out.loss, {"n_infeasible": out.n_infeasible, "n_samples": torch.tensor(batch["targets"].size(0))}
+
+
+def _open_stream(cfg: StudentTrainConfig, state) -> tuple[Any, int | None]:
+    """(this process's `datasets.IterableDataset` of `cfg.data`, the set's row count when recorded)."""
+    from student.stream_rows import open_stream
+
+    if cfg.limit is not None or cfg.min_teacher_logprob is not None or cfg.max_target_len is not None:
+        raise UserError("`limit`, `min_teacher_logprob` and `max_target_len` apply to a dataset opened whole; "
+                        "with `streaming`, filter when distilling or train without them")
+    ds = open_stream(cfg.data, cfg.split, state.process_index, state.num_processes)
+    manifest = Path(cfg.data) / "manifest.json"
+    rows = json.loads(manifest.read_text()).get("rows") if manifest.is_file() else None
+    if rows is None and ds.info.splits and cfg.split in ds.info.splits:
+        rows = ds.info.splits[cfg.split].num_examples or None
+    return ds, rows
 
 
 def _eval_source(cfg: StudentTrainConfig) -> str | None:
@@ -141,13 +162,19 @@ def train_student(cfg: StudentTrainConfig) -> TrainResult:
     from accelerate.utils import parse_flag_from_env, set_seed
 
     from distill.tasks import get_task
-    from student.data import SkipLog, TaskRows, collate, filter_rows, load_training_data, target_vocabulary
+    from student.data import (FilterReport, SkipLog, TaskRows, collate, filter_rows, load_training_data,
+                              target_vocabulary)
     from student.evaluate import make_eval_fn, save_model_folder
     from student.trainer import train
 
     task = get_task(cfg.task)
-    ds = load_training_data(cfg.data, cfg.split, task, cfg.limit)  # the data first: a bad source fails before a load
-    ds, report = filter_rows(ds, cfg.min_teacher_logprob, cfg.max_target_len)
+    state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
+    if cfg.streaming:
+        ds, num_rows = _open_stream(cfg, state)
+        report = FilterReport(total=num_rows or 0)
+    else:  # the data first: a bad source fails before a load
+        ds = load_training_data(cfg.data, cfg.split, task, cfg.limit)
+        ds, report = filter_rows(ds, cfg.min_teacher_logprob, cfg.max_target_len)
     cfg, init, provenance = resolve_student_config(cfg)
     set_seed(cfg.seed)  # the queries and blank row are drawn from it
     model, processor = build_student(cfg, task, init)
@@ -157,7 +184,7 @@ def train_student(cfg: StudentTrainConfig) -> TrainResult:
 
         freeze_token_embeddings(model)
     # Same CPU flag as the Accelerator reads: a PartialState made first without it stays single-process.
-    main = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU")).is_main_process
+    main = state.is_main_process
     if main:
         print(f"training rows: {report.kept} of {report.total} (removed: {report.removed_logprob} below "
               f"--min-teacher-logprob, {report.removed_length} above --max-target-len)")
@@ -168,6 +195,10 @@ def train_student(cfg: StudentTrainConfig) -> TrainResult:
         print(vocabulary)
     rows = TaskRows(ds, task, processor, cfg.target_column, seed=cfg.seed, skips=skips,
                     reencode=reencode)
+    if cfg.streaming:
+        from student.stream_rows import StreamRows
+
+        rows = StreamRows(ds, rows, cfg.seed, cfg.shuffle_buffer, report.total or None, state.process_index)
     eval_fn = None
     eval_rows = _eval_rows(cfg, task)
     if eval_rows:
