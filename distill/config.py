@@ -74,6 +74,10 @@ class DistillConfig:
     each takes its share of the units, then helps with units nobody works on."""
     task_index: int | None = None
     """This task's index in 0..num_tasks-1 (default: `SLURM_ARRAY_TASK_ID` minus `SLURM_ARRAY_TASK_MIN`, else 0)."""
+    work_dir: str | None = None
+    """For an `hf://datasets/user/name` output: the folder (local, shared or an fsspec URL) where the shards are
+    written before one resumable upload (`narvl-pipe push`) once the last one is done (default:
+    `~/.cache/narvl-pipe/distill/user--name`); tasks on several nodes need a shared one."""
     lease_s: float = 600.0
     """A unit's claim lapses this long after its writer's last flush: then another task may resume it (an owner
     killed on the same host is taken over at once)."""

@@ -235,3 +235,16 @@ def test_out_on_memory_and_on_an_s3_endpoint(world, tmp_path):
         for k, v in old_env.items():
             os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
         server.stop()
+
+
+def test_hf_out_is_written_in_the_work_dir_then_pushed(world, tmp_path):
+    """`--out hf://datasets/user/name`: the shards are written in `--work-dir`, then uploaded by `push` in one
+    resumable upload; offline here, so the push fails in one line and the staged output is complete (a re-run of
+    `narvl-pipe push` uploads it)."""
+    work = tmp_path / "stage"
+    res = subprocess.run(_cli(world, "hf://datasets/someone/kd", "--work-dir", str(work)), cwd=REPO,
+                         env={**cli_env(), "HF_HUB_OFFLINE": "1"}, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 2, res.stderr[-2000:]
+    line = res.stderr.strip().splitlines()[-1]
+    assert line.startswith("error: push to someone/kd on ") and "offline mode is enabled" in line
+    _equal_to_reference(world, work)
