@@ -247,7 +247,8 @@ def run_distill(config: DistillConfig) -> DistillSummary:
     summary = None
     if state.is_main_process:
         remaining = len(plan) - len(sh.done_units(store))
-        manifest = store.read_json(sh.MANIFEST)
+        manifest = store.read_json(sh.MANIFEST)  # read after listing: a task that finished it first wrote "complete"
+        remaining = 0 if manifest.get("status") == "complete" else remaining  # before removing the markers
         if not remaining and manifest.get("status") != "complete":
             manifest = manifest_lib.finalise(store, features, config.split, len(plan), _card_name(config.out), {
                 "wall_time_s": round(time.time() - t0, 3), "new_rows": new_rows,

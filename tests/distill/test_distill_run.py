@@ -382,3 +382,22 @@ def test_hub_teacher_id_resolves_to_its_cached_commit(world, tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip() == f"{snap} {{'id': 'me/tiny-ofa', 'revision': '{sha}'}}"
+
+
+def test_url_images_are_quarantined_and_an_all_quarantined_source_is_one_line(world, tmp_path, capsys):
+    """An image column of URLs is never downloaded: each row is quarantined with a reason pointing to
+    img2dataset-style tar shards; a source whose every row is quarantined ends in one line (and so does its
+    re-run), not a traceback."""
+    from datasets import Dataset
+
+    urls = [f"http://images.example.org/{i}.jpg" for i in range(3)]
+    Dataset.from_dict({"id": ["a", "b", "c"], "image": urls, "captions": [["x"]] * 3}).save_to_disk(str(tmp_path / "u"))
+    args = ["--task", "caption", "--teacher", str(world["teacher"]), "--data", str(tmp_path / "u"), "--out",
+            str(tmp_path / "o"), "--num-workers", "0"]
+    for _ in range(2):
+        code, err = _cli_main(args, capsys)
+        assert code == 2 and err.count("\n") == 1 and "Traceback" not in err
+        assert err.startswith("error: every one of the 3 source rows was quarantined (first: image ")
+        assert f"reasons in {tmp_path / 'o' / 'quarantine.jsonl'}" in err
+    reasons = [json.loads(x)["reason"] for x in (tmp_path / "o" / "quarantine.jsonl").read_text().splitlines()]
+    assert len(reasons) == 3 and all(u in r and "is a URL" in r and "img2dataset" in r for u, r in zip(urls, reasons))

@@ -248,3 +248,17 @@ def test_hf_out_is_written_in_the_work_dir_then_pushed(world, tmp_path):
     line = res.stderr.strip().splitlines()[-1]
     assert line.startswith("error: push to someone/kd on ") and "offline mode is enabled" in line
     _equal_to_reference(world, work)
+
+
+def test_shapes_webdataset_is_laid_out_as_img2dataset_writes_it(world):
+    import pyarrow.parquet as pq
+
+    wds = world["wds"]
+    for shard in range(SHARDS):
+        stats = json.loads((wds / f"{shard:05d}_stats.json").read_text())
+        meta = pq.read_table(wds / f"{shard:05d}.parquet").to_pylist()
+        with tarfile.open(wds / f"{shard:05d}.tar") as tf:
+            names = tf.getnames()
+        keys = [f"{shard:05d}{k:04d}" for k in range(PER_SHARD)]
+        assert stats["count"] == stats["successes"] == PER_SHARD and [m["key"] for m in meta] == keys
+        assert names == [f"{k}.{ext}" for k in keys for ext in ("jpg", "txt", "json")]
