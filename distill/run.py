@@ -241,7 +241,7 @@ def run_distill(config: DistillConfig) -> DistillSummary:
     job = UnitJob(config, task, source, plan, features, schema, teacher, gen, store,
                   Claims(store, owner, config.lease_s), config.progress and state.is_main_process,
                   _source_roots(config))
-    new_rows, _ = generate_units(job, own, steal)
+    new_rows, loop_s = generate_units(job, own, steal)
     state.wait_for_everyone()
     new_rows = sum_over_ranks(state, new_rows)
     summary = None
@@ -251,7 +251,7 @@ def run_distill(config: DistillConfig) -> DistillSummary:
         remaining = 0 if manifest.get("status") == "complete" else remaining  # before removing the markers
         if not remaining and manifest.get("status") != "complete":
             manifest = manifest_lib.finalise(store, features, config.split, len(plan), _card_name(config.out), {
-                "wall_time_s": round(time.time() - t0, 3), "new_rows": new_rows,
+                "wall_time_s": round(time.time() - t0, 3), "loop_s": round(loop_s, 3), "new_rows": new_rows,
                 "world_size": state.num_processes, "num_tasks": num_tasks})
         summary = DistillSummary(store.display(), manifest.get("rows", 0), manifest.get("failures", 0), len(plan),
                                  new_rows, time.time() - t0, noop=False, remaining=remaining)

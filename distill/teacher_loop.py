@@ -194,17 +194,18 @@ def _loader(job: UnitJob, units: list[int], chains: dict[int, sh.Chain]) -> Data
     )
 
 
-def generate_units(job: UnitJob, own: list[int], steal: list[int]) -> tuple[int, int]:
+def generate_units(job: UnitJob, own: list[int], steal: list[int]) -> tuple[int, float]:
     """Generate the units this process gets: its own share, claimed up front, then the others' pending units that
-    nobody holds any more (claimed when its share is done). Returns (rows written this run, units completed);
-    raises `Interrupted` after flushing on SIGTERM / Ctrl-C."""
+    nobody holds any more (claimed when its share is done). Returns (rows written this run, seconds from the first
+    row read to the last shard written: the steady state, without start-up and model load); raises `Interrupted`
+    after flushing on SIGTERM / Ctrl-C."""
     def done(index: int) -> bool:
         return job.store.exists(f"{sh.DONE}/{sh.unit_name(index)}.json")
 
     writers = _Writers(job)
     bar = tqdm(unit="row", desc=f"distill {job.task.name}", dynamic_ncols=True, smoothing=0.1,
                disable=not job.show_progress)
-    loaded = False
+    loaded, first = False, None
     with StopSignals() as signals:
         try:
             for candidates in (own, steal):
@@ -217,6 +218,7 @@ def generate_units(job: UnitJob, own: list[int], steal: list[int]) -> tuple[int,
                     loaded = True
                 chains = {u: sh.find_chain(job.store, u) for u in units}
                 for msg in _loader(job, units, chains):
+                    first = first if first is not None else time.monotonic()
                     index = msg["unit"]
                     if "open" in msg:
                         writers.start(index, msg["open"])
@@ -235,7 +237,7 @@ def generate_units(job: UnitJob, own: list[int], steal: list[int]) -> tuple[int,
         if signals.received:
             raise Interrupted(f"distill interrupted by {signals.received}: every open shard was flushed; run the "
                               "same command again to resume", signals.received)
-    return writers.written, writers.completed
+    return writers.written, (time.monotonic() - first if first is not None else 0.0)
 
 
 def _write_batch(job: UnitJob, w: sh.UnitWriter, batch: dict) -> None:
