@@ -88,3 +88,27 @@ def test_sigterm_saves_a_checkpoint_and_the_resume_is_bitwise_equal(distilled, t
     assert _same(ref, stopped)
     assert [json.loads(x)["loss"] for x in (stopped / "log.jsonl").read_text().splitlines()] == \
         [json.loads(x)["loss"] for x in (ref / "log.jsonl").read_text().splitlines()]
+
+
+def test_two_processes_resume_bitwise_equal(distilled, tmp_path):
+    """Two ranks, each its own files (`split_dataset_by_node`) and its own data position in each checkpoint."""
+    teacher, data = distilled
+    env = dict(os.environ, PYTHONPATH=str(REPO), ACCELERATE_USE_CPU="1", OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1",
+               HF_DATASETS_OFFLINE="1")
+
+    def run(out: Path, *extra: str) -> None:
+        res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                              "-m", "pipelines.cli", "train-student", "--out", str(out),
+                              *map(str, _args(teacher, data, 4)), "--save-every", "2", *extra],
+                             cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+        assert res.returncode == 0, res.stderr[-3000:]
+
+    ref, cut = tmp_path / "ref", tmp_path / "cut"
+    run(ref)
+    assert {p.name for p in (ref / "checkpoints" / "step_00000002").glob("data_state_*.pt")} == {
+        "data_state_0.pt", "data_state_1.pt"}
+    shutil.copytree(ref, cut)
+    shutil.rmtree(cut / "checkpoints" / "step_00000004")  # as if killed after the step-2 checkpoint
+    (cut / "model.safetensors").unlink()
+    run(cut, "--resume")
+    assert _same(ref, cut)
