@@ -22,8 +22,7 @@ import torch
 
 from distill.errors import UserError
 from distill.jsonio import atomic_write_text
-from distill.provenance import teacher_identity
-from distill.teachers.base import tokenizer_sha256
+from student.distilled import distill_output, needs_reencoding, target_vocabulary  # noqa: F401  (re-exported)
 
 __all__ = ["TARGET_COLUMNS", "FilterReport", "needs_reencoding", "target_vocabulary", "SkipLog", "load_training_data", "is_distilled", "filter_rows",
            "reference_problem", "TaskRows", "collate", "encode_readable", "encode_prompts"]
@@ -39,29 +38,6 @@ def is_distilled(ds) -> bool:
     return "target_ids" in ds.column_names or "target" in ds.column_names
 
 
-def _distill_output(path: Path, src: str, split: str):
-    """A `narvl-pipe distill` output folder as a `Dataset` (its one split, whatever `split` says), or None when
-    `path` is not one. An unfinished output is refused."""
-    import datasets
-
-    manifest_file = path / "manifest.json"
-    if not manifest_file.is_file():
-        return None
-    manifest = json.loads(manifest_file.read_text(encoding="utf-8"))
-    if (path / "state.json").is_file() or (path / "dataset_dict.json").is_file():  # an earlier version's layout
-        from distill.sources import load_saved
-
-        return load_saved(path, split, src)
-    if manifest.get("status") != "complete":
-        raise UserError(f"{src} is an unfinished distill output (manifest status {manifest.get('status')!r}): "
-                        "rerun the same distill command")
-    files = sorted(str(p) for p in (path / "data").glob("*.parquet"))
-    if not files:
-        raise UserError(f"{src} holds no parquet shards (data/*.parquet)")
-    # data_files, not the folder: the cache is then keyed on the files (a folder's cache is keyed on its card)
-    return datasets.load_dataset("parquet", data_files={"train": files}, split="train")
-
-
 def load_training_data(src: str | os.PathLike, split: str = "train", task=None, limit: int | None = None):
     """Open `src` as a `datasets.Dataset`, keeping every column (the teacher metadata included).
 
@@ -75,7 +51,7 @@ def load_training_data(src: str | os.PathLike, split: str = "train", task=None, 
 
     src = os.fspath(src)
     path = Path(src)
-    ds = _distill_output(path, src, split) if path.is_dir() else None
+    ds = distill_output(path, src, split) if path.is_dir() else None
     if ds is None and path.is_dir() and ((path / "dataset_dict.json").is_file() or (path / "state.json").is_file()):
         from distill.sources import load_saved
 
@@ -102,29 +78,6 @@ def load_training_data(src: str | os.PathLike, split: str = "train", task=None, 
     if len(ds) == 0:
         raise UserError(f"{src} ({split}) has no rows")
     return ds
-
-
-def target_vocabulary(src: str | os.PathLike | None, ds, tokenizer) -> tuple[bool, str]:
-    """(re-encode?, the line saying which) for a distilled dataset's `target_ids`: the teacher's ids are learned as
-    they are only when its recorded tokenizer hash (`distill.provenance.teacher_identity`: the dataset's features,
-    else an older output's local manifest) equals the student tokenizer's; when it differs or is unknown, each
-    target is re-encoded from the canonical prediction (`Task.student_target`); a dataset without one is refused."""
-    mine = tokenizer_sha256(tokenizer)
-    teacher = teacher_identity(ds, src if src is not None and Path(src).is_dir() else None) or {}
-    theirs = teacher.get("tokenizer_sha256")
-    if theirs == mine:
-        return False, f"KD targets: the teacher's ids as they are (its tokenizer is the student's, sha256 {mine[:12]})"
-    why = (f"the teacher's tokenizer (sha256 {theirs[:12]}) is not the student's ({mine[:12]})" if theirs
-           else "the teacher's tokenizer is not recorded in the data")
-    if "target" not in ds.column_names:
-        raise UserError(f"{src}: {why}, and its rows hold no canonical `target` to re-encode: distil with a "
-                        "teacher sharing the student's tokenizer")
-    return True, f"KD targets: re-encoded from `target` in the student's vocabulary ({why})"
-
-
-def needs_reencoding(src: str | os.PathLike | None, ds, tokenizer) -> bool:
-    """Whether `target_ids` must be re-encoded for `tokenizer` (see `target_vocabulary`)."""
-    return target_vocabulary(src, ds, tokenizer)[0]
 
 
 @dataclass
