@@ -83,9 +83,13 @@ def test_webdataset_parquet_glob_and_map_style_give_the_same_rows(world):
     root, base = world["root"], world["base"]
     run_distill(DistillConfig(data=f"{root}/pq/*.parquet", out=str(root / "o-pq"), **base))
     run_distill(DistillConfig(data=str(root / "map"), out=str(root / "o-map"), **base))
+    run_distill(DistillConfig(data=str(root / "pq"), out=str(root / "o-pq-folder"), streaming=True,
+                              **{**base, "shard_size": 3}))  # a folder, streamed; units: row ranges of each file
     ref = _comparable(world["ref"])
     assert len(ref) == SHARDS * PER_SHARD - 1
     assert _comparable(root / "o-pq") == ref and _comparable(root / "o-map") == ref
+    assert len(list((root / "o-pq-folder" / "data").glob("*.parquet"))) == SHARDS * 3  # 8 rows: 3 + 3 + 2
+    assert _comparable(root / "o-pq-folder") == ref
     assert _quarantine(root / "o-pq") == _quarantine(root / "o-map") == _quarantine(world["ref"])
     streamed = load_out(world["ref"])
     assert streamed[0]["image_path"] == "000000000.jpg" and streamed[8]["source_index"] == 0  # row in its tar
