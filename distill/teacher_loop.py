@@ -73,7 +73,7 @@ class UnitJob:
 class _Collate:
     """Runs in the DataLoader workers: decode images, flag bad rows, build prompts, `teacher.prepare` the rest."""
 
-    def __init__(self, task, teacher: Teacher, images: bool, roots: list[str]):
+    def __init__(self, task, teacher: Teacher, images: bool, roots: list[str] | tuple = ()):
         self.task, self.teacher, self.images, self.roots = task, teacher, images, roots
 
     def _load(self, row: dict) -> tuple[Any, str | None]:
