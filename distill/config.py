@@ -32,7 +32,8 @@ class DistillConfig(SourceOptions, DecodingOptions, ModelOptions):
     (COCO-Karpathy JSON, VQAv2 questions + annotations, RefCOCO refs(unc).p + instances.json, SNLI-VE jsonl) or a
     Hub dataset id (see `distill.sources`)."""
     out: str
-    """Output folder (`datasets.load_from_disk` opens it when the run is complete)."""
+    """Output folder or fsspec URL (`s3://bucket/x`, `memory://x`): parquet shards + manifest.json + README.md, which
+    `datasets.load_dataset(OUT)` and the Hub read as they are."""
     split: str = "train"
     """Split of the source to distil, or a union such as `train+restval`."""
     batch_size: int = 32
@@ -46,7 +47,8 @@ class DistillConfig(SourceOptions, DecodingOptions, ModelOptions):
     limit: int | None = None
     """Distil only the first N rows of the split."""
     shard_size: int = 1000
-    """Source rows per output shard (the unit of resume and of work sharing between processes)."""
+    """Source rows per output shard of a map-style source or a parquet file (a webdataset tar is one shard): the unit
+    of work shared between processes and tasks."""
     images: bool = True
     """Store the encoded image in each row (else only its `image_path`/`source_index` columns refer to it)."""
     overwrite: bool = False
@@ -56,6 +58,24 @@ class DistillConfig(SourceOptions, DecodingOptions, ModelOptions):
     revision: str | None = None
     """Hub revision of the teacher (ignored for a local folder)."""
     flush_every: int = 256
-    """Flush the shard in progress every ~N rows (rounded up to whole batches): the most a crash can lose."""
+    """Flush each shard in progress every ~N rows (rounded up to whole batches): with `flush_interval_s`, the most
+    a crash can lose per open shard."""
+    flush_interval_s: float = 60.0
+    """Also flush a shard in progress when its last flush is this many seconds old."""
+    streaming: bool = False
+    """Stream a parquet file or folder, or a Hub dataset id, file by file instead of opening it whole (webdataset
+    tars, globs and URLs always stream)."""
+    num_tasks: int | None = None
+    """Independent tasks sharing this output, e.g. a Slurm job array (default: `SLURM_ARRAY_TASK_COUNT`, else 1);
+    each takes its share of the units, then helps with units nobody works on."""
+    task_index: int | None = None
+    """This task's index in 0..num_tasks-1 (default: `SLURM_ARRAY_TASK_ID` minus `SLURM_ARRAY_TASK_MIN`, else 0)."""
+    work_dir: str | None = None
+    """For an `hf://datasets/user/name` output: the folder (local, shared or an fsspec URL) where the shards are
+    written before one resumable upload (`narvl-pipe push`) once the last one is done (default:
+    `~/.cache/narvl-pipe/distill/user--name`); tasks on several nodes need a shared one."""
+    lease_s: float = 600.0
+    """A unit's claim lapses this long after its writer's last flush: then another task may resume it (an owner
+    killed on the same host is taken over at once)."""
     progress: bool = True
     """Show a tqdm bar on the main process."""

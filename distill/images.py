@@ -65,11 +65,23 @@ def _open(src: ImageSource, name: str | None) -> tuple[Image.Image, str]:
                 return Image.open(text), label
             except _DECODE_ERRORS as exc:
                 raise _decode_error(label, exc) from exc
+        if "://" in text:  # a remote image is never fetched here (one slow host would stall the whole run)
+            raise ImageLoadError(
+                f"image {name or text} is a URL: narvl-pipe does not download images; fetch them first into "
+                "webdataset tar shards (img2dataset --output_format webdataset) and distil those")
         decoded = _maybe_base64(text)
         if decoded is not None:  # OFA's TSV files store images as base64 strings
             return _open(decoded, name or "<base64 image>")
         raise ImageLoadError(f"image file not found: {name or text}")
     raise ImageLoadError(f"unsupported image type {type(src).__name__} for {name or 'image'}")
+
+
+def resolve_image_path(path: str | None, root: str | os.PathLike) -> str | None:
+    """A source's image path made absolute against `root` (its folder or `image_root`); an absolute path or a URL
+    (`http://...`, kept as it is and quarantined by `load_image` with the reason) is returned unchanged."""
+    if path is None or os.path.isabs(path) or "://" in path:
+        return path
+    return str(Path(root) / path)
 
 
 def decode_base64(text: str) -> bytes | None:

@@ -1,6 +1,6 @@
 """`ProcessLock`: an exclusive, non-blocking lock on a file that belongs to the one process that took it.
 
-Used for a distill run's `DIR/.lock` (`distill.shards.RunLock`) and for `narvl-pipe run`'s `OUT/.narvl-run.lock`.
+Used for `narvl-pipe run`'s `OUT/.narvl-run.lock` (distill outputs are shared by claims instead, `distill.claims`).
 
 Why POSIX record locks (`fcntl.lockf`, i.e. `F_SETLK`) and not `flock` or OFD locks (`F_OFD_SETLK`): `flock` and
 OFD locks belong to the open file *description*, which `fork()` shares with every child. A DataLoader worker

@@ -1,21 +1,23 @@
-"""The resumable, sharded teacher run behind `narvl-pipe distill`: `run_distill(DistillConfig(...))`.
+"""The resumable teacher run behind `narvl-pipe distill`: `run_distill(DistillConfig(...))`.
 
-Order of work (each rank of a `torchrun`/`accelerate launch` job, or one plain process):
-1. open and validate the source, resolve the teacher folder and its revision, resolve the generation config;
-   nothing here loads the model, so a bad split/column/teacher fails in seconds with a one-line `UserError`;
-2. rank 0 checks `DIR` (`distill.manifest.claim`): a complete output of this very run is a no-op that writes
-   nothing (a read-only `DIR` is fine); otherwise `DIR` must be writable, rank 0 takes `DIR/.lock` (a second run on
-   the same `--out` is refused; the lock is rank 0's alone, see `distill.locks`), compares the run identity with an
-   existing `manifest.json` (a different teacher/task/generation/source is refused unless `--overwrite`; a manifest
-   of a run that computed nothing is replaced) and broadcasts the verdict so every rank of this run agrees; ranks
-   of one run never refuse each other;
-3. every rank lists the complete shards, then a barrier (so all ranks see the same set);
-4. the pending shards are dealt round robin to the ranks (`distill.shards.assign_shards`); each rank loads the frozen
-   teacher (`model.to(device).eval()`, no DDP), decodes images and tokenises prompts in DataLoader workers (which
-   die with their parent, `distill.workers`), runs the teacher (`distill.teachers`: `prepare` in the workers, `infer` under
-   `torch.inference_mode()`) and writes its own shards; generations are never gathered (the loop lives in `distill.teacher_loop`);
-5. barrier, then rank 0 assembles `DIR` into a `save_to_disk` folder (see `distill.shards` for the layout),
-   finalises the manifest and removes the shards.
+Order of work (each rank of a `torchrun`/`accelerate launch` job, each task of a Slurm array, or one plain process;
+no step needs another process, so jobs that never talk to each other may share one output):
+1. open and validate the source (map-style `distill.sources`, or streamed `distill.streams`), resolve the teacher
+   folder and its revision, resolve the generation config; nothing here loads the model, so a bad
+   split/column/teacher fails in seconds with a one-line `UserError`;
+2. plan the units (`distill.units`: row ranges, input files or row ranges of them) and check the output's
+   `manifest.json` (`distill.manifest.prepare`): a complete output of this very run is a no-op that writes nothing
+   (a read-only `OUT` is fine); an output of another run is refused unless `overwrite`; otherwise the manifest is
+   written if absent;
+3. list the units without a completion marker and deal them over every process of every task (slot
+   `task_index * world_size + rank` of `num_tasks * world_size`, round robin); each process takes its own share,
+   then helps with the others' pending units, last first; a unit is worked on only under a claim
+   (`distill.claims`), so a unit finished by anyone is never redone and a dead writer's unit is resumed from its
+   last flush;
+4. each process loads the frozen teacher (`model.to(device).eval()`, no DDP) only if it has work, and writes its
+   units' parquet shards (`distill.teacher_loop`, `distill.shards`); generations are never gathered;
+5. the process that sees every unit marked complete finishes the output (`distill.manifest.finalise`: quarantine,
+   dataset card, manifest). The main process of a `torchrun` job waits for its ranks to print one summary.
 
 Row schema of the output: `id, task, prompt`, the task inputs, `target` (the teacher's best text: the top beam, ranked
 by beam search's length-normalised score with length_penalty 1.0, as OFA ranks; for entailment the best-scoring
@@ -24,33 +26,40 @@ after the decoder start token, ending with EOS), `teacher_logprob` (sum of the p
 under the generation's logits processors, NOT length-normalised; divide by `target_len` for a per-token score),
 `target_len` (= len(target_ids)), the canonical prediction beyond `target` (grounding: `target_box`, the teacher's box
 x0, y0, x1, y1 in original pixels; entailment's `target` is the label word), the source's references (`captions`/`answers`/`box`/`label` when present),
-`source_index`, `image_path` (the source's file path, or None), `image` (the original encoded image, `datasets.Image`;
+`source_index` (the row in a map-style source, or in its input file), `image_path` (the source's file path relative
+to the source folder or `image_root`, or None), `image` (the original encoded image, `datasets.Image`;
 omitted with `images=False`) and `nbest` (list of {text, logprob}, only when `num_return_sequences > 1`).
-Batches never cross shards, so a row's batch (hence its padding and result) does not depend on the process count or
+Batches never cross units, so a row's batch (hence its padding and result) does not depend on the process count or
 on where a crashed run resumed. Row-for-row equality across runs still assumes the same kernels (device, dtype,
 intra-op thread count): with a near-uniform (e.g. untrained) teacher, float differences can flip near-tied beams.
 """
 from __future__ import annotations
 
 import hashlib
+import json
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from distill import manifest as manifest_lib
 from distill import shards as sh
+from distill.claims import Claims, Owner
 from distill.config import DistillConfig  # noqa: F401  (re-exported: distill.run.DistillConfig)
 from distill.errors import UserError
 from distill.generation import generation_settings
 from distill.outputs import check_output_dir
-from distill.ranks import broadcast, process_state, sum_over_ranks
+from distill.provenance import provenance, shard_metadata, with_provenance
+from distill.ranks import process_state, sum_over_ranks
 from distill.schema import output_features
-from distill.sources import ids_fingerprint, open_source
+from distill.sources import ids_fingerprint, is_streamed, open_source
+from distill.store import Store
+from distill.streams import open_stream
 from distill.tasks import get_task
-from distill.teacher_loop import ShardJob, generate_shards
 from distill.loader import open_model
+from distill.teacher_loop import UnitJob, generate_units
 from distill.teacher_source import resolve_teacher
+from distill.units import RowsSource
 
 
 @dataclass
@@ -60,20 +69,27 @@ class DistillSummary:
     out: str
     """The output folder."""
     rows: int
-    """Rows in the finished dataset (all runs)."""
+    """Rows in the finished dataset (all runs); rows written by this run while other tasks still work."""
     failures: int
-    """Quarantined source rows (all runs)."""
+    """Quarantined source rows (same rule as `rows`)."""
     shards: int
-    """Shards of the dataset."""
+    """Shards (units) of the dataset."""
     new_rows: int
-    """Rows generated by this run (all ranks)."""
+    """Rows generated by this run (all ranks of this job)."""
     wall_time_s: float
     """Wall time of this run."""
     noop: bool
     """True when the output was already complete (no model was loaded)."""
+    remaining: int = 0
+    """Units not complete when this run ended (being written by other tasks, or left by dead ones)."""
 
     def line(self) -> str:
         rate = self.new_rows / self.wall_time_s if self.wall_time_s > 0 else 0.0
+        if self.remaining:
+            return (f"distill: {self.new_rows} rows generated this run ({self.wall_time_s:.1f} s, {rate:.1f} rows/s); "
+                    f"{self.remaining} of {self.shards} shards of {self.out} are still being written by other "
+                    "tasks: the output is complete when they finish (run the same command again to finish the "
+                    "shards of tasks that died)")
         what = "already complete, nothing to do" if self.noop else f"{self.new_rows} rows generated this run"
         return (f"distill: {self.rows} rows, {self.failures} quarantined, {self.shards} shards in {self.out} "
                 f"({what}; {self.wall_time_s:.1f} s, {rate:.1f} rows/s)")
@@ -84,65 +100,63 @@ def check_config(config: DistillConfig) -> None:
     """The config's own values (before any data or model is opened)."""
     if config.batch_size < 1:
         raise UserError(f"`batch_size` must be >= 1, got {config.batch_size}")
+    if config.shard_size < 1:
+        raise UserError(f"`shard_size` must be >= 1, got {config.shard_size}")
     config.check_choices()
-    check_output_dir(config.out, writable=False)  # an existing file: refused now; writability once work is needed
+    num_tasks, index = task_slot(config)
+    if num_tasks < 1 or not 0 <= index < num_tasks:
+        raise UserError(f"`task_index` must be in 0..{num_tasks - 1} (`num_tasks` {num_tasks}), got {index}")
+    if "://" not in config.out:
+        check_output_dir(config.out, writable=False)  # an existing file: refused now; writability once work is needed
 
 
-def run_key(config: DistillConfig, task, teacher, gen_record: dict, candidates: list[str] | None, ds) -> dict:
-    """The run identity (`distill.manifest`): what makes two runs' rows interchangeable."""
+def task_slot(config: DistillConfig) -> tuple[int, int]:
+    """(num_tasks, task_index): the config's, else the Slurm job array's, else (1, 0)."""
+    env = os.environ
+    num = config.num_tasks if config.num_tasks is not None else int(env.get("SLURM_ARRAY_TASK_COUNT", 1))
+    if config.task_index is not None:
+        return num, config.task_index
+    index = int(env.get("SLURM_ARRAY_TASK_ID", 0)) - int(env.get("SLURM_ARRAY_TASK_MIN", 0))
+    return num, index if "SLURM_ARRAY_TASK_ID" in env else 0
+
+
+def open_data(config: DistillConfig, task):
+    """The source as units: a `RowsSource` (map-style) or a `distill.streams.StreamSource`."""
+    if is_streamed(config.data, config.streaming):
+        return open_stream(config.data, config.split, config.columns, task, config.image_root, config.limit,
+                           config.streaming)
+    return RowsSource(open_source(config.data, config.split, config.columns, task, config.image_root, config.limit))
+
+
+def source_record(config: DistillConfig, source) -> dict:
+    """The source's part of the run identity: a map-style source by path and row ids, a stream by its files."""
+    if source.kind == "stream":
+        return source.key()
     data = str(Path(config.data).resolve()) if Path(config.data).exists() else config.data
+    return {"data": data, "split": config.split, "columns": dict(config.columns), "limit": config.limit,
+            "ids_sha256": ids_fingerprint(source.ds), "num_rows": len(source.ds)}
+
+
+def run_key(config: DistillConfig, task, teacher, gen_record: dict, candidates: list[str] | None, source) -> dict:
+    """The run identity (`distill.manifest`): what makes two runs' rows interchangeable."""
     key = {
         "task": task.name, "teacher": dict(teacher.identity.source), "generation": gen_record,
         "resolution": teacher.resolution,
         "answers_sha256": hashlib.sha256("\n".join(candidates).encode()).hexdigest() if candidates else None,
-        "data": data, "split": config.split, "columns": dict(config.columns), "limit": config.limit,
-        "source_ids_sha256": ids_fingerprint(ds), "num_rows": len(ds), "shard_size": config.shard_size,
-        "images": config.images,
+        **source_record(config, source), "shard_size": config.shard_size, "images": config.images,
     }
-    if config.dtype != "float32":  # half weights change outputs; absent for float32, so older outputs still resume
+    if config.dtype != "float32":  # half weights change outputs
         key["dtype"] = config.dtype
-    if teacher.identity.extra:  # family settings that change outputs (absent for OFA, so older outputs resume)
+    if teacher.identity.extra:  # family settings that change outputs
         key["teacher_extra"] = dict(teacher.identity.extra)
     return key
 
 
-def _claim(state, out: Path, lock, key: dict, ds, config, num_shards: int, teacher, t0: float):
-    """Rank 0 claims `out` (`distill.manifest.claim`); every rank gets the verdict: None (work to do) or the
-    summary of an output that is already complete."""
-    verdict: tuple[str, Any] = ("work", None)
-    if state.is_main_process:
-        try:
-            finished = manifest_lib.claim(out, lock, key, ds, config, num_shards, teacher.identity.record())
-            if finished is not None:
-                verdict = ("noop", DistillSummary(str(out), finished["rows"], finished["failures"], num_shards,
-                                                  0, time.time() - t0, noop=True))
-        except UserError as err:
-            verdict = ("error", str(err))
-    verdict = broadcast(state, verdict)
-    if verdict[0] == "error":
-        raise UserError(verdict[1])
-    return verdict[1]
-
-
-def _pending_shards(state, out: Path, num_shards: int) -> list[int]:
-    # Assembled but the manifest not final: a crash after the last shard; nothing is left to generate.
-    done = set(range(num_shards)) if sh.is_assembled(out) else sh.completed_shards(out, num_shards)
-    state.wait_for_everyone()  # every rank has listed the same complete shards before anyone writes
-    return [i for i in range(num_shards) if i not in done]
-
-
-def _finish(state, out: Path, num_shards: int, features, config, new_rows: int, pending: list[int], t0: float):
-    """Rank 0 assembles `out`, finalises the manifest and removes the shards; every rank gets the summary."""
-    summary = None
-    if state.is_main_process:
-        if not sh.is_assembled(out):
-            sh.assemble(out, num_shards, features, config.split)
-        rows, failures = sh.counts(out)
-        wall = time.time() - t0
-        manifest_lib.finalise(out, rows, failures, num_shards, new_rows, wall, state.num_processes)
-        sh.remove_shards(out)  # the dataset now lives in the assembled files, once
-        summary = DistillSummary(str(out), rows, failures, num_shards, new_rows, wall, noop=not pending)
-    return broadcast(state, summary)
+def deal(pending: list[int], slot: int, slots: int) -> tuple[list[int], list[int]]:
+    """(this slot's units: the pending ones dealt round robin, the others' pending units last first to help)."""
+    own = [u for k, u in enumerate(sorted(pending)) if k % slots == slot]
+    mine = set(own)
+    return own, [u for u in sorted(pending, reverse=True) if u not in mine]
 
 
 def _answer_list(task, teacher, answers: str | None) -> list[str] | None:
@@ -155,6 +169,29 @@ def _answer_list(task, teacher, answers: str | None) -> list[str] | None:
     return None
 
 
+def _metric_rows(source, task) -> list[dict]:
+    """A few source rows' references for the metric the card names (VQA: whether OFA's confidences are there)."""
+    if source.kind == "rows":
+        ds = source.ds
+        columns = [c for c in task.reference_columns if c in ds.column_names]
+        return list(ds.select_columns(columns).select(range(min(len(ds), 64)))) if columns else []
+    return []
+
+
+def _source_roots(config: DistillConfig) -> list[str]:
+    """Folders a row's `image_path` is published relative to: `image_root`, then the source's folder."""
+    roots = [os.path.abspath(config.image_root)] if config.image_root else []
+    data = Path(config.data)
+    if data.exists():
+        roots.append(str((data if data.is_dir() else data.parent).resolve()))
+    return roots
+
+
+def _card_name(out: str) -> str:
+    """The dataset name the card uses until `push` renders it with the Hub repo id."""
+    return out.rstrip("/").split("://")[-1].rsplit("/", 1)[-1] or "dataset"
+
+
 # ---------------------------------------------------------------------------------------------------- the run
 def run_distill(config: DistillConfig) -> DistillSummary:
     """Run (or resume, or no-op) the teacher over the source; see the module docstring."""
@@ -163,7 +200,7 @@ def run_distill(config: DistillConfig) -> DistillSummary:
     task = get_task(config.task)
     check_config(config)
     with state.main_process_first():  # rank 0 builds any datasets cache (TSV/JSON parsing, maps) the others reuse
-        ds = open_source(config.data, config.split, config.columns, task, config.image_root, config.limit)
+        source = open_data(config, task)
     folder, teacher_id = resolve_teacher(config.teacher, config.revision)
     teacher = open_model(folder, teacher_id, task=task, options=config, device=state.device)
     if not teacher.autoregressive:
@@ -171,20 +208,63 @@ def run_distill(config: DistillConfig) -> DistillSummary:
                         "is an autoregressive model (OFA, or a transformers image-text model)")
     candidates = _answer_list(task, teacher, config.answers)
     gen, gen_record = generation_settings(config, task, teacher, candidates)
-    plan = sh.plan_shards(len(ds), config.shard_size)
-    out = Path(config.out)
-    key = run_key(config, task, teacher, gen_record, candidates, ds)
-    # Released on every exit, errors included: an in-process caller (tests, notebooks) may start another run.
-    with sh.RunLock(out) as lock:
-        features = output_features(ds.features, task, config.images, config.num_return_sequences > 1,
-                                   teacher_prompt=teacher.own_prompts)
-        finished = _claim(state, out, lock, key, ds, config, len(plan), teacher, t0)
-        if finished is not None:
-            return finished
-        pending = _pending_shards(state, out, len(plan))
-        mine = sh.assign_shards(pending, state.process_index, state.num_processes)
-        job = ShardJob(config, task, ds, plan, features, teacher, gen, state)
-        new_rows = generate_shards(job, mine) if pending else 0
-        state.wait_for_everyone()
-        new_rows = sum_over_ranks(state, new_rows)
-        return _finish(state, out, len(plan), features, config, new_rows, pending, t0)
+    plan = source.plan(config.shard_size)
+    if not plan:
+        raise UserError(f"{config.data} ({config.split}) has no rows: point it at a dataset with examples")
+    store = Store(config.out)
+    key = run_key(config, task, teacher, gen_record, candidates, source)
+    record = provenance(task.name, teacher.identity.record(), gen_record)
+    features = with_provenance(output_features(source.features, task, config.images,
+                                               config.num_return_sequences > 1, teacher_prompt=teacher.own_prompts),
+                               record)
+    units = [{**u.record(source.public_file(u)), "shard": sh.shard_file(config.split, u.index, len(plan))}
+             for u in plan]
+    static = manifest_lib.static_record(key, source_record(config, source), config, units,
+                                        teacher.identity.record(), _metric_rows(source, task))
+    finished = manifest_lib.prepare(store, static, config.overwrite)
+    if finished is not None:
+        summary = DistillSummary(store.display(), finished["rows"], finished["failures"], len(plan), 0,
+                                 time.time() - t0, noop=True)
+        _check_not_empty(store, summary)
+        return summary
+
+    num_tasks, task_index = task_slot(config)
+    slots, slot = num_tasks * state.num_processes, task_index * state.num_processes + state.process_index
+    pending = sorted(set(range(len(plan))) - sh.done_units(store))
+    own, steal = deal(pending, slot, slots)
+    owner = Owner.this_process(f"task {task_index}/{num_tasks} rank {state.process_index}/{state.num_processes}")
+    base_schema = features.arrow_schema
+
+    def schema(unit):
+        return base_schema.with_metadata({**base_schema.metadata,
+                                          **shard_metadata(record, unit.record(source.public_file(unit)))})
+
+    job = UnitJob(config, task, source, plan, features, schema, teacher, gen, store,
+                  Claims(store, owner, config.lease_s), config.progress and state.is_main_process,
+                  _source_roots(config))
+    new_rows, loop_s = generate_units(job, own, steal)
+    state.wait_for_everyone()
+    new_rows = sum_over_ranks(state, new_rows)
+    summary = None
+    if state.is_main_process:
+        remaining = len(plan) - len(sh.done_units(store))
+        manifest = store.read_json(sh.MANIFEST)  # read after listing: a task that finished it first wrote "complete"
+        remaining = 0 if manifest.get("status") == "complete" else remaining  # before removing the markers
+        if not remaining and manifest.get("status") != "complete":
+            manifest = manifest_lib.finalise(store, features, config.split, len(plan), _card_name(config.out), {
+                "wall_time_s": round(time.time() - t0, 3), "loop_s": round(loop_s, 3), "new_rows": new_rows,
+                "world_size": state.num_processes, "num_tasks": num_tasks})
+        summary = DistillSummary(store.display(), manifest.get("rows", 0), manifest.get("failures", 0), len(plan),
+                                 new_rows, time.time() - t0, noop=False, remaining=remaining)
+        _check_not_empty(store, summary)
+    return summary
+
+
+def _check_not_empty(store: Store, summary: DistillSummary) -> None:
+    """An output whose every row was quarantined is complete, but holds nothing to train on: say so in one line."""
+    if summary.remaining or summary.rows or not summary.failures:
+        return
+    first = (store.read_bytes(sh.QUARANTINE).decode("utf-8").splitlines() or ["{}"])[0]
+    reason = json.loads(first).get("reason", "")
+    raise UserError(f"every one of the {summary.failures} source rows was quarantined (first: {reason}); reasons in "
+                    f"{store.display(sh.QUARANTINE)}")

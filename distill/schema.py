@@ -52,7 +52,7 @@ def output_row(task, row: dict, index: int, best: list[Prediction], features,
         if col in features:
             out[col] = row.get(col)
     image = row.get("image") or {}
-    out["source_index"], out["image_path"] = index, image.get("path")
+    out["source_index"], out["image_path"] = index, row.get("image_path", image.get("path"))
     if "image" in features:
         out["image"] = {"bytes": image.get("bytes"), "path": image.get("path")}
     if "nbest" in features:

@@ -1,295 +1,237 @@
-"""Crash-safe sharded output of a distillation run: shard plan, atomic shard writer, run lock, manifest, assembly.
+"""The output of `narvl-pipe distill`: one parquet shard per unit of work (`distill.units`), written crash-safely on
+any fsspec filesystem (`distill.store`). The finished folder is what the Hub holds:
 
-Layout of an output folder `DIR`. While the run works:
+    OUT/data/<split>-00012-of-00040.parquet   unit 12's rows; images embedded as `datasets` embeds them; the
+                                              parquet schema metadata holds the `datasets` features and, under
+                                              `narvl_pipe`, the provenance (teacher, tokenizer hash, generation
+                                              settings, task) and the input unit (file, row range)
+    OUT/manifest.json                         run identity, unit plan, counts (`distill.manifest`)
+    OUT/README.md                             the dataset card (`distill.card`), written when the last unit is done
+    OUT/quarantine.jsonl                      every skipped source row: {"id", "index", "reason"[, "file"]}
 
-    DIR/manifest.json                    run identity (teacher, generation config, source) + counts, wall time
-    DIR/shards/shard-00012.arrow         shard 12 = source rows [12*S, 13*S), an Arrow IPC stream (the format of
-                                         `datasets` cache files: `datasets.Dataset.from_file` opens one shard)
-    DIR/shards/shard-00012.quarantine.jsonl   its skipped rows (written before the shard is renamed complete)
-    DIR/shards/shard-00012.arrow.partial + .progress.json   a shard in progress (only while running/after a crash)
-    DIR/.lock                            locked by rank 0 of the run that owns DIR (`distill.locks`)
+`datasets.load_dataset(OUT)` and the Hub read it as it is. While units are in progress (hidden from `datasets`,
+which skips dot-folders):
 
-Once every shard is complete, `DIR` becomes a plain `save_to_disk` folder, opened by `datasets.load_from_disk(DIR)`:
+    OUT/.work/parts/00012/0000000000-0000000256.parquet   a flush of unit 12: its source rows [0, 256) (written rows
+                                                          + the quarantined ones in its metadata)
+    OUT/.work/parts/00012/0000000256-0000000300-last.parquet   the unit's last flush (end of its rows)
+    OUT/.work/claims/00012.json               who works on unit 12, until when (`distill.claims`)
+    OUT/.work/done/00012.json                 unit 12's completion marker: counts, quarantine, statistics
 
-    DIR/data-00000-of-0000N.arrow, DIR/dataset_info.json, DIR/state.json   written by `Dataset.save_to_disk`
-    DIR/quarantine.jsonl                 every skipped row: {"id", "index", "reason"} (merged from the shards)
-    DIR/manifest.json                    status "complete"; `DIR/shards/` is then removed
-
-Why this layout (only public `datasets` APIs; `datasets`' own files are written by `datasets` alone):
-- shards stay Arrow IPC *streams* while running: appending a record batch per flush, and recovering a crashed
-  partial up to the last flush, need a format without a footer (a parquet file is unreadable until closed);
-- assembly is `concatenate_datasets([Dataset.from_file(shard) ...]).save_to_disk(DIR/.assembling)`, then the files
-  are moved into `DIR` (`state.json` last: a folder with it is complete). The shards are memory-mapped, so this is
-  one sequential copy, done once per dataset at the very end (measured on the shared 2-core dev machine: 200 MB of
-  100 kB images in 2.6-6 s, ~10x a plain file copy because `datasets` re-embeds image columns row by row; minutes
-  for a COCO-size set, against hours of generation), and the shards are deleted afterwards, so the dataset is on
-  disk once (twice only during the copy: the disk must hold it twice at that moment). The alternative that avoids the copy, keeping the shards as the data files,
-  needs either `datasets`' private `state.json` keys or a non-standard loading entry for every reader; parquet
-  shards (loaded with `load_dataset("parquet")`) would still be converted into the `datasets` cache on load.
-- a folder that is already assembled is never rewritten: a re-run only reads `manifest.json`.
-
-Crash safety: a shard is written to `.partial`; every flush appends one record batch and then atomically replaces
-`.progress.json` ({rows, source_done, quarantine}), so the progress file never claims more than the stream holds.
-A resume copies the first `rows` rows of the partial stream into a fresh partial (a torn tail batch is dropped)
-and continues at source row `source_done`. Completion is `os.replace(partial, final)`: a shard file under its
-final name is always whole, and is never rewritten. A crash during assembly leaves the shards untouched (the next
-run assembles again); a crash after `state.json` is in place leaves a complete dataset (the next run finishes the
-manifest and removes the shards).
+Rules that make every source row appear exactly once (or once in the quarantine), whatever crashes:
+- every file is written atomically (`Store.open_write`): a part, a shard or a marker is whole or absent;
+- a part covers a contiguous range of the unit's source rows, each of them written or quarantined exactly once in it;
+  a resume takes the chain of parts from row 0 (at each position the part reaching furthest) and continues at its
+  end, so a kill -9 loses at most the rows since the unit's last flush;
+- a unit's shard has one fixed name and is built from one chain of parts ending with a `-last` part, so it holds
+  each row of the unit once; writing it twice (two writers of one unit, a crash before the marker) writes the same
+  rows twice over the same name;
+- order: shard, then marker, then the parts are deleted; a unit with a marker is never redone.
 """
 from __future__ import annotations
 
 import json
-import os
-import shutil
-from pathlib import Path
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Any
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
-from distill.errors import UserError
-from distill.jsonio import atomic_write_text, read_json, write_json  # noqa: F401  (sh.read_json/write_json)
-from distill.locks import ProcessLock
+from distill.card import STAT_COLUMNS
+from distill.store import Store
+from distill.units import Unit
 
-SHARDS_DIR = "shards"
+DATA_DIR = "data"
 MANIFEST = "manifest.json"
 QUARANTINE = "quarantine.jsonl"
-LOCK = ".lock"
-ASSEMBLING = ".assembling"
+CARD = "README.md"
+WORK = ".work"
+PARTS = f"{WORK}/parts"
+CLAIMS = f"{WORK}/claims"
+DONE = f"{WORK}/done"
+PART_META = b"narvl_pipe_part"
+SHARD_META = b"narvl_pipe"
+STAT_SAMPLE = 1000
+"""Values per unit kept for the card's percentiles (all of them for units of up to this many rows)."""
+_PART = re.compile(r"^(\d{10})-(\d{10})(-last)?\.parquet$")
 
 
-def plan_shards(num_rows: int, shard_size: int) -> list[tuple[int, int]]:
-    """Shard i holds source rows [i*S, min((i+1)*S, num_rows))."""
-    if shard_size < 1:
-        raise UserError(f"`shard_size` must be >= 1, got {shard_size}")
-    return [(s, min(s + shard_size, num_rows)) for s in range(0, num_rows, shard_size)]
+def split_name(split: str) -> str:
+    """The split name of the output files (`train+restval` -> `train_restval`: `datasets` split names are words)."""
+    return re.sub(r"\W", "_", split)
 
 
-def assign_shards(pending: list[int], rank: int, world_size: int) -> list[int]:
-    """This rank's shards: the pending shards dealt round robin (pending[k] -> rank k % world_size).
-
-    With nothing done yet this is shard i -> rank i % world_size. Dealing only the *pending* shards keeps ranks
-    balanced when a resumed run (maybe with another process count) finds some shards already complete.
-    """
-    return [s for k, s in enumerate(sorted(pending)) if k % world_size == rank]
+def shard_file(split: str, index: int, num_units: int) -> str:
+    return f"{DATA_DIR}/{split_name(split)}-{index:05d}-of-{num_units:05d}.parquet"
 
 
-def shard_path(out: Path, index: int) -> Path:
-    return Path(out) / SHARDS_DIR / f"shard-{index:05d}.arrow"
+def unit_name(index: int) -> str:
+    return f"{index:05d}"
 
 
-def completed_shards(out: Path, num_shards: int) -> set[int]:
-    return {i for i in range(num_shards) if shard_path(out, i).is_file()}
+def done_units(store: Store) -> set[int]:
+    """Units with a completion marker."""
+    return {int(n[:-5]) for n in store.list(DONE) if n.endswith(".json") and n[:-5].isdigit()}
 
 
+def read_marker(store: Store, index: int) -> dict | None:
+    return store.read_json_or_none(f"{DONE}/{unit_name(index)}.json")
 
 
-class ShardWriter:
-    """Writes one shard: `resume()`, then `add(rows)`/`quarantine(...)`, `flush(source_done)`, finally `complete()`.
+@dataclass
+class Chain:
+    """The parts a resumed unit continues from: names in row order, the next source row, and whether the last part
+    ended the unit."""
 
-    Rows are dicts in the Arrow storage form of `schema` (an image is `{"bytes", "path"}`).
-    """
+    parts: list[str] = field(default_factory=list)
+    end: int = 0
+    last: bool = False
 
-    def __init__(self, out: Path, index: int, schema: pa.Schema):
-        self.final = shard_path(out, index)
-        self.partial = self.final.with_name(self.final.name + ".partial")
-        self.progress_file = self.final.with_name(self.final.name + ".progress.json")
-        self.quarantine_file = self.final.with_name(f"shard-{index:05d}.quarantine.jsonl")
-        self.schema = schema
-        self.rows = 0
-        """Rows written to the stream so far (flushed or buffered)."""
-        self.source_done = 0
-        """Source rows of this shard consumed up to the last flush (written or quarantined)."""
-        self.bad: list[dict] = []
-        self._buffer: list[dict] = []
-        self._fh = None
-        self._writer = None
 
-    def _recover(self) -> tuple[list[pa.RecordBatch], int, list[dict]]:
-        """The batches, source rows done and quarantine a crashed partial vouches for (nothing if unusable)."""
-        if not (self.partial.is_file() and self.progress_file.is_file()):
-            return [], 0, []
-        try:
-            progress = read_json(self.progress_file)
-            want, got, batches = int(progress["rows"]), 0, []
-            with pa.OSFile(str(self.partial), "rb") as src:
-                reader = pa.ipc.open_stream(src)
-                if not reader.schema.equals(self.schema):
-                    return [], 0, []
-                try:
-                    for batch in reader:
-                        if got >= want:
-                            break
-                        batch = batch.slice(0, want - got)
-                        batches.append(batch)
-                        got += batch.num_rows
-                except (pa.ArrowInvalid, OSError):
-                    pass  # a torn tail batch: everything the progress file vouches for was read before it
-            if got != want:
-                return [], 0, []
-            return batches, int(progress["source_done"]), list(progress["quarantine"])
-        except (pa.ArrowInvalid, OSError, ValueError, KeyError):
-            return [], 0, []
+def find_chain(store: Store, index: int) -> Chain:
+    """The longest chain of parts from row 0 (at each position the part that reaches furthest)."""
+    spans: dict[int, list[tuple[int, bool, str]]] = {}
+    for name in store.list(f"{PARTS}/{unit_name(index)}"):
+        m = _PART.match(name)
+        if m:
+            spans.setdefault(int(m[1]), []).append((int(m[2]), bool(m[3]), name))
+    chain = Chain()
+    while chain.end in spans and not chain.last:
+        hi, last, name = max(spans[chain.end])
+        if hi <= chain.end and not last:
+            break
+        chain.parts.append(name)
+        chain.end, chain.last = hi, last
+    return chain
 
-    def probe(self) -> int:
-        """Source rows of this shard a resume will skip (0 without a usable partial); reads, never writes."""
-        return self._recover()[1]
 
-    def resume(self) -> int:
-        """Recover a crashed partial (if any) and open the stream; returns the number of source rows already done."""
-        self.final.parent.mkdir(parents=True, exist_ok=True)
-        recovered, self.source_done, self.bad = self._recover()
-        self.rows = 0
-        self._open()
-        for batch in recovered:
-            self._writer.write_batch(batch)
-            self.rows += batch.num_rows
-        self._fh.flush()
-        return self.source_done
+class UnitWriter:
+    """Writes one unit: `add(rows)` / `quarantine(...)` / `advance(n)` per batch, `flush()` (a part), then
+    `complete()` (the last part, the shard, the marker). Rows are dicts in the Arrow storage form of `schema` (an
+    image is `{"bytes", "path"}`)."""
 
-    def _open(self) -> None:
-        tmp = self.partial.with_name(self.partial.name + ".new")
-        # Copy into a new file, then swap it in, so a crash during the copy leaves the old partial usable.
-        self._fh = open(tmp, "wb")
-        self._writer = pa.ipc.new_stream(self._fh, self.schema)
-        self._tmp = tmp
+    def __init__(self, store: Store, unit: Unit, schema: pa.Schema, shard: str, chain: Chain,
+                 extra_marker: dict | None = None):
+        self.store, self.unit, self.schema, self.shard = store, unit, schema, shard
+        self.folder = f"{PARTS}/{unit_name(unit.index)}"
+        self.parts, self.last = list(chain.parts), chain.last
+        self.pos = chain.end
+        """Unit source rows flushed (written or quarantined in a part)."""
+        self.consumed = 0
+        """Unit source rows consumed since the last flush (they are in the buffers)."""
+        self.extra_marker = extra_marker or {}
+        self._rows: list[dict] = []
+        self._bad: list[dict] = []
+        self.opened = self.last_flush = time.monotonic()
+        self.written = 0
+        """Rows flushed by this writer (this run)."""
 
     def add(self, rows: list[dict]) -> None:
-        self._buffer.extend(rows)
+        self._rows.extend(rows)
 
     def quarantine(self, row_id: str, index: int, reason: str) -> None:
-        self.bad.append({"id": row_id, "index": int(index), "reason": reason})
+        rec = {"id": row_id, "index": int(index), "reason": reason}
+        if self.unit.file is not None:
+            rec["file"] = self.extra_marker.get("file")
+        self._bad.append(rec)
 
-    def flush(self, source_done: int) -> None:
-        """Append buffered rows as one record batch, then record progress (in that order: see the module doc)."""
-        if self._buffer:
-            self._writer.write_batch(pa.RecordBatch.from_pylist(self._buffer, schema=self.schema))
-            self.rows += len(self._buffer)
-            self._buffer = []
-        self._fh.flush()
-        if self._tmp is not None:  # first flush after resume: the new partial now holds all recovered rows
-            os.replace(self._tmp, self.partial)
-            self._tmp = None
-        self.source_done = source_done
-        write_json(self.progress_file, {"rows": self.rows, "source_done": source_done, "quarantine": self.bad})
+    def advance(self, rows: int) -> None:
+        """`rows` more source rows of the unit were handled (added or quarantined)."""
+        self.consumed += rows
 
-    def complete(self, source_done: int) -> None:
-        """Flush, close the stream, write the quarantine sidecar, then rename the shard to its final name."""
-        self.flush(source_done)
-        self._writer.close()
-        self._fh.flush()
-        os.fsync(self._fh.fileno())
-        self._fh.close()
-        atomic_write_text(self.quarantine_file, "".join(json.dumps(b) + "\n" for b in self.bad), fsync=True)
-        os.replace(self.partial, self.final)
-        self.progress_file.unlink(missing_ok=True)
-
-    def close(self) -> None:
-        """Release the file without completing (the partial stays resumable)."""
-        if self._fh is not None and not self._fh.closed:
-            self._fh.close()
-
-
-class RunLock(ProcessLock):
-    """`DIR/.lock`, held by rank 0 for the whole run (a `distill.locks.ProcessLock`: it belongs to rank 0 alone, not
-    to the DataLoader workers it forks, and the kernel drops it when rank 0 dies, even by SIGKILL)."""
-
-    def __init__(self, out: Path):
-        super().__init__(Path(out) / LOCK)
-
-
-def _datasets_files() -> tuple[str, str]:
-    from datasets import config
-
-    return config.DATASET_STATE_JSON_FILENAME, config.DATASET_INFO_FILENAME
-
-
-def is_assembled(out: Path) -> bool:
-    """True once `out` is a complete `save_to_disk` folder (its state file is moved in last)."""
-    return all((Path(out) / name).is_file() for name in _datasets_files())
-
-
-def has_results(out: Path) -> bool:
-    """True when `out` holds anything a run computed: the assembled dataset, a complete shard or a flushed partial.
-    A run that crashed before its first flush (e.g. loading the model) leaves nothing that counts."""
-    shards = Path(out) / SHARDS_DIR
-    return is_assembled(out) or (shards.is_dir() and any(
-        p.name.endswith((".arrow", ".progress.json")) for p in shards.iterdir()))
-
-
-def counts(out: Path) -> tuple[int, int]:
-    """(rows, quarantined rows) of an assembled folder."""
-    from datasets import load_from_disk
-
-    out = Path(out)
-    bad = out / QUARANTINE
-    failures = sum(1 for ln in bad.read_text(encoding="utf-8").splitlines() if ln.strip()) if bad.is_file() else 0
-    return load_from_disk(str(out)).num_rows, failures
-
-
-def remove_shards(out: Path) -> None:
-    """Delete the shards (and an interrupted assembly) once the assembled dataset and the manifest are final.
-
-    Never when the dataset's own files are the shards: a folder assembled by an earlier narvl-pipe (whose
-    `state.json` points into `shards/`) keeps them."""
-    out = Path(out)
-    if is_assembled(out):
-        from datasets import load_from_disk
-
-        shards = (out / SHARDS_DIR).resolve()
-        if any(shards in Path(f["filename"]).resolve().parents for f in load_from_disk(str(out)).cache_files):
+    def flush(self, last: bool = False) -> None:
+        """Write the consumed source rows [pos, pos + consumed) as one part (nothing to write when none, unless it
+        is the unit's `last` part, which marks the unit's end)."""
+        if not self.consumed and not last:
             return
-    _remove_work_files(out)
+        upto = self.pos + self.consumed
+        meta = dict(self.schema.metadata or {})
+        meta[PART_META] = json.dumps({"rows": [self.pos, upto], "quarantine": self._bad}).encode()
+        table = pa.Table.from_pylist(self._rows, schema=self.schema.with_metadata(meta))
+        name = f"{self.pos:010d}-{upto:010d}{'-last' if last else ''}.parquet"
+        with self.store.open_write(f"{self.folder}/{name}") as fh:
+            pq.write_table(table, fh)
+        self.parts.append(name)
+        self.written += len(self._rows)
+        self.pos, self.consumed, self._rows, self._bad = upto, 0, [], []
+        self.last, self.last_flush = last, time.monotonic()
+
+    def complete(self) -> dict:
+        """Flush the last part, write the unit's shard from its parts, then its marker; returns the marker."""
+        if not self.last:
+            self.flush(last=True)
+        extra = {**self.extra_marker, "seconds": round(time.monotonic() - self.opened, 3)}
+        return compact(self.store, self.unit, self.schema, self.shard, self.parts, extra)
 
 
-def _remove_work_files(out: Path) -> None:
-    for name in (SHARDS_DIR, ASSEMBLING):
-        shutil.rmtree(Path(out) / name, ignore_errors=True)
+def _part_meta(table: pa.Table) -> dict:
+    return json.loads((table.schema.metadata or {})[PART_META])
 
 
-def clear_output(out: Path) -> None:
-    """Remove what a run wrote in `out` (for `--overwrite`), leaving the lock file and foreign files alone."""
-    out = Path(out)
-    if is_assembled(out):
-        from datasets import load_from_disk
+def compact(store: Store, unit: Unit, schema: pa.Schema, shard: str, parts: list[str], extra: dict) -> dict:
+    """Copy a complete chain of parts into the unit's shard (part by part: memory bounded by one flush), then write
+    the marker and delete the parts. A part gone missing means another writer finished the unit first."""
+    folder = f"{PARTS}/{unit_name(unit.index)}"
+    bad: list[dict] = []
+    values: dict[str, list[np.ndarray]] = {c: [] for c in STAT_COLUMNS if c in schema.names}
+    rows = 0
+    try:
+        with store.open_write(shard) as fh:
+            writer = pq.ParquetWriter(fh, schema)
+            for name in parts:
+                with store.open_read(f"{folder}/{name}") as src:
+                    table = pq.read_table(src)
+                bad += _part_meta(table)["quarantine"]
+                table = table.replace_schema_metadata(schema.metadata)
+                if table.num_rows:
+                    writer.write_table(table, row_group_size=table.num_rows)
+                rows += table.num_rows
+                for col in values:
+                    values[col].append(table.column(col).to_numpy(zero_copy_only=False).astype(np.float64))
+            writer.close()
+            size = fh.tell()
+    except FileNotFoundError:
+        marker = read_marker(store, unit.index)
+        if marker is None:
+            raise
+        return marker
+    marker = {"unit": unit.record(extra.get("file")), "shard": shard, "rows": rows,
+              "source_rows": int(_PART.match(parts[-1])[2]), "quarantine": bad,
+              "bytes": size, "seconds": extra.get("seconds", 0.0),
+              "stats": {c: unit_stats(np.concatenate(v) if v else np.zeros(0)) for c, v in values.items()}}
+    store.write_json(f"{DONE}/{unit_name(unit.index)}.json", marker)
+    store.remove_tree(folder)
+    return marker
 
-        try:
-            files = [Path(f["filename"]) for f in load_from_disk(str(out)).cache_files]
-        except Exception:  # noqa: BLE001 (an unreadable leftover: its data files stay, the state file goes)
-            files = []
-        for f in files:
-            if f.parent.resolve() == out.resolve():
-                f.unlink(missing_ok=True)
-    for name in (*_datasets_files(), MANIFEST, QUARANTINE):
-        (out / name).unlink(missing_ok=True)
-    _remove_work_files(out)
+
+def unit_stats(values: np.ndarray) -> dict[str, Any]:
+    """Count, sum, sum of squares, min, max and an evenly spaced sample of the sorted values (for percentiles)."""
+    if not len(values):
+        return {"n": 0}
+    ordered = np.sort(values)
+    pick = np.linspace(0, len(ordered) - 1, min(len(ordered), STAT_SAMPLE)).round().astype(int)
+    return {"n": int(len(values)), "sum": float(values.sum()), "sumsq": float((values ** 2).sum()),
+            "min": float(ordered[0]), "max": float(ordered[-1]), "sample": ordered[pick].tolist()}
 
 
-def _fsync(path: Path) -> None:
-    with open(path, "rb") as fh:
-        os.fsync(fh.fileno())
-
-
-def assemble(out: Path, num_shards: int, features, split: str | None) -> None:
-    """Make `out` a `save_to_disk` folder of the complete shards, in shard order, and merge their quarantine files
-    into `out/quarantine.jsonl`. The shards are left in place (see `remove_shards`)."""
-    from datasets import Dataset, DatasetInfo, concatenate_datasets
-
-    out = Path(out)
-    bad_lines = []
-    for i in range(num_shards):
-        side = shard_path(out, i).with_name(f"shard-{i:05d}.quarantine.jsonl")
-        if side.is_file():
-            bad_lines += [ln for ln in side.read_text(encoding="utf-8").splitlines() if ln.strip()]
-    atomic_write_text(out / QUARANTINE, "".join(ln + "\n" for ln in bad_lines), fsync=True)
-
-    info = DatasetInfo(features=features)
-    parts = [Dataset.from_file(str(shard_path(out, i)), info=info, split=split) for i in range(num_shards)]
-    ds = (concatenate_datasets(parts, info=info, split=split) if parts
-          else Dataset.from_dict({k: [] for k in features}, features=features, split=split))
-    tmp = out / ASSEMBLING
-    shutil.rmtree(tmp, ignore_errors=True)
-    ds.save_to_disk(str(tmp))
-    state_file = _datasets_files()[0]
-    for name in sorted(os.listdir(tmp), key=lambda n: n == state_file):  # the state file last: it marks completion
-        _fsync(tmp / name)  # the shards are deleted later: their copy must be on disk first
-        os.replace(tmp / name, out / name)
-    tmp.rmdir()
+def merged_stats(stats: list[dict], percentiles: tuple[int, ...]) -> dict[str, float] | None:
+    """Mean, std, min, max and weighted percentiles over units' `unit_stats` (exact while a unit holds at most
+    `STAT_SAMPLE` rows)."""
+    stats = [s for s in stats if s.get("n")]
+    if not stats:
+        return None
+    n = sum(s["n"] for s in stats)
+    mean = sum(s["sum"] for s in stats) / n
+    var = max(sum(s["sumsq"] for s in stats) / n - mean ** 2, 0.0)
+    values = np.concatenate([np.asarray(s["sample"]) for s in stats])
+    weights = np.concatenate([np.full(len(s["sample"]), s["n"] / len(s["sample"])) for s in stats])
+    order = np.argsort(values, kind="stable")
+    values, cum = values[order], np.cumsum(weights[order])
+    out = {"mean": mean, "std": var ** 0.5, "min": min(s["min"] for s in stats), "max": max(s["max"] for s in stats)}
+    ranks = cum - weights / 2 - 0.5  # each value's (0-based) rank among all n; 0..n-1 when every value is kept
+    for p in percentiles:  # numpy's default (linear) rule
+        out[f"p{p}"] = float(np.interp(p / 100 * (n - 1), ranks, values))
+    return out

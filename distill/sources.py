@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 from distill.errors import UserError
-from distill.images import decode_base64
+from distill.images import decode_base64, resolve_image_path
 from distill.owner_formats import OWNER_FILES, available as _available, file_stamp, open_owner_format
 from distill.tasks import canonical_columns, get_task
 
@@ -281,7 +281,7 @@ def _canonicalise(ds, split: str, columns_map: Mapping[str, str], task, src: str
     elif isinstance(feat, Value) and feat.dtype in ("string", "large_string"):
         root = Path(image_root) if image_root else (Path(src) if Path(src).is_dir() else Path(src).parent)
         def absolute(batch):
-            return {"image": [p if p is None or os.path.isabs(p) else str(root / p) for p in batch["image"]]}
+            return {"image": [resolve_image_path(p, root) for p in batch["image"]]}
 
         ds = ds.map(absolute, batched=True, desc="image paths")
         ds = ds.cast_column("image", Image(decode=False))
@@ -315,6 +315,20 @@ def open_source(
     if len(ds) == 0:
         raise UserError(f"split '{split}' of {src} has no rows: point it at a dataset with examples")
     return ds
+
+
+def is_streamed(src: str | os.PathLike, streaming: bool = False) -> bool:
+    """The dispatch hook for streamed sources (`distill.streams`), read file by file and never opened whole here:
+    a URL (`s3://...`, `hf://datasets/...`), a glob or brace pattern (`shards/{00000..00127}.tar`), a webdataset
+    `.tar` file or a folder of them; with `streaming`, also a parquet file or folder and a Hub dataset id."""
+    text = os.fspath(src)
+    path = Path(text)
+    if "://" in text or any(ch in text for ch in "*?[{"):
+        return True
+    if path.suffix == ".tar" or (path.is_dir() and any(path.glob("*.tar"))):
+        return True
+    return streaming and not (path.is_dir() and ((path / "state.json").is_file()
+                                                 or (path / "dataset_dict.json").is_file()))
 
 
 def ids_fingerprint(ds) -> str:

@@ -1,70 +1,79 @@
-"""The per-rank generation loop of `distill.run`, generic over models (`distill.seam.Model`):
-DataLoader workers decode images (`load_image`, EXIF applied), flag bad rows (`Task.bad_row_reason`) and call
-`teacher.prepare`; the main process calls `teacher.infer` and writes the shards.
+"""The per-process generation loop of `distill.run`, generic over models (`distill.seam.Model`).
 
-Each batch is a slice of one shard, so a shard's batches (and therefore its rows, padding included) are the same
-whatever the number of processes or the point a crashed run resumed from (flushes happen on batch boundaries).
+DataLoader workers take units (`distill.claims`), read their rows (`distill.units` / `distill.streams`), decode
+images (`load_image`, EXIF applied), flag bad rows (`Task.bad_row_reason`) and call `teacher.prepare`; the main
+process calls `teacher.infer` and writes each unit through its `distill.shards.UnitWriter`.
+
+The main process claims its own share of units up front (`distill.claims`), generates them, then claims and
+generates the other pending units that nobody holds (a task that never started, or died); DataLoader worker w of W
+reads `units[w::W]`, one unit at a time, so W units are open at once. Each
+batch is a slice of one unit (batch k = unit rows [k*B, (k+1)*B), bad rows dropped), so a row's batch, hence its
+padding and result, does not depend on the number of processes or on where a crashed run resumed: flushes happen
+on batch boundaries and a resume continues at one.
+
+Flushes: a unit is flushed every `flush_every` rows (rounded up to whole batches) or `flush_interval_s` seconds,
+whichever comes first. SIGTERM or Ctrl-C makes the loop flush every open unit at the current batch boundary,
+release their claims and raise `Interrupted`.
 """
 from __future__ import annotations
 
+import os
+import time
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from tqdm.auto import tqdm
 
 from distill import shards as sh
+from distill.card import publishable_path
+from distill.claims import Claims
 from distill.config import DistillConfig
+from distill.errors import Interrupted
 from distill.schema import output_row
 from distill.seam import Model, load_row_image
+from distill.signals import StopSignals
+from distill.store import Store
+from distill.units import Unit
 from distill.workers import DieWithParent
 
 
 @dataclass
-class ShardJob:
-    """What one rank needs to generate its shards."""
+class UnitJob:
+    """What one process needs to generate its units."""
 
     config: DistillConfig
-    """The run's configuration (batch size, flush interval, workers, output folder...)."""
+    """The run's configuration (batch size, flush bounds, workers...)."""
     task: Any
     """The `distill.tasks.Task`."""
-    ds: Any
-    """The canonical source (`datasets.Dataset`, images undecoded)."""
-    plan: list[tuple[int, int]]
-    """Source row range of every shard (`distill.shards.plan_shards`)."""
+    source: Any
+    """A `distill.units.RowsSource` or a `distill.streams.StreamSource`."""
+    plan: list[Unit]
+    """Every unit of the run."""
     features: Any
-    """The output rows' `datasets.Features` (`distill.schema.output_features`)."""
+    """The output rows' `datasets.Features` (`distill.schema.output_features`, with the provenance)."""
+    schema: Callable[[Unit], Any]
+    """The parquet schema of a unit's shard (features + its provenance metadata)."""
     teacher: Model
-    """The teacher (weights not loaded yet: `generate_shards` loads them when there is work)."""
+    """The teacher (weights not loaded yet: `generate_units` loads them when there is work)."""
     settings: dict
     """The teacher's decoding settings (`distill.generation.generation_settings`)."""
-    state: Any
-    """accelerate's process state of this rank."""
+    store: Store
+    """The output folder."""
+    claims: Claims
+    """This process's claims."""
+    show_progress: bool
+    """Show a tqdm bar (the main process of a run)."""
+    roots: list[str]
+    """Folders a row's `image_path` is published relative to (`distill.card.publishable_path`)."""
 
 
 # ---------------------------------------------------------------------------------------------------- workers
-class _Rows:
-    """The source as a map-style dataset of `(index, row)`, fetched a batch at a time (`__getitems__`)."""
-
-    def __init__(self, ds):
-        self.ds = ds
-
-    def __len__(self) -> int:
-        return len(self.ds)
-
-    def __getitems__(self, indices: list[int]) -> list[tuple[int, dict]]:
-        return list(zip(indices, self.ds.__getitems__(indices)))
-
-    def __getitem__(self, index: int):
-        return self.__getitems__([index])[0]
-
-
 class _Collate:
     """Runs in the DataLoader workers: decode images, flag bad rows, build prompts, `teacher.prepare` the rest."""
 
-    def __init__(self, task, teacher: Model, images: bool):
-        self.task, self.teacher, self.images = task, teacher, images
+    def __init__(self, task, teacher: Model, images: bool, roots: list[str] | tuple = ()):
+        self.task, self.teacher, self.images, self.roots = task, teacher, images, roots
 
     def __call__(self, items: list[tuple[int, dict]]) -> dict:
         good, bad, pils = [], [], []
@@ -73,11 +82,16 @@ class _Collate:
             if reason is not None:
                 bad.append((index, row["id"], reason))
                 continue
-            image = row["image"] or {}
-            if self.images and image.get("bytes") is None:  # store the file's bytes: the output is self-contained
-                with open(image["path"], "rb") as fh:
-                    image = {"bytes": fh.read(), "path": image.get("path")}
-            good.append((index, dict(row, image=image, prompt=self.task.prompt(row))))
+            image, path = row["image"] or {}, (row["image"] or {}).get("path")
+            data = image.get("bytes")
+            if self.images and data is None:  # store the file's bytes: the output is self-contained
+                with open(path, "rb") as fh:
+                    data = fh.read()
+            # What is published holds no local path: the image keeps its file name (as `datasets` embeds it),
+            # `image_path` is relative to the source folder
+            image = {"bytes": data, "path": os.path.basename(path) if path else None}
+            good.append((index, dict(row, image=image, image_path=publishable_path(path, self.roots),
+                                     prompt=self.task.prompt(row))))
             pils.append(pil)
         batch: dict[str, Any] = {"indices": [i for i, _ in items], "good": good, "bad": bad}
         if good:
@@ -85,96 +99,142 @@ class _Collate:
         return batch
 
 
-def _batches(plan, mine: list[int], starts: dict[int, int], batch_size: int) -> list[list[int]]:
-    """Index lists of this rank's pending work; a batch never crosses a shard (batch i of a shard is fixed)."""
-    out = []
-    for s in mine:
-        lo, hi = plan[s]
-        for b in range(lo + starts[s], hi, batch_size):
-            out.append(list(range(b, min(b + batch_size, hi))))
-    return out
+class _Units(IterableDataset):
+    """Messages for the main process: `{"unit", "open": Chain}`, then its batches, then `{"unit", "end": True}`.
+    Worker w of W reads `units[w::W]`, each from the end of its chain; workers never touch the output (the main
+    process claims, resumes and writes: an object store's client is not shared across a fork)."""
+
+    def __init__(self, job: UnitJob, units: list[int], chains: dict[int, sh.Chain]):
+        self.source, self.plan, self.units, self.chains = job.source, job.plan, units, chains
+        self.batch_size = job.config.batch_size
+        self.collate = _Collate(job.task, job.teacher, job.config.images, job.roots)
+
+    def __iter__(self):
+        info = get_worker_info()
+        w, n = (info.id, info.num_workers) if info is not None else (0, 1)
+        for index in self.units[w::n]:
+            chain = self.chains[index]
+            yield {"unit": index, "open": chain}
+            if not chain.last:
+                for items in self.source.rows(self.plan[index], chain.end, self.batch_size):
+                    batch = self.collate(items)
+                    batch["unit"] = index
+                    yield batch
+            yield {"unit": index, "end": True}
 
 
-# ---------------------------------------------------------------------------------------------------- generation
-class _ShardOutput:
-    """The writers of this rank's shards: which one is open, quarantine, flushes and completion."""
+# ---------------------------------------------------------------------------------------------------- main process
+class _Writers:
+    """The open units of this process: their writers, flush policy, claim renewals and completion."""
 
-    def __init__(self, job: ShardJob, mine: list[int]):
-        self.job, self.plan = job, job.plan
-        schema = job.features.arrow_schema
-        self.writers = {s: sh.ShardWriter(Path(job.config.out), s, schema) for s in mine}
-        self.starts = {s: w.probe() for s, w in self.writers.items()}
+    def __init__(self, job: UnitJob):
+        self.job, self.open = job, {}
         bs = job.config.batch_size
         self.flush_rows = max(bs, -(-job.config.flush_every // bs) * bs)
-        self.current, self.since_flush = None, 0
+        self.interval = job.config.flush_interval_s
+        self.completed = self.written = 0
+        self.held: set[int] = set()
+        """Units this process claimed and has not finished (their claims are renewed together)."""
+        self.renewed = time.monotonic()
 
-    def complete_finished(self) -> None:
-        """Shards whose rows were all done before a crash at completion: just complete them."""
-        for s, w in self.writers.items():
-            lo, hi = self.plan[s]
-            if lo + self.starts[s] >= hi:
-                w.resume()
-                w.complete(hi - lo)
+    def start(self, index: int, chain: sh.Chain) -> None:
+        unit = self.job.plan[index]
+        shard = sh.shard_file(self.job.config.split, index, len(self.job.plan))
+        self.open[index] = sh.UnitWriter(self.job.store, unit, self.job.schema(unit), shard, chain,
+                                         {"file": self.job.source.public_file(unit)})
 
-    def writer(self, first_index: int) -> tuple[sh.ShardWriter, int]:
-        s = first_index // self.job.config.shard_size
-        if self.current != s:
-            self.current, self.since_flush = s, 0
-            self.writers[s].resume()
-        return self.writers[s], s
+    def flush_due(self) -> None:
+        """Flush every open unit that consumed `flush_rows` rows, or any row `interval` seconds ago or more."""
+        now = time.monotonic()
+        for w in self.open.values():
+            if w.consumed >= self.flush_rows or (w.consumed and now - w.last_flush >= self.interval):
+                w.flush()
+        if now - self.renewed >= self.job.claims.lease_s / 4:  # a live owner's claims never lapse
+            for index in self.held:
+                self.job.claims.renew(index)
+            self.renewed = now
 
-    def batch_done(self, s: int, indices: list[int]) -> None:
-        lo, hi = self.plan[s]
-        w = self.writers[s]
-        self.since_flush += len(indices)
-        done = indices[-1] + 1 - lo
-        if indices[-1] + 1 >= hi:
-            w.complete(done)
-            self.current = None
-        elif self.since_flush >= self.flush_rows:
-            w.flush(done)
-            self.since_flush = 0
+    def finish(self, index: int) -> None:
+        w = self.open.pop(index)
+        w.complete()
+        self.job.claims.release(index)
+        self.held.discard(index)
+        self.completed += 1
+        self.written += w.written
 
     def close(self) -> None:
-        for w in self.writers.values():
-            w.close()
+        """Flush what every open unit consumed and release its claim (an interruption)."""
+        for w in self.open.values():
+            w.flush()
+            self.written += w.written
+        self.open.clear()
+        for index in self.held:
+            self.job.claims.release(index)
+        self.held.clear()
 
 
-def _loader(job: ShardJob, batches: list[list[int]]) -> DataLoader:
+def _loader(job: UnitJob, units: list[int], chains: dict[int, sh.Chain]) -> DataLoader:
     c = job.config
     return DataLoader(
-        _Rows(job.ds), batch_sampler=batches, collate_fn=_Collate(job.task, job.teacher, c.images),
-        num_workers=c.num_workers, persistent_workers=False, prefetch_factor=4 if c.num_workers else None,
+        _Units(job, units, chains), batch_size=None, num_workers=min(c.num_workers, len(units)),
+        persistent_workers=False, prefetch_factor=4 if c.num_workers else None,
         worker_init_fn=DieWithParent(),  # a killed run leaves no orphan workers behind
     )
 
 
-def generate_shards(job: ShardJob, mine: list[int]) -> int:
-    """Generate this rank's shards `mine` (resuming partial ones); returns the number of rows written this run."""
-    if not mine:
-        return 0  # nothing pending for this rank: no model load
-    output = _ShardOutput(job, mine)
-    job.teacher.load()
-    batches = _batches(job.plan, mine, output.starts, job.config.batch_size)
-    output.complete_finished()
-    bar = tqdm(total=sum(len(b) for b in batches), unit="row", desc=f"distill {job.task.name}", dynamic_ncols=True,
-               smoothing=0.1, disable=not (job.config.progress and job.state.is_main_process))
-    written = 0
-    try:
-        for batch in _loader(job, batches):
-            w, s = output.writer(batch["indices"][0])
-            for index, row_id, reason in batch["bad"]:
-                w.quarantine(row_id, index, reason)
-            if batch["good"]:
-                nbests = job.teacher.infer(batch["inputs"], job.task, job.settings)
-                prompts = batch["inputs"].get("prompts") or [None] * len(nbests)  # a family's own prompts
-                rows = [output_row(job.task, row, index, best, job.features, prompt)
-                        for (index, row), best, prompt in zip(batch["good"], nbests, prompts)]
-                w.add(rows)
-                written += len(rows)
-            output.batch_done(s, batch["indices"])
-            bar.update(len(batch["indices"]))
-    finally:
-        bar.close()
-        output.close()
-    return written
+def generate_units(job: UnitJob, own: list[int], steal: list[int]) -> tuple[int, float]:
+    """Generate the units this process gets: its own share, claimed up front, then the others' pending units that
+    nobody holds any more (claimed when its share is done). Returns (rows written this run, seconds from the first
+    row read to the last shard written: the steady state, without start-up and model load); raises `Interrupted`
+    after flushing on SIGTERM / Ctrl-C."""
+    def done(index: int) -> bool:
+        return job.store.exists(f"{sh.DONE}/{sh.unit_name(index)}.json")
+
+    writers = _Writers(job)
+    bar = tqdm(unit="row", desc=f"distill {job.task.name}", dynamic_ncols=True, smoothing=0.1,
+               disable=not job.show_progress)
+    loaded, first = False, None
+    with StopSignals() as signals:
+        try:
+            for candidates in (own, steal):
+                units = [u for u in candidates if job.claims.take(u, done)]
+                writers.held.update(units)
+                if not units or signals.received:
+                    continue
+                if not loaded:  # a process with nothing to do never loads the model
+                    job.teacher.load()
+                    loaded = True
+                chains = {u: sh.find_chain(job.store, u) for u in units}
+                for msg in _loader(job, units, chains):
+                    first = first if first is not None else time.monotonic()
+                    index = msg["unit"]
+                    if "open" in msg:
+                        writers.start(index, msg["open"])
+                    elif "end" in msg:
+                        writers.finish(index)
+                    else:
+                        _write_batch(job, writers.open[index], msg)
+                        bar.update(len(msg["indices"]))
+                    if signals.received:
+                        break
+                    writers.flush_due()
+        finally:
+            bar.close()
+            if signals.received:
+                writers.close()
+        if signals.received:
+            raise Interrupted(f"distill interrupted by {signals.received}: every open shard was flushed; run the "
+                              "same command again to resume", signals.received)
+    return writers.written, (time.monotonic() - first if first is not None else 0.0)
+
+
+def _write_batch(job: UnitJob, w: sh.UnitWriter, batch: dict) -> None:
+    first = w.unit.first_source_index()
+    for index, row_id, reason in batch["bad"]:
+        w.quarantine(row_id, index + first, reason)
+    if batch["good"]:
+        nbests = job.teacher.infer(batch["inputs"], job.task, job.settings)
+        prompts = batch["inputs"].get("prompts") or [None] * len(nbests)  # a family's own prompts
+        w.add([output_row(job.task, row, index + first, best, job.features, prompt)
+               for (index, row), best, prompt in zip(batch["good"], nbests, prompts)])
+    w.advance(len(batch["indices"]))

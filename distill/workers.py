@@ -42,6 +42,10 @@ class DieWithParent:
         self.interval = interval
 
     def __call__(self, worker_id: int) -> None:
+        # Ctrl-C and SIGTERM (a Slurm preemption) reach the whole process group: the main process handles them
+        # (flushes its shards, saves a checkpoint) and its workers end with it, without tracebacks of their own.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         if sys.platform.startswith("linux"):
             import ctypes
 

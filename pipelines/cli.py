@@ -74,10 +74,13 @@ for name, function, short_help in [
 
 
 def main() -> None:
-    from distill.errors import UserError
+    from distill.errors import Interrupted, UserError
 
     try:
         app()
+    except Interrupted as err:  # SIGTERM / Ctrl-C: what was done is saved; one line saying how to resume
+        typer.echo(f"{err}", err=True)
+        raise SystemExit(err.exit_code) from None
     except UserError as err:  # bad input: one clear line, no traceback
         typer.echo(f"error: {err}", err=True)
         raise SystemExit(2) from None

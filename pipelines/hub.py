@@ -1,5 +1,10 @@
 """Share a distilled dataset on the Hugging Face Hub: parquet shards per split + a dataset card.
 
+An output of `narvl-pipe distill` already is what the Hub holds (`data/*.parquet` + `README.md` + `manifest.json`):
+its shards are uploaded as they are (hard links in the upload folder, no copy), with the card rendered again for
+the repo id and the manifest without local paths (`distill.manifest.public_manifest`). What follows is for the
+`save_to_disk` outputs of earlier versions, re-encoded into parquet:
+
 The folder that is uploaded is built locally first (`build_upload_folder`), so `--dry-run` and the tests see exactly
 what the Hub would get. It only uses `datasets`' and `huggingface_hub`'s public APIs: `Dataset.shard`/`to_parquet`
 and each feature's `embed_storage` write the shards, a `configs` entry in the card (`MetadataConfigs`) points the
@@ -24,8 +29,11 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from distill import shards as sh
+from distill.card import DATA_DIR, card_input, manifest_get, publishable_path, render_card  # noqa: F401
 from distill.errors import UserError, error_reason
-from pipelines.hub_card import DATA_DIR, manifest_get, render_card
+from distill.manifest import card_input as distilled_card_input
+from distill.manifest import public_manifest
 
 MAX_SHARD_BYTES = 500 * 1024 * 1024  # the `datasets.push_to_hub` default shard size
 BUILD_DIR = ".hub-upload"
@@ -84,17 +92,6 @@ def load_distilled(path: str | Path):
         split = str(manifest_get(manifest, ("source", "split"), ("split",), default="train"))
         ds = datasets.DatasetDict({split: ds})
     return ds, manifest
-
-
-def publishable_path(path: str | None, roots: list[str]) -> str | None:
-    """A source file path without the machine-local part: relative to the first root holding it, else its name."""
-    if not path or "://" in path or not os.path.isabs(path):  # a URL or a relative path is the same everywhere
-        return path
-    for root in roots:
-        rel = os.path.relpath(path, root)
-        if not rel.startswith(".."):
-            return Path(rel).as_posix()
-    return os.path.basename(path)
 
 
 def _source_roots(manifest: dict) -> list[str]:
@@ -209,8 +206,55 @@ def build_upload_folder(distilled_dir: str | Path, folder: str | Path, repo_id: 
         tmp.write_text(json.dumps(record, indent=1))
         tmp.replace(folder / BUILD_RECORD)
     size = sum((folder / rel).stat().st_size for rels in data_files.values() for rel in rels)
-    render_card(dsd, manifest, repo_id, source_license, download_size=size).save(str(folder / "README.md"))
+    render_card(card_input(dsd, size), manifest, repo_id, source_license).save(str(folder / "README.md"))
     return data_files, reused
+
+
+def is_parquet_output(path: Path) -> bool:
+    """A `narvl-pipe distill` output of the parquet layout (not an earlier version's save_to_disk folder)."""
+    return (path / sh.MANIFEST).is_file() and (path / sh.DATA_DIR).is_dir() and not (path / "state.json").is_file()
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    if dst.exists() and os.path.samefile(src, dst):
+        return
+    dst.unlink(missing_ok=True)
+    try:
+        os.link(src, dst)  # the same bytes, no second copy on disk
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def build_parquet_upload(distilled: Path, folder: Path, repo_id: str, source_license: str | None
+                         ) -> dict[str, list[str]]:
+    """The upload folder of a parquet output: its shards as they are, the card for `repo_id`, the public manifest."""
+    import pyarrow.parquet as pq
+    from datasets import Features
+
+    manifest = json.loads((distilled / sh.MANIFEST).read_text())
+    if manifest.get("status") != "complete":
+        raise UserError(f"{distilled} is an unfinished distill output: rerun the same distill command first")
+    shards = sorted((distilled / sh.DATA_DIR).glob("*.parquet"))
+    if not manifest.get("rows"):
+        raise UserError(f"{distilled} holds 0 rows: nothing to push")
+    try:
+        (folder / DATA_DIR).mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise FolderNotWritable(folder, err.strerror or str(err)) from None
+    keep = {p.name for p in shards}
+    for old in (folder / DATA_DIR).glob("*.parquet"):
+        if old.name not in keep:
+            old.unlink()
+    for shard in shards:
+        _link_or_copy(shard, folder / DATA_DIR / shard.name)
+    features = Features.from_arrow_schema(pq.read_schema(shards[0]))
+    card = render_card(distilled_card_input(features, manifest), manifest, repo_id, source_license)
+    card.save(str(folder / "README.md"))
+    (folder / sh.MANIFEST).write_text(json.dumps(public_manifest(manifest), indent=1, sort_keys=True) + "\n")
+    files: dict[str, list[str]] = {}
+    for shard in shards:
+        files.setdefault(shard.name.split("-")[0], []).append(f"{DATA_DIR}/{shard.name}")
+    return files
 
 
 def _upload(api, repo_id: str, folder: Path, private: bool) -> str:
@@ -247,7 +291,10 @@ def push(
     `dry_run_dir`. A failed upload keeps the folder, and the retry reuses its shards."""
     check_repo_id(repo_id)
     folder = Path(dry_run_dir if dry_run_dir is not None else build_dir or Path(distilled_dir) / BUILD_DIR)
-    files, reused = build_upload_folder(distilled_dir, folder, repo_id, source_license)
+    if is_parquet_output(Path(distilled_dir)):
+        files, reused = build_parquet_upload(Path(distilled_dir), folder, repo_id, source_license), True
+    else:
+        files, reused = build_upload_folder(distilled_dir, folder, repo_id, source_license)
     if dry_run_dir is not None:
         return PushResult(folder, files, None, reused)
 

@@ -7,14 +7,15 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from safetensors.torch import load_model, save_model
 
 from distill.errors import UserError
 
-__all__ = ["BEST_DIR", "CHECKPOINT_DIR", "LOG_FILE", "STATE_FILE", "BestModel", "latest_checkpoint", "load_best",
+__all__ = ["BEST_DIR", "CHECKPOINT_DIR", "DATA_STATE", "LOG_FILE", "STATE_FILE", "BestModel", "latest_checkpoint",
+           "load_best",
            "save_checkpoint", "truncate_log"]
 
 CHECKPOINT_DIR = "checkpoints"
@@ -22,6 +23,8 @@ LOG_FILE = "log.jsonl"
 STATE_FILE = "trainer_state.json"
 BEST_DIR = "best"
 """`OUT/checkpoints/best/step_XXXXXXXX.safetensors`: the weights of the best evaluation so far (`select_best`)."""
+DATA_STATE = "data_state_{rank}.pt"
+"""A streamed training set's position (`StatefulDataLoader.state_dict()`), one file per process."""
 
 
 def latest_checkpoint(output_dir: str | os.PathLike) -> Path | None:
@@ -32,7 +35,10 @@ def latest_checkpoint(output_dir: str | os.PathLike) -> Path | None:
     return done[-1] if done else None
 
 
-def save_checkpoint(accelerator, cfg: Any, step: int, extra: dict[str, Any]) -> None:
+def save_checkpoint(accelerator, cfg: Any, step: int, extra: dict[str, Any],
+                    data_state: Callable[[], Any] | None = None) -> None:
+    """Write `checkpoints/step_XXXXXXXX` (complete or absent); `data_state()`: this process's data position (a
+    streamed training set), saved as `data_state_<rank>.pt`."""
     root = Path(cfg.output_dir) / CHECKPOINT_DIR
     final = root / f"step_{step:08d}"
     tmp = root / f"step_{step:08d}.tmp"
@@ -41,6 +47,8 @@ def save_checkpoint(accelerator, cfg: Any, step: int, extra: dict[str, Any]) -> 
         tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
     accelerator.save_state(str(tmp))  # every process writes its own RNG state
+    if data_state is not None:
+        torch.save(data_state(), tmp / DATA_STATE.format(rank=accelerator.process_index))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         (tmp / STATE_FILE).write_text(json.dumps({"step": step, **extra}, indent=1))

@@ -27,14 +27,13 @@ from accelerate.utils import parse_flag_from_env
 from distill.errors import UserError
 from distill.images import ImageLoadError
 from distill.jsonio import atomic_write_text
-from distill.manifest import teacher_tokenizer_sha256
 from distill.owner_formats import folder_kind
-from distill.prediction import tokenizer_sha256
 from distill.sources import load_saved, open_source, pick_split
 from student.checkpoints import latest_checkpoint
+from student.distilled import distill_output, needs_reencoding, target_vocabulary  # noqa: F401  (re-exported)
 
-__all__ = ["TARGET_COLUMNS", "FilterReport", "needs_reencoding", "SkipLog", "load_training_data", "is_distilled",
-           "filter_rows", "reference_problem", "TaskRows", "collate"]
+__all__ = ["TARGET_COLUMNS", "FilterReport", "needs_reencoding", "target_vocabulary", "SkipLog", "load_training_data",
+           "is_distilled", "filter_rows", "reference_problem", "TaskRows", "collate"]
 
 SKIPPED_FILE = "skipped.jsonl"
 """Training runs record their skipped rows in `OUTPUT_DIR/skipped.jsonl`."""
@@ -50,20 +49,19 @@ def is_distilled(ds) -> bool:
 def load_training_data(src: str | os.PathLike, split: str = "train", task=None, limit: int | None = None):
     """Open `src` as a `datasets.Dataset`, keeping every column (the teacher metadata included).
 
-    `src` is a `save_to_disk` folder (a `Dataset`, such as the output of `narvl-pipe distill`, is taken whatever
-    `split` says; a `DatasetDict` gives `split`), a `load_dataset`-able folder (parquet/arrow, e.g. a dataset pushed
-    with `narvl-pipe push`) or a Hub id. A source without teacher targets is opened through
-    `distill.sources.open_source` (TSV, COCO-Karpathy JSON, imagefolder...) into the canonical schema, which needs
-    `task`.
+    `src` is the output folder of `narvl-pipe distill` (its one split is taken whatever `split` says; an output of
+    an earlier version, a `save_to_disk` folder, too), a `save_to_disk` folder (a `DatasetDict` gives `split`), a
+    `load_dataset`-able folder (parquet/arrow, e.g. a dataset pushed with `narvl-pipe push`) or a Hub id. A source
+    without teacher targets is opened through `distill.sources.open_source` (TSV, COCO-Karpathy JSON,
+    imagefolder...) into the canonical schema, which needs `task`.
     """
     src = os.fspath(src)
     path = Path(src)
-    ds = None
-    if (path / "manifest.json").is_file() and not (path / "state.json").is_file():
-        raise UserError(f"{src} is an unfinished distill output (no state.json): rerun the same distill command")
-    if path.is_dir() and ((path / "dataset_dict.json").is_file() or (path / "state.json").is_file()):
+    ds = distill_output(path, src, split) if path.is_dir() else None
+    if ds is None and path.is_dir() and ((path / "dataset_dict.json").is_file() or (path / "state.json").is_file()):
         ds = load_saved(path, split, src)
-    elif (path.is_dir() and folder_kind(path) is None) or not path.exists():  # a benchmark's files: open_source
+    elif ds is None and ((path.is_dir() and folder_kind(path) is None) or not path.exists()):
+        # (a benchmark's own files go to open_source)
         try:
             dd = datasets.load_dataset(src)
         except Exception:  # noqa: BLE001 (not a plain datasets folder/id: let open_source detect the format)
@@ -84,21 +82,6 @@ def load_training_data(src: str | os.PathLike, split: str = "train", task=None, 
     if len(ds) == 0:
         raise UserError(f"{src} ({split}) has no rows")
     return ds
-
-
-def needs_reencoding(src: str | os.PathLike, ds, tokenizer) -> bool:
-    """Whether a distilled dataset's `target_ids` are in another vocabulary than `tokenizer`'s: its manifest's
-    teacher tokenizer hash differs from the student tokenizer's (`distill.prediction.tokenizer_sha256`). Then
-    the targets are re-encoded from the canonical prediction (`Task.student_target`); a dataset without one is
-    refused. No recorded hash (no manifest, or an older one) means the teacher's ids are used as they are."""
-    teacher_hash = teacher_tokenizer_sha256(src) if Path(src).is_dir() else None
-    if teacher_hash is None or teacher_hash == tokenizer_sha256(tokenizer):
-        return False
-    if "target" not in ds.column_names:
-        raise UserError(f"{src}: its teacher's tokenizer (sha256 {teacher_hash[:12]}) is not the student's "
-                        f"({tokenizer_sha256(tokenizer)[:12]}), and its rows hold no canonical `target` to "
-                        "re-encode: distil with a teacher sharing the student's tokenizer")
-    return True
 
 
 @dataclass
@@ -300,6 +283,15 @@ class TaskRows:
                 first = first or str(exc)
         where = f" (reasons in {self.skips.path})" if self.skips.path else ""
         raise UserError(f"no usable training row: all {n} rows were skipped{where}; first: {first}")
+
+    def encode_row(self, r: dict, draw: int) -> dict[str, Any] | None:
+        """The example of a row given as a dict (a streamed row), or None when it is unusable (then recorded in
+        `skips` under the draw's number: a stream has no row index)."""
+        try:
+            return self._encode(r, draw)
+        except _ROW_ERRORS as exc:
+            self.skips.add(draw, r.get("id", draw), str(exc))
+            return None
 
     def _encode(self, r: dict, draw: int) -> dict[str, Any]:
         ids, weight = self.target_ids(r, draw)

@@ -39,6 +39,9 @@ class Run:
     ema: WeightEMA | None
     eval_fn: EvalFn | None
     best: BestModel | None = None
+    data_state: Any = None
+    """`() -> state` of a streamed training set's loader, saved with each checkpoint (None: map-style rows, whose
+    position follows from the step)."""
 
     def evaluate(self, step: int) -> dict[str, float]:
         """`eval_fn` on the unwrapped model (the EMA weights when kept, swapped back afterwards); with
@@ -158,10 +161,16 @@ def record_step(run: Run, cfg: TrainConfig, log: dict[str, float], bar: Any, tra
     if tracker and (step % cfg.log_every == 0 or evaluated):
         acc.log({k: v for k, v in log.items() if k != "step"}, step=step)
     if cfg.save_every and step % cfg.save_every == 0:
-        best = {"best": run.best.state()} if run.best is not None else {}
-        save_checkpoint(acc, cfg, step, {"totals": totals, **best})
-        if run.best is not None:
-            run.best.committed()
+        save_step(run, cfg, step, totals)
+
+
+def save_step(run: Run, cfg: TrainConfig, step: int, totals: dict[str, float]) -> None:
+    """The checkpoint of `step`: weights, optimizer, the running totals, the best evaluation so far (`select_best`)
+    and a streamed set's data position."""
+    best = {"best": run.best.state()} if run.best is not None else {}
+    save_checkpoint(run.accelerator, cfg, step, {"totals": totals, **best}, run.data_state)
+    if run.best is not None:
+        run.best.committed()
 
 
 def final_eval(run: Run, tracker: str | None, step: int) -> dict[str, float]:

@@ -25,14 +25,16 @@ from distill.jsonio import jsonable
 from distill.loading import load_pretrained
 from distill.ofa import OFAModel
 from distill.ofa.processing_ofa import load_ofa_processor
-from distill.tasks import get_task
-from student.data import SkipLog, TaskRows, collate, filter_rows, load_training_data, needs_reencoding
 from distill.loader import model_type
+from distill.tasks import get_task
+from student.data import (FilterReport, SkipLog, TaskRows, collate, filter_rows, load_training_data,
+                          target_vocabulary)
 from student.evaluate import make_eval_fn
 from student.modeling_narvl import NARVLModel
 from student.presets import drop_path_fields, ofa_size, resolve
-from student.runner import NARVLStudent
 from student.run_folder import write_run_folder
+from student.runner import NARVLStudent
+from student.stream_rows import StreamRows, open_stream
 from student.train_config import TrainConfig, TrainResult
 from student.train_eval import eval_rows
 from student.train_fields import EvalFields, TrainDataFields
@@ -69,6 +71,12 @@ class StudentTrainConfig(TrainDataFields, EvalFields, TrainConfig):
     """Query-CTC label smoothing (default: the task's, 0.1; entailment 0)."""
     dropout: float | None = None
     """Override the dropout of an OFA init (default: the checkpoint's; NARVL's recipe is 0.1)."""
+    streaming: bool = False
+    """Read `data` as a stream (a distill output folder, parquet files or URLs, a Hub id) instead of opening it
+    whole: rows split by process, shuffled through `shuffle_buffer`, the stream position saved with each
+    checkpoint (exact resume at the same process count). Needs `max_steps` unless the row count is recorded."""
+    shuffle_buffer: int = 1000
+    """Rows in the shuffle buffer of `streaming` (saved with each checkpoint)."""
 
 
 def student_loss(model, batch, step: int = 0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -76,6 +84,19 @@ def student_loss(model, batch, step: int = 0) -> tuple[torch.Tensor, dict[str, t
     out = model(input_ids=batch["input_ids"], patch_images=batch["patch_images"], patch_masks=batch["patch_masks"],
                 targets=batch["targets"], target_lengths=batch["target_lengths"], weights=batch["weights"])
     return out.loss, {"n_infeasible": out.n_infeasible, "n_samples": torch.tensor(batch["targets"].size(0))}
+
+
+def _open_stream(cfg: StudentTrainConfig, state) -> tuple[Any, int | None]:
+    """(this process's `datasets.IterableDataset` of `cfg.data`, the set's row count when recorded)."""
+    if cfg.limit is not None or cfg.min_teacher_logprob is not None or cfg.max_target_len is not None:
+        raise UserError("`limit`, `min_teacher_logprob` and `max_target_len` apply to a dataset opened whole; "
+                        "with `streaming`, filter when distilling or train without them")
+    ds = open_stream(cfg.data, cfg.split, state.process_index, state.num_processes)
+    manifest = Path(cfg.data) / "manifest.json"
+    rows = json.loads(manifest.read_text()).get("rows") if manifest.is_file() else None
+    if rows is None and ds.info.splits and cfg.split in ds.info.splits:
+        rows = ds.info.splits[cfg.split].num_examples or None
+    return ds, rows
 
 
 def resolve_student_config(cfg: StudentTrainConfig) -> tuple[StudentTrainConfig, Path, dict[str, Any]]:
@@ -122,8 +143,13 @@ def train_student(cfg: StudentTrainConfig) -> TrainResult:
     """Train the student and write `cfg.output_dir` as one usable folder; returns the trainer's result."""
     cfg.validate()
     task = get_task(cfg.task)
-    ds = load_training_data(cfg.data, cfg.split, task, cfg.limit)  # the data first: a bad source fails before a load
-    ds, report = filter_rows(ds, cfg.min_teacher_logprob, cfg.max_target_len)
+    state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
+    if cfg.streaming:
+        ds, num_rows = _open_stream(cfg, state)
+        report = FilterReport(total=num_rows or 0)
+    else:  # the data first: a bad source fails before a load
+        ds = load_training_data(cfg.data, cfg.split, task, cfg.limit)
+        ds, report = filter_rows(ds, cfg.min_teacher_logprob, cfg.max_target_len)
     cfg, init, provenance = resolve_student_config(cfg)
     set_seed(cfg.seed)  # the queries and blank row are drawn from it
     model, processor = build_student(cfg, task, init)
@@ -131,14 +157,19 @@ def train_student(cfg: StudentTrainConfig) -> TrainResult:
     if cfg.freeze_embeddings:
         freeze_token_embeddings(model)
     # Same CPU flag as the Accelerator reads: a PartialState made first without it stays single-process.
-    main = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU")).is_main_process
+    main = state.is_main_process
     if main:
         print(f"training rows: {report.kept} of {report.total} (removed: {report.removed_logprob} below "
               f"--min-teacher-logprob, {report.removed_length} above --max-target-len)")
     skips = SkipLog.for_training(cfg.output_dir, cfg.resume)
-    reencode = cfg.target_column == "target" and needs_reencoding(cfg.data, ds, tokenizer)
+    reencode, vocabulary = (target_vocabulary(cfg.data, ds, tokenizer) if cfg.target_column == "target"
+                            else (False, ""))
+    if main and vocabulary:
+        print(vocabulary)
     rows = TaskRows(ds, task, processor, cfg.target_column, seed=cfg.seed, skips=skips,
                     reencode=reencode)
+    if cfg.streaming:
+        rows = StreamRows(ds, rows, cfg.seed, cfg.shuffle_buffer, report.total or None, state.process_index)
     eval_fn = None
     held_out = eval_rows(cfg, task)
     if held_out:
@@ -149,7 +180,7 @@ def train_student(cfg: StudentTrainConfig) -> TrainResult:
         resolution=processor.image_processor.size, drop_path=model.config.encoder_drop_path_rate)
     pad, bos = tokenizer.pad_token_id, tokenizer.bos_token_id
     run_config = jsonable(resolved)
-    epoch = task.epoch_samples(ds)
+    epoch = None if cfg.streaming else task.epoch_samples(ds)  # a stream: its recorded row count, if any
     result = train(model, student_loss, rows, resolved, collate_fn=partial(collate, pad_id=pad, bos_id=bos),
                    eval_fn=eval_fn, run_config=run_config, epoch_samples=epoch)
     run_config.update(result.resolved, **provenance)
@@ -159,7 +190,8 @@ def train_student(cfg: StudentTrainConfig) -> TrainResult:
             print(f"warning: {int(infeasible)} training samples did not fit in {model.config.num_queries} queries "
                   "(zero loss; see n_infeasible in log.jsonl)")
         record = {**run_config, "final_step": result.step, "eval": result.eval_metrics,
-                  "epoch": {"rows": len(ds), "samples": epoch, "rule": task.epoch_rule},
+                  "epoch": {"rows": report.total, "samples": epoch or report.total,
+                            "rule": "one sample per row (a stream)" if cfg.streaming else task.epoch_rule},
                   "filter": dataclasses.asdict(report) | {"kept": report.kept},
                   "n_infeasible_total": infeasible, "skipped_rows": skips.report(),
                   "kd_targets": _kd_targets(cfg.target_column, reencode, task)}

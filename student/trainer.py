@@ -30,14 +30,15 @@ from accelerate.utils import parse_flag_from_env, set_seed
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
-from distill.errors import UserError
+from distill.errors import Interrupted, UserError
+from distill.signals import StopSignals
 from distill.workers import DieWithParent
-from student.checkpoints import CHECKPOINT_DIR, BestModel, latest_checkpoint
+from student.checkpoints import CHECKPOINT_DIR, DATA_STATE, BestModel, latest_checkpoint
 from student.preflight import preflight
 from student.train_config import EvalFn, LossFn, TrainConfig, TrainResult
 from student.train_fields import with_trainer_defaults
 from student.train_steps import (final_eval, make_accelerator, optimizer_step, prepare, record_step, restore,
-                                 step_log)
+                                 save_step, step_log)
 from student.train_setup import evaluation_steps, resolve_accumulation, resolve_length, resolve_mixed_precision
 
 __all__ = ["TrainConfig", "TrainResult", "StepBatchSampler", "train", "latest_checkpoint", "CHECKPOINT_DIR"]
@@ -113,6 +114,24 @@ def _flat_config(config: dict[str, Any]) -> dict[str, Any]:
     return {k: (v if isinstance(v, (int, float, str, bool)) else json.dumps(v)) for k, v in config.items()}
 
 
+def _stop_if_signalled(run, cfg: TrainConfig, signals: StopSignals, step: int, max_steps: int,
+                       totals: dict[str, float]) -> None:
+    """After a SIGTERM (Slurm preemption) or Ctrl-C on any process: every process saves the checkpoint of this step
+    (the processes agree through one all-reduce), then `Interrupted` says how to resume."""
+    acc = run.accelerator
+    flag = torch.tensor(float(signals.received is not None), device=acc.device)
+    if acc.num_processes > 1:
+        flag = acc.reduce(flag, reduction="sum")
+    if not flag.item() or step >= max_steps:
+        return
+    if not (cfg.save_every and step % cfg.save_every == 0):  # else record_step has just saved it
+        save_step(run, cfg, step, totals)
+    where = Path(cfg.output_dir) / CHECKPOINT_DIR / f"step_{step:08d}"
+    raise Interrupted(f"training interrupted by {signals.received or 'a signal'} at step {step} of {max_steps}: "
+                      f"checkpoint saved in {where}; run the same command with --resume to continue",
+                      signals.received or "SIGTERM")
+
+
 def train(model: torch.nn.Module, loss_fn: LossFn, train_ds: Any, config: TrainConfig,
           collate_fn: Callable[[list[Any]], Any] | None = None, eval_fn: EvalFn | None = None,
           run_config: dict[str, Any] | None = None, epoch_samples: int | None = None) -> TrainResult:
@@ -138,7 +157,12 @@ def train(model: torch.nn.Module, loss_fn: LossFn, train_ds: Any, config: TrainC
     if not cfg.resume and latest_checkpoint(out) is not None:
         raise UserError(f"{out} holds checkpoints of an earlier run: pass `resume` to continue it, or choose "
                         "another output folder")
-    epoch_samples = epoch_samples or len(train_ds)
+    streaming = getattr(train_ds, "streaming", False)  # a `student.stream_rows.StreamRows`
+    if streaming and train_ds.num_rows is None and cfg.max_steps is None:
+        raise UserError("`streaming` needs `max_steps` when the stream's row count is unknown")
+    epoch_samples = epoch_samples or (train_ds.num_rows if streaming else len(train_ds))
+    if epoch_samples is None and cfg.eval_each_epoch:
+        raise UserError("`eval_each_epoch` needs the stream's row count (an epoch); use `eval_every`")
     max_steps = resolve_length(cfg, epoch_samples)
     eval_steps = evaluation_steps(cfg, max_steps, epoch_samples) if eval_fn is not None else set()
     state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
@@ -147,7 +171,7 @@ def train(model: torch.nn.Module, loss_fn: LossFn, train_ds: Any, config: TrainC
     accelerator = make_accelerator(cfg, out, resolve_mixed_precision(cfg.mixed_precision, state.device), tracker)
     set_seed(cfg.seed)
     ckpt = latest_checkpoint(out) if cfg.resume else None
-    if accelerator.device.type == "cpu":  # predicted memory and step time: a run that cannot fit fails here
+    if accelerator.device.type == "cpu" and not streaming:  # predicted memory and step time: a run that cannot fit
         preflight(model, loss_fn, _DrawDataset(train_ds), collate_fn,
                   dataclasses.replace(cfg, grad_accum=grad_accum, max_steps=max_steps), accelerator)
     resolved = {"max_steps": max_steps, "grad_accum": grad_accum, "per_device_batch_size": per_device,
@@ -159,29 +183,39 @@ def train(model: torch.nn.Module, loss_fn: LossFn, train_ds: Any, config: TrainC
     if tracker:
         accelerator.init_trackers(cfg.project_name, config=_flat_config(run_config or cfg.to_dict()))
 
-    sampler = StepBatchSampler(len(train_ds), cfg.batch_size, accelerator.num_processes, accelerator.process_index,
-                               grad_accum, cfg.seed, start_step, max_steps)
-    loader = DataLoader(_DrawDataset(train_ds), batch_sampler=sampler, collate_fn=collate_fn,
-                        num_workers=cfg.num_workers, generator=torch.Generator().manual_seed(cfg.seed),
-                        worker_init_fn=DieWithParent())  # a killed run leaves no orphan workers behind
+    if streaming:
+        loader = train_ds.loader(cfg.batch_size // (accelerator.num_processes * grad_accum), collate_fn,
+                                 cfg.num_workers, DieWithParent())
+        if ckpt is not None:
+            loader.load_state_dict(torch.load(ckpt / DATA_STATE.format(rank=accelerator.process_index),
+                                              weights_only=False))
+        run.data_state = loader.state_dict
+    else:
+        sampler = StepBatchSampler(len(train_ds), cfg.batch_size, accelerator.num_processes,
+                                   accelerator.process_index, grad_accum, cfg.seed, start_step, max_steps)
+        loader = DataLoader(_DrawDataset(train_ds), batch_sampler=sampler, collate_fn=collate_fn,
+                            num_workers=cfg.num_workers, generator=torch.Generator().manual_seed(cfg.seed),
+                            worker_init_fn=DieWithParent())  # a killed run leaves no orphan workers behind
     batches = iter(loader)
     totals = {k: float(v) for k, v in extra.get("totals", {}).items()}
     history: list[dict[str, float]] = []
     bar = tqdm(total=max_steps, initial=start_step, desc="train", disable=not accelerator.is_main_process)
     run.model.train()
     step = start_step
-    for step in range(start_step + 1, max_steps + 1):
-        t0 = time.perf_counter()
-        step_loss, counts, grad_norm, lr = optimizer_step(run, loss_fn, batches, grad_accum, cfg.max_grad_norm, step)
-        log = step_log(accelerator, step, step_loss, counts, grad_norm, lr, time.perf_counter() - t0, totals)
-        evaluated = step in eval_steps
-        if evaluated:
-            run.model.eval()
-            log.update({f"eval/{k}": v for k, v in run.evaluate(step).items()})
-            run.model.train()
-        history.append(log)
-        record_step(run, cfg, log, bar, tracker, evaluated, totals)
-    bar.close()
+    with StopSignals() as signals, bar:
+        for step in range(start_step + 1, max_steps + 1):
+            t0 = time.perf_counter()
+            step_loss, counts, grad_norm, lr = optimizer_step(run, loss_fn, batches, grad_accum, cfg.max_grad_norm,
+                                                              step)
+            log = step_log(accelerator, step, step_loss, counts, grad_norm, lr, time.perf_counter() - t0, totals)
+            evaluated = step in eval_steps
+            if evaluated:
+                run.model.eval()
+                log.update({f"eval/{k}": v for k, v in run.evaluate(step).items()})
+                run.model.train()
+            history.append(log)
+            record_step(run, cfg, log, bar, tracker, evaluated, totals)
+            _stop_if_signalled(run, cfg, signals, step, max_steps, totals)
 
     eval_metrics = final_eval(run, tracker, step)
     if tracker:

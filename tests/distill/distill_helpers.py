@@ -82,6 +82,28 @@ def make_dataset(n: int, task: str = "caption", bad: dict[int, str] | None = Non
     return Dataset.from_list(make_rows(n, task, bad), features=Features(feats))
 
 
+def load_out(out):
+    """A distill output's rows as `datasets` reads the parquet shards (in shard order), images undecoded."""
+    from datasets import Image, load_dataset
+
+    files = sorted(str(p) for p in (Path(out) / "data").glob("*.parquet"))
+    ds = load_dataset("parquet", data_files={"train": files}, split="train")
+    return ds.cast_column("image", Image(decode=False)) if "image" in ds.column_names else ds
+
+
+def rows_done(out) -> int:
+    """Rows a resume must not generate again: those of complete units and those of flushed parts."""
+    import json
+
+    import pyarrow.parquet as pq
+
+    work = Path(out) / ".work"
+    markers = list((work / "done").glob("*.json"))
+    finished = {p.stem for p in markers}  # a unit killed between its marker and the removal of its parts
+    return sum(json.loads(p.read_text())["rows"] for p in markers) + sum(
+        pq.read_metadata(p).num_rows for p in (work / "parts").rglob("*.parquet") if p.parent.name not in finished)
+
+
 def cli_env() -> dict:
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
                ACCELERATE_USE_CPU="1", OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))

@@ -13,10 +13,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from datasets import DatasetDict, Image, load_from_disk
+from datasets import DatasetDict, Image
 
 sys.path.insert(0, str(Path(__file__).parent))
-from distill_helpers import REPO, cli_env, make_dataset, make_teacher, without_root_override  # noqa: E402
+from distill_helpers import (REPO, cli_env, load_out, make_dataset, make_teacher, rows_done,  # noqa: E402
+                             without_root_override)
 from tests.proc_helpers import alive, children  # noqa: E402
 
 from distill import shards as sh  # noqa: E402
@@ -45,22 +46,16 @@ def _args(w, out, *extra):
 
 
 def _rows(out) -> list[dict]:
-    ds = load_from_disk(str(out)).cast_column("image", Image(decode=False))
-    return ds.to_list()
+    return load_out(out).to_list()
 
 
 def _stats(out) -> dict:
-    """inode and mtime of every Arrow file under `out` (shards while running, the dataset's files when complete)."""
-    return {str(p.relative_to(out)): (p.stat().st_ino, p.stat().st_mtime_ns) for p in Path(out).rglob("*.arrow")}
+    """inode and mtime of every file under `out`."""
+    return {str(p.relative_to(out)): (p.stat().st_ino, p.stat().st_mtime_ns) for p in Path(out).rglob("*")
+            if p.is_file()}
 
 
-def _rows_done(out) -> int:
-    """Rows a resume must not generate again: those of complete shards and those a partial's progress vouches for."""
-    from datasets import Dataset
-
-    shards = Path(out) / sh.SHARDS_DIR
-    done = sum(Dataset.from_file(str(p)).num_rows for p in shards.glob("shard-*.arrow"))
-    return done + sum(json.loads(p.read_text())["rows"] for p in shards.glob("*.progress.json"))
+_rows_done = rows_done
 
 
 def test_rows_match_a_bare_generate_on_the_same_batches(world):
@@ -139,7 +134,7 @@ def test_sigkill_with_workers_then_immediate_resume_equals_uninterrupted(world, 
     proc = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "distill", *_args(world, out), "--num-workers", "2"],
                             cwd=REPO, env=cli_env(), stdout=subprocess.DEVNULL, stderr=log, text=True)
     try:
-        _wait_for(lambda: any((out / sh.SHARDS_DIR).glob("*.progress.json")) and len(children(proc.pid)) >= 2,
+        _wait_for(lambda: any((out / sh.PARTS).rglob("*.parquet")) and len(children(proc.pid)) >= 2,
                   proc, "a flush inside a shard with the workers running", stderr=log)
         workers = children(proc.pid)
         os.kill(proc.pid, signal.SIGKILL)
@@ -160,21 +155,16 @@ def test_sigkill_then_resume_on_two_processes_equals_uninterrupted(world, tmp_pa
     proc = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "distill", *_args(world, out)], cwd=REPO,
                             env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        shards = out / sh.SHARDS_DIR
-        # The manifest is written right after the lock is taken, before the model loads: a second run on the same
-        # --out started now is refused while the first holds the lock.
-        _wait_for(lambda: (out / sh.MANIFEST).is_file(), proc, "the lock")
-        with pytest.raises(UserError, match=r"another distill run \(pid \d+\) is writing"):
-            run_distill(DistillConfig(**{**world["base"].__dict__, "out": str(out)}))
-        _wait_for(lambda: len(list(shards.glob("*.arrow"))) >= 2 and any(shards.glob("*.progress.json")), proc,
-                  "a flush inside a shard")
+        done = out / sh.DONE
+        _wait_for(lambda: len(list(done.glob("*.json"))) >= 2 and any((out / sh.PARTS).rglob("*.parquet")), proc,
+                  "a flush inside a unit after two complete ones")
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert not sh.is_assembled(out)
-    assert 2 <= len(list((out / sh.SHARDS_DIR).glob("shard-*.arrow"))) < N_ROWS // SHARD
+    assert json.loads((out / sh.MANIFEST).read_text())["status"] == "running"
+    assert 2 <= len(list((out / sh.DONE).glob("*.json"))) < N_ROWS // SHARD
     done = _rows_done(out)
     resumed = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
@@ -182,12 +172,12 @@ def test_sigkill_then_resume_on_two_processes_equals_uninterrupted(world, tmp_pa
         cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"{N_ROWS - len(BAD)} rows, {len(BAD)} quarantined" in resumed.stdout
-    # Nothing done before the kill was generated again (complete shards, flushed partial rows).
+    # Nothing done before the kill was generated again (complete units, flushed parts).
     assert json.loads((out / sh.MANIFEST).read_text())["last_run"]["new_rows"] == N_ROWS - len(BAD) - done
     assert _rows(out) == _rows(world["base"].out)
     quarantined = lambda o: [(b["id"], b["index"]) for b in map(json.loads, (Path(o) / "quarantine.jsonl").read_text().splitlines())]  # noqa: E731
     assert quarantined(out) == quarantined(world["base"].out)
-    assert not (out / sh.SHARDS_DIR).exists()  # the dataset is stored once: in the assembled files
+    assert not (out / sh.WORK).exists()  # parts, claims and markers are gone: the shards hold the data, once
 
 
 def test_two_processes_equal_one(world, tmp_path):
@@ -343,9 +333,9 @@ def test_vqa_answers_trie_nbest_and_empty_question(world, tmp_path):
     bad = [json.loads(line) for line in (tmp_path / "o" / "quarantine.jsonl").read_text().splitlines()]
     assert (bad[0]["id"], bad[0]["reason"]) == ("img0002", "empty question")
     assert bad[1]["id"] == "img0006" and "image file not found" in bad[1]["reason"] and "p6.png" in bad[1]["reason"]
-    ds = load_from_disk(str(tmp_path / "o"))
+    ds = load_out(tmp_path / "o")
     assert "image" not in ds.column_names and ds[0]["source_index"] == 0
-    assert ds[0]["image_path"] == str(tmp_path / "pics" / "p0.png")  # --no-images: a reference to the image
+    assert ds[0]["image_path"] == "p0.png"  # --no-images: a reference to the image, relative to --image-root
     for r in ds:
         assert r["target"] in answers and r["prompt"] == f" {r['question']}?"
         assert [n["text"] for n in r["nbest"]][0] == r["target"] and len(r["nbest"]) == 3
@@ -366,12 +356,12 @@ def test_grounding_and_entailment(world, tmp_path):
         run_distill(DistillConfig(task=task, teacher=str(world["teacher"]), data=str(tmp_path / task), batch_size=2,
                                   out=str(tmp_path / f"o_{task}"), shard_size=2, num_workers=0, progress=False,
                                   num_return_sequences=2))
-    g = load_from_disk(str(tmp_path / "o_grounding"))
+    g = load_out(tmp_path / "o_grounding")
     for r in g:
         assert len(r["target_ids"]) == 5 and set(r["target_ids"][:4]) <= set(bin_token_ids(tok))
         assert r["target_ids"][-1] == tok.eos_token_id and r["target"].count("<bin_") == 4
         assert r["box"] == [1.0, 2.0, 10.0, 12.0] and r["region_text"] == "the left shape"
-    e = load_from_disk(str(tmp_path / "o_entailment"))
+    e = load_out(tmp_path / "o_entailment")
     for r in e:
         assert r["target"] in ("yes", "no", "maybe") and r["label"] == "entailment"
         assert r["target_ids"] == tok(" " + r["target"], add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
@@ -393,3 +383,23 @@ def test_hub_teacher_id_resolves_to_its_cached_commit(world, tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip() == f"{snap} {{'id': 'me/tiny-ofa', 'revision': '{sha}'}}"
+
+
+def test_url_images_are_quarantined_and_an_all_quarantined_source_is_one_line(world, tmp_path, capsys):
+    """An image column of URLs is never downloaded: each row is quarantined with a reason pointing to
+    img2dataset-style tar shards; a source whose every row is quarantined ends in one line (and so does its
+    re-run), not a traceback."""
+    from datasets import Dataset
+
+    urls = [f"http://images.example.org/{i}.jpg" for i in range(3)]
+    Dataset.from_dict({"id": ["a", "b", "c"], "image": urls, "captions": [["x"]] * 3}).save_to_disk(str(tmp_path / "u"))
+    args = ["--task", "caption", "--teacher", str(world["teacher"]), "--data", str(tmp_path / "u"), "--out",
+            str(tmp_path / "o"), "--num-workers", "0"]
+    for _ in range(2):
+        code, err = _cli_main(args, capsys)
+        line = err.strip().splitlines()[-1]  # after the source's progress bars
+        assert code == 2 and "Traceback" not in err
+        assert line.startswith("error: every one of the 3 source rows was quarantined (first: image ")
+        assert line.endswith(f"reasons in {tmp_path / 'o' / 'quarantine.jsonl'}")
+    reasons = [json.loads(x)["reason"] for x in (tmp_path / "o" / "quarantine.jsonl").read_text().splitlines()]
+    assert len(reasons) == 3 and all(u in r and "is a URL" in r and "img2dataset" in r for u, r in zip(urls, reasons))

@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent / "teachers"))
 
 from distill.tasks import TASKS, canonical_columns, get_task, register_task  # noqa: E402
 from distill.tasks.base import Task, ids_to_text  # noqa: E402
+from student.data import load_training_data  # noqa: E402
 
 COLOURS = {"red": (220, 30, 30), "blue": (30, 30, 220), "green": (30, 200, 30)}
 
@@ -108,7 +109,7 @@ def test_fifth_task_distils_trains_and_evaluates(colour_task, tmp_path):
     distilled = tmp_path / "kd"
     cli("distill", "--task", "colour", "--teacher", teacher, "--data", world, "--out", distilled,
         "--num-workers", "0", "--batch-size", "4", "--num-beams", "2", "--max-new-tokens", "4")
-    ds = datasets.load_from_disk(str(distilled))
+    ds = load_training_data(distilled)
     assert len(ds) == 12 and set(ds["task"]) == {"colour"}
     assert ds[0]["prompt"] == " what colour is the square?" and ds[0]["shape_name"] == "square"
     assert ds["colour"] == [["red", "blue", "green"][i % 3] for i in range(12)]  # the reference carried over

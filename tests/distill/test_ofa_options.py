@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from datasets import DatasetDict, Image, load_from_disk
+from datasets import DatasetDict, Image
 from transformers import CompileConfig
 
 sys.path.insert(0, str(Path(__file__).parent))  # the suite runs with --import-mode=importlib
@@ -15,6 +15,7 @@ from ofa_helpers import expected, fixture_model, other_config, randomized  # noq
 from distill.errors import UserError  # noqa: E402
 from distill.ofa import OFAModel  # noqa: E402
 from distill.run import DistillConfig, run_distill  # noqa: E402
+from student.data import load_training_data  # noqa: E402
 
 DECODINGS = {"greedy": dict(num_beams=1), "beam": dict(num_beams=3, no_repeat_ngram_size=2),
              "nbest": dict(num_beams=4, num_return_sequences=2)}
@@ -90,7 +91,7 @@ def _distill(world, name, **options):
     config = DistillConfig(task="caption", teacher=str(teacher), data=str(root / "src"), out=str(root / name),
                            batch_size=4, shard_size=8, num_workers=0, progress=False, **options)
     run_distill(config)
-    return load_from_disk(str(root / name)).cast_column("image", Image(decode=False)).to_list()
+    return load_training_data(root / name).cast_column("image", Image(decode=False)).to_list()
 
 
 def test_distill_options_fp32_equal_default_and_bf16_runs(world):

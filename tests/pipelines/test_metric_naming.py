@@ -56,7 +56,7 @@ def test_dataset_card_names_the_metric_implementation(tmp_path):
     manifest["metric_implementation"] = IMPL
     (path / "manifest.json").write_text(json.dumps(manifest))
     dsd, m = hub.load_distilled(path)
-    card = hub.render_card(dsd, m, REPO).content
+    card = hub.render_card(hub.card_input(dsd), m, REPO).content
     assert f"- **Evaluation metric (`narvl-pipe evaluate`):** {IMPL}" in card
     del manifest["metric_implementation"]  # older manifests: the line is left out
-    assert "Evaluation metric" not in hub.render_card(dsd, manifest, REPO).content
+    assert "Evaluation metric" not in hub.render_card(hub.card_input(dsd), manifest, REPO).content

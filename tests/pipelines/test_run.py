@@ -8,6 +8,7 @@ import pytest
 from PIL import Image
 
 from pipelines.report import ReportConfig, run_report
+from student.data import load_training_data  # noqa: E402
 
 
 def test_report_needs_results_or_tasks(tmp_path):
@@ -74,7 +75,7 @@ def test_run_end_to_end_with_real_stages(tmp_path, monkeypatch, capsys, one_thre
     assert not (out / "teacher" / "checkpoints").exists() and (out / "teacher" / "config.json").is_file()
 
     # The distill artifact is a real distilled dataset: every train row, and push --dry-run serves the same rows.
-    distilled = datasets.load_from_disk(str(out / "distill"))
+    distilled = load_training_data(out / "distill")
     assert sorted(distilled["id"]) == sorted(datasets.load_from_disk(str(out / "shapes"))["train"]["id"])
     hub.push(out / "distill", "me/tiny", dry_run_dir=tmp_path / "upload")
     pushed = datasets.load_dataset(str(tmp_path / "upload"), cache_dir=str(tmp_path / "hf-cache"))["train"]

@@ -22,7 +22,7 @@ from distill.tasks import get_task  # noqa: E402
 from distill.tasks.base import clean_caption  # noqa: E402
 from distill.tasks.grounding import box_to_bins, original_size  # noqa: E402
 from distill.prediction import tokenizer_sha256  # noqa: E402
-from student.data import TaskRows, needs_reencoding  # noqa: E402
+from student.data import TaskRows, load_training_data, needs_reencoding  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +45,7 @@ def distilled(tmp_path_factory):
 
 
 def _rows(folder: Path, task, tokenizer, reencode: bool):
-    ds = datasets.load_from_disk(str(folder))
+    ds = load_training_data(folder)
     return ds, TaskRows(ds, task, OFAProcessor(OFAImageProcessor(size=32), tokenizer), reencode=reencode)
 
 
@@ -59,7 +59,7 @@ def test_manifest_records_the_teacher_and_its_tokenizer(distilled):
 def test_same_tokenizer_uses_the_teacher_ids_as_they_are(distilled):
     teacher, out, _ = distilled
     tok = load_ofa_tokenizer(teacher)
-    ds = datasets.load_from_disk(str(out["grounding"]))
+    ds = load_training_data(out["grounding"])
     assert needs_reencoding(out["grounding"], ds, tok) is False
     ds, rows = _rows(out["grounding"], get_task("grounding"), tok, reencode=False)
     assert [rows.target_ids(r, 0)[0] for r in ds] == ds["target_ids"]
@@ -95,7 +95,7 @@ def test_kd_captions_are_cleaned_as_narvl_caption_dataset_then_reencoded(distill
 def test_other_tokenizer_reencodes_text_targets(distilled):
     _, out, other = distilled
     task = get_task("caption")
-    ds = datasets.load_from_disk(str(out["caption"]))
+    ds = load_training_data(out["caption"])
     assert needs_reencoding(out["caption"], ds, other) is True
     ds, rows = _rows(out["caption"], task, other, reencode=True)
     for r in ds:
@@ -110,7 +110,7 @@ def test_other_tokenizer_reencodes_text_targets(distilled):
 def test_grounding_target_box_is_the_box_of_the_bins(distilled):
     teacher, out, _ = distilled
     tok, task = load_ofa_tokenizer(teacher), get_task("grounding")
-    ds = datasets.load_from_disk(str(out["grounding"]))
+    ds = load_training_data(out["grounding"])
     assert ds.features["target_box"] == datasets.List(datasets.Value("float64"))
     for r in ds:
         bins = token_ids_to_bins(r["target_ids"][:-1], tok)
@@ -134,11 +134,11 @@ def test_other_tokenizer_reencodes_boxes_into_its_bins(distilled):
 
 def test_no_canonical_prediction_is_refused_in_one_line(distilled):
     _, out, other = distilled
-    ds = datasets.load_from_disk(str(out["caption"])).remove_columns("target")
+    ds = load_training_data(out["caption"]).remove_columns("target")
     with pytest.raises(UserError, match=r"tokenizer .* is not the student's .* no canonical `target`") as err:
         needs_reencoding(out["caption"], ds, other)
     assert "\n" not in str(err.value)
-    ds = datasets.load_from_disk(str(out["grounding"])).remove_columns("target_box")
+    ds = load_training_data(out["grounding"]).remove_columns("target_box")
     _, rows = _rows(out["grounding"], get_task("grounding"), other, reencode=True)
     row = dict(ds[0], target="not bins")
     with pytest.raises(UserError, match="gave no box"):

@@ -14,6 +14,7 @@ sys.path.insert(0, str(Path(__file__).parent))  # the suite runs with --import-m
 import student_helpers as h  # noqa: E402
 
 from distill.errors import UserError  # noqa: E402
+from student.data import load_training_data  # noqa: E402
 
 
 
@@ -37,7 +38,7 @@ def test_kd_student_folder_filters_and_logs(world_teacher_distilled, tmp_path):
     from student.modeling_narvl import NARVLModel
 
     world, teacher, distilled = world_teacher_distilled
-    rows = datasets.load_from_disk(str(distilled))
+    rows = load_training_data(distilled)
     logprobs = sorted(rows["teacher_logprob"])
     threshold = logprobs[len(logprobs) // 2]
     kept_lens = sorted(n for lp, n in zip(rows["teacher_logprob"], rows["target_len"]) if lp >= threshold)
@@ -161,7 +162,7 @@ def test_infeasible_targets_are_counted(world_teacher_distilled, tmp_path):
             text[1] = text[0]
         return {"target": " ".join(text)}
 
-    rows = datasets.load_from_disk(str(distilled)).map(vary, with_indices=True)
+    rows = load_training_data(distilled).map(vary, with_indices=True)
     rows.save_to_disk(str(tmp_path / "varied"))
     n_queries = 4
     tok, task = load_ofa_tokenizer(teacher), get_task("caption")
@@ -299,7 +300,7 @@ def test_bad_training_inputs_fail_in_one_line(world_teacher_distilled, tmp_path)
     msg = _user_error("train-student", "--init", bad, *args)
     assert msg.startswith(f"cannot read weights file {bad / 'model.safetensors'} (") and "truncated" in msg
     empty = tmp_path / "empty"
-    datasets.load_from_disk(str(distilled)).select([]).save_to_disk(str(empty))
+    load_training_data(distilled).select([]).save_to_disk(str(empty))
     # With a broken init too: the data is checked first, before any weight is read.
     msg = _user_error("train-student", "--task", "caption", "--data", empty, "--init", bad, "--out", tmp_path / "e")
     assert msg == f"{empty} has no rows (an empty save_to_disk dataset): point it at a dataset with examples"

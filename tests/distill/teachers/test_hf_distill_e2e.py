@@ -21,7 +21,7 @@ import tiny_hf  # noqa: E402
 from distill.config import DistillConfig  # noqa: E402
 from distill.ofa.tokenization_ofa import bin_token_ids, load_ofa_tokenizer  # noqa: E402
 from distill.tasks import get_task  # noqa: E402
-from student.data import needs_reencoding  # noqa: E402
+from student.data import TaskRows, load_training_data, needs_reencoding, target_vocabulary  # noqa: E402
 from distill.teachers.hf import HFTeacher  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -41,7 +41,7 @@ def _distil(root: Path, world: Path, folder: Path, task: str, *extra: str) -> tu
     out = root / f"d-{folder.name}-{task}"
     h.cli("distill", "--task", task, "--teacher", folder, "--data", world, "--out", out, *DISTILL, *extra)
     manifest = json.loads((out / "manifest.json").read_text())
-    return out, datasets.load_from_disk(str(out)), manifest
+    return out, load_training_data(out), manifest
 
 
 def _check_identity(manifest: dict, folder: Path, family: str) -> None:
@@ -138,3 +138,46 @@ def test_vqa_from_a_free_answering_teacher_needs_no_answer_list(world_and_studen
         cli.main()
     assert exc.value.code == 2 and capsys.readouterr().err.strip() == (
         "error: --answers applies to teachers that decode over an answer list (OFA); git generates its answers freely")
+
+
+def test_git_set_pushed_and_loaded_back_trains_on_targets_reencoded_in_the_student_vocabulary(
+        world_and_student_init, tmp_path):
+    """Issue 19's Hub round trip: a set distilled by GIT, written with `push --dry-run DIR`, loaded back with
+    `load_dataset(DIR)` and through `train-student --data DIR`: it still says which teacher vocabulary its ids are
+    in, so the student learns `target` re-encoded in its own vocabulary, the same ids as from the local folder."""
+    from distill.ofa.processing_ofa import load_ofa_processor
+    from distill.provenance import read_provenance
+
+    root, world, init = world_and_student_init
+    folder = tiny_hf.build_git(root / "git-hub")
+    out, local, manifest = _distil(root, world, folder, "caption", "--max-new-tokens", "5")
+    pushed = tmp_path / "pushed"
+    h.cli("push", out, "--repo-id", "someone/git-kd", "--dry-run", pushed)
+    assert sorted(p.name for p in (pushed / "data").iterdir()) == sorted(p.name for p in (out / "data").iterdir())
+    loaded = datasets.load_dataset(str(pushed), split="train", cache_dir=str(tmp_path / "cache"))
+    record = read_provenance(loaded.features)
+    assert record["teacher"]["tokenizer_sha256"] == manifest["teacher_identity"]["tokenizer_sha256"]
+    assert record["teacher"]["family"] == "git" and record["teacher"]["source"]["id"] == "git-hub"
+
+    processor = load_ofa_processor(init, size=32)
+    task = get_task("caption")
+    seen = {}
+    for name, src in (("local", out), ("pushed", pushed)):
+        ds = load_training_data(src, task=task)
+        reencode, line = target_vocabulary(src, ds, processor.tokenizer)
+        assert reencode and line.startswith("KD targets: re-encoded from `target` in the student's vocabulary")
+        rows = TaskRows(ds, task, processor, reencode=reencode)
+        seen[name] = {r["id"]: rows.target_ids(r, 0)[0] for r in ds}
+    assert seen["pushed"] == seen["local"]
+    tok = processor.tokenizer
+    for r in local:
+        assert seen["local"][r["id"]] == task.student_target(r, tok) != r["target_ids"]
+    # the same set without its provenance (made by hand, or by an older version): unknown means re-encode too
+    bare = loaded.cast_column("target_ids", datasets.List(datasets.Value("int32")))
+    assert target_vocabulary(None, bare, tok)[1].endswith("(the teacher's tokenizer is not recorded in the data)")
+    res = h.cli("train-student", "--task", "caption", "--data", pushed, "--init", init, "--out",
+                tmp_path / "student", *TRAIN)
+    assert "KD targets: re-encoded from `target` in the student's vocabulary (the teacher's tokenizer" in res.output
+    card = (pushed / "README.md").read_text()
+    assert "autoregressive git teacher" in card and "OFA teacher" not in card
+    assert "--init OFA_CHECKPOINT" in card and "git-hub" in card

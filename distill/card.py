@@ -1,8 +1,10 @@
-"""The dataset card of a pushed distilled dataset: `data_cards/distilled_dataset.md` rendered through
+"""The dataset card of a distilled dataset (`README.md`, written by `narvl-pipe distill` when its last unit is done and
+rendered again by `narvl-pipe push`): `data_cards/distilled_dataset.md` rendered through
 `huggingface_hub.DatasetCard.from_template`, with the YAML metadata `datasets` reads (`configs`, `dataset_info`).
 
 Nothing machine-local goes in: a local teacher or source is named by its folder name only, and the usage example
-names the student's init as a placeholder unless the teacher is a Hub model.
+names the student's init as a placeholder unless the teacher is an OFA model on the Hub (a teacher of another family
+is never a NARVL student's init).
 """
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import importlib.resources
 import json
 import os
 from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 from distill.packages import package_version
@@ -113,33 +116,63 @@ def _size_category(n: int) -> str:
     return "1M<n<10M" if n < 10_000_000 else "10M<n<100M"
 
 
-def _public_name(name: Any) -> str:
+def public_name(name: Any) -> str:
     """A source reference as published: a Hub id as it is, a local path (distill records them absolute) as its
     folder name."""
     text = json.dumps(name) if isinstance(name, dict) else str(name)
     return Path(text).name if os.path.isabs(text) else text
 
 
-def render_card(dsd, manifest: dict, repo_id: str, source_license: str | None = None,
-                download_size: int | None = None):
-    """The `DatasetCard` for a distilled DatasetDict: YAML metadata (configs, dataset_info, license...) + body.
+@dataclass
+class CardInput:
+    """What a card says about the data itself (from a finished distill output, or from an older save_to_disk one)."""
 
-    `download_size`: bytes of the parquet files, for `dataset_info`."""
+    features: Any
+    """The `datasets.Features` of the rows."""
+    splits: dict[str, dict[str, int]]
+    """split -> {"rows": n, "bytes": size of the rows in Arrow form}."""
+    statistics: list[dict[str, Any]]
+    """Rows of the statistics table (`column_statistics`, or `distill.shards.merged_stats` per column)."""
+    download_size: int | None = None
+    """Bytes of the parquet files."""
+    first_task: str = "caption"
+    """The task of the first row (when the manifest does not say)."""
+
+
+def card_input(dsd, download_size: int | None = None) -> CardInput:
+    """`CardInput` of a `DatasetDict` (an older save_to_disk output)."""
+    first = next(iter(dsd.values()))
+    task = first[0]["task"] if "task" in first.column_names and len(first) else "caption"
+    return CardInput(first.features, {s: {"rows": len(d), "bytes": d.data.nbytes} for s, d in dsd.items()},
+                     column_statistics(dsd), download_size, task)
+
+
+def teacher_description(manifest: dict) -> tuple[str, str | None]:
+    """(how the card names the teacher's kind, its family or None when the manifest predates teacher records)."""
+    family = manifest_get(manifest, ("teacher_identity", "family"), default=None)
+    if family is None:
+        return "the autoregressive teacher", None
+    if family == "ofa":
+        return "the autoregressive OFA teacher", family
+    return f"the autoregressive {family} teacher (a transformers image-text model)", family
+
+
+def render_card(data: CardInput, manifest: dict, repo_id: str, source_license: str | None = None):
+    """The `DatasetCard` of a distilled dataset: YAML metadata (configs, dataset_info, license...) + body."""
     from datasets import DatasetInfo, SplitDict, SplitInfo
     from datasets.info import DatasetInfosDict
     from datasets.utils.metadata import MetadataConfigs
     from huggingface_hub import DatasetCard, DatasetCardData
 
-    first = next(iter(dsd.values()))
-    first_task = first[0]["task"] if "task" in first.column_names and len(first) else "caption"
-    task = manifest_get(manifest, ("task",), default=first_task)
+    task = manifest_get(manifest, ("task",), default=data.first_task)
     license_ = source_license or manifest_get(manifest, ("source", "license"), ("source_license",), default="unknown")
-    source_name = _public_name(manifest_get(manifest, ("source", "name"), ("source", "data"), ("source",),
+    source_name = public_name(manifest_get(manifest, ("source", "name"), ("source", "data"), ("source",),
                                             default="unknown"))
     teacher = manifest_get(manifest, ("teacher", "id"), ("teacher_id",), ("teacher",), default="unknown")
     revision = manifest_get(manifest, ("teacher", "revision"), ("teacher_revision",), default=None)
     teacher_on_hub = revision is not None  # distill records a Hub revision, or the sha256 of a local folder
-    total = sum(len(ds) for ds in dsd.values())
+    kind, family = teacher_description(manifest)
+    total = sum(s["rows"] for s in data.splits.values())
     card_data = DatasetCardData(
         license=license_,
         pretty_name=f"narvl-pipe distilled {task}: {repo_id.split('/')[-1]}",
@@ -147,16 +180,16 @@ def render_card(dsd, manifest: dict, repo_id: str, source_license: str | None = 
         size_categories=[_size_category(total)],
         annotations_creators=["machine-generated"],
         source_datasets=["extended"],
-        tags=["narvl", "ofa", "knowledge-distillation", "non-autoregressive", "narvl-pipe"],
+        tags=["narvl", *([family] if family else []), "knowledge-distillation", "non-autoregressive", "narvl-pipe"],
     )
     MetadataConfigs(
-        {"default": {"data_files": [{"split": s, "path": f"{DATA_DIR}/{s}-*"} for s in dsd]}}
+        {"default": {"data_files": [{"split": s, "path": f"{DATA_DIR}/{s}-*"} for s in data.splits]}}
     ).to_dataset_card_data(card_data)
-    info = DatasetInfo(features=first.features, splits=SplitDict())
-    for split, ds in dsd.items():
-        info.splits.add(SplitInfo(name=split, num_bytes=ds.data.nbytes, num_examples=len(ds)))
+    info = DatasetInfo(features=data.features, splits=SplitDict())
+    for split, sizes in data.splits.items():
+        info.splits.add(SplitInfo(name=split, num_bytes=sizes["bytes"], num_examples=sizes["rows"]))
     info.dataset_size = sum(s.num_bytes for s in info.splits.values())
-    info.download_size = download_size
+    info.download_size = data.download_size
     DatasetInfosDict({"default": info}).to_dataset_card_data(card_data)
 
     generation = manifest_get(manifest, ("generation_config",), ("generation",), ("teacher", "generation_config"),
@@ -165,28 +198,46 @@ def render_card(dsd, manifest: dict, repo_id: str, source_license: str | None = 
         k: manifest[k] for k in ("rows", "failures", "shards") if isinstance(manifest.get(k), (int, float))
     }
     wall = manifest_get(manifest, ("wall_time_s",), ("wall_time",), default=None)
+    identity = manifest_get(manifest, ("teacher_identity",), default={})
     return DatasetCard.from_template(
         card_data,
         template_path=str(card_template_path()),
         task=task,
         repo_id=repo_id,
+        teacher_kind=kind,
+        teacher_family=family,
         teacher_id=teacher if teacher_on_hub else Path(str(teacher)).name,
         teacher_on_hub=teacher_on_hub,
         teacher_revision=revision
         or (f"sha256:{manifest['teacher']['sha256']}" if manifest_get(manifest, ("teacher", "sha256")) else "unknown"),
+        tokenizer_sha256=identity.get("tokenizer_sha256") if isinstance(identity, dict) else None,
+        teacher_extra_json=json.dumps(identity.get("extra") or {}, indent=2, sort_keys=True)
+        if isinstance(identity, dict) and identity.get("extra") else None,
         generation_config_json=json.dumps(generation, indent=2, sort_keys=True),
         source_name=source_name,
-        source_split=manifest_get(manifest, ("source", "split"), ("split",), default="/".join(dsd)),
+        source_split=manifest_get(manifest, ("source", "split"), ("split",), default="/".join(data.splits)),
         source_fingerprint=manifest_get(manifest, ("source", "fingerprint"), ("fingerprint",), default=""),
         source_license=license_,
         narvl_pipe_version=manifest_get(manifest, ("narvl_pipe_version",), ("version",), default=package_version()),
-        row_counts={split: len(ds) for split, ds in dsd.items()},
+        row_counts={split: sizes["rows"] for split, sizes in data.splits.items()},
         run_counts=counts if isinstance(counts, dict) else {},
         wall_time=f"{float(wall):.1f} s" if isinstance(wall, (int, float)) else wall,
-        statistics=column_statistics(dsd),
+        statistics=data.statistics,
         schema=[
-            {"name": n, "type": _type_name(f), "meaning": COLUMN_MEANINGS.get(n, "")} for n, f in first.features.items()
+            {"name": n, "type": _type_name(f), "meaning": COLUMN_MEANINGS.get(n, "")} for n, f in data.features.items()
         ],
-        student_init=teacher if teacher_on_hub else "OFA_CHECKPOINT",
+        student_init=teacher if teacher_on_hub and family in ("ofa", None) else "OFA_CHECKPOINT",
+        teacher_is_ofa=family in ("ofa", None),
         metric_implementation=manifest_get(manifest, ("metric_implementation",), default=None),
     )
+
+
+def publishable_path(path: str | None, roots: list[str]) -> str | None:
+    """A source file path without the machine-local part: relative to the first root holding it, else its name."""
+    if not path or "://" in path or not os.path.isabs(path):  # a URL or a relative path is the same everywhere
+        return path
+    for root in roots:
+        rel = os.path.relpath(path, root)
+        if not rel.startswith(".."):
+            return Path(rel).as_posix()
+    return os.path.basename(path)

@@ -1,0 +1,206 @@
+"""Web-scale distillation, measured (issue 20): a synthetic webdataset of small images and a tiny OFA teacher.
+
+1. peak RSS of `narvl-pipe distill` (the main process and its DataLoader workers together) over the first `--small`
+   rows and over all `--rows` rows: bounded memory means the two are within 10%;
+2. steady-state rows/s streaming the tars vs the map-style run on the same rows (a save_to_disk copy), runs
+   interleaved (stream, map, stream, map...) so that both see the same machine; the ratio in one run;
+3. rows lost to a kill -9: the rows the killed run had taken from its DataLoader (its progress bar) minus those its
+   flushed parts and finished shards hold, against the flush bound (`--flush-every` per open shard).
+
+    python benchmarks/web_scale.py --out /tmp/web-scale --rows 200000 --small 20000 --shards 100
+
+Figures depend on the machine: run it on a quiet one (the timing part, `timed`, is one small function so that a
+shared harness can take it over).
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+WORDS = ["a", "red", "blue", "green", "circle", "square", "on", "the", "left", "right", "small", "large"]
+
+
+def make_webdataset(out: Path, rows: int, shards: int, size: int, seed: int = 0) -> list[Path]:
+    """`shards` img2dataset-style tars (`key.jpg`, `key.txt`, `key.json`) of `rows` random `size`-px images."""
+    out.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    bounds = np.linspace(0, rows, shards + 1).round().astype(int)
+    files = []
+    for s in range(shards):
+        path = out / f"{s:05d}.tar"
+        files.append(path)
+        if path.exists():
+            continue
+        with tarfile.open(f"{path}.partial", "w") as tf:
+            for k in range(bounds[s + 1] - bounds[s]):
+                buf = io.BytesIO()
+                Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(buf, format="JPEG")
+                key = f"{s:05d}{k:04d}"
+                caption = " ".join(rng.choice(WORDS, 5))
+                for ext, data in (("jpg", buf.getvalue()), ("txt", caption.encode()),
+                                  ("json", json.dumps({"key": key, "captions": [caption]}).encode())):
+                    info = tarfile.TarInfo(f"{key}.{ext}")
+                    info.size = len(data)
+                    tf.addfile(info, io.BytesIO(data))
+        os.replace(f"{path}.partial", path)
+    return files
+
+
+def make_map_style(tars: list[Path], out: Path) -> Path:
+    """The same rows as a save_to_disk dataset (the map-style source)."""
+    import datasets
+
+    if not out.exists():
+        ds = datasets.load_dataset("webdataset", data_files={"train": [str(t) for t in tars]}, split="train")
+        ds = ds.map(lambda r: {"id": r["__key__"], "captions": r["json"]["captions"]},
+                    remove_columns=["txt", "json", "__url__", "__key__"]).rename_column("jpg", "image")
+        datasets.DatasetDict({"train": ds}).save_to_disk(str(out))
+    return out
+
+
+def make_teacher(folder: Path) -> Path:
+    """A seeded 1-layer OFA (d_model 32) with a BPE trained on the captions' words."""
+    import torch
+
+    from distill.ofa import OFAConfig, OFAModel
+    from distill.ofa.image_processing_ofa import OFAImageProcessor
+    from distill.ofa.tokenization_ofa import train_tiny_tokenizer
+
+    if (folder / "config.json").exists():
+        return folder
+    tok = train_tiny_tokenizer([" ".join(WORDS)] * 20 + WORDS, vocab_size=300, num_codes=0, num_bins=16)
+    torch.manual_seed(0)
+    cfg = OFAConfig(vocab_size=len(tok), d_model=32, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
+                    decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64, resnet_type="resnet18",
+                    image_bucket_size=4, token_bucket_size=16, max_position_embeddings=64)
+    OFAModel(cfg).eval().save_pretrained(folder)
+    tok.save_pretrained(folder)
+    OFAImageProcessor(size=32).save_pretrained(folder)
+    return folder
+
+
+def distill_cmd(args, data: str, out: Path) -> list[str]:
+    return [sys.executable, "-m", "pipelines.cli", "distill", "--task", "caption", "--teacher", str(args.teacher),
+            "--data", data, "--out", str(out), "--batch-size", str(args.batch_size), "--num-beams", "1",
+            "--max-new-tokens", "4", "--shard-size", str(args.shard_size), "--flush-every", str(args.flush_every),
+            "--num-workers", str(args.workers)]
+
+
+def _env() -> dict:
+    return dict(os.environ, PYTHONPATH=str(REPO), HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", OMP_NUM_THREADS="1",
+                TOKENIZERS_PARALLELISM="false")
+
+
+def peak_rss(cmd: list[str], interval: float = 0.1) -> tuple[int, int]:
+    """(exit code, peak RSS in bytes of the process and all its descendants, sampled every `interval` s)."""
+    proc = subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    root, peak = psutil.Process(proc.pid), 0
+    while proc.poll() is None:
+        try:
+            procs = [root, *root.children(recursive=True)]
+            peak = max(peak, sum(p.memory_info().rss for p in procs if p.is_running()))
+        except psutil.Error:
+            pass
+        time.sleep(interval)
+    return proc.returncode, peak
+
+
+def timed(fn) -> float:
+    """Seconds `fn()` takes (the timing part; a shared harness may replace it)."""
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def steady_rows_per_s(out: Path) -> float:
+    """Source rows per second from the first row read to the last shard written, of a one-process run that did
+    every unit (the manifest's `last_run.loop_s`: no start-up, no model load)."""
+    m = json.loads((out / "manifest.json").read_text())
+    return (m["rows"] + m["failures"]) / m["last_run"]["loop_s"]
+
+
+def rows_lost_to_a_kill(args, data: str, out: Path) -> dict:
+    """kill -9 once a unit has flushed; lost = rows the run had taken minus rows its parts and shards hold."""
+    proc = subprocess.Popen(distill_cmd(args, data, out), cwd=REPO, env=_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    parts, done = out / ".work" / "parts", out / ".work" / "done"
+    while proc.poll() is None and not any(parts.rglob("*.parquet")):
+        time.sleep(0.01)
+    time.sleep(args.kill_after)
+    os.kill(proc.pid, signal.SIGKILL)
+    err = proc.communicate()[1]
+    taken = max([int(x) for x in re.findall(r"(\d+)row \[", err)] or [0])
+    finished = {p.stem for p in done.glob("*.json")}
+    kept = sum(json.loads(p.read_text())["source_rows"] for p in done.glob("*.json")) + sum(
+        int(p.stem.split("-")[1]) - int(p.stem.split("-")[0]) for p in parts.rglob("*.parquet")
+        if p.parent.name not in finished)
+    bound = args.flush_every * max(1, args.workers)
+    return {"rows_taken": taken, "rows_kept": kept, "rows_lost": max(0, taken - kept), "bound": bound}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--rows", type=int, default=200_000)
+    p.add_argument("--small", type=int, default=20_000)
+    p.add_argument("--shards", type=int, default=100)
+    p.add_argument("--size", type=int, default=16)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--shard-size", type=int, default=2000)
+    p.add_argument("--flush-every", type=int, default=512)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=2, help="interleaved stream/map pairs for the rows/s ratio")
+    p.add_argument("--kill-after", type=float, default=1.0, help="seconds after the first flush before kill -9")
+    args = p.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    args.teacher = make_teacher(args.out / "teacher")
+    tars = make_webdataset(args.out / "wds", args.rows, args.shards, args.size)
+    per = args.rows / args.shards
+    small = tars[: max(1, round(args.small / per))]
+    glob = lambda files: f"{files[0].parent}/{{{files[0].stem}..{files[-1].stem}}}.tar"  # noqa: E731
+    result: dict = {"rows": args.rows, "small_rows": round(len(small) * per), "shards": args.shards}
+
+    for name, files in (("small", small), ("all", tars)):
+        out = args.out / f"rss-{name}"
+        subprocess.run(["rm", "-rf", str(out)])
+        code, peak = peak_rss(distill_cmd(args, glob(files), out))
+        result[f"peak_rss_{name}_mb"] = round(peak / 2**20, 1)
+        result[f"exit_{name}"] = code
+    result["peak_rss_ratio"] = round(result["peak_rss_all_mb"] / result["peak_rss_small_mb"], 3)
+
+    mapped = make_map_style(small, args.out / "map-small")
+    rates: dict[str, list[float]] = {"stream": [], "map": []}
+    for r in range(args.repeats):
+        for kind, data in (("stream", glob(small)), ("map", str(mapped))):
+            out = args.out / f"rate-{kind}-{r}"
+            subprocess.run(["rm", "-rf", str(out)])
+            wall = timed(lambda: subprocess.run(distill_cmd(args, data, out), cwd=REPO, env=_env(), check=True,
+                                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            rates[kind].append(steady_rows_per_s(out))
+            result[f"wall_{kind}_{r}_s"] = round(wall, 2)
+    result["rows_per_s_stream"] = round(float(np.median(rates["stream"])), 1)
+    result["rows_per_s_map"] = round(float(np.median(rates["map"])), 1)
+    result["stream_over_map"] = round(result["rows_per_s_stream"] / result["rows_per_s_map"], 3)
+
+    out = args.out / "kill"
+    subprocess.run(["rm", "-rf", str(out)])
+    result["kill"] = rows_lost_to_a_kill(args, glob(small), out)
+    print(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()
