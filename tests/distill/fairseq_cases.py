@@ -5,7 +5,7 @@ The teacher is an OFA-tiny-shaped model (4+4 layers, d_model 256, ResNet50 stem,
 drawn from a seed (`tiny_model`), with OFA's real tokenizer (tests/fixtures/ofa-tokenizer); the inputs are OFA's
 prompts, of different lengths (right-padded in a batch), and seeded random images at 128 px. The project side is the
 path `narvl-pipe distill` runs (`OFATeacher.infer` with `distill.generation.generation_settings`); the official side is
-the port's `SequenceGenerator`, run by benchmarks/teacher_vs_official.py's worker in its own process.
+the port's `SequenceGenerator`, run by `official_port`'s worker in its own process.
 
 Record the fixture (tests/fixtures/ofa-sequence-generator/README.md) with
     PYTHONPATH=. python tests/distill/fairseq_cases.py --official-src /opt/ofa-official
@@ -27,7 +27,8 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "benchmarks"))
 sys.path.insert(0, str(Path(__file__).parent))  # the suite runs with --import-mode=importlib
-import teacher_vs_official as bench  # noqa: E402
+import official_port as port  # noqa: E402
+from ofa_shapes import ofa_shape  # noqa: E402
 from ofa_helpers import randomized  # noqa: E402
 
 from distill.config import DistillConfig  # noqa: E402
@@ -49,9 +50,11 @@ CAPTION_PROMPTS = [" what does the image describe?", " what does the image descr
 # OFA's flags for each case (run_scripts/caption/evaluate_caption.sh, run_scripts/refcoco/evaluate_refcoco.sh);
 # grounding: as OFA's script (no constraint_range) and as the project decodes it (the bins' constraint_range; the
 # project also suppresses <s> and <unk>, which none of the recorded official hypotheses holds)
-CASES = {"caption": ("caption", bench.FAIRSEQ_FLAGS["caption"]),
-         "grounding": ("grounding", bench.FAIRSEQ_FLAGS["grounding"]),
-         "grounding_bins": ("grounding", bench.FAIRSEQ_FLAGS["grounding_bins"])}
+TINY = ofa_shape("tiny")[0]
+"""The OFA-tiny shape (4+4 layers, d_model 256, ResNet50 stem) the cases are built at."""
+CASES = {"caption": ("caption", port.FAIRSEQ_FLAGS["caption"]),
+         "grounding": ("grounding", port.FAIRSEQ_FLAGS["grounding"]),
+         "grounding_bins": ("grounding", port.FAIRSEQ_FLAGS["grounding_bins"])}
 
 
 def tiny_model(seed: int = SEED, eos_gain: float = EOS_GAIN) -> OFAModel:
@@ -59,7 +62,7 @@ def tiny_model(seed: int = SEED, eos_gain: float = EOS_GAIN) -> OFAModel:
     model's own initialisation and module order), then EOS's row of the tied embedding scaled by `eos_gain`: random
     weights otherwise put EOS near the bottom at every step (log-prob about -30), so every hypothesis would run to
     `max_len`; with it they end at every length and fairseq's finalisation rules are exercised."""
-    model = randomized(OFAModel(OFAConfig(**bench.TINY)), seed=seed, by_name=True)
+    model = randomized(OFAModel(OFAConfig(**TINY)), seed=seed, by_name=True)
     with torch.no_grad():
         model.decoder.embed_tokens.weight[model.config.eos_token_id] *= eos_gain
     return model
@@ -94,7 +97,7 @@ def batch_inputs(t: OFATeacher, case: str, batch: int) -> tuple[object, dict]:
 
 
 def project_hypos(t: OFATeacher, case: str, batch: int) -> list:
-    """The teacher's n-best (n = beam) per row of the first `batch` rows, in `teacher_vs_official.compare_hypos`'
+    """The teacher's n-best (n = beam) per row of the first `batch` rows, in `official_port.compare_hypos`'
     form (the normalised score is the summed log-prob / length ** lenpen, what generate() ranks by)."""
     task, inputs = batch_inputs(t, case, batch)
     flags = CASES[case][1]
@@ -113,8 +116,8 @@ def official_hypos(src: str, model: OFAModel, t: OFATeacher, requests: list[tupl
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp)
         torch.save({k: v.contiguous() for k, v in model.state_dict().items()}, data / "weights.pt")
-        (data / "config.json").write_text(json.dumps({**bench.TINY, "vocab_size": model.config.vocab_size}))
-        side = bench.Side("official", src, data, threads=1)
+        (data / "config.json").write_text(json.dumps({**TINY, "vocab_size": model.config.vocab_size}))
+        side = port.Side("official", src, data, threads=1)
         try:
             answers = []
             for case, batch in requests:
@@ -133,7 +136,7 @@ def record(src: str, out: Path = FIXTURE) -> dict:
     requests = [(case, batch) for case in CASES for batch in (1, ROWS)]
     answers = official_hypos(src, model, t, requests)
     keep = ("tokens", "score", "logprob")
-    expected = {"seed": SEED, "eos_gain": EOS_GAIN, "resolution": RESOLUTION, "rows": ROWS, "model": bench.TINY,
+    expected = {"seed": SEED, "eos_gain": EOS_GAIN, "resolution": RESOLUTION, "rows": ROWS, "model": TINY,
                 "official": "OFA-Sys/OFA feature/add_transformers @ 134ad29, "
                             "transformers/src/transformers/models/ofa/generate/sequence_generator.py",
                 "cases": {f"{case}_b{batch}": {"flags": CASES[case][1],

@@ -39,7 +39,7 @@ def test_fixture_matches_the_cases_and_exercises_finalisation():
     lengths (fairseq's finalisation before max_len is exercised, not only the forced last step)."""
     e = _expected()
     assert (e["seed"], e["eos_gain"], e["resolution"], e["rows"]) == (fc.SEED, fc.EOS_GAIN, fc.RESOLUTION, fc.ROWS)
-    assert e["model"] == fc.bench.TINY
+    assert e["model"] == fc.TINY
     assert {k: v["flags"] for k, v in e["cases"].items()} == {f"{c}_b{b}": fc.CASES[c][1] for c, b in REQUESTS}
     lengths = {len(h["tokens"]) for row in e["cases"][f"caption_b{fc.ROWS}"]["hypos"] for h in row}
     assert len(lengths) >= 5 and max(lengths) == 17  # 16 tokens + EOS at most (max_len_b 16)
@@ -54,7 +54,7 @@ def test_fixture_matches_the_cases_and_exercises_finalisation():
 def test_teacher_reproduces_recorded_sequence_generator(case, batch):
     _, teacher = _tiny()
     expected = _expected()["cases"][f"{case}_b{batch}"]["hypos"]
-    cmp = fc.bench.compare_hypos(fc.project_hypos(teacher, case, batch), expected)
+    cmp = fc.port.compare_hypos(fc.project_hypos(teacher, case, batch), expected)
     print(f"\n[fairseq] {case} batch {batch}: {cmp}")
     assert cmp["identical"], cmp
 
@@ -67,6 +67,6 @@ def test_teacher_equals_official_sequence_generator_side_by_side():
     answers = fc.official_hypos(OFFICIAL, model, teacher, REQUESTS)
     results = {}
     for (case, batch), theirs in zip(REQUESTS, answers):
-        results[f"{case}_b{batch}"] = cmp = fc.bench.compare_hypos(fc.project_hypos(teacher, case, batch), theirs)
+        results[f"{case}_b{batch}"] = cmp = fc.port.compare_hypos(fc.project_hypos(teacher, case, batch), theirs)
         print(f"\n[fairseq side by side] {case} batch {batch}: {cmp}")
     assert all(cmp["identical"] for cmp in results.values()), results
