@@ -15,6 +15,13 @@ from pathlib import Path
 from dataclasses import dataclass
 from typing import Any
 
+import datasets
+import numpy as np
+from datasets import DatasetInfo, SplitDict, SplitInfo
+from datasets.info import DatasetInfosDict
+from datasets.utils.metadata import MetadataConfigs
+from huggingface_hub import DatasetCard, DatasetCardData
+
 from distill.packages import package_version
 from distill.tasks import TASKS, Task
 
@@ -71,8 +78,6 @@ def manifest_get(mapping: dict, *paths: tuple[str, ...], default: Any = None) ->
 
 def column_statistics(dsd) -> list[dict[str, Any]]:
     """Mean/std/min/percentiles/max of `teacher_logprob` and `target_len` for each split (rows of the card's table)."""
-    import numpy as np
-
     rows = []
     for split, ds in dsd.items():
         for column in STAT_COLUMNS:
@@ -94,8 +99,6 @@ def _hub_category(task: str) -> str:
 
 def _type_name(feature) -> str:
     """A short readable type for a `datasets` feature: `string`, `list[int32]`, `image`..."""
-    import datasets
-
     if isinstance(feature, datasets.Value):
         return feature.dtype
     if isinstance(feature, (datasets.List, datasets.LargeList)):
@@ -159,11 +162,6 @@ def teacher_description(manifest: dict) -> tuple[str, str | None]:
 
 def render_card(data: CardInput, manifest: dict, repo_id: str, source_license: str | None = None):
     """The `DatasetCard` of a distilled dataset: YAML metadata (configs, dataset_info, license...) + body."""
-    from datasets import DatasetInfo, SplitDict, SplitInfo
-    from datasets.info import DatasetInfosDict
-    from datasets.utils.metadata import MetadataConfigs
-    from huggingface_hub import DatasetCard, DatasetCardData
-
     task = manifest_get(manifest, ("task",), default=data.first_task)
     license_ = source_license or manifest_get(manifest, ("source", "license"), ("source_license",), default="unknown")
     source_name = public_name(manifest_get(manifest, ("source", "name"), ("source", "data"), ("source",),

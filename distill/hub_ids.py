@@ -8,6 +8,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from huggingface_hub import snapshot_download
+from huggingface_hub.utils import HFValidationError, validate_repo_id
+
 from distill.errors import UserError, error_reason
 
 __all__ = ["resolve_model_folder"]
@@ -27,9 +30,6 @@ def resolve_model_folder(name: str, revision: str | None = None, field: str = "m
     elif path.exists():
         raise UserError(f"{field} {name} is a file; expected a folder (save_pretrained) or a Hub model id")
     else:
-        from huggingface_hub import snapshot_download
-        from huggingface_hub.utils import HFValidationError, validate_repo_id
-
         try:
             validate_repo_id(name)
         except HFValidationError:  # a path that does not exist, not a Hub id: say that, not a Hub error

@@ -29,6 +29,8 @@ import re
 from pathlib import Path
 from typing import Iterator, Mapping, Sequence
 
+from datasets import Dataset, Features, Image, Value
+
 from distill.errors import UserError
 from distill.pickles import load_data_pickle
 from distill.tasks import get_task
@@ -121,8 +123,6 @@ def available(names) -> str:
 
 def _generate(rows_fn, gen_kwargs: dict, task_name: str, columns: Sequence[str]):
     """`Dataset.from_generator` with `id`, `image` (paths, decoded later) and `columns` typed as the task's."""
-    from datasets import Dataset, Features, Image, Value
-
     feats = get_task(task_name).column_features()
     features = Features({"id": Value("string"), "image": Image(decode=False), **{c: feats[c] for c in columns}})
     return Dataset.from_generator(rows_fn, gen_kwargs=gen_kwargs, features=features)

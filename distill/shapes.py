@@ -26,9 +26,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from datasets import Dataset, DatasetDict, Features, Image as ImageFeature, List, Value
 from PIL import Image, ImageDraw
+from tqdm.auto import tqdm
 
 from distill.errors import UserError
+from distill.ofa.tokenization_ofa import train_tiny_tokenizer
+from distill.tasks import get_task
 
 if TYPE_CHECKING:
     import datasets
@@ -298,8 +302,6 @@ def generate_example(config: ShapesConfig, split: str, index: int) -> ShapesExam
 
 def shapes_features() -> "datasets.Features":
     """The canonical schema (docs/ARCHITECTURE.md) as `datasets.Features`."""
-    from datasets import Features, Image as ImageFeature, List, Value
-
     text = Value("string")
     return Features(
         {
@@ -317,9 +319,6 @@ def _png(image: Image.Image) -> bytes:
 
 def build_shapes_dataset(config: ShapesConfig) -> "datasets.DatasetDict":
     """The world as a `DatasetDict` with train, validation and test splits in the canonical schema."""
-    from datasets import Dataset, DatasetDict
-    from tqdm.auto import tqdm
-
     config.validate()
     sizes = dict(zip(SPLITS, (config.n_train, config.n_val, config.n_test)))
     features = shapes_features()
@@ -339,8 +338,6 @@ def build_shapes_dataset(config: ShapesConfig) -> "datasets.DatasetDict":
 
 def world_texts(rows: "datasets.Dataset | list[dict]") -> list[str]:
     """Every text a model sees in this world: each task's OFA prompt (from `distill.tasks`) and target texts."""
-    from distill.tasks import get_task
-
     tasks = [get_task(name) for name in ("caption", "vqa", "grounding", "entailment")]
     caption, entailment = tasks[0], tasks[-1]
     texts = [f" {answer}" for answer in (*SHAPES_ANSWERS, *entailment.candidates)]  # targets are OFA's " {text}"
@@ -364,8 +361,6 @@ def _vocabulary_texts() -> list[str]:
 
 def train_shapes_tokenizer(dataset: "datasets.DatasetDict", config: ShapesConfig) -> "PreTrainedTokenizerFast":
     """A byte-level BPE over the world's texts with OFA's id rules (specials, BPE, `<mask>`, no codes, bins)."""
-    from distill.ofa.tokenization_ofa import train_tiny_tokenizer
-
     texts = _vocabulary_texts()
     for split in dataset.values():
         texts += world_texts(split.remove_columns("image"))

@@ -42,6 +42,10 @@ import os
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
+import datasets
+import pyarrow.parquet as pq
+from datasets import Dataset, Features, Image, Value, concatenate_datasets
+
 from distill.errors import UserError
 from distill.images import decode_base64, resolve_image_path
 from distill.owner_formats import OWNER_FILES, available as _available, file_stamp, open_owner_format
@@ -79,8 +83,6 @@ def pick_split(dd, split: str, src: str):
 
 
 def _concatenate(datasets_: list, split: str, src: str):
-    from datasets import concatenate_datasets
-
     try:
         return concatenate_datasets(datasets_)
     except ValueError as exc:  # different columns/types per split
@@ -94,8 +96,6 @@ _pick_split = pick_split  # the loaders below use the private name
 def load_saved(path: str | os.PathLike, split: str | None, src: str | None = None):
     """A `save_to_disk` folder as one `Dataset`: the `split` of a `DatasetDict` (only that split is opened), or the
     `Dataset` itself (whatever `split` says). A dataset of 0 rows (which `datasets` cannot open) raises `UserError`."""
-    import datasets
-
     path, src = Path(path), src or os.fspath(path)
     parts = split_parts(split) if split else []
     if len(parts) > 1 and (path / "dataset_dict.json").is_file():  # a union: its parts in order
@@ -124,8 +124,6 @@ def _check_metadata_rows(folder: Path, src: str) -> None:
 
 def _metadata_rows(path: Path) -> int:
     if path.suffix == ".parquet":
-        import pyarrow.parquet as pq
-
         return pq.ParquetFile(path).metadata.num_rows
     lines = [ln for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
     return len(lines) - (path.suffix == ".csv" and bool(lines))  # a CSV's first line is its header
@@ -151,14 +149,10 @@ def _tsv_rows(files: tuple, task_name: str) -> Iterator[dict]:
 
 
 def _tsv_features(task):
-    from datasets import Features, Image, Value
-
     return Features({"id": Value("string"), "image": Image(decode=False), **task.column_features()})
 
 
 def _open_tsv(path: Path, split: str, task):
-    from datasets import Dataset
-
     if path.is_dir():
         by_split: dict[str, list[Path]] = {}
         for f in sorted(path.glob("*.tsv")):
@@ -187,8 +181,6 @@ def _open_tsv(path: Path, split: str, task):
 
 def _load_raw(src: str, split: str, task, image_root: str | None):
     """The source as a `Dataset` (columns not yet canonical)."""
-    import datasets
-
     path = Path(src)
     if path.is_dir():
         if (path / "dataset_dict.json").is_file():
@@ -233,8 +225,6 @@ def _load_raw(src: str, split: str, task, image_root: str | None):
 
 # ---------------------------------------------------------------------------------------------------- normalisation
 def _is_text(feature) -> bool:
-    from datasets import Value
-
     return isinstance(feature, Value) and feature.dtype in ("string", "large_string")
 
 
@@ -247,8 +237,6 @@ def _text_values(ds, task, column: str):
 
 
 def _canonicalise(ds, split: str, columns_map: Mapping[str, str], task, src: str, image_root: str | None):
-    from datasets import Image, Value
-
     columns = canonical_columns()
     for canonical, source in columns_map.items():
         if canonical not in columns:

@@ -23,10 +23,12 @@ from dataclasses import dataclass, field
 from typing import Any, Iterator, Mapping
 
 import braceexpand
+import datasets
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 import pyarrow.parquet as pq
 from datasets import Features, Image, Value
+from datasets.data_files import DataFilesDict, get_data_patterns
 
 from distill.errors import UserError
 from distill.images import resolve_image_path
@@ -59,8 +61,6 @@ def _expand(src: str) -> list[str]:
 def _split_files(folder: str, files: list[str], split: str) -> list[str]:
     """The parquet files of `split` in a local folder, by the `datasets` naming rules (`train-*.parquet`,
     `train/...`; a folder without split names is all `train`)."""
-    from datasets.data_files import DataFilesDict, get_data_patterns
-
     try:
         by_split = DataFilesDict.from_patterns(get_data_patterns(folder), base_path=folder)
     except FileNotFoundError:
@@ -73,8 +73,6 @@ def _split_files(folder: str, files: list[str], split: str) -> list[str]:
 
 def _hub_files(src: str, split: str) -> tuple[list[str], str]:
     """A Hub dataset id's split as (data file URLs, builder name), as `datasets` resolves them."""
-    import datasets
-
     try:
         builder = datasets.load_dataset_builder(src)
     except Exception as exc:  # noqa: BLE001 (offline, unknown id: one line)
@@ -227,8 +225,6 @@ class StreamSource:
 
 
 def _webdataset_rows(file: str, start: int, storage_options: Mapping[str, Any]) -> Iterator[dict]:
-    import datasets
-
     ds = datasets.load_dataset("webdataset", data_files={"train": [file]}, split="train", streaming=True,
                                storage_options=dict(storage_options) or None)
     images = [c for c, f in (ds.features or {}).items() if isinstance(f, Image)]

@@ -13,6 +13,7 @@ Two mechanisms, because neither covers every case alone:
 """
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import sys
@@ -47,8 +48,6 @@ class DieWithParent:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         if sys.platform.startswith("linux"):
-            import ctypes
-
             libc = ctypes.CDLL(None, use_errno=True)
             libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
         # The parent of a forked/spawned worker is the main process; under forkserver it is the server, which

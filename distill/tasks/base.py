@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Mapping, Sequence
 
 import numpy as np
+from datasets import List, Value
 
 from distill.errors import UserError
 from distill.prediction import Prediction
@@ -191,8 +192,6 @@ class Task(abc.ABC):
     def column_features(self) -> dict[str, Any]:
         """`datasets` features of the task's canonical columns beyond `id` and `image` (for the sources built here,
         e.g. OFA TSV files): its text inputs as strings; the tasks add their references."""
-        from datasets import Value
-
         return {c: Value("string") for c in self.text_columns}
 
     def text_value(self, column: str, text: str | None) -> Any:
@@ -200,8 +199,6 @@ class Task(abc.ABC):
         or TSV field): a list of strings holds that string (None: no item); a list of numbers is parsed from
         "x0,y0,x1,y1" (commas or spaces; None when unparsable or empty). Any other column keeps `text`. A task
         overrides it where its format joins items otherwise (VQA's `&&`-joined object tags)."""
-        from datasets import List, Value
-
         feature = self.column_features().get(column)
         if not isinstance(feature, List) or not isinstance(feature.feature, Value):
             return text

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Mapping, Sequence
 
 import numpy as np
+from datasets import List, Value
 
 from distill.errors import UserError
 from distill.ofa.fairseq_rules import sequence_generator_settings
@@ -41,8 +42,6 @@ class CaptionTask(Task):
     kd_text_rule: ClassVar[str] = "NARVL's caption cleaning (lower case, no punctuation, at most 20 words)"
 
     def column_features(self) -> dict[str, Any]:
-        from datasets import List, Value
-
         return {"captions": List(Value("string"))}
 
     def parse_tsv(self, raw: Mapping[str, str]) -> dict[str, Any]:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Mapping, Sequence
 
 import numpy as np
+from datasets import Value
 
 from distill.errors import UserError
 from distill.prediction import Prediction
@@ -51,8 +52,6 @@ class EntailmentTask(Task):
     baseline_description: ClassVar[str] = "most frequent training label"
 
     def column_features(self) -> dict[str, Any]:
-        from datasets import Value
-
         return {"hypothesis": Value("string"), "premise": Value("string"), "label": Value("string")}
 
     def parse_tsv(self, raw: Mapping[str, str]) -> dict[str, Any]:

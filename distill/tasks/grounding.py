@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Mapping, Sequence
 
 import numpy as np
+from datasets import List, Value
 
 from distill.errors import UserError
 from distill.images import row_image_size
@@ -93,8 +94,6 @@ class GroundingTask(Task):
     baseline_description: ClassVar[str] = "mean training box"
 
     def column_features(self) -> dict[str, Any]:
-        from datasets import List, Value
-
         return {"region_text": Value("string"), "box": List(Value("float64"))}
 
     def parse_tsv(self, raw: Mapping[str, str]) -> dict[str, Any]:
@@ -163,8 +162,6 @@ class GroundingTask(Task):
         return {"target_box": prediction.box}
 
     def prediction_features(self) -> dict[str, Any]:
-        from datasets import List, Value
-
         return {"target_box": List(Value("float64"))}
 
     def student_target(self, row: Row, tokenizer: Any) -> list[int]:

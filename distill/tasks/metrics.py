@@ -7,6 +7,8 @@ from __future__ import annotations
 import re
 from typing import Mapping, Sequence
 
+import numpy as np
+
 # re-exported: the caption metrics are part of this module's API
 from distill.tasks.caption_metrics import (  # noqa: F401
     caption_metric_implementation,
@@ -149,8 +151,6 @@ def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
 
 
 def _iou_and_sides(a: Sequence[float], b: Sequence[float]) -> tuple[float, float, float]:
-    import numpy as np
-
     h, r = np.asarray(a, dtype=np.float32), np.asarray(b, dtype=np.float32)
     lo, hi = np.maximum(h[:2], r[:2]), np.minimum(h[2:], r[2:])
     iw, ih = hi[0] - lo[0], hi[1] - lo[1]

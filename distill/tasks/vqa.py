@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Iterable, Mapping, Sequence
 
 import numpy as np
+from datasets import List, Value
 
 from distill.errors import UserError
 from distill.pickles import load_data_pickle
@@ -106,8 +107,6 @@ class VQATask(Task):
     baseline_description: ClassVar[str] = "most frequent training answer"
 
     def column_features(self) -> dict[str, Any]:
-        from datasets import List, Value
-
         return {"question": Value("string"), "answers": List(Value("string")),
                 "answer_scores": List({"answer": Value("string"), "confidence": Value("float64")}),
                 "object_tags": List(Value("string"))}
