@@ -6,11 +6,21 @@ pure-Python `ptb_tokenize`, so a training evaluation never starts a JVM.
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import re
 import shutil
 from pathlib import Path
 from typing import Sequence
+
+from pycocoevalcap import spice
+from pycocoevalcap.bleu.bleu import Bleu
+from pycocoevalcap.cider.cider import Cider
+from pycocoevalcap.meteor.meteor import Meteor
+from pycocoevalcap.rouge.rouge import Rouge
+from pycocoevalcap.spice.spice import Spice
+from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 
 from distill.packages import package_version
 
@@ -138,8 +148,6 @@ def java_ptb_tokenize(texts: Sequence[str]) -> list[str]:
 
     Line breaks inside a text become spaces first: the tokenizer reads one caption per line.
     """
-    from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
-
     if not texts:
         return []
     keyed = {i: [{"caption": _LINE_BREAKS.sub(" ", t)}] for i, t in enumerate(texts)}
@@ -162,8 +170,6 @@ _SPICE_NOTE = []
 def _spice_ready() -> bool:
     """SPICE needs Stanford CoreNLP 3.6.0 jars that pycocoevalcap downloads on first use (from nlp.stanford.edu):
     without them (offline installs) SPICE is left out, and we say so once."""
-    from pycocoevalcap import spice
-
     lib = Path(spice.__file__).parent / "lib"
     if (lib / "stanford-corenlp-3.6.0.jar").is_file() and (lib / "stanford-corenlp-3.6.0-models.jar").is_file():
         return True
@@ -196,8 +202,6 @@ def cider_per_image(predictions: Sequence[str], references: Sequence[Sequence[st
     """pycocoevalcap's CIDEr-D of each image, x100, from one `Cider.compute_score` over all of them (the idf comes
     from the whole set, as for the corpus figure): their mean is `caption_scores(...)["cider"]`. Tokenised as
     `caption_scores` tokenises."""
-    from pycocoevalcap.cider.cider import Cider
-
     _check(predictions, references)
     if not predictions:
         return []
@@ -244,20 +248,11 @@ def meteor_scorer():
     """pycocoevalcap's `Meteor`, started once per process: its JVM takes seconds to load the paraphrase table, so
     every evaluation of a pipeline run shares it (it is thread-safe; its `__del__` stops the JVM at exit)."""
     if not _METEOR:
-        from pycocoevalcap.meteor.meteor import Meteor
-
         _METEOR.append(Meteor())
     return _METEOR[0]
 
 
 def _score(gts: dict, res: dict, java: bool) -> dict[str, float]:
-    import contextlib
-    import io
-
-    from pycocoevalcap.bleu.bleu import Bleu
-    from pycocoevalcap.cider.cider import Cider
-    from pycocoevalcap.rouge.rouge import Rouge
-
     out: dict[str, float] = {}
     with contextlib.redirect_stdout(io.StringIO()):  # BleuScorer prints its length ratios
         bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
@@ -267,8 +262,6 @@ def _score(gts: dict, res: dict, java: bool) -> dict[str, float]:
     out["rouge_l"] = 100.0 * float(Rouge().compute_score(gts, res)[0])
     out["cider"] = 100.0 * float(Cider().compute_score(gts, res)[0])
     if java and _spice_ready():
-        from pycocoevalcap.spice.spice import Spice
-
         out["spice"] = 100.0 * float(Spice().compute_score(gts, res)[0])
     return out
 
@@ -279,8 +272,6 @@ def cider_d(predictions: Sequence[str], references: Sequence[Sequence[str]]) -> 
     The training-time metric (no JVM). The x100 gives the figure papers report (e.g. OFA-base 138.2). The idf comes
     from the references of the evaluated set, so a corpus of one image scores 0 by construction.
     """
-    from pycocoevalcap.cider.cider import Cider
-
     if len(predictions) != len(references):
         raise ValueError(f"{len(predictions)} predictions for {len(references)} reference lists")
     if not predictions:
