@@ -6,9 +6,12 @@ import json
 import os
 from pathlib import Path
 
+import datasets
+
 from distill.errors import UserError
 from distill.provenance import teacher_identity
 from distill.prediction import tokenizer_sha256
+from distill.sources import load_saved
 
 __all__ = ["distill_output", "target_vocabulary", "needs_reencoding"]
 
@@ -16,15 +19,11 @@ __all__ = ["distill_output", "target_vocabulary", "needs_reencoding"]
 def distill_output(path: Path, src: str, split: str):
     """A `narvl-pipe distill` output folder as a `Dataset` (its one split, whatever `split` says), or None when
     `path` is not one. An unfinished output is refused."""
-    import datasets
-
     manifest_file = path / "manifest.json"
     if not manifest_file.is_file():
         return None
     manifest = json.loads(manifest_file.read_text(encoding="utf-8"))
     if (path / "state.json").is_file() or (path / "dataset_dict.json").is_file():  # an earlier version's layout
-        from distill.sources import load_saved
-
         return load_saved(path, split, src)
     if manifest.get("status") != "complete":
         raise UserError(f"{src} is an unfinished distill output (manifest status {manifest.get('status')!r}): "

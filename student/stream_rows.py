@@ -16,9 +16,14 @@ from __future__ import annotations
 
 import copy
 import random
+from pathlib import Path
 from typing import Any, Callable, Iterator
 
+import datasets
+import torch
+from datasets.distributed import split_dataset_by_node
 from torch.utils.data import IterableDataset, get_worker_info
+from torchdata.stateful_dataloader import StatefulDataLoader
 
 from distill.errors import UserError
 from student.data import TaskRows
@@ -26,11 +31,6 @@ from student.data import TaskRows
 
 def open_stream(src: str, split: str, rank: int, world_size: int):
     """`src` as this rank's `datasets.IterableDataset` (a local distill output: its parquet shards)."""
-    import datasets
-    from datasets.distributed import split_dataset_by_node
-
-    from pathlib import Path
-
     path = Path(src)
     try:
         if (path / "data").is_dir() and (path / "manifest.json").is_file():
@@ -102,9 +102,6 @@ class StreamRows(IterableDataset):
 
     def loader(self, batch_size: int, collate_fn: Callable | None, num_workers: int, worker_init_fn: Callable):
         """The `StatefulDataLoader` of this stream (its `state_dict()` is the data position of a checkpoint)."""
-        import torch
-        from torchdata.stateful_dataloader import StatefulDataLoader
-
         # its own generator: creating the iterator would otherwise draw from the global RNG, and shift the dropout
         # masks of a resumed run (whose iterator is created after the RNG states are restored)
         return StatefulDataLoader(self, batch_size=batch_size, collate_fn=collate_fn, num_workers=num_workers,

@@ -110,12 +110,6 @@ def resolve_student_config(cfg: StudentTrainConfig) -> tuple[StudentTrainConfig,
 
 def build_student(cfg: StudentTrainConfig, task, init: Path | None = None):
     """(NARVLModel, `OFAProcessor`) from `init` (default `cfg.init`; an OFA or a NARVL folder)."""
-    from distill.loading import load_pretrained
-    from distill.ofa import OFAModel
-    from distill.ofa.processing_ofa import load_ofa_processor
-    from distill.loader import model_type
-    from student.modeling_narvl import NARVLModel
-
     init = Path(init or cfg.init)
     if not (init / "config.json").is_file():
         raise UserError(f"`init` {cfg.init}: not a model folder (no config.json)")
