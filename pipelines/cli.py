@@ -1,7 +1,7 @@
 """The `narvl-pipe` command line: a thin typer layer over typed functions.
 
-Each stage lives in its own `cmd_*` module, which imports its heavy dependencies (torch, transformers,
-datasets) inside the command body so that `narvl-pipe --help` stays fast.
+Each stage lives in its own `cmd_*` module; `serve` imports its optional dependencies (the `serve` extra) only
+when it runs.
 
 Help is click's plain layout (`rich_markup_mode=None`): typer's rich tables cut long option names at 80 columns
 and print `<bool>` after flags. `Command` shows required arguments as click does (`DISTILLED`), not `{distilled}`.
@@ -11,6 +11,7 @@ from __future__ import annotations
 import typer
 from typer.core import TyperCommand
 
+from distill.errors import Interrupted, UserError
 from pipelines import cmd_data, cmd_distill, cmd_hub, cmd_run, cmd_serve, cmd_student, cmd_teacher
 
 
@@ -74,8 +75,6 @@ for name, function, short_help in [
 
 
 def main() -> None:
-    from distill.errors import Interrupted, UserError
-
     try:
         app()
     except Interrupted as err:  # SIGTERM / Ctrl-C: what was done is saved; one line saying how to resume

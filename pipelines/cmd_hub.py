@@ -6,6 +6,8 @@ from typing import Optional
 
 import typer
 
+from pipelines import hub
+
 
 def push(
     distilled: Path = typer.Argument(..., metavar="DISTILLED", help="The --out folder of `narvl-pipe distill`."),
@@ -23,8 +25,6 @@ def push(
     ),
 ) -> None:
     """Upload a distilled dataset to the Hub as parquet with a dataset card (re-rendered on every push)."""
-    from pipelines import hub
-
     hub.check_repo_id(repo_id, "--repo-id")
     try:
         result = hub.push(distilled, repo_id, private=private, dry_run_dir=dry_run, source_license=source_license,

@@ -2,13 +2,21 @@
 from __future__ import annotations
 
 import importlib.resources
+import json
 import shutil
 import textwrap
 import time
 from pathlib import Path
 from typing import List, Optional
 
+import datasets
+import transformers
 import typer
+
+from distill.errors import UserError
+from pipelines.report import REPORT_FILES, format_checks, format_examples, format_table
+from pipelines.stages import format_duration, load_pipeline, run_pipeline
+from pipelines.variables import parse_overrides, parse_sets
 
 DEMO_PIPELINE = "demo.yaml"
 
@@ -21,9 +29,6 @@ def run(
     overrides: List[str] = typer.Option([], "--override", metavar="STAGE.FIELD=VALUE", help="Set one config field of one stage (VALUE read as YAML), e.g. student.max_steps=4 for a short trial; repeatable."),
 ) -> None:
     """Run a pipeline's stages in order; each stage is skipped when its cached artifact is complete."""
-    from pipelines.stages import load_pipeline, run_pipeline
-    from pipelines.variables import parse_overrides, parse_sets
-
     pipe = load_pipeline(pipeline, parse_sets(sets), parse_overrides(overrides))
     out = out or Path("runs") / pipe.name
     typer.echo(f"pipeline {pipe.name} ({len(pipe.stages)} stages) -> {out}")
@@ -55,8 +60,6 @@ def demo(
     six NARVL students from their task's teacher (KD and raw for caption and VQA, on the labels for grounding and
     entailment); evaluates every model with its OFA decoding, a baseline per task.
     """
-    from distill.errors import UserError
-
     if tasks not in DEMO_PIPELINES:
         raise UserError(f"--tasks must be one of {', '.join(DEMO_PIPELINES)}, got {tasks!r}")
     pipeline, default_out = DEMO_PIPELINES[tasks]
@@ -65,15 +68,6 @@ def demo(
 
 def run_demo(out: Path, force: List[str] = (), pipeline_file: Path | None = None) -> dict:
     """Run the demo pipeline (default: the packaged demo.yaml), copy its report into `out`, print the table."""
-    import json
-
-    import datasets
-
-    from pipelines.report import REPORT_FILES, format_checks, format_examples, format_table
-    from pipelines.stages import load_pipeline, run_pipeline
-
-    import transformers
-
     datasets.disable_progress_bars()  # the stages' own progress bars (training, distill, evaluation) are enough
     transformers.utils.logging.disable_progress_bar()
     pipeline_file = pipeline_file or Path(str(importlib.resources.files("pipelines") / DEMO_PIPELINE))
@@ -114,8 +108,6 @@ def run_demo(out: Path, force: List[str] = (), pipeline_file: Path | None = None
 
 def timing_line(outcomes, wall: float) -> str:
     """What this run cost, and what the cached stages cost when they were computed (a cached re-run takes ~0 s)."""
-    from pipelines.stages import format_duration
-
     cached = [o for o in outcomes if o.status == "skipped"]
     then = sum((o.cached or {}).get("seconds", 0.0) for o in cached)
     then_cpu = sum((o.cached or {}).get("cpu_seconds", 0.0) for o in cached)

@@ -5,6 +5,7 @@ import typer
 
 from pipelines.options import config_command
 from pipelines.serve_config import ServeConfig
+from student.export import export_onnx
 
 
 def export(
@@ -14,8 +15,6 @@ def export(
     opset: int = typer.Option(18, "--opset", min=18, help="ONNX opset (>= 18)."),
 ) -> None:
     """Export a NARVL student as one ONNX graph (images + prompt ids -> per-query logits), checked against PyTorch."""
-    from student.export import export_onnx
-
     typer.echo(export_onnx(model, out, opset=opset, format=format).line())
 
 

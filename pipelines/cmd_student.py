@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import dataclasses
+import json
+from pathlib import Path
 from typing import Optional
 
 import typer
 
+from distill.errors import UserError
+from distill.outputs import check_output_dir, check_output_file
+from distill.tasks import get_task
 from pipelines.options import Opt, config_command, model_opts, parse_fields, train_opts
 from student.eval_config import EvalConfig, PredictConfig
-from student.train_student import StudentTrainConfig
+from student.evaluate import evaluate as run_evaluate, predict as run_predict
+from student.train_student import StudentTrainConfig, train_student as run_train_student
 
 
 @config_command(StudentTrainConfig, train_opts("student", StudentTrainConfig))
@@ -19,11 +25,8 @@ def train_student(cfg: StudentTrainConfig) -> None:
     Unset training options take NARVL's official script for the task and the --init's size (student/presets.py);
     train_config.json records the resolved values and the script they came from.
     """
-    from distill.outputs import check_output_dir
-    from student.train_student import train_student as run
-
     check_output_dir(cfg.output_dir)  # a file or a read-only folder: one line now, not a traceback after the load
-    result = run(cfg)
+    result = run_train_student(cfg)
     if result.is_main_process:
         metrics = " ".join(f"{k}={v:.4g}" for k, v in result.eval_metrics.items()) or "no evaluation"
         last = result.history[-1] if result.history else {}
@@ -35,15 +38,10 @@ def train_student(cfg: StudentTrainConfig) -> None:
 def evaluate(cfg: EvalConfig,
              json_out: Optional[str] = typer.Option(None, "--json", help="Also write the result as JSON.")) -> None:
     """Score a model with the task metric, print it with the latency per sample, and write predictions."""
-    import json
-
-    from distill.outputs import check_output_file
-    from student.evaluate import evaluate as run
-
     for path in filter(None, (cfg.out, json_out)):  # before the model loads
         check_output_file(path)
 
-    result = run(cfg)
+    result = run_evaluate(cfg)
     typer.echo(result.line())
     if json_out:
         with open(json_out, "w") as f:
@@ -59,14 +57,9 @@ PREDICT_OPTS = {k: v for k, v in model_opts().items() if k != "columns"} | {
 @config_command(PredictConfig, PREDICT_OPTS)
 def predict(cfg: PredictConfig) -> None:
     """Print the caption, answer, box or label for one image."""
-    from pathlib import Path
-
-    from distill.errors import UserError
-    from student.evaluate import predict as run
-
     if Path(cfg.image).is_dir():
         raise UserError(f"--image {cfg.image} is a folder: pass one image file (evaluate --data scores a folder)")
-    result = run(cfg)
+    result = run_predict(cfg)
     line, note = prediction_lines(cfg.task, result)
     typer.echo(line)
     if note:
@@ -75,8 +68,6 @@ def predict(cfg: PredictConfig) -> None:
 
 def prediction_lines(task: str, result) -> tuple[str, str | None]:
     """What `predict` prints on stdout (the prediction; '' when empty) and, for an empty one, a note for stderr."""
-    from distill.tasks import get_task
-
     shown = get_task(task).prediction_text(result.prediction, result.output or "")
     if shown:
         return shown, None

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import typer
 
+from distill.outputs import check_output_dir
 from pipelines.options import Opt, config_command, train_opts
 from student.presets import OFA_ARCHS
-from student.train_teacher import TeacherTrainConfig
+from student.train_teacher import TeacherTrainConfig, train_teacher as run_train_teacher
 
 _TRAIN = train_opts("teacher", TeacherTrainConfig)
 OPTS = {
@@ -27,11 +28,8 @@ def train_teacher(cfg: TeacherTrainConfig) -> None:
     Unset training options take OFA's official script for the task and size (student/presets.py); a model built with
     --arch does not freeze its embeddings unless --freeze-embeddings is given.
     """
-    from distill.outputs import check_output_dir
-    from student.train_teacher import train_teacher as run
-
     check_output_dir(cfg.output_dir)  # a file or a read-only folder: one line now, not a traceback after the load
-    result = run(cfg)
+    result = run_train_teacher(cfg)
     if result.is_main_process:
         metrics = " ".join(f"{k}={v:.4g}" for k, v in result.eval_metrics.items()) or "no evaluation"
         last = result.history[-1]["loss"] if result.history else float("nan")

@@ -29,6 +29,12 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+import datasets
+import pyarrow as pa
+import pyarrow.parquet as pq
+from datasets import Features
+from huggingface_hub import CommitOperationDelete, HfApi, constants
+
 from distill import shards as sh
 from distill.card import DATA_DIR, card_input, manifest_get, publishable_path, render_card  # noqa: F401
 from distill.errors import UserError, error_reason
@@ -75,8 +81,6 @@ def check_repo_id(repo_id: str, name: str = "repo_id") -> None:
 
 def load_distilled(path: str | Path):
     """Open a distilled folder: returns (DatasetDict, manifest dict). A single `Dataset` becomes the manifest's split."""
-    import datasets
-
     path = Path(path)
     if not path.is_dir():
         raise UserError(f"{path} is not a folder (expected the --out folder of `narvl-pipe distill`)")
@@ -108,8 +112,6 @@ def _source_roots(manifest: dict) -> list[str]:
 
 def _publishable_table(table, features, roots: list[str]):
     """One Arrow batch as it is published: media bytes embedded (file name only), `image_path` made relative."""
-    import pyarrow as pa
-
     for i, name in enumerate(table.column_names):
         feature = features.get(name)
         if hasattr(feature, "embed_storage"):  # Image/Audio...: the Hub copy must hold the bytes, not a local path
@@ -228,9 +230,6 @@ def _link_or_copy(src: Path, dst: Path) -> None:
 def build_parquet_upload(distilled: Path, folder: Path, repo_id: str, source_license: str | None
                          ) -> dict[str, list[str]]:
     """The upload folder of a parquet output: its shards as they are, the card for `repo_id`, the public manifest."""
-    import pyarrow.parquet as pq
-    from datasets import Features
-
     manifest = json.loads((distilled / sh.MANIFEST).read_text())
     if manifest.get("status") != "complete":
         raise UserError(f"{distilled} is an unfinished distill output: rerun the same distill command first")
@@ -266,8 +265,6 @@ def _upload(api, repo_id: str, folder: Path, private: bool) -> str:
                                  ignore_patterns=[BUILD_RECORD], delete_patterns=[f"{DATA_DIR}/*"])
         return str(getattr(info, "commit_url", info))
     # Older huggingface_hub: upload_large_folder is the resumable path; it neither deletes nor returns a commit.
-    from huggingface_hub import CommitOperationDelete
-
     large(repo_id=repo_id, repo_type="dataset", folder_path=str(folder), private=private,
           ignore_patterns=[BUILD_RECORD])
     local = {p.relative_to(folder).as_posix() for p in (folder / DATA_DIR).glob("*.parquet")}
@@ -297,8 +294,6 @@ def push(
         files, reused = build_upload_folder(distilled_dir, folder, repo_id, source_license)
     if dry_run_dir is not None:
         return PushResult(folder, files, None, reused)
-
-    from huggingface_hub import HfApi, constants
 
     api, step = HfApi(), "creating the repo"
     try:

@@ -38,17 +38,21 @@ import hashlib
 import json
 import os
 import re
+import resource
 import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
+import yaml
+
 from distill.errors import UserError
 from distill.jsonio import jsonable, write_json
 from distill.locks import ProcessLock
 from pipelines.stage_kind import StageKind
 from pipelines.stage_kinds import builtin_kinds
+from pipelines.variables import apply_overrides, substitute_variables
 
 FINGERPRINT_VERSION = 1  # bump when the artifact layout of any stage changes incompatibly
 COMPLETE_MARKER = "stage_complete.json"
@@ -161,10 +165,6 @@ def load_pipeline(path: str | Path, sets: Mapping[str, str] | None = None,
     """Parse and validate a pipeline YAML (kinds exist, names unique, references point at earlier stages); its
     `${vars.NAME}` are filled from `sets`, the environment or their defaults, and `overrides` (`(stage, field) ->
     value`) set stage config fields (`pipelines.variables`)."""
-    import yaml
-
-    from pipelines.variables import apply_overrides, substitute_variables
-
     path = Path(path)
     if not path.is_file():
         raise UserError(f"pipeline file {path} does not exist")
@@ -277,8 +277,6 @@ def downstream(pipe: Pipeline, names: Iterable[str]) -> set[str]:
 
 
 def _cpu_seconds() -> float:
-    import resource
-
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
     return time.process_time() + children.ru_utime + children.ru_stime
 

@@ -190,8 +190,6 @@ def _uploaded(folder: str, ignore: list[str]) -> list[str]:
 
 def test_push_uploads_folder_through_hfapi(distilled, monkeypatch):
     """The Hub is unreachable here: record the HfApi calls (huggingface_hub >= 2: resumable `upload_folder`)."""
-    import huggingface_hub
-
     path, _ = distilled
     calls = []
 
@@ -204,7 +202,7 @@ def test_push_uploads_folder_through_hfapi(distilled, monkeypatch):
                                                                                   kw["ignore_patterns"])}))
             return "https://hub/commit/1"
 
-    monkeypatch.setattr(huggingface_hub, "HfApi", RecordingApi)
+    monkeypatch.setattr(hub, "HfApi", RecordingApi)
     result = hub.push(path, REPO, private=True)
     assert result.url == "https://hub/commit/1" and result.folder == path / hub.BUILD_DIR
     (_, repo, kw1), (_, repo2, kw2) = calls
@@ -216,8 +214,6 @@ def test_push_uploads_folder_through_hfapi(distilled, monkeypatch):
 
 def test_push_on_older_hub_uses_upload_large_folder_and_drops_stale_shards(distilled, monkeypatch):
     """huggingface_hub < 2: `upload_large_folder` resumes but deletes nothing, so stale shards go in a second commit."""
-    import huggingface_hub
-
     path, _ = distilled
     calls = []
 
@@ -236,7 +232,7 @@ def test_push_on_older_hub_uses_upload_large_folder_and_drops_stale_shards(disti
         def create_commit(self, **kw):
             calls.append(("create_commit", [op.path_in_repo for op in kw["operations"]]))
 
-    monkeypatch.setattr(huggingface_hub, "HfApi", OldApi)
+    monkeypatch.setattr(hub, "HfApi", OldApi)
     result = hub.push(path, REPO)
     assert result.url == f"https://hub/datasets/{REPO}"
     assert calls[1:] == [("upload_large_folder", ["README.md", "data/train-00000-of-00001.parquet"]),
