@@ -138,11 +138,13 @@ def side(kind: str, root: str, batch_size: int, shard_size: int, workers: int, w
     """A harness side, `bare` or `distill`; case `rowsN`: a run over the N-row source, timed over its steady state."""
     import shutil
 
+    import pyarrow.parquet as pq
     import torch
     from datasets import Image, load_from_disk
 
     from distill.images import load_image
-    from distill.ofa import OFAModel
+    from distill.loader import open_model
+    from distill.ofa import OFAModel, fairseq_rules
     from distill.ofa.image_processing_ofa import OFAImageProcessor
     from distill.ofa.tokenization_ofa import load_ofa_tokenizer
     from distill.run import DistillConfig, run_distill
@@ -162,7 +164,7 @@ def side(kind: str, root: str, batch_size: int, shard_size: int, workers: int, w
         ds = load_from_disk(str(src)).cast_column("image", Image(decode=False))
         model = OFAModel.from_pretrained(str(teacher)).eval()
         tok, proc = load_ofa_tokenizer(teacher), OFAImageProcessor.from_pretrained(str(teacher))
-        settings = {**task.generate_kwargs(tok), **GEN}  # what distill decodes with
+        settings = open_model(teacher, {"id": str(teacher)}, task=task).settings(task, None, GEN)  # distill's
         out = []
         with torch.inference_mode():
             for lo in range(0, len(ds), batch_size):
@@ -170,7 +172,8 @@ def side(kind: str, root: str, batch_size: int, shard_size: int, workers: int, w
                 pix = torch.stack([torch.from_numpy(proc.process_image(load_image(im))) for im in batch["image"]])
                 ids = tok([task.prompt({})] * len(pix), return_tensors="pt", padding=True)["input_ids"]
                 res = model.generate(input_ids=ids, patch_images=pix, patch_masks=torch.ones(len(pix), dtype=torch.bool),
-                                     output_scores=True, return_dict_in_generate=True, **settings)
+                                     output_scores=True, return_dict_in_generate=True,
+                                     **fairseq_rules.generate_kwargs(settings, tok))
                 out += zip(batch["id"], (t.strip() for t in tok.batch_decode(res.sequences, skip_special_tokens=True)))
         return out
 
@@ -179,8 +182,10 @@ def side(kind: str, root: str, batch_size: int, shard_size: int, workers: int, w
         run_distill(DistillConfig(task="caption", teacher=str(teacher), data=str(src), out=str(out),
                                   batch_size=batch_size, shard_size=shard_size, num_workers=workers, progress=False,
                                   **GEN))
-        ds = load_from_disk(str(out))
-        rows = list(zip(ds["id"], ds["target"]))
+        rows = []
+        for shard in sorted((out / "data").glob("*.parquet")):
+            table = pq.read_table(shard, columns=["id", "target"]).to_pydict()
+            rows += zip(table["id"], table["target"])
         shutil.rmtree(out)
         return rows
 
