@@ -190,7 +190,7 @@ def test_fifth_task_through_a_transformers_teacher(colour_task, tmp_path):
     distilled = tmp_path / "kd"
     cli("distill", "--task", "colour", "--teacher", git, "--data", world, "--out", distilled, "--num-workers", "0",
         "--batch-size", "4", "--max-new-tokens", "4")
-    ds = datasets.load_from_disk(str(distilled))
+    ds = load_training_data(distilled)
     assert len(ds) == 12 and set(ds["teacher_prompt"]) == {"what colour is the square?"}
     preds = tmp_path / "git.jsonl"
     res = cli("evaluate", "--model", git, "--task", "colour", "--data", world, "--split", "validation",

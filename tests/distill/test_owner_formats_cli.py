@@ -22,6 +22,7 @@ from student_helpers import cli  # noqa: E402
 from typer.testing import CliRunner  # noqa: E402
 
 from distill.errors import UserError  # noqa: E402
+from student.data import load_training_data  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +41,7 @@ def _distil_and_evaluate(tmp_path: Path, teacher: Path, task: str, data: Path, e
     ev = cli("evaluate", "--model", teacher, "--task", task, "--data", data, "--split", eval_split, "--out", preds,
              "--batch-size", "4", *extra)
     print(ev.output)
-    return (datasets.load_from_disk(str(out)), [json.loads(ln) for ln in preds.read_text().splitlines()],
+    return (load_training_data(out), [json.loads(ln) for ln in preds.read_text().splitlines()],
             ev.output)
 
 
@@ -66,7 +67,7 @@ def test_vqav2_test_split_distils_but_cannot_be_scored(tmp_path, teacher):
     out = tmp_path / "kd-test"
     cli("distill", "--task", "vqa", "--teacher", teacher, "--data", root, "--split", "test", "--out", out,
         "--num-workers", "0", "--batch-size", "4", "--answers", tmp_path / "answers.txt")
-    ds = datasets.load_from_disk(str(out))
+    ds = load_training_data(out)
     assert ds["id"] == ["1000", "5000"] and ds["answers"] == [[], []] and set(ds["target"]) <= {"yes", "no"}
     res = CliRunner().invoke(app, ["evaluate", "--model", str(teacher), "--task", "vqa", "--data", str(root),
                                    "--split", "test", "--answers", str(tmp_path / "answers.txt")])

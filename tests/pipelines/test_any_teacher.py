@@ -19,6 +19,7 @@ import tiny_hf  # noqa: E402
 
 from pipelines.serve import background_server, create_app  # noqa: E402
 from pipelines.stages import parse_pipeline, run_pipeline  # noqa: E402
+from student.data import load_training_data  # noqa: E402
 from student.predictor import Predictor  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -45,7 +46,7 @@ def test_distill_evaluate_predict_and_serve_agree(world, family):
     # batch 1 everywhere: the paths then run the very same batches, so any difference is a seam defect
     h.cli("distill", "--task", "caption", "--teacher", teacher, "--data", data, "--out", out, "--batch-size", "1",
           "--num-workers", "0")
-    distilled = {r["id"]: r["target"] for r in datasets.load_from_disk(str(out))}
+    distilled = {r["id"]: r["target"] for r in load_training_data(out)}
 
     preds = root / f"{family}.jsonl"
     res = h.cli("evaluate", "--model", teacher, "--task", "caption", "--data", data, "--split", "train",

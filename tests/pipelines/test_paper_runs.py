@@ -18,7 +18,7 @@ PAPER = Path(__file__).resolve().parents[2] / "pipelines" / "paper"
 TRAIN = ["max_steps=2", "batch_size=2", "eval_limit=2", "eval_batch_size=2", "report_to=none", "resolution=64"]
 """Every trainer stage: two steps of two rows, two rows scored per evaluation, 64 px (an OFA-Sys init has no image
 processor: the student would otherwise train at the task's 480/512 px)."""
-EVAL = ["limit=2", "batch_size=2", "latency_limit=1"]
+EVAL = ["limit=2", "batch_size=2", "latency_limit=1", "latency_batch_sizes=[1]"]
 
 
 def _run(name: str, out: Path, sets: dict[str, Path | str], overrides: list[str]) -> list[dict]:
@@ -54,7 +54,8 @@ def _check(stages: list[dict], ar_rows: list[str]) -> dict:
             assert (folder / "model.safetensors").is_file() and (folder / "train_config.json").is_file(), s["name"]
             assert (folder / "preprocessor_config.json").is_file()
         elif kind == "distill":
-            assert (folder / "state.json").is_file() and (folder / "manifest.json").is_file()
+            manifest = json.loads((folder / "manifest.json").read_text())
+            assert manifest["status"] == "complete" and list((folder / "data").glob("*.parquet")), s["name"]
         elif kind == "evaluate":
             metrics = json.loads((folder / "metrics.json").read_text())
             assert metrics["num_samples"] == 2 and metrics["ms_per_sample"] > 0, s["name"]

@@ -77,7 +77,7 @@ def test_kd_captions_are_cleaned_as_narvl_caption_dataset_then_reencoded(distill
 
     teacher, out, _ = distilled
     tok, task = load_ofa_tokenizer(teacher), get_task("caption")
-    ds = datasets.load_from_disk(str(out["caption"]))
+    ds = load_training_data(out["caption"])
     long = " ".join(f"Word{i}," for i in range(25))  # 25 words: cut at 20
     ds = ds.map(lambda r, i: {"target": ["A Red circle, on the LEFT.", long][i % 2] if i < 2 else r["target"]},
                 with_indices=True)
