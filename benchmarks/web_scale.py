@@ -2,15 +2,17 @@
 
 1. peak RSS of `narvl-pipe distill` (the main process and its DataLoader workers together) over the first `--small`
    rows and over all `--rows` rows: bounded memory means the two are within 10%;
-2. steady-state rows/s streaming the tars vs the map-style run on the same rows (a save_to_disk copy), runs
-   interleaved (stream, map, stream, map...) so that both see the same machine; the ratio in one run;
+2. steady-state rows/s streaming the tars vs the map-style run on the same rows (a save_to_disk copy), timed by
+   the harness (`benchmarks/timing.py`: two pinned persistent sides on the same cores, their DataLoader workers
+   included, rounds interleaved with the order alternated, the median of paired per-round ratios, the same rows
+   checked every round); the steady state is the manifest's `last_run.loop_s` (first row read to last shard
+   written: no start-up, no model load);
 3. rows lost to a kill -9: the rows the killed run had taken from its DataLoader (its progress bar) minus those its
    flushed parts and finished shards hold, against the flush bound (`--flush-every` per open shard).
 
     python benchmarks/web_scale.py --out /tmp/web-scale --rows 200000 --small 20000 --shards 100
 
-Figures depend on the machine: run it on a quiet one (the timing part, `timed`, is one small function so that a
-shared harness can take it over).
+Figures depend on the machine: run it on a quiet one.
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ import json
 import os
 import re
 import signal
+import statistics
 import subprocess
 import sys
 import tarfile
@@ -30,7 +33,11 @@ import numpy as np
 import psutil
 from PIL import Image
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import timing  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "results" / "web_scale.json"
 WORDS = ["a", "red", "blue", "green", "circle", "square", "on", "the", "left", "right", "small", "large"]
 
 
@@ -119,18 +126,32 @@ def peak_rss(cmd: list[str], interval: float = 0.1) -> tuple[int, int]:
     return proc.returncode, peak
 
 
-def timed(fn) -> float:
-    """Seconds `fn()` takes (the timing part; a shared harness may replace it)."""
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
+def side(kind: str, data: str, root: str, teacher: str, batch_size: int, shard_size: int, flush_every: int,
+         workers: int):
+    """A harness side: `narvl-pipe distill` in this process over `data` (the tars streamed, or their map-style copy);
+    its thunk returns the run's steady-state span (`last_run.loop_s` of the manifest) and its (id, target) rows."""
+    import shutil
+    import tempfile
 
+    import pyarrow.parquet as pq
 
-def steady_rows_per_s(out: Path) -> float:
-    """Source rows per second from the first row read to the last shard written, of a one-process run that did
-    every unit (the manifest's `last_run.loop_s`: no start-up, no model load)."""
-    m = json.loads((out / "manifest.json").read_text())
-    return (m["rows"] + m["failures"]) / m["last_run"]["loop_s"]
+    from distill.run import DistillConfig, run_distill
+
+    def prepare(case: str):
+        def run():
+            out = Path(tempfile.mkdtemp(dir=root, prefix=f"{kind}-"))
+            run_distill(DistillConfig(task="caption", teacher=teacher, data=data, out=str(out), batch_size=batch_size,
+                                      num_beams=1, max_new_tokens=4, shard_size=shard_size, flush_every=flush_every,
+                                      num_workers=workers, progress=False))
+            m = json.loads((out / "manifest.json").read_text())
+            rows = sorted(r for f in sorted((out / "data").glob("*.parquet"))
+                          for r in zip(*pq.read_table(f, columns=["id", "target"]).to_pydict().values()))
+            shutil.rmtree(out)
+            loop_s = m["last_run"]["loop_s"]
+            return timing.Timed(loop_s, rows, {"rows": len(rows), "rows_per_s": (m["rows"] + m["failures"]) / loop_s})
+        return run
+
+    return prepare
 
 
 def rows_lost_to_a_kill(args, data: str, out: Path) -> dict:
@@ -163,8 +184,9 @@ def main() -> None:
     p.add_argument("--shard-size", type=int, default=2000)
     p.add_argument("--flush-every", type=int, default=512)
     p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--repeats", type=int, default=2, help="interleaved stream/map pairs for the rows/s ratio")
     p.add_argument("--kill-after", type=float, default=1.0, help="seconds after the first flush before kill -9")
+    p.add_argument("--results", type=Path, default=RESULTS, help="the JSON written")
+    timing.add_args(p)
     args = p.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     args.teacher = make_teacher(args.out / "teacher")
@@ -183,23 +205,30 @@ def main() -> None:
     result["peak_rss_ratio"] = round(result["peak_rss_all_mb"] / result["peak_rss_small_mb"], 3)
 
     mapped = make_map_style(small, args.out / "map-small")
-    rates: dict[str, list[float]] = {"stream": [], "map": []}
-    for r in range(args.repeats):
-        for kind, data in (("stream", glob(small)), ("map", str(mapped))):
-            out = args.out / f"rate-{kind}-{r}"
-            subprocess.run(["rm", "-rf", str(out)])
-            wall = timed(lambda: subprocess.run(distill_cmd(args, data, out), cwd=REPO, env=_env(), check=True,
-                                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-            rates[kind].append(steady_rows_per_s(out))
-            result[f"wall_{kind}_{r}_s"] = round(wall, 2)
-    result["rows_per_s_stream"] = round(float(np.median(rates["stream"])), 1)
-    result["rows_per_s_map"] = round(float(np.median(rates["map"])), 1)
-    result["stream_over_map"] = round(result["rows_per_s_stream"] / result["rows_per_s_map"], 3)
+    work = args.out / "rate"
+    subprocess.run(["rm", "-rf", str(work)])
+    work.mkdir()
+    common = dict(root=str(work), teacher=str(args.teacher), batch_size=args.batch_size, shard_size=args.shard_size,
+                  flush_every=args.flush_every, workers=args.workers)
+    sides = [timing.Side(k, __file__, "side", dict(common, kind=k, data=d), python_path=[str(REPO)],
+                         env={"HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"})
+             for k, d in (("stream", glob(small)), ("map", str(mapped)))]
+    stream, mapstyle = timing.Entry("stream", "small"), timing.Entry("map", "small")
+    with timing.Session(sides, timing.Settings.from_args(args)) as session:
+        [pair] = session.run([stream, mapstyle], [timing.Pair("stream vs map-style (steady rows/s)", stream,
+                                                              mapstyle, True)])
+        timed = session.result()
+    for kind, e in (("stream", stream), ("map", mapstyle)):
+        result[f"rows_per_s_{kind}"] = round(statistics.median(r["rows_per_s"] for r in timed["info"][e.key]), 1)
+    result["stream_over_map"] = pair
+    print(timing.pair_line(pair) + " (goal >= 0.95)")
 
     out = args.out / "kill"
     subprocess.run(["rm", "-rf", str(out)])
     result["kill"] = rows_lost_to_a_kill(args, glob(small), out)
-    print(json.dumps(result, indent=1))
+    print(json.dumps({k: v for k, v in result.items() if k != "stream_over_map"}, indent=1))
+    timing.write(args.results, {"benchmark": "web_scale", **result, **timed})
+    print(f"wrote {args.results}")
 
 
 if __name__ == "__main__":

@@ -122,3 +122,17 @@ def test_demo_latency(tmp_path):
     res = run_benchmark("demo_latency.py", demo, "--results", out, out=out)
     assert [p["name"] for p in res["pairs"]] == [f"eval-student-kd vs eval-teacher-beam5 at batch {b}" for b in (1, 2)]
     assert all(r["calls"] == 5 for r in res["info"]["eval-student-kd/b2"])  # student.latency.MIN_CALLS
+
+
+@pytest.mark.slow
+def test_web_scale(tmp_path):
+    """Tiny: 4 tars of 16 rows, RSS over 1 tar and all 4, the stream vs map-style pair, one kill."""
+    out = tmp_path / "r.json"
+    res = run_benchmark("web_scale.py", "--out", tmp_path / "ws", "--rows", "64", "--small", "32", "--shards", "4",
+                        "--batch-size", "8", "--shard-size", "16", "--flush-every", "8", "--workers", "1",
+                        "--kill-after", "0", "--results", out, out=out)
+    [pair] = res["pairs"]
+    assert pair["same_outputs"] and pair["name"].startswith("stream vs map-style")  # the same rows every round
+    assert [r["rows"] for r in res["info"]["stream/small"]] == [r["rows"] for r in res["info"]["map/small"]] == [32] * 2
+    assert res["exit_small"] == res["exit_all"] == 0 and res["peak_rss_small_mb"] > 0
+    assert res["kill"]["bound"] == 8 and 0 <= res["kill"]["rows_lost"] and res["small_rows"] == 32
