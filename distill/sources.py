@@ -329,12 +329,3 @@ def ids_fingerprint(ds) -> str:
     return h.hexdigest()
 
 
-def parse_columns(items: list[str] | None) -> dict[str, str]:
-    """`["captions=text", ...]` (repeated `--column canonical=source`) -> `{"captions": "text"}`."""
-    out = {}
-    for item in items or []:
-        canonical, sep, source = item.partition("=")
-        if not sep or not canonical.strip() or not source.strip():
-            raise UserError(f"`columns` {item!r}: expected canonical=source, e.g. captions=text")
-        out[canonical.strip()] = source.strip()
-    return out

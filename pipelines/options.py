@@ -27,10 +27,11 @@ import typer
 
 from distill.errors import UserError
 from distill.seam import MODEL_CHOICES
-from distill.sources import CANONICAL_COLUMNS, parse_columns
+from distill.sources import CANONICAL_COLUMNS
+from pipelines.variables import parse_assignments
 from student.presets import RECIPE_FIELDS, option_help
 
-__all__ = ["Opt", "config_command", "field_docs", "spell_fields", "model_opts", "parse_fields"]
+__all__ = ["Opt", "config_command", "field_docs", "spell_fields", "model_opts", "parse_columns", "parse_fields"]
 
 
 @dataclass(frozen=True)
@@ -201,13 +202,12 @@ def train_opts(trainer: str, config_cls: type) -> dict[str, Opt]:
 
 def parse_fields(items: list[str] | None) -> dict[str, str]:
     """`["premise=two shapes", ...]` (repeated `--field name=value`) -> `{"premise": "two shapes"}`."""
-    out = {}
-    for item in items or []:
-        name, sep, value = item.partition("=")
-        if not sep or not name.strip():
-            raise UserError(f"`fields` {item!r}: expected name=value, e.g. premise=two shapes")
-        out[name.strip()] = value
-    return out
+    return parse_assignments(items, "`fields`", "name=value", "premise=two shapes", strip_value=False)
+
+
+def parse_columns(items: list[str] | None) -> dict[str, str]:
+    """`["captions=text", ...]` (repeated `--column canonical=source`) -> `{"captions": "text"}`."""
+    return parse_assignments(items, "`columns`", "canonical=source", "captions=text", value_required=True)
 
 
 def model_opts() -> dict[str, Opt]:

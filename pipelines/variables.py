@@ -26,32 +26,39 @@ import yaml
 
 from distill.errors import UserError
 
-__all__ = ["VAR_REF", "apply_overrides", "parse_overrides", "parse_sets", "substitute_variables"]
+__all__ = ["VAR_REF", "apply_overrides", "parse_assignments", "parse_overrides", "parse_sets",
+           "substitute_variables"]
 
 VAR_REF = re.compile(r"\$\{vars\.([A-Za-z_][A-Za-z0-9_]*)\}")
 _SPEC_KEYS = {"default", "path", "help"}
 
 
-def parse_sets(items: list[str] | None) -> dict[str, str]:
-    """`["COCO_ROOT=/data/coco", ...]` (repeated `--set`) -> `{"COCO_ROOT": "/data/coco"}`."""
+def parse_assignments(items: list[str] | None, what: str, form: str, example: str, value_required: bool = False,
+                      strip_value: bool = True) -> dict[str, str]:
+    """The one parser of repeated `NAME=VALUE` options: `["a=1", "b=2"]` -> `{"a": "1", "b": "2"}`; a malformed item
+    is a one-line error naming the option (`what`), the expected `form` and an `example`."""
     out = {}
     for item in items or []:
         name, sep, value = item.partition("=")
-        if not sep or not name.strip():
-            raise UserError(f"--set {item!r}: expected NAME=VALUE, e.g. --set COCO_ROOT=/data/coco")
-        out[name.strip()] = value.strip()
+        if not sep or not name.strip() or (value_required and not value.strip()):
+            raise UserError(f"{what} {item!r}: expected {form}, e.g. {example}")
+        out[name.strip()] = value.strip() if strip_value else value
     return out
+
+
+def parse_sets(items: list[str] | None) -> dict[str, str]:
+    """`["COCO_ROOT=/data/coco", ...]` (repeated `--set`) -> `{"COCO_ROOT": "/data/coco"}`."""
+    return parse_assignments(items, "--set", "NAME=VALUE", "--set COCO_ROOT=/data/coco")
 
 
 def parse_overrides(items: list[str] | None) -> dict[tuple[str, str], Any]:
     """`["student.max_steps=4", ...]` (repeated `--override`) -> `{("student", "max_steps"): 4}` (values as YAML)."""
-
+    form, example = "STAGE.FIELD=VALUE", "--override student.max_steps=4"
     out = {}
-    for item in items or []:
-        key, sep, value = item.partition("=")
-        stage, dot, name = key.strip().partition(".")
-        if not sep or not dot or not stage or not name:
-            raise UserError(f"--override {item!r}: expected STAGE.FIELD=VALUE, e.g. --override student.max_steps=4")
+    for key, value in parse_assignments(items, "--override", form, example, strip_value=False).items():
+        stage, dot, name = key.partition(".")
+        if not dot or not stage or not name:
+            raise UserError(f"--override {key}={value!r}: expected {form}, e.g. {example}")
         try:
             out[(stage, name)] = yaml.safe_load(value) if value.strip() else ""
         except yaml.YAMLError:

@@ -15,7 +15,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from distill_helpers import make_dataset, png_bytes  # noqa: E402
 
 from distill.errors import UserError  # noqa: E402
-from distill.sources import ids_fingerprint, open_source, parse_columns  # noqa: E402
+from distill.sources import ids_fingerprint, open_source  # noqa: E402
+from pipelines.options import parse_columns  # noqa: E402
 from distill.tasks import get_task  # noqa: E402
 
 
