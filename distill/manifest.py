@@ -92,7 +92,7 @@ def _metric_implementation(task_name: str, rows: list[dict]) -> str:
 
 def static_record(key: dict, source: dict, config, units: list[dict], teacher: dict | None,
                   metric_rows: list[dict]) -> dict:
-    """The manifest of a run, with status \"running\". `teacher` is the teacher's `TeacherIdentity.record()`:
+    """The manifest of a run, with status \"running\". `teacher` is the teacher's `ModelIdentity.record()`:
     family, source, tokenizer hash (`teacher_identity`); `units` the plan (`Unit.record()`, shard file)."""
     record = {
         "key": key,

@@ -40,7 +40,7 @@ class ModelIdentity:
     family: str
     """Model family: "ofa", "narvl", "florence2", "paligemma", "git", "qwen2_vl", ... (the config's model_type)."""
     source: Mapping[str, Any]
-    """{"id", "revision"} for a Hub id, {"id", "sha256"} for a local folder (`distill.models.resolve_model`)."""
+    """{"id", "revision"} for a Hub id, {"id", "sha256"} for a local folder (`distill.hub_ids.resolve_model_folder`)."""
     tokenizer_sha256: str
     """`tokenizer_sha256` of the model's tokenizer: says which vocabulary its ids are in."""
     extra: Mapping[str, Any] = field(default_factory=dict)

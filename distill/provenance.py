@@ -27,7 +27,7 @@ MANIFEST = "manifest.json"
 
 
 def provenance(task: str, teacher: dict[str, Any], generation: dict[str, Any]) -> dict[str, Any]:
-    """The dataset-wide record (`teacher`: `TeacherIdentity.record()`; a local teacher folder is named by its folder
+    """The dataset-wide record (`teacher`: `ModelIdentity.record()`; a local teacher folder is named by its folder
     name: its sha256 identifies it, and nothing machine-local is published)."""
     source = dict(teacher.get("source") or {})
     if isinstance(source.get("id"), str) and os.path.isabs(source["id"]):
