@@ -55,6 +55,8 @@ def test_vqav2_distils_and_evaluates(tmp_path, teacher):
     assert ds["answers"] == [a for *_, a in train]  # the 10 human answers travel with the teacher's target
     assert set(ds["target"]) <= {"yes", "no", "red", "2", "cup"}  # decoded over the numpy-labelled list
     assert [p["id"] for p in preds] == ["42000", "73000"]  # val2014, the CLI's `validation`
+    # each prediction line carries the row's inputs and references beside the output (issue 22, point 4)
+    assert [(p["question"], p["answers"]) for p in preds] == [(q, a) for _, _, q, a in VQA_QUESTIONS["val2014"]]
     assert "vqa_accuracy=" in output and "vqaEval" in output
 
 
