@@ -2,11 +2,11 @@
 
 1. peak RSS of `narvl-pipe distill` (the main process and its DataLoader workers together) over the first `--small`
    rows and over all `--rows` rows: bounded memory means the two are within 10%;
-2. steady-state rows/s streaming the tars vs the map-style run on the same rows (a save_to_disk copy), timed by
-   the harness (`benchmarks/timing.py`: two pinned persistent sides on the same cores, their DataLoader workers
-   included, rounds interleaved with the order alternated, the median of paired per-round ratios, the same rows
-   checked every round); the steady state is the manifest's `last_run.loop_s` (first row read to last shard
-   written: no start-up, no model load);
+2. steady-state rows/s streaming the first `--rate-rows` rows' tars vs the map-style run on the same rows (a
+   save_to_disk copy), timed by the harness (`benchmarks/timing.py`: two pinned persistent sides on the same cores,
+   their DataLoader workers included, rounds interleaved with the order alternated, the median of paired per-round
+   ratios, the same rows checked every round); the steady state is the manifest's `last_run.loop_s` (first row
+   read to last shard written: no start-up, no model load);
 3. rows lost to a kill -9: the rows the killed run had taken from its DataLoader (its progress bar) minus those its
    flushed parts and finished shards hold, against the flush bound (`--flush-every` per open shard).
 
@@ -179,6 +179,7 @@ def main() -> None:
     p.add_argument("--rows", type=int, default=200_000)
     p.add_argument("--small", type=int, default=20_000)
     p.add_argument("--shards", type=int, default=100)
+    p.add_argument("--rate-rows", type=int, default=4000, help="rows (whole tars) of the stream vs map-style pair")
     p.add_argument("--size", type=int, default=16)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--shard-size", type=int, default=2000)
@@ -204,7 +205,8 @@ def main() -> None:
         result[f"exit_{name}"] = code
     result["peak_rss_ratio"] = round(result["peak_rss_all_mb"] / result["peak_rss_small_mb"], 3)
 
-    mapped = make_map_style(small, args.out / "map-small")
+    rate = tars[: max(1, round(args.rate_rows / per))]  # the same tars for both sides
+    mapped = make_map_style(rate, args.out / f"map-{len(rate)}")
     work = args.out / "rate"
     subprocess.run(["rm", "-rf", str(work)])
     work.mkdir()
@@ -212,14 +214,15 @@ def main() -> None:
                   flush_every=args.flush_every, workers=args.workers)
     sides = [timing.Side(k, __file__, "side", dict(common, kind=k, data=d), python_path=[str(REPO)],
                          env={"HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"})
-             for k, d in (("stream", glob(small)), ("map", str(mapped)))]
-    stream, mapstyle = timing.Entry("stream", "small"), timing.Entry("map", "small")
+             for k, d in (("stream", glob(rate)), ("map", str(mapped)))]
+    stream, mapstyle = timing.Entry("stream", "rate"), timing.Entry("map", "rate")
     with timing.Session(sides, timing.Settings.from_args(args)) as session:
         [pair] = session.run([stream, mapstyle], [timing.Pair("stream vs map-style (steady rows/s)", stream,
                                                               mapstyle, True)])
         timed = session.result()
     for kind, e in (("stream", stream), ("map", mapstyle)):
         result[f"rows_per_s_{kind}"] = round(statistics.median(r["rows_per_s"] for r in timed["info"][e.key]), 1)
+    result["rate_rows"] = round(len(rate) * per)
     result["stream_over_map"] = pair
     print(timing.pair_line(pair) + " (goal >= 0.95)")
 
