@@ -7,6 +7,9 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# The subprocesses the tests start (torchrun ranks, CLI runs, DataLoader workers) inherit one OpenMP thread too: two
+# ranks of two threads each on 2 cores made a step many times slower.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
