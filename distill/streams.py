@@ -232,11 +232,18 @@ def _webdataset_rows(file: str, start: int, storage_options: Mapping[str, Any]) 
         ds = ds.cast_column(col, Image(decode=False))  # decoded by the worker's `load_image`
     if start:
         ds = ds.skip(start)
-    for row in ds:
-        meta = row.get("json")
-        if isinstance(meta, dict):  # the .json member's fields are columns too (never over a member's)
-            row = {**{k: v for k, v in meta.items() if k not in row}, **row}
-        yield row
+    # `iter()`, not `for row in ds`: in a DataLoader worker, iterating the dataset itself splits its files across the
+    # workers, and this one-file unit would come out empty in every worker but the first (the unit is already this
+    # worker's own: `teacher_loop._Units` deals units to workers)
+    for batch in ds.iter(batch_size=64):
+        for i in range(len(next(iter(batch.values())))):
+            yield _merge_json({k: v[i] for k, v in batch.items()})
+
+
+def _merge_json(row: dict) -> dict:
+    """A webdataset row with its `.json` member's fields as columns too (never over a member's)."""
+    meta = row.get("json")
+    return {**{k: v for k, v in meta.items() if k not in row}, **row} if isinstance(meta, dict) else row
 
 
 def _parquet_rows(file: str, lo: int, hi: int | None, storage_options: Mapping[str, Any],

@@ -75,6 +75,19 @@ def _quarantine(out) -> list[tuple[str, str]]:
     return [(r["id"], r["reason"]) for r in map(json.loads, (Path(out) / sh.QUARANTINE).read_text().splitlines())]
 
 
+@pytest.mark.parametrize("source", ["tars", "parquet glob", "map-style"])
+def test_two_dataloader_workers_give_every_unit_its_rows(world, source):
+    """Workers are dealt units (worker w of W: units w, w+W...); a unit read through `datasets` streaming inside a
+    worker must not be split across workers again (that left every second tar's shard empty, marked complete)."""
+    root, base = world["root"], world["base"]
+    data = {"tars": f"{world['wds']}/{{00000..{SHARDS - 1:05d}}}.tar", "parquet glob": f"{root}/pq/*.parquet",
+            "map-style": str(root / "map")}[source]
+    out = root / f"o-2w-{source.replace(' ', '-')}"
+    s = run_distill(DistillConfig(data=data, out=str(out), **{**base, "num_workers": 2}))
+    assert (s.rows, s.failures) == (SHARDS * PER_SHARD - 1, 1)
+    assert _comparable(out) == _comparable(world["ref"]) and _quarantine(out) == _quarantine(world["ref"])
+
+
 def test_webdataset_parquet_glob_and_map_style_give_the_same_rows(world):
     s = world["summary"]
     assert (s.rows, s.failures, s.shards) == (SHARDS * PER_SHARD - 1, 1, SHARDS)
