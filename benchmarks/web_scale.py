@@ -203,6 +203,8 @@ def main() -> None:
         code, peak = peak_rss(distill_cmd(args, glob(files), out))
         result[f"peak_rss_{name}_mb"] = round(peak / 2**20, 1)
         result[f"exit_{name}"] = code
+        m = json.loads((out / "manifest.json").read_text())  # every source row is in the output (or quarantined)
+        result[f"rows_out_{name}"] = m["rows"] + m["failures"]
     result["peak_rss_ratio"] = round(result["peak_rss_all_mb"] / result["peak_rss_small_mb"], 3)
 
     rate = tars[: max(1, round(args.rate_rows / per))]  # the same tars for both sides

@@ -129,10 +129,11 @@ def test_web_scale(tmp_path):
     """Tiny: 4 tars of 16 rows, RSS over 1 tar and all 4, the stream vs map-style pair, one kill."""
     out = tmp_path / "r.json"
     res = run_benchmark("web_scale.py", "--out", tmp_path / "ws", "--rows", "64", "--small", "32", "--shards", "4",
-                        "--batch-size", "8", "--shard-size", "16", "--flush-every", "8", "--workers", "1",
+                        "--batch-size", "8", "--shard-size", "16", "--flush-every", "8", "--workers", "2",
                         "--kill-after", "0", "--rate-rows", "32", "--results", out, out=out)
     [pair] = res["pairs"]
     assert pair["same_outputs"] and pair["name"].startswith("stream vs map-style")  # the same rows every round
     assert [r["rows"] for r in res["info"]["stream/rate"]] == [r["rows"] for r in res["info"]["map/rate"]] == [32] * 2
     assert res["exit_small"] == res["exit_all"] == 0 and res["peak_rss_small_mb"] > 0
-    assert res["kill"]["bound"] == 8 and 0 <= res["kill"]["rows_lost"] and res["small_rows"] == res["rate_rows"] == 32
+    assert (res["rows_out_small"], res["rows_out_all"]) == (32, 64)
+    assert res["kill"]["bound"] == 16 and 0 <= res["kill"]["rows_lost"] and res["small_rows"] == res["rate_rows"] == 32
