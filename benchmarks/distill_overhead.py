@@ -15,7 +15,8 @@ The timed span is the steady state: from the start of batch `--warmup-batches` t
 side records the start of every generate() call), so imports, model load, worker start-up and final assembly are
 excluded; both sides cover the same rows in it, so distill/bare throughput = the harness's bare-over-distill ratio
 inverted, i.e. the paired figure "distill vs bare" (goal >= 0.95). Each call also records start-up, end-to-end
-seconds and memory: peak PSS and RSS of the process plus its DataLoader workers (sampled every 20 ms from /proc;
+seconds and memory: peak PSS and RSS of the process plus its DataLoader workers (sampled from /proc every 20 ms
+outside the steady state and once per batch in it, that sampling left out of the timed span: see `MemorySampler`;
 PSS shares forked pages fairly, RSS counts them in each process), and the anonymous + shared-memory part of that PSS
 (heap, tensors: what grows if rows were kept); distill also runs at a tenth of the rows, for the memory growth
 (goal: peak anonymous PSS at the full row count <= 1.2x that at a tenth).
@@ -81,12 +82,20 @@ def build(root: Path, rows: int, size: int = 64) -> None:
 
 
 class MemorySampler(threading.Thread):
-    """Peak over time of the summed PSS and RSS (MB) of this process and all its descendants."""
+    """Peak over time of the summed PSS and RSS (MB) of this process and all its descendants.
+
+    Sampling walks every process's page tables (`smaps_rollup`): measured on one core, a sample of one torch-sized
+    process took 30 ms of CPU (83 ms for distill's main process + 2 workers) when each file was read three times,
+    10 ms (29 ms) read once; a thread doing it every 20 ms beside the timed loop halved its speed, distill's more
+    than the bare loop's. So during the steady state the thread is `paused` and the side samples once per batch,
+    between two generate() calls, on a clock that leaves the sampling out (`hold`)."""
 
     def __init__(self, period: float = 0.02):
         super().__init__(daemon=True)
         self.period, self.peak_pss, self.peak_anon, self.peak_rss, self.max_processes = period, 0.0, 0.0, 0.0, 0
-        self._halt = threading.Event()
+        self.held = 0.0
+        """Seconds spent sampling while paused (to leave out of the timed span)."""
+        self._halt, self._paused, self._lock = threading.Event(), threading.Event(), threading.Lock()
 
     @staticmethod
     def _tree(pid: int) -> list[int]:
@@ -102,28 +111,51 @@ class MemorySampler(threading.Thread):
         return out
 
     @staticmethod
-    def _kb(path: str, field: str) -> int:
+    def _kb(path: str, *fields: str) -> list[int]:
+        """The values (kB) of `fields` in one read of a /proc file (0 for a process gone)."""
+        values = dict.fromkeys(fields, 0)
         try:
             for line in Path(path).read_text().splitlines():
-                if line.startswith(field):
-                    return int(line.split()[1])
+                name = line.split(":", 1)[0] + ":"
+                if name in values:
+                    values[name] = int(line.split()[1])
         except OSError:
             pass
-        return 0
+        return list(values.values())
 
     def sample(self) -> None:
-        pids = self._tree(os.getpid())
-        pss = sum(self._kb(f"/proc/{p}/smaps_rollup", "Pss:") for p in pids) / 1024
-        anon = sum(self._kb(f"/proc/{p}/smaps_rollup", "Pss_Anon:") + self._kb(f"/proc/{p}/smaps_rollup", "Pss_Shmem:")
-                   for p in pids) / 1024
-        rss = sum(self._kb(f"/proc/{p}/status", "VmRSS:") for p in pids) / 1024
-        self.peak_pss, self.peak_rss = max(self.peak_pss, pss), max(self.peak_rss, rss)
-        self.peak_anon = max(self.peak_anon, anon)
-        self.max_processes = max(self.max_processes, len(pids))
+        with self._lock:
+            pids = self._tree(os.getpid())
+            pss = anon = rss = 0.0
+            for p in pids:
+                total, anonymous, shmem = self._kb(f"/proc/{p}/smaps_rollup", "Pss:", "Pss_Anon:", "Pss_Shmem:")
+                pss, anon = pss + total / 1024, anon + (anonymous + shmem) / 1024
+                rss += self._kb(f"/proc/{p}/status", "VmRSS:")[0] / 1024
+            self.peak_pss, self.peak_rss = max(self.peak_pss, pss), max(self.peak_rss, rss)
+            self.peak_anon = max(self.peak_anon, anon)
+            self.max_processes = max(self.max_processes, len(pids))
+
+    def pause(self) -> None:
+        with self._lock:  # after a sample in progress
+            self._paused.set()
+
+    def resume(self) -> None:
+        self._paused.clear()
+
+    @property
+    def paused(self) -> bool:
+        return self._paused.is_set()
+
+    def hold(self) -> None:
+        """One sample while paused, its time added to `held`."""
+        t0 = time.perf_counter()
+        self.sample()
+        self.held += time.perf_counter() - t0
 
     def run(self) -> None:
         while not self._halt.wait(self.period):
-            self.sample()
+            if not self._paused.is_set():
+                self.sample()
 
     def stop(self) -> dict:
         self._halt.set()
@@ -152,10 +184,19 @@ def side(kind: str, root: str, batch_size: int, shard_size: int, workers: int, w
 
     starts: list[tuple[float, int]] = []  # (time, rows) at the start of every generate() call
     original = OFAModel.generate
+    run_state: dict = {}  # the call's sampler and batch count
 
     def timed_generate(self, *args, **kwargs):
-        starts.append((time.perf_counter(), len(kwargs["input_ids"])))
-        return original(self, *args, **kwargs)
+        sampler, k = run_state["sampler"], len(starts)
+        if k == warmup_batches:  # the steady state starts: the sampler thread stops walking the page tables
+            sampler.pause()
+        starts.append((time.perf_counter() - sampler.held, len(kwargs["input_ids"])))
+        if k == run_state["batches"] - 1:  # the span ends at the last batch's start
+            sampler.resume()
+        out = original(self, *args, **kwargs)
+        if k < run_state["batches"] - 1 and sampler.paused:
+            sampler.hold()  # between batches (the workers have prefetched), left out of the span
+        return out
 
     OFAModel.generate = timed_generate
     task, teacher = get_task("caption"), Path(root) / "teacher"
@@ -194,6 +235,7 @@ def side(kind: str, root: str, batch_size: int, shard_size: int, workers: int, w
 
         def run():
             sampler = MemorySampler()
+            run_state.update(sampler=sampler, batches=int(case[4:]) // batch_size)
             sampler.start()
             starts.clear()
             t0 = time.perf_counter()

@@ -14,7 +14,8 @@ which skips dot-folders):
 
     OUT/.work/parts/00012/0000000000-0000000256.parquet   a flush of unit 12: its source rows [0, 256) (written rows
                                                           + the quarantined ones in its metadata)
-    OUT/.work/parts/00012/0000000256-0000000300-last.parquet   the unit's last flush (end of its rows)
+    OUT/.work/parts/00012/0000000256-0000000300-last.parquet   a part that ended the unit (written by earlier
+                                                          versions; still read on resume)
     OUT/.work/claims/00012.json               who works on unit 12, until when (`distill.claims`)
     OUT/.work/done/00012.json                 unit 12's completion marker: counts, quarantine, statistics
 
@@ -23,9 +24,11 @@ Rules that make every source row appear exactly once (or once in the quarantine)
 - a part covers a contiguous range of the unit's source rows, each of them written or quarantined exactly once in it;
   a resume takes the chain of parts from row 0 (at each position the part reaching furthest) and continues at its
   end, so a kill -9 loses at most the rows since the unit's last flush;
-- a unit's shard has one fixed name and is built from one chain of parts ending with a `-last` part, so it holds
-  each row of the unit once; writing it twice (two writers of one unit, a crash before the marker) writes the same
-  rows twice over the same name;
+- a unit's shard has one fixed name and is built from one chain of parts from row 0 followed by the rows its writer
+  buffered since its last flush, up to the unit's end (written straight into the shard, not as a part first: a
+  crash before the marker loses them as it loses any unflushed rows), so it holds each row of the unit once;
+  writing it twice (two writers of one unit, a crash before the marker) writes the same rows twice over the same
+  name;
 - order: shard, then marker, then the parts are deleted; a unit with a marker is never redone.
 """
 from __future__ import annotations
@@ -110,8 +113,8 @@ def find_chain(store: Store, index: int) -> Chain:
 
 class UnitWriter:
     """Writes one unit: `add(rows)` / `quarantine(...)` / `advance(n)` per batch, `flush()` (a part), then
-    `complete()` (the last part, the shard, the marker). Rows are dicts in the Arrow storage form of `schema` (an
-    image is `{"bytes", "path"}`)."""
+    `complete()` (the shard from the parts and the rows since, then the marker). Rows are dicts in the Arrow storage
+    form of `schema` (an image is `{"bytes", "path"}`)."""
 
     def __init__(self, store: Store, unit: Unit, schema: pa.Schema, shard: str, chain: Chain,
                  extra_marker: dict | None = None):
@@ -142,49 +145,64 @@ class UnitWriter:
         """`rows` more source rows of the unit were handled (added or quarantined)."""
         self.consumed += rows
 
-    def flush(self, last: bool = False) -> None:
-        """Write the consumed source rows [pos, pos + consumed) as one part (nothing to write when none, unless it
-        is the unit's `last` part, which marks the unit's end)."""
-        if not self.consumed and not last:
-            return
+    def _take(self) -> pa.Table:
+        """The consumed source rows [pos, pos + consumed) as a part's table (the buffers emptied)."""
         upto = self.pos + self.consumed
         meta = dict(self.schema.metadata or {})
         meta[PART_META] = json.dumps({"rows": [self.pos, upto], "quarantine": self._bad}).encode()
         table = pa.Table.from_pylist(self._rows, schema=self.schema.with_metadata(meta))
-        name = f"{self.pos:010d}-{upto:010d}{'-last' if last else ''}.parquet"
+        self.written += len(self._rows)
+        self.pos, self.consumed, self._rows, self._bad = upto, 0, [], []
+        return table
+
+    def flush(self) -> None:
+        """Write the consumed source rows [pos, pos + consumed) as one part (nothing to write when none)."""
+        if not self.consumed:
+            return
+        name = f"{self.pos:010d}-{self.pos + self.consumed:010d}.parquet"
+        table = self._take()
         with self.store.open_write(f"{self.folder}/{name}") as fh:
             pq.write_table(table, fh)
         self.parts.append(name)
-        self.written += len(self._rows)
-        self.pos, self.consumed, self._rows, self._bad = upto, 0, [], []
-        self.last, self.last_flush = last, time.monotonic()
+        self.last_flush = time.monotonic()
 
     def complete(self) -> dict:
-        """Flush the last part, write the unit's shard from its parts, then its marker; returns the marker."""
-        if not self.last:
-            self.flush(last=True)
+        """Write the unit's shard from its parts and the rows consumed since the last flush (straight into the shard:
+        writing them as a part to read it back at once cost a third of the unit's writing), then its marker; returns
+        the marker."""
+        tail = None if self.last else self._take()
         extra = {**self.extra_marker, "seconds": round(time.monotonic() - self.opened, 3)}
-        return compact(self.store, self.unit, self.schema, self.shard, self.parts, extra)
+        return compact(self.store, self.unit, self.schema, self.shard, self.parts, extra, tail)
 
 
 def _part_meta(table: pa.Table) -> dict:
     return json.loads((table.schema.metadata or {})[PART_META])
 
 
-def compact(store: Store, unit: Unit, schema: pa.Schema, shard: str, parts: list[str], extra: dict) -> dict:
-    """Copy a complete chain of parts into the unit's shard (part by part: memory bounded by one flush), then write
-    the marker and delete the parts. A part gone missing means another writer finished the unit first."""
+def compact(store: Store, unit: Unit, schema: pa.Schema, shard: str, parts: list[str], extra: dict,
+            tail: pa.Table | None = None) -> dict:
+    """Copy a chain of parts, then `tail` (a part's table not written as a part: the rows up to the unit's end),
+    into the unit's shard (part by part: memory bounded by one flush), then write the marker and delete the parts.
+    A part gone missing means another writer finished the unit first."""
     folder = f"{PARTS}/{unit_name(unit.index)}"
     bad: list[dict] = []
     values: dict[str, list[np.ndarray]] = {c: [] for c in STAT_COLUMNS if c in schema.names}
-    rows = 0
+    rows = end = 0
+
+    def tables():
+        for name in parts:
+            with store.open_read(f"{folder}/{name}") as src:
+                yield pq.read_table(src)
+        if tail is not None:
+            yield tail
+
     try:
         with store.open_write(shard) as fh:
             writer = pq.ParquetWriter(fh, schema)
-            for name in parts:
-                with store.open_read(f"{folder}/{name}") as src:
-                    table = pq.read_table(src)
-                bad += _part_meta(table)["quarantine"]
+            for table in tables():
+                meta = _part_meta(table)
+                bad += meta["quarantine"]
+                end = meta["rows"][1]
                 table = table.replace_schema_metadata(schema.metadata)
                 if table.num_rows:
                     writer.write_table(table, row_group_size=table.num_rows)
@@ -199,7 +217,7 @@ def compact(store: Store, unit: Unit, schema: pa.Schema, shard: str, parts: list
             raise
         return marker
     marker = {"unit": unit.record(extra.get("file")), "shard": shard, "rows": rows,
-              "source_rows": int(_PART.match(parts[-1])[2]), "quarantine": bad,
+              "source_rows": end, "quarantine": bad,
               "bytes": size, "seconds": extra.get("seconds", 0.0),
               "stats": {c: unit_stats(np.concatenate(v) if v else np.zeros(0)) for c, v in values.items()}}
     store.write_json(f"{DONE}/{unit_name(unit.index)}.json", marker)
