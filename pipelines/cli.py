@@ -8,6 +8,7 @@ and print `<bool>` after flags. `Command` shows required arguments as click does
 """
 from __future__ import annotations
 
+import torch.distributed as dist
 import typer
 from typer.core import TyperCommand
 
@@ -77,12 +78,28 @@ for name, function, short_help in [
 def main() -> None:
     try:
         app()
+    except SystemExit as exit_:  # click ends every command with one, 0 on success
+        if not exit_.code:
+            _end_process_group()
+        raise
     except Interrupted as err:  # SIGTERM / Ctrl-C: what was done is saved; one line saying how to resume
         typer.echo(f"{err}", err=True)
         raise SystemExit(err.exit_code) from None
     except UserError as err:  # bad input: one clear line, no traceback
         typer.echo(f"error: {err}", err=True)
         raise SystemExit(2) from None
+
+
+def _end_process_group() -> None:
+    """Destroy the process group of a successful run under torchrun (a no-op otherwise).
+
+    A process that exits with its Gloo group alive can abort (SIGABRT, "terminate called without an active
+    exception") while the interpreter tears down the group's worker threads: rank 1 of a 2-process train-student
+    did, at random, once the other rank was still writing the model. Only on success: a rank that failed may leave
+    the others inside a collective, where destroying the group could hang (torchrun ends them instead).
+    """
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":

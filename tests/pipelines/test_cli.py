@@ -4,10 +4,11 @@ from __future__ import annotations
 import re
 
 import pytest
+import torch.distributed as dist
 import typer
 from typer.testing import CliRunner
 
-from pipelines.cli import app
+from pipelines.cli import app, main
 
 COMMANDS = [[], ["data"], ["data", "shapes"], ["train-teacher"], ["distill"], ["train-student"], ["evaluate"],
             ["predict"], ["export"], ["serve"], ["push"], ["run"], ["demo"]]
@@ -88,3 +89,22 @@ def test_the_two_demos_write_to_different_folders_and_say_what_they_run(monkeypa
     make = (root / "Makefile").read_text()
     assert "demo --out runs/demo\n" in make and "demo --tasks all --out runs/demo-all\n" in make
     assert "output in `runs/demo-all`" in (root / "README.md").read_text()
+
+
+@pytest.mark.parametrize("argv, code, alive", [(["data", "shapes", "--help"], 0, False),
+                                               (["distill", "--task", "nope", "--teacher", "t", "--data", "d",
+                                                 "--out", "o"], 2, True)])
+def test_a_successful_run_ends_its_process_group(argv, code, alive, tmp_path, monkeypatch):
+    """Under torchrun a rank that exits with its Gloo group alive can abort (SIGABRT) in the interpreter's teardown;
+    `main` destroys the group after a successful command, and leaves it to torchrun after a failed one (another rank
+    may be inside a collective)."""
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        monkeypatch.setattr("sys.argv", ["narvl-pipe", *argv])
+        with pytest.raises(SystemExit) as exit_:
+            main()
+        assert (exit_.value.code or 0) == code
+        assert dist.is_initialized() == alive
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()

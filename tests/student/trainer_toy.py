@@ -96,6 +96,8 @@ def main() -> None:
     if result.is_main_process:
         save_file({k: v.contiguous() for k, v in result.model.state_dict().items()},
                   os.path.join(args.out, "final.safetensors"))
+    if torch.distributed.is_initialized():  # as `narvl-pipe` does: a live Gloo group can abort the exit
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
