@@ -173,11 +173,24 @@ class _Writers:
         self.held.clear()
 
 
+def worker_count(requested: int | None) -> int:
+    """DataLoader workers for `num_workers` (`DistillConfig.num_workers`: None = 2, capped by the usable cores - 1)."""
+    if requested is not None:
+        return requested
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(0, min(2, cores - 1))
+
+
+def _as_is(message: dict) -> dict:
+    """The DataLoader's `collate_fn`: a message is already made (the default walks it to convert arrays)."""
+    return message
+
+
 def _loader(job: UnitJob, units: list[int], chains: dict[int, sh.Chain]) -> DataLoader:
-    c = job.config
+    workers = min(worker_count(job.config.num_workers), len(units))
     return DataLoader(
-        _Units(job, units, chains), batch_size=None, num_workers=min(c.num_workers, len(units)),
-        persistent_workers=False, prefetch_factor=4 if c.num_workers else None,
+        _Units(job, units, chains), batch_size=None, num_workers=workers, collate_fn=_as_is,
+        persistent_workers=False, prefetch_factor=4 if workers else None,
         worker_init_fn=DieWithParent(),  # a killed run leaves no orphan workers behind
     )
 
