@@ -6,10 +6,14 @@ a time, rounds interleaved).
 
 Both sides run the same tiny teacher over the same batches (caption task, OFA's beam 5 / 16 tokens / no-repeat 3,
 the same batch size; batches never cross shards, and the row count is a multiple of the shard size), and must write
-the same captions (checked every round):
-- bare: open the dataset, load the model, then for each batch decode + preprocess the images, tokenise the prompt,
-  `generate()` under `torch.inference_mode()` with the task's settings; results kept in a Python list;
-- distill: `run_distill(DistillConfig(...))`: the same plus DataLoader workers, shards, flushes, manifest, assembly.
+the same captions (checked every round). Two teachers (`--teachers`), each a pair of the same session: `ofa` (a
+2+2-layer d_model 64 OFA) and `git` (a transformers GIT, 1 text layer, hidden 32, CLIP 32 px: the test suite's
+`tiny_hf.build_git`, whose per-row model time is small, so distill's per-row work shows the most):
+- bare: open the dataset, load the model, then for each batch decode + preprocess the images, build the prompt
+  (OFA: its processor and tokenizer; GIT: the teacher's own `prepare`, the processor call distill makes),
+  `generate()` under `torch.inference_mode()` with the task's settings, decode the texts; kept in a Python list;
+- distill: `run_distill(DistillConfig(...))`: the same plus DataLoader workers, transition scores, shards, flushes,
+  manifest, assembly.
 
 The timed span is the steady state: from the start of batch `--warmup-batches` to the start of the last batch (each
 side records the start of every generate() call), so imports, model load, worker start-up and final assembly are
@@ -21,7 +25,8 @@ PSS shares forked pages fairly, RSS counts them in each process), and the anonym
 (heap, tensors: what grows if rows were kept); distill also runs at a tenth of the rows, for the memory growth
 (goal: peak anonymous PSS at the full row count <= 1.2x that at a tenth).
 
-    python benchmarks/distill_overhead.py [--rows 1280] [--shard-size 128] [--batch-size 16] [--workers 2]
+    python benchmarks/distill_overhead.py [--rows 1280] [--shard-size 128] [--batch-size 16] [--workers N] \
+        [--teachers ofa git]
 
 Writes benchmarks/results/distill_overhead.json.
 """
@@ -43,6 +48,8 @@ import timing  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results" / "distill_overhead.json"
 GEN = dict(num_beams=5, max_new_tokens=16, no_repeat_ngram_size=3)
+TEACHERS = {"ofa": "teacher", "git": "git"}
+"""Teacher name -> its folder under the build root."""
 
 
 def build(root: Path, rows: int, size: int = 64) -> None:
@@ -69,6 +76,11 @@ def build(root: Path, rows: int, size: int = 64) -> None:
         OFAModel(cfg).save_pretrained(teacher)
         tok.save_pretrained(teacher)
         OFAImageProcessor(size=size).save_pretrained(teacher)
+    if not (root / "git").exists():
+        sys.path.insert(0, str(REPO / "tests" / "distill" / "teachers"))  # the suite's tiny real transformers teachers
+        import tiny_hf
+
+        tiny_hf.build_git(root / "git")
     rng = np.random.default_rng(0)
 
     def png(i):
@@ -167,12 +179,15 @@ class MemorySampler(threading.Thread):
 
 
 def side(kind: str, root: str, batch_size: int, shard_size: int, workers: int, warmup_batches: int):
-    """A harness side, `bare` or `distill`; case `rowsN`: a run over the N-row source, timed over its steady state."""
+    """A harness side, `bare` or `distill`; case `TEACHER-rowsN` (`ofa` or `git`): a run over the N-row source, timed
+    over its steady state."""
     import shutil
 
     import pyarrow.parquet as pq
     import torch
     from datasets import Image, load_from_disk
+    from transformers import GitForCausalLM
+    from transformers.generation import GenerationMixin
 
     from distill.images import load_image
     from distill.loader import open_model
@@ -183,25 +198,27 @@ def side(kind: str, root: str, batch_size: int, shard_size: int, workers: int, w
     from distill.tasks import get_task
 
     starts: list[tuple[float, int]] = []  # (time, rows) at the start of every generate() call
-    original = OFAModel.generate
     run_state: dict = {}  # the call's sampler and batch count
 
-    def timed_generate(self, *args, **kwargs):
-        sampler, k = run_state["sampler"], len(starts)
-        if k == warmup_batches:  # the steady state starts: the sampler thread stops walking the page tables
-            sampler.pause()
-        starts.append((time.perf_counter() - sampler.held, len(kwargs["input_ids"])))
-        if k == run_state["batches"] - 1:  # the span ends at the last batch's start
-            sampler.resume()
-        out = original(self, *args, **kwargs)
-        if k < run_state["batches"] - 1 and sampler.paused:
-            sampler.hold()  # between batches (the workers have prefetched), left out of the span
-        return out
+    def timed(original):
+        def generate(self, *args, **kwargs):
+            sampler, k = run_state["sampler"], len(starts)
+            if k == warmup_batches:  # the steady state starts: the sampler thread stops walking the page tables
+                sampler.pause()
+            starts.append((time.perf_counter() - sampler.held, len(kwargs["input_ids"])))
+            if k == run_state["batches"] - 1:  # the span ends at the last batch's start
+                sampler.resume()
+            out = original(self, *args, **kwargs)
+            if k < run_state["batches"] - 1 and sampler.paused:
+                sampler.hold()  # between batches (the workers have prefetched), left out of the span
+            return out
+        return generate
 
-    OFAModel.generate = timed_generate
-    task, teacher = get_task("caption"), Path(root) / "teacher"
+    OFAModel.generate = timed(OFAModel.generate)
+    GitForCausalLM.generate = timed(GenerationMixin.generate)
+    task = get_task("caption")
 
-    def bare(src: Path) -> list[tuple[str, str]]:
+    def bare_ofa(src: Path, teacher: Path) -> list[tuple[str, str]]:
         ds = load_from_disk(str(src)).cast_column("image", Image(decode=False))
         model = OFAModel.from_pretrained(str(teacher)).eval()
         tok, proc = load_ofa_tokenizer(teacher), OFAImageProcessor.from_pretrained(str(teacher))
@@ -212,13 +229,31 @@ def side(kind: str, root: str, batch_size: int, shard_size: int, workers: int, w
                 batch = ds[lo: lo + batch_size]
                 pix = torch.stack([torch.from_numpy(proc.process_image(load_image(im))) for im in batch["image"]])
                 ids = tok([task.prompt({})] * len(pix), return_tensors="pt", padding=True)["input_ids"]
-                res = model.generate(input_ids=ids, patch_images=pix, patch_masks=torch.ones(len(pix), dtype=torch.bool),
-                                     output_scores=True, return_dict_in_generate=True,
-                                     **fairseq_rules.generate_kwargs(settings, tok))
+                masks = torch.ones(len(pix), dtype=torch.bool)
+                res = model.generate(input_ids=ids, patch_images=pix, patch_masks=masks, output_scores=True,
+                                     return_dict_in_generate=True, **fairseq_rules.generate_kwargs(settings, tok))
                 out += zip(batch["id"], (t.strip() for t in tok.batch_decode(res.sequences, skip_special_tokens=True)))
         return out
 
-    def distill(src: Path) -> list[tuple[str, str]]:
+    def bare_hf(src: Path, teacher: Path) -> list[tuple[str, str]]:
+        ds = load_from_disk(str(src)).cast_column("image", Image(decode=False))
+        hf = open_model(teacher, {"id": str(teacher)}, task=task)
+        hf.load()
+        settings = hf.settings(task, None, GEN)
+        gen = {k: settings[k] for k in GEN}
+        out = []
+        with torch.inference_mode():
+            for lo in range(0, len(ds), batch_size):
+                batch = ds[lo: lo + batch_size]
+                rows = [{"id": i} for i in batch["id"]]
+                inputs = hf.prepare(rows, [load_image(im) for im in batch["image"]], task)
+                enc = {k: v for k, v in inputs["model_inputs"].items() if k in hf.accepted}
+                seq = hf.model.generate(**enc, **gen, do_sample=False)
+                texts = hf.tokenizer.batch_decode(seq[:, inputs["prompt_len"]:], skip_special_tokens=True)
+                out += zip(batch["id"], (t.strip() for t in texts))
+        return out
+
+    def distill(src: Path, teacher: Path) -> list[tuple[str, str]]:
         out = Path(tempfile.mkdtemp(dir=root))
         run_distill(DistillConfig(task="caption", teacher=str(teacher), data=str(src), out=str(out),
                                   batch_size=batch_size, shard_size=shard_size, num_workers=workers, progress=False,
@@ -231,15 +266,17 @@ def side(kind: str, root: str, batch_size: int, shard_size: int, workers: int, w
         return rows
 
     def prepare(case: str):
-        src = Path(root) / f"src{int(case[4:])}"
+        name, n = case.split("-rows")
+        src, teacher = Path(root) / f"src{n}", Path(root) / TEACHERS[name]
+        fn = distill if kind == "distill" else bare_ofa if name == "ofa" else bare_hf
 
         def run():
             sampler = MemorySampler()
-            run_state.update(sampler=sampler, batches=int(case[4:]) // batch_size)
+            run_state.update(sampler=sampler, batches=int(n) // batch_size)
             sampler.start()
             starts.clear()
             t0 = time.perf_counter()
-            rows = (bare if kind == "bare" else distill)(src)
+            rows = fn(src, teacher)
             seconds = time.perf_counter() - t0
             if len(starts) <= warmup_batches + 1:
                 raise SystemExit(f"{case} makes {len(starts)} batches: too few for --warmup-batches {warmup_batches}")
@@ -266,8 +303,11 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=1280)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--shard-size", type=int, default=128)
-    ap.add_argument("--workers", type=int, default=2, help="distill's DataLoader workers (on the side's cores)")
+    ap.add_argument("--workers", type=int, default=None,
+                    help="distill's DataLoader workers (on the side's cores; default: distill's own choice)")
     ap.add_argument("--warmup-batches", type=int, default=4, help="batches left out of the steady state")
+    ap.add_argument("--teachers", nargs="+", choices=sorted(TEACHERS), default=["ofa", "git"],
+                    help="the pairs measured (the first also gives the memory growth)")
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--build", help=argparse.SUPPRESS)
     timing.add_args(ap)
@@ -289,29 +329,35 @@ def main() -> None:
                       warmup_batches=args.warmup_batches)
         sides = [timing.Side(k, __file__, "side", dict(kwargs, kind=k), python_path=[str(REPO)],
                              env={"HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}) for k in ("bare", "distill")]
-        full, small = f"rows{args.rows}", f"rows{small_rows}"
-        bare, distill = timing.Entry("bare", full), timing.Entry("distill", full)
+        entries = {t: (timing.Entry("bare", f"{t}-rows{args.rows}"), timing.Entry("distill", f"{t}-rows{args.rows}"))
+                   for t in args.teachers}
+        small = timing.Entry("distill", f"{args.teachers[0]}-rows{small_rows}")  # the memory growth
         with timing.Session(sides, settings) as session:
-            [pair] = session.run([bare, distill, timing.Entry("distill", small)],
-                                 [timing.Pair("distill vs bare (steady-state throughput)", distill, bare, True)])
+            pairs = session.run([e for pair in entries.values() for e in pair] + [small],
+                                [timing.Pair(f"distill vs bare, {t} (steady-state throughput)", d, b, True)
+                                 for t, (b, d) in entries.items()])
             result = session.result()
     info = result["info"]
-    med = {k: {f: statistics.median(r[f] for r in info[e.key]) for f in info[e.key][0] if f != "rows"}
-           for k, e in (("bare", bare), ("distill", distill))}
-    growth = med["distill"]["peak_anon_pss_mb"] / statistics.median(
-        r["peak_anon_pss_mb"] for r in info[f"distill/{small}"])
-    print(f"{'median of ' + str(settings.rounds) + ' rounds':36s}{'bare generate()':>18s}{'narvl-pipe distill':>20s}")
-    for label, field, fmt in [(f"steady rows/s ({args.rows} rows)", "steady_rows_per_s", ".2f"),
-                              ("start-up to 1st batch s", "startup_s", ".2f"), ("wall s", "seconds", ".1f"),
-                              ("peak PSS MB (+ workers)", "peak_pss_mb", ".1f"),
-                              ("peak anonymous PSS MB (+ workers)", "peak_anon_pss_mb", ".1f"),
-                              ("peak RSS MB (+ workers)", "peak_rss_mb", ".1f"), ("VmHWM MB (main)", "vmhwm_mb", ".1f")]:
-        print(f"{label:36s}{med['bare'][field]:18{fmt}}{med['distill'][field]:20{fmt}}")
-    print(timing.pair_line(pair) + " (goal >= 0.95)")
-    print(f"peak anonymous PSS {args.rows}/{small_rows} rows = {growth:.3f} (goal <= 1.2)")
+    med = {t: {k: {f: statistics.median(r[f] for r in info[e.key]) for f in info[e.key][0] if f != "rows"}
+               for k, e in zip(("bare", "distill"), pair)} for t, pair in entries.items()}
+    first = med[args.teachers[0]]
+    growth = first["distill"]["peak_anon_pss_mb"] / statistics.median(r["peak_anon_pss_mb"] for r in info[small.key])
+    for t, pair in zip(args.teachers, pairs):
+        print(f"{t + ': median of ' + str(settings.rounds) + ' rounds':36s}{'bare generate()':>18s}"
+              f"{'narvl-pipe distill':>20s}")
+        for label, field, fmt in [(f"steady rows/s ({args.rows} rows)", "steady_rows_per_s", ".2f"),
+                                  ("start-up to 1st batch s", "startup_s", ".2f"), ("wall s", "seconds", ".1f"),
+                                  ("peak PSS MB (+ workers)", "peak_pss_mb", ".1f"),
+                                  ("peak anonymous PSS MB (+ workers)", "peak_anon_pss_mb", ".1f"),
+                                  ("peak RSS MB (+ workers)", "peak_rss_mb", ".1f"),
+                                  ("VmHWM MB (main)", "vmhwm_mb", ".1f")]:
+            print(f"{label:36s}{med[t]['bare'][field]:18{fmt}}{med[t]['distill'][field]:20{fmt}}")
+        print(timing.pair_line(pair) + " (goal >= 0.95)")
+    print(f"peak anonymous PSS {args.rows}/{small_rows} rows ({args.teachers[0]}) = {growth:.3f} (goal <= 1.2)")
     timing.write(args.out, {
         "benchmark": "distill_overhead", "generation": GEN,
-        "settings": {k: getattr(args, k) for k in ("rows", "batch_size", "shard_size", "workers", "warmup_batches")},
+        "settings": {k: getattr(args, k) for k in ("rows", "batch_size", "shard_size", "workers", "warmup_batches",
+                                                    "teachers")},
         "medians": med, "peak_anon_pss_ratio_full_over_tenth": growth,
         "goals": {"distill vs bare": ">= 0.95", "peak_anon_pss_ratio": "<= 1.2"}, **result})
     print(f"wrote {args.out}")

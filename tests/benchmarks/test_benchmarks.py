@@ -93,9 +93,11 @@ def test_distill_overhead(tmp_path):
     out = tmp_path / "r.json"
     res = run_benchmark("distill_overhead.py", "--rows", "64", "--shard-size", "32", "--batch-size", "8",
                         "--warmup-batches", "1", "--out", out, out=out)
-    [pair] = res["pairs"]
-    assert pair["same_outputs"] and pair["name"].startswith("distill vs bare")  # the same captions every round
-    for key, rows in (("bare/rows64", 64), ("distill/rows64", 64), ("distill/rows32", 32)):  # the tenth: memory
+    assert [p["name"] for p in res["pairs"]] == [f"distill vs bare, {t} (steady-state throughput)"
+                                                 for t in ("ofa", "git")]  # OFA and a transformers teacher
+    assert all(p["same_outputs"] for p in res["pairs"])  # the same captions every round
+    for key, rows in (("bare/ofa-rows64", 64), ("distill/ofa-rows64", 64), ("bare/git-rows64", 64),
+                      ("distill/git-rows64", 64), ("distill/ofa-rows32", 32)):  # the tenth: memory
         # steady state: from the start of batch 1 to the start of the last one
         assert [(r["rows"], r["steady_rows"]) for r in res["info"][key]] == [(rows, rows - 2 * 8)] * 2
     assert res["peak_anon_pss_ratio_full_over_tenth"] > 0
