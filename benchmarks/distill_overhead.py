@@ -12,8 +12,8 @@ the same captions (checked every round). Two teachers (`--teachers`), each a pai
 - bare: open the dataset, load the model, then for each batch decode + preprocess the images, build the prompt
   (OFA: its processor and tokenizer; GIT: the teacher's own `prepare`, the processor call distill makes),
   `generate()` under `torch.inference_mode()` with the task's settings, decode the texts; kept in a Python list;
-- distill: `run_distill(DistillConfig(...))`: the same plus DataLoader workers, transition scores, shards, flushes,
-  manifest, assembly.
+- distill: `run_distill(DistillConfig(...))`: the same plus its DataLoader (workers only where the side has cores for
+  them unless `--workers` says otherwise: none on one core), transition scores, shards, flushes, manifest, assembly.
 
 The timed span is the steady state: from the start of batch `--warmup-batches` to the start of the last batch (each
 side records the start of every generate() call), so imports, model load, worker start-up and final assembly are
