@@ -31,6 +31,13 @@ class StageKind:
     left out of the fingerprint, so changing one re-runs nothing."""
     resume_state: tuple[str, ...] = ()
     """Sub-folders of the artifact that only serve resuming an interrupted run (checkpoints): deleted once complete."""
+    light: bool = False
+    """True: the stage computes little (writing the data, a constant baseline, the report): with `--jobs` it runs
+    beside the others without taking a share of the threads, so a training stage that starts next to it keeps all
+    of its own."""
+    exclusive: bool = False
+    """True: with `--jobs`, the stage runs alone with every thread (it times something: sharing the CPU would
+    change what it measures)."""
 
     def __post_init__(self):
         fields = {f.name for f in dataclasses.fields(self.config_cls)}

@@ -105,7 +105,7 @@ def _run_evaluate(cfg: EvaluateStageConfig, out: Path) -> None:
 def builtin_kinds() -> list[StageKind]:
     """The built-in kinds, for `pipelines.stages.stage_kinds()` to register."""
     return [
-        StageKind("data", ShapesConfig, lambda cfg, out: write_shapes(out, cfg)),
+        StageKind("data", ShapesConfig, lambda cfg, out: write_shapes(out, cfg), light=True),
         StageKind("train-teacher", TeacherTrainConfig, lambda cfg, out: train_teacher(cfg), out_field="output_dir",
                   fixed={"resume": True}, resumable=True, non_result=TRAIN_NON_RESULT,
                   resume_state=(CHECKPOINT_DIR,)),
@@ -114,7 +114,7 @@ def builtin_kinds() -> list[StageKind]:
         StageKind("train-student", StudentTrainConfig, lambda cfg, out: train_student(cfg), out_field="output_dir",
                   fixed={"resume": True}, resumable=True, non_result=TRAIN_NON_RESULT,
                   resume_state=(CHECKPOINT_DIR,)),
-        StageKind("evaluate", EvaluateStageConfig, _run_evaluate),
-        StageKind("baseline", BaselineConfig, run_baseline),
-        StageKind("report", ReportConfig, run_report),
+        StageKind("evaluate", EvaluateStageConfig, _run_evaluate, exclusive=True),  # it times the model
+        StageKind("baseline", BaselineConfig, run_baseline, light=True),
+        StageKind("report", ReportConfig, run_report, light=True),
     ]

@@ -30,6 +30,8 @@ Cache rules:
 - `stage_config.json` (the resolved config, with real paths) is written next to the artifact when the stage ends
   (some stage functions require an empty output folder), just before the completion marker.
 - `OUT/<name>` is a symlink to the stage's current folder, for humans; nothing reads it.
+- `jobs` > 1 (`narvl-pipe run --jobs N`) runs a stage as soon as the stages it references are complete, up to N at
+  once (`pipelines.parallel`); every rule above holds per stage.
 """
 from __future__ import annotations
 
@@ -50,6 +52,7 @@ import yaml
 from distill.errors import UserError
 from distill.jsonio import jsonable, write_json
 from distill.locks import ProcessLock
+from pipelines.parallel import run_parallel
 from pipelines.stage_kind import StageKind
 from pipelines.stage_kinds import builtin_kinds
 from pipelines.variables import apply_overrides, substitute_variables
@@ -318,15 +321,52 @@ def _link(out: Path, stage: PlannedStage) -> None:
     os.replace(tmp, link)
 
 
+def execute_stage(stage: PlannedStage) -> None:
+    """Run one planned stage into its (existing) folder and mark it complete: the config record, then the completion
+    marker last, then the resume-only folders go. Called in this process, or in a child by `--jobs`."""
+    start, cpu_start = time.perf_counter(), _cpu_seconds()
+    stage.kind.run(make_config(stage), stage.dir)
+    seconds, cpu = time.perf_counter() - start, _cpu_seconds() - cpu_start
+    # Written after the run: several stage functions insist on an empty (or their own) output folder.
+    write_json(stage.dir / STAGE_CONFIG, {"name": stage.spec.name, "kind": stage.spec.kind,
+                                          "fingerprint": stage.fingerprint, "config": stage.config})
+    write_json(stage.dir / COMPLETE_MARKER, {"fingerprint": stage.fingerprint, "seconds": seconds, "cpu_seconds": cpu,
+                                             "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+
+
+def find_kind(name: str) -> StageKind:
+    """The registered kind `name` (the built-ins load on demand): how a `--jobs` child finds a kind that does not
+    pickle."""
+    return stage_kinds([name])[name]
+
+
+def _prepare_folder(stage: PlannedStage) -> str:
+    """Empty or keep the stage's folder for a run; returns its status: `ran`, `forced` or `resumed`."""
+    status = "ran"
+    if (stage.dir / FORCED_MARKER).exists():
+        shutil.rmtree(stage.dir)
+        status = "forced"
+    elif stage.dir.exists() and not stage.kind.resumable:
+        shutil.rmtree(stage.dir)  # a partial artifact this kind cannot resume from
+    elif stage.dir.exists():
+        status = "resumed"
+    stage.dir.mkdir(parents=True, exist_ok=True)
+    return status
+
+
 def run_pipeline(
     pipe: Pipeline | str | Path,
     out: str | Path,
     force: Iterable[str] = (),
     log: Callable[[str], None] = print,
+    jobs: int = 1,
 ) -> list[StageOutcome]:
-    """Run every stage whose artifact is not complete, in order; see the module docstring for the rules."""
+    """Run every stage whose artifact is not complete, in order; see the module docstring for the rules. `jobs` > 1
+    runs independent stages at once (`pipelines.parallel`), on the same cache."""
     if not isinstance(pipe, Pipeline):
         pipe = load_pipeline(pipe)
+    if jobs < 1:
+        raise UserError(f"--jobs must be at least 1, got {jobs}")
     force = list(force)
     unknown = [n for n in force if n not in {s.name for s in pipe.stages}]
     if unknown:
@@ -340,40 +380,43 @@ def run_pipeline(
     if not lock.acquire():
         raise UserError(f"another `narvl-pipe run` (pid {lock.holder()}) is using {out}; "
                         "wait for it or pick another --out")
-    outcomes: list[StageOutcome] = []
+    outcomes: dict[str, StageOutcome] = {}
     with lock:
         _mark_forced(stages, rerun)
         width = max(len(s.spec.name) for s in stages)
-        for i, stage in enumerate(stages, 1):
-            head = f"[{i}/{len(stages)}] {stage.spec.name:<{width}}"
+        heads = {s.spec.name: f"[{i}/{len(stages)}] {s.spec.name:<{width}}" for i, s in enumerate(stages, 1)}
+        todo, status = [], {}
+        for stage in stages:
             if stage.complete:
                 record = json.loads((stage.dir / COMPLETE_MARKER).read_text())
-                outcomes.append(StageOutcome(stage.spec.name, "skipped", stage.dir, 0.0, cached=record))
+                outcomes[stage.spec.name] = StageOutcome(stage.spec.name, "skipped", stage.dir, 0.0, cached=record)
                 note = _drop_resume_state(stage)  # left by a narvl-pipe that kept them
-                log(f"{head} cached   {stage.dir.name} (took {format_duration(record.get('seconds', 0.0))}{note})")
+                log(f"{heads[stage.spec.name]} cached   {stage.dir.name} "
+                    f"(took {format_duration(record.get('seconds', 0.0))}{note})")
                 _link(out, stage)
-                continue
-            status = "ran"
-            if (stage.dir / FORCED_MARKER).exists():
-                shutil.rmtree(stage.dir)
-                status = "forced"
-            elif stage.dir.exists() and not stage.kind.resumable:
-                shutil.rmtree(stage.dir)  # a partial artifact this kind cannot resume from
-            elif stage.dir.exists():
-                status = "resumed"
-            stage.dir.mkdir(parents=True, exist_ok=True)
-            log(f"{head} {'resuming' if status == 'resumed' else 'running'}  {stage.dir.name}")
-            start, cpu_start = time.perf_counter(), _cpu_seconds()
-            stage.kind.run(make_config(stage), stage.dir)
-            seconds, cpu = time.perf_counter() - start, _cpu_seconds() - cpu_start
-            # Written after the run: several stage functions insist on an empty (or their own) output folder.
-            write_json(stage.dir / STAGE_CONFIG, {"name": stage.spec.name, "kind": stage.spec.kind,
-                                                          "fingerprint": stage.fingerprint, "config": stage.config})
-            write_json(stage.dir / COMPLETE_MARKER, {"fingerprint": stage.fingerprint, "seconds": seconds,
-                                                             "cpu_seconds": cpu,
-                                                             "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+            else:
+                todo.append(stage)
+
+        def start(stage: PlannedStage, note: str = "") -> None:
+            status[stage.spec.name] = _prepare_folder(stage)
+            verb = "resuming" if status[stage.spec.name] == "resumed" else "running"
+            log(f"{heads[stage.spec.name]} {verb}  {stage.dir.name}" + (f" ({note})" if note else ""))
+
+        def finish(stage: PlannedStage) -> None:
+            record = json.loads((stage.dir / COMPLETE_MARKER).read_text())
             note = _drop_resume_state(stage)
             _link(out, stage)
-            outcomes.append(StageOutcome(stage.spec.name, status, stage.dir, seconds, cpu))
-            log(f"{head} done     in {format_duration(seconds)} (cpu {format_duration(cpu)}{note})")
-    return outcomes
+            outcomes[stage.spec.name] = StageOutcome(stage.spec.name, status[stage.spec.name], stage.dir,
+                                                     record["seconds"], record["cpu_seconds"])
+            log(f"{heads[stage.spec.name]} done     in {format_duration(record['seconds'])} "
+                f"(cpu {format_duration(record['cpu_seconds'])}{note})")
+
+        if jobs > 1 and len(todo) > 1:
+            deps = {s.spec.name: s.spec.deps for s in stages}
+            run_parallel(todo, deps, set(outcomes), jobs, out, execute_stage, find_kind, start, finish)
+        else:
+            for stage in todo:
+                start(stage)
+                execute_stage(stage)
+                finish(stage)
+    return [outcomes[s.spec.name] for s in stages]

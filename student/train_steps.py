@@ -11,6 +11,7 @@ from typing import Any, Iterator
 
 import torch
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState
 from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration, send_to_device
 from transformers import get_polynomial_decay_schedule_with_warmup
 
@@ -60,6 +61,11 @@ class Run:
 
 
 def make_accelerator(cfg: TrainConfig, out: Path, precision: str, tracker: str | None) -> Accelerator:
+    held = AcceleratorState._shared_state.get("_mixed_precision")  # read without initialising the singleton
+    if held is not None and precision is not None and precision != held:
+        # One process, several runs (pipeline stages with --jobs 1): Accelerate's state is a singleton that refuses
+        # a second precision. Only the precision part goes; the process group (PartialState) stays.
+        AcceleratorState._reset_state(reset_partial_state=False)
     return Accelerator(
         mixed_precision=precision,
         log_with=tracker,

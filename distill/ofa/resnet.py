@@ -66,12 +66,13 @@ class ResNet(nn.Module):
         layers += [Bottleneck(self.inplanes, planes, drop_path_rate=rate) for rate in rates[1:]]
         return nn.Sequential(*layers)
 
-    channels_last_inference = True
-    """Run inference in channels-last layout (oneDNN/cuDNN's preferred one: ~10-15% faster on one CPU thread); the
-    features come out in that layout, the values equal up to float rounding. Training keeps the default layout."""
+    channels_last = True
+    """Run in channels-last layout (oneDNN/cuDNN's preferred one), in training too: on CPU, ~10-15% off a beam-5
+    generate on one thread and ~15% off the demo's training step (2 threads, interleaved); the features come out in
+    that layout, the values equal up to float rounding."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.channels_last_inference and not self.training:
+        if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         return self.layer3(self.layer2(self.layer1(x)))

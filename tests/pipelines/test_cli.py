@@ -77,11 +77,12 @@ def test_the_two_demos_write_to_different_folders_and_say_what_they_run(monkeypa
     from pipelines import cmd_run
 
     ran = []
-    monkeypatch.setattr(cmd_run, "run_demo", lambda out, force, pipeline: ran.append((out, pipeline.name)))
-    for args in ([], ["--tasks", "all"], ["--tasks", "all", "--out", "elsewhere"]):
+    monkeypatch.setattr(cmd_run, "run_demo", lambda out, force, pipeline, jobs: ran.append((out, pipeline.name, jobs)))
+    monkeypatch.setattr(cmd_run, "default_jobs", lambda: 2)
+    for args in ([], ["--tasks", "all"], ["--tasks", "all", "--out", "elsewhere", "--jobs", "1"]):
         assert CliRunner().invoke(app, ["demo", *args]).exit_code == 0
-    assert ran == [(Path("runs/demo"), "demo.yaml"), (Path("runs/demo-all"), "demo_all.yaml"),
-                   (Path("elsewhere"), "demo_all.yaml")]
+    assert ran == [(Path("runs/demo"), "demo.yaml", 2), (Path("runs/demo-all"), "demo_all.yaml", 2),
+                   (Path("elsewhere"), "demo_all.yaml", 1)]
     text = " ".join(_help(["demo"]).split())
     assert "runs/demo-all with --tasks all" in text
     assert "fine-tunes it into one AR teacher per task" in text and "trains ONE multi-task OFA" in text

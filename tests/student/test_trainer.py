@@ -63,6 +63,28 @@ def test_refuses_to_overwrite_an_earlier_run(tmp_path):
         train(torch.nn.Linear(2, 2), None, [0], TrainConfig(output_dir=str(tmp_path), max_steps=1))
 
 
+def test_runs_of_one_process_may_differ_in_precision(tmp_path):
+    """Pipeline stages run in one process (`--jobs 1`): a bf16 stage after an fp32 one trains in bf16 (Accelerate's
+    state singleton refused it)."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from trainer_toy import Toy, ToyData, collate
+
+    from student.trainer import TrainConfig, train
+
+    def loss_fn(m, batch, step):
+        return torch.nn.functional.cross_entropy(m(batch["ids"]), batch["label"]), {}
+
+    for precision in ("no", "bf16", "no"):
+        dtypes: list[torch.dtype] = []
+        model = Toy()  # the dtype its hidden layer computes in (Accelerate returns the outputs in fp32)
+        model.hidden.register_forward_hook(lambda mod, args, out: dtypes.append(out.dtype))
+        cfg = TrainConfig(output_dir=str(tmp_path / f"{precision}-{len(list(tmp_path.iterdir()))}"), max_steps=2, batch_size=4,
+                          lr=1e-2, report_to="none", mixed_precision=precision)
+        train(model, loss_fn, ToyData(), cfg, collate_fn=collate)
+        # the last two calls are the two steps (a CPU run's preflight calls it first, outside the Accelerator)
+        assert dtypes[-2:] == [torch.bfloat16 if precision == "bf16" else torch.float32] * 2
+
+
 @pytest.mark.slow
 def test_resume_after_sigkill_is_exact(tmp_path):
     ref, killed = tmp_path / "ref", tmp_path / "killed"

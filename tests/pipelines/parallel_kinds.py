@@ -1,0 +1,49 @@
+"""Stage kinds for `test_parallel.py`, in a module of their own: a `--jobs` child unpickles them by module name."""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from pipelines.stage_kind import StageKind
+
+
+@dataclass
+class MeetConfig:
+    """Writes `<name>.started` into `board`, then waits (up to `patience` s) until every stage in `meet` has started
+    too: two stages that name each other finish only if they run at the same time."""
+
+    board: str = ""
+    after: tuple[str, ...] = ()
+    """Folders of the stages this one references (`${stages.X}`): each must be complete when it starts."""
+    meet: tuple[str, ...] = ()
+    patience: float = 60.0
+    sleep: float = 0.0
+    fail: bool = False
+
+
+def _meet(cfg: MeetConfig, out: Path) -> None:
+    name = out.name.rsplit("-", 1)[0]
+    board = Path(cfg.board)
+    start = time.monotonic()  # CLOCK_MONOTONIC: one clock for every process of the machine
+    missing = [f for f in cfg.after if not (Path(f) / "stage_complete.json").exists()]
+    if missing:
+        raise RuntimeError(f"{name} started before {', '.join(missing)} was complete")
+    (board / f"{name}.started").write_text(str(start))
+    while not all((board / f"{other}.started").exists() for other in cfg.meet):
+        if time.monotonic() - start > cfg.patience:
+            raise TimeoutError(f"{name}: {', '.join(cfg.meet)} never started while it ran")
+        time.sleep(0.01)
+    time.sleep(cfg.sleep)
+    if cfg.fail:
+        raise RuntimeError(f"{name} failed on purpose")
+    (out / "run.json").write_text(json.dumps({"start": start, "end": time.monotonic(),
+                                              "threads": torch.get_num_threads()}))
+
+
+MEET = StageKind("meet", MeetConfig, _meet)
+TIMED = StageKind("timed", MeetConfig, _meet, exclusive=True)
+LIGHT = StageKind("light", MeetConfig, _meet, light=True)
