@@ -57,10 +57,11 @@ def _child(stage_blob: bytes, kind_name: str | None, execute: Callable, find_kin
     except BaseException as err:  # noqa: BLE001 - reported through the log and the exit code
         traceback.print_exc()
         print(f"{type(err).__name__}: {err}", flush=True)
-        os._exit(1)
+        sys.exit(1)
+    # A normal return: multiprocessing then runs its finalizers, which release the semaphores the stage created
+    # (tqdm's lock); an os._exit left them to the resource tracker, which warned about leaks at shutdown.
     sys.stdout.flush()
     sys.stderr.flush()
-    os._exit(0)
 
 
 def _blob(stage) -> tuple[bytes, str | None]:
@@ -72,6 +73,8 @@ def _blob(stage) -> tuple[bytes, str | None]:
 
 
 def _last_line(path: Path) -> str:
+    if not path.is_file():  # it died before opening its log (e.g. a kind that could not be unpickled)
+        return "the stage's process died before it started (see the messages above)"
     lines = [ln.strip() for ln in path.read_text(errors="replace").replace("\r", "\n").splitlines() if ln.strip()]
     return lines[-1] if lines else "(empty log)"
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
 from pipelines.stage_kind import StageKind
 
@@ -23,6 +24,8 @@ class MeetConfig:
     patience: float = 60.0
     sleep: float = 0.0
     fail: bool = False
+    tqdm: bool = False
+    """Show a progress bar: tqdm creates a multiprocessing lock (a semaphore the child must release at exit)."""
 
 
 def _meet(cfg: MeetConfig, out: Path) -> None:
@@ -38,6 +41,9 @@ def _meet(cfg: MeetConfig, out: Path) -> None:
             raise TimeoutError(f"{name}: {', '.join(cfg.meet)} never started while it ran")
         time.sleep(0.01)
     time.sleep(cfg.sleep)
+    if cfg.tqdm:
+        for _ in tqdm(range(3), desc=name):
+            pass
     if cfg.fail:
         raise RuntimeError(f"{name} failed on purpose")
     (out / "run.json").write_text(json.dumps({"start": start, "end": time.monotonic(),
@@ -47,3 +53,20 @@ def _meet(cfg: MeetConfig, out: Path) -> None:
 MEET = StageKind("meet", MeetConfig, _meet)
 TIMED = StageKind("timed", MeetConfig, _meet, exclusive=True)
 LIGHT = StageKind("light", MeetConfig, _meet, light=True)
+
+
+def main(folder: str) -> None:
+    """Two meeting stages with progress bars, `--jobs 2`, in a fresh interpreter (its shutdown is under test)."""
+    from pipelines import stages
+
+    stages.register_stage_kind(MEET)
+    pipe = stages.parse_pipeline({"name": "p", "stages": [
+        {"name": "b", "kind": "meet", "config": {"board": folder, "meet": ["c"], "tqdm": True}},
+        {"name": "c", "kind": "meet", "config": {"board": folder, "meet": ["b"], "tqdm": True}}]})
+    stages.run_pipeline(pipe, Path(folder) / "out", jobs=2)
+
+
+if __name__ == "__main__":  # forkserver children import the main module: only the parent runs this
+    import sys
+
+    main(sys.argv[1])

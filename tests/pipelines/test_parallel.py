@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -95,3 +97,15 @@ def test_a_failed_stage_fails_the_run_and_keeps_what_finished(tmp_path):
     (tmp_path / "b.started").write_text("0")  # b is cached: c must not wait for it to start again
     status = {o.name: o.status for o in run_pipeline(pipeline(tmp_path), out, log=lambda s: None, jobs=2)}
     assert status == {"a": "skipped", "b": "skipped", "c": "ran", "d": "ran", "l": "skipped"}
+
+
+def test_children_release_what_they_created(tmp_path):
+    """A stage's progress bar makes a multiprocessing lock; a child that ended with os._exit left it to the
+    resource tracker, which warned of leaked semaphores when the run exited."""
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    done = subprocess.run([sys.executable, parallel_kinds.__file__, str(tmp_path)], env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (tmp_path / "out" / "b" / "stage_complete.json").exists()
+    assert "leaked" not in done.stderr, done.stderr[-2000:]
