@@ -17,8 +17,11 @@ min-max; "x faster" in any benchmark output means that figure.
 Equal CPU: sides run one at a time, never together. By default every side is pinned to the SAME core set (`--cores`;
 default: the last `--threads` cores this process may use), which is the only fair split on a 2-core machine: a side
 whose DataLoader workers decode images gets exactly the cores on which the other side decodes inline. `--cores
-"0;1"` gives side k the k-th set instead (on a machine with spare cores). Idle workers block on a pipe, and OpenMP
-threads sleep when idle (`OMP_WAIT_POLICY=PASSIVE`), so a waiting side takes no CPU from the running one.
+"0;1"` gives side k the k-th set instead (on a machine with spare cores). Idle workers block on a pipe; their OpenMP
+threads keep the library's wait policy (spin briefly, then sleep), as in users' runs. `OMP_WAIT_POLICY=PASSIVE`,
+set here before, put every thread to sleep after each parallel region: at 2 threads it doubled the batch-1 latency
+of the demo's student (21-22 vs 10-12 ms per sample, in-process), so multi-threaded figures measured something no
+user sees. With one thread (most benchmarks) there are no OpenMP worker threads and the setting changed nothing.
 
 Equality: the worker hashes each call's outputs (`digest`, after the timed span). A side must give the same digest
 in every round, and a pair declared `same_outputs` must give equal digests in every round; anything else raises
@@ -158,8 +161,7 @@ class Settings:
 
 class _Worker:
     def __init__(self, side: Side, cores: list[int], threads: int):
-        env = dict(os.environ, **{k: str(threads) for k in THREAD_ENV}, OMP_WAIT_POLICY="PASSIVE",
-                   KMP_BLOCKTIME="0", TOKENIZERS_PARALLELISM="false", **side.env)
+        env = dict(os.environ, **{k: str(threads) for k in THREAD_ENV}, TOKENIZERS_PARALLELISM="false", **side.env)
         if side.isolated:
             env.pop("PYTHONPATH", None)
         spec = {"side": side.name, "file": str(Path(side.file).resolve()), "factory": side.factory,
