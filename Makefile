@@ -1,4 +1,4 @@
-# Entry points for a fresh machine: `make demo` (caption, ~10 min), `make demo-all` (the four tasks) and `make test`.
+# Entry points for a fresh machine: `make demo` (caption, ~7 min), `make demo-all` (the four tasks, ~11 min) and `make test`.
 # All create .venv and install first.
 VENV ?= .venv
 PY := $(VENV)/bin/python

@@ -56,8 +56,8 @@ share a folder, so one report never replaces the other."""
 def demo(
     out: Optional[Path] = typer.Option(None, "--out", help="Output folder (artifacts of every stage + the report; "
                                        "default: runs/demo, or runs/demo-all with --tasks all)."),
-    tasks: str = typer.Option("caption", "--tasks", help="caption (about 10 minutes) or all (the four tasks, "
-                              "about 13 minutes on 2 CPU cores)."),
+    tasks: str = typer.Option("caption", "--tasks", help="caption (about 7 minutes) or all (the four tasks, "
+                              "about 11 minutes on 2 CPU cores)."),
     force: List[str] = typer.Option([], "--force", metavar="STAGE", help="Re-run this demo stage and the stages after it; repeatable."),
     jobs: Optional[int] = typer.Option(None, "--jobs", min=1, help=JOBS_HELP + " Default: 2 with two cores or more, else 1."),
 ) -> None:
