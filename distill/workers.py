@@ -38,15 +38,18 @@ def _parent_gone(parent: int, first_ppid: int) -> bool:
 class DieWithParent:
     """Pass as `DataLoader(worker_init_fn=DieWithParent())`, built in the process that iterates the loader."""
 
-    def __init__(self, interval: float = 0.5):
+    def __init__(self, interval: float = 0.5, keep_signals: bool = False):
         self.parent = os.getpid()
         self.interval = interval
+        self.keep_signals = keep_signals
+        """True for a process that handles Ctrl-C / SIGTERM itself (a `--jobs` stage: its trainer saves)."""
 
     def __call__(self, worker_id: int) -> None:
         # Ctrl-C and SIGTERM (a Slurm preemption) reach the whole process group: the main process handles them
         # (flushes its shards, saves a checkpoint) and its workers end with it, without tracebacks of their own.
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        if not self.keep_signals:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
         if sys.platform.startswith("linux"):
             libc = ctypes.CDLL(None, use_errno=True)
             libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)

@@ -33,6 +33,7 @@ from typing import Callable
 import torch
 
 from distill.errors import UserError
+from distill.workers import DieWithParent
 
 LOG_DIR = "logs"
 _PRELOAD = ["torch"]
@@ -42,7 +43,7 @@ or in a spawned process (something in that import chain leaves state a forked ch
 
 
 def _child(stage_blob: bytes, kind_name: str | None, execute: Callable, find_kind: Callable, threads: int,
-           log_path: str) -> None:
+           log_path: str, die_with_runner: DieWithParent) -> None:
     """One stage in a child process: output to its log file, `threads` torch threads, exit code 1 on failure.
     `execute` and `find_kind` arrive pickled by reference (the runner's own functions: no import cycle here)."""
     fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
@@ -50,6 +51,7 @@ def _child(stage_blob: bytes, kind_name: str | None, execute: Callable, find_kin
     sys.stderr.flush()
     os.dup2(fd, 1)  # the C level too (OpenMP, Java of the metrics)
     os.dup2(fd, 2)
+    die_with_runner(0)  # a killed runner (kill -9) leaves no stage running on its own, as with --jobs 1
     os.environ["OMP_NUM_THREADS"] = str(threads)  # DataLoader workers and subprocesses read it
     torch.set_num_threads(threads)
     stage = pickle.loads(stage_blob)
@@ -116,8 +118,8 @@ def run_parallel(todo: list, deps: dict[str, list[str]], done: set[str], jobs: i
             log_path = logs / f"{stage.spec.name}.log"
             start_log(stage, f"{n} thread{'s' if n > 1 else ''}, log {log_path}")  # prepares its folder
             blob, kind_name = _blob(stage)
-            proc = ctx.Process(target=_child, args=(blob, kind_name, execute, find_kind, n, str(log_path)),
-                               name=stage.spec.name)
+            proc = ctx.Process(target=_child, args=(blob, kind_name, execute, find_kind, n, str(log_path),
+                                                    DieWithParent(keep_signals=True)), name=stage.spec.name)
             proc.start()
             running[stage.spec.name] = (stage, proc)
             waiting.remove(stage)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +36,7 @@ def _meet(cfg: MeetConfig, out: Path) -> None:
     missing = [f for f in cfg.after if not (Path(f) / "stage_complete.json").exists()]
     if missing:
         raise RuntimeError(f"{name} started before {', '.join(missing)} was complete")
-    (board / f"{name}.started").write_text(str(start))
+    (board / f"{name}.started").write_text(str(os.getpid()))
     while not all((board / f"{other}.started").exists() for other in cfg.meet):
         if time.monotonic() - start > cfg.patience:
             raise TimeoutError(f"{name}: {', '.join(cfg.meet)} never started while it ran")
@@ -55,18 +56,19 @@ TIMED = StageKind("timed", MeetConfig, _meet, exclusive=True)
 LIGHT = StageKind("light", MeetConfig, _meet, light=True)
 
 
-def main(folder: str) -> None:
-    """Two meeting stages with progress bars, `--jobs 2`, in a fresh interpreter (its shutdown is under test)."""
+def main(folder: str, sleep: float = 0.0) -> None:
+    """Two meeting stages with progress bars, `--jobs 2`, in a fresh interpreter (its shutdown is under test); each
+    sleeps `sleep` seconds once both have started."""
     from pipelines import stages
 
     stages.register_stage_kind(MEET)
     pipe = stages.parse_pipeline({"name": "p", "stages": [
-        {"name": "b", "kind": "meet", "config": {"board": folder, "meet": ["c"], "tqdm": True}},
-        {"name": "c", "kind": "meet", "config": {"board": folder, "meet": ["b"], "tqdm": True}}]})
+        {"name": "b", "kind": "meet", "config": {"board": folder, "meet": ["c"], "tqdm": True, "sleep": sleep}},
+        {"name": "c", "kind": "meet", "config": {"board": folder, "meet": ["b"], "tqdm": True, "sleep": sleep}}]})
     stages.run_pipeline(pipe, Path(folder) / "out", jobs=2)
 
 
 if __name__ == "__main__":  # forkserver children import the main module: only the parent runs this
     import sys
 
-    main(sys.argv[1])
+    main(sys.argv[1], float(sys.argv[2]) if len(sys.argv) > 2 else 0.0)

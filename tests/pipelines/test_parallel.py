@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -109,3 +110,27 @@ def test_children_release_what_they_created(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     assert (tmp_path / "out" / "b" / "stage_complete.json").exists()
     assert "leaked" not in done.stderr, done.stderr[-2000:]
+
+
+def test_a_killed_runner_leaves_no_stage_running(tmp_path):
+    """kill -9 of `narvl-pipe run --jobs 2`: its stages end too (as they do with --jobs 1), so a re-run never meets
+    an orphan writing into the same folder."""
+    from tests.proc_helpers import alive
+
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    runner = subprocess.Popen([sys.executable, parallel_kinds.__file__, str(tmp_path), "300"], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    started = [tmp_path / f"{s}.started" for s in "bc"]
+    deadline = time.monotonic() + 120
+    while not all(f.exists() and f.read_text() for f in started):
+        assert runner.poll() is None and time.monotonic() < deadline, "the two stages never started"
+        time.sleep(0.05)
+    pids = [int(f.read_text()) for f in started]
+    assert all(alive(p) for p in pids)
+    runner.kill()
+    runner.wait()
+    deadline = time.monotonic() + 30
+    while any(alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(alive(p) for p in pids), "a stage outlived its runner"
