@@ -35,7 +35,7 @@ from distill.seam import Model, load_row_image
 from distill.signals import StopSignals
 from distill.store import Store
 from distill.units import Unit
-from distill.workers import DieWithParent
+from distill.workers import DieWithParent, usable_cores
 
 
 @dataclass
@@ -177,8 +177,7 @@ def worker_count(requested: int | None) -> int:
     """DataLoader workers for `num_workers` (`DistillConfig.num_workers`: None = 2, capped by the usable cores - 1)."""
     if requested is not None:
         return requested
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(0, min(2, cores - 1))
+    return max(0, min(2, usable_cores() - 1))
 
 
 def _as_is(message: dict) -> dict:

@@ -23,6 +23,11 @@ import time
 _PR_SET_PDEATHSIG = 1
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity mask where the OS has one, else every core)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def _parent_gone(parent: int, first_ppid: int) -> bool:
     if os.getppid() != first_ppid:
         return True  # re-parented to init / a subreaper: the parent exited

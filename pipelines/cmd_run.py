@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import importlib.resources
 import json
-import os
 import shutil
 import textwrap
 import time
@@ -15,6 +14,7 @@ import transformers
 import typer
 
 from distill.errors import UserError
+from distill.workers import usable_cores
 from pipelines.report import REPORT_FILES, format_checks, format_examples, format_table
 from pipelines.stages import format_duration, load_pipeline, run_pipeline
 from pipelines.variables import parse_overrides, parse_sets
@@ -27,8 +27,7 @@ JOBS_HELP = ("Stages run at once when none depends on another (each with its sha
 def default_jobs() -> int:
     """The demo's `--jobs`: two stages at once where there are two cores (~1.3x the throughput of one stage on both
     cores here), else one."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return 2 if cores >= 2 else 1
+    return 2 if usable_cores() >= 2 else 1
 
 
 def run(

@@ -7,9 +7,9 @@ marker last); what changes is only when stages run and with how many threads:
 - The CPU is shared, not oversubscribed: a stage gets `threads // k` torch threads, where `k` is how many stages
   could compute at that moment (running + ready, at most `jobs`), so a stage that runs alone (a pre-training nothing
   else waits beside) keeps every thread. The count is fixed when the stage starts.
-- A kind marked `exclusive` (evaluate: it times the model) runs alone with every thread, so its latency is measured
-  as in a sequential run and two timed models never share the CPU. A `light` kind (data, baseline, report) runs
-  beside the others on one thread and takes no share.
+- A kind marked `exclusive` (evaluate: it times the model) runs alone with every thread, light stages included, so
+  its latency is measured as in a sequential run and two timed models never share the CPU. A `light` kind (data,
+  baseline, report) runs beside the other kinds on one thread and takes no share.
 - Each child writes its output (progress bars included) to `OUT/logs/<stage>.log`; the runner prints one line per
   start and per finish.
 - A failed stage stops new starts; the stages already running finish (and stay cached), then the run fails naming
@@ -93,20 +93,23 @@ def run_parallel(todo: list, deps: dict[str, list[str]], done: set[str], jobs: i
     threads = torch.get_num_threads()
     logs = out / LOG_DIR
     logs.mkdir(exist_ok=True)
-    ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(_PRELOAD)
+    if "forkserver" in multiprocessing.get_all_start_methods():
+        ctx = multiprocessing.get_context("forkserver")
+        ctx.set_forkserver_preload(_PRELOAD)
+    else:  # Windows: each stage pays torch's import
+        ctx = multiprocessing.get_context("spawn")
     waiting = list(todo)
     running: dict[str, tuple] = {}
     failed: list[tuple] = []
     while waiting or running:
         ready = [s for s in waiting if all(d in done for d in deps[s.spec.name])] if not failed else []
         for stage in ready:
-            busy = [s for s, _ in running.values() if not s.kind.light]
-            if any(s.kind.exclusive for s in busy):
+            if any(s.kind.exclusive for s, _ in running.values()):
                 break
+            busy = [s for s, _ in running.values() if not s.kind.light]
             if stage.kind.exclusive:
-                if busy:
-                    break  # it waits for the CPU to be free; the stages after it wait behind it, in pipeline order
+                if running:
+                    break  # it waits for the CPU to be free (light stages too); the stages after it wait behind it
                 n = threads
             elif stage.kind.light:
                 n = 1

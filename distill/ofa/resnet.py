@@ -67,9 +67,9 @@ class ResNet(nn.Module):
         return nn.Sequential(*layers)
 
     channels_last = True
-    """Run in channels-last layout (oneDNN/cuDNN's preferred one), in training too: on CPU, ~10-15% off a beam-5
-    generate on one thread and ~15% off the demo's training step (2 threads, interleaved); the features come out in
-    that layout, the values equal up to float rounding."""
+    """Run in channels-last layout (oneDNN's preferred one), in training too: on CPU, ~10-15% off a beam-5 generate
+    on one thread and ~15% off the demo's training step (2 threads, interleaved); not measured on a GPU. The features
+    come out in that layout, the values equal up to float rounding."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.channels_last:

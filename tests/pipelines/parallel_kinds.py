@@ -22,6 +22,8 @@ class MeetConfig:
     after: tuple[str, ...] = ()
     """Folders of the stages this one references (`${stages.X}`): each must be complete when it starts."""
     meet: tuple[str, ...] = ()
+    outlast: tuple[str, ...] = ()
+    """Stages whose end (`<name>.ended` in `board`) this one waits for before its own `sleep`: it outlasts them."""
     patience: float = 60.0
     sleep: float = 0.0
     fail: bool = False
@@ -41,6 +43,10 @@ def _meet(cfg: MeetConfig, out: Path) -> None:
         if time.monotonic() - start > cfg.patience:
             raise TimeoutError(f"{name}: {', '.join(cfg.meet)} never started while it ran")
         time.sleep(0.01)
+    while not all((board / f"{other}.ended").exists() for other in cfg.outlast):
+        if time.monotonic() - start > cfg.patience:
+            raise TimeoutError(f"{name}: {', '.join(cfg.outlast)} never ended while it ran")
+        time.sleep(0.01)
     time.sleep(cfg.sleep)
     if cfg.tqdm:
         for _ in tqdm(range(3), desc=name):
@@ -49,6 +55,7 @@ def _meet(cfg: MeetConfig, out: Path) -> None:
         raise RuntimeError(f"{name} failed on purpose")
     (out / "run.json").write_text(json.dumps({"start": start, "end": time.monotonic(),
                                               "threads": torch.get_num_threads()}))
+    (board / f"{name}.ended").write_text("")
 
 
 MEET = StageKind("meet", MeetConfig, _meet)

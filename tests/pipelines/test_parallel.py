@@ -36,14 +36,14 @@ def four_threads():
 
 def pipeline(board: Path, c_fails: bool = False, timed: bool = False) -> stages.Pipeline:
     """a -> (b, c) -> d, where b and c finish only if they run at the same time, and a light stage l that can start
-    with a; with `timed`, an exclusive stage e after a, beside b and c."""
+    with a; with `timed`, an exclusive stage e after a, ready beside b and c, and l still running when they end."""
     def stage(name, kind="meet", after=(), **cfg):
         return {"name": name, "kind": kind,
                 "config": {"board": str(board), "after": [f"${{stages.{a}}}" for a in after], **cfg}}
 
     spec = [stage("a"), stage("b", after=["a"], meet=["c"]),
             stage("c", after=["a"], meet=["b"], sleep=0.3, fail=c_fails), stage("d", after=["b", "c"]),
-            stage("l", kind="light", sleep=0.3)]
+            stage("l", kind="light", **({"outlast": ["b", "c"], "sleep": 1.0} if timed else {"sleep": 0.3}))]
     if timed:
         spec.insert(3, stage("e", kind="timed", after=["a"], sleep=0.3))
     return parse_pipeline({"name": "p", "stages": spec})
@@ -78,8 +78,11 @@ def test_one_job_runs_them_in_order(tmp_path):
 
 
 def test_an_exclusive_stage_runs_alone_with_every_thread(tmp_path, four_threads):
-    out = tmp_path / "out"
-    run_pipeline(pipeline(tmp_path, timed=True), out, log=lambda s: None, jobs=3)
+    out, lines = tmp_path / "out", []
+    run_pipeline(pipeline(tmp_path, timed=True), out, log=lines.append, jobs=3)
+    order = [(ln.split()[1], ln.split()[2]) for ln in lines]
+    # b and c end first; e, ready then, waits for the light stage l too (it still ran for 1 s)
+    assert order.index(("l", "done")) < order.index(("e", "running"))
     e = record(out, "e")
     assert e["threads"] == 4
     for other in "abcdl":

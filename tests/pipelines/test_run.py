@@ -216,15 +216,17 @@ def tiny_four_task_pipeline() -> dict:
 
 @pytest.mark.slow
 def test_four_task_demo_end_to_end(tmp_path, capsys, one_thread):
-    """The four-task demo graph runs end to end: one report with a group per task, each with its baseline row
-    (no latency), teacher and students, claim checks per task and three examples per task."""
+    """The four-task demo graph runs end to end with `--jobs 2`: one report with a group per task, each with its
+    baseline row (no latency), teacher and students, claim checks per task and three examples per task."""
     import yaml
 
     from pipelines.cmd_run import run_demo
 
     yaml_file = tmp_path / "tiny_all.yaml"
     yaml_file.write_text(yaml.safe_dump(tiny_four_task_pipeline(), sort_keys=False))
-    report = run_demo(tmp_path / "run", pipeline_file=yaml_file)
+    # --jobs 2, as `narvl-pipe demo` runs it: the built-in kinds in forkserver children (found again by name)
+    report = run_demo(tmp_path / "run", pipeline_file=yaml_file, jobs=2)
+    assert (tmp_path / "run" / "logs" / "student-caption-kd.log").is_file()
     assert report["tasks"] == ["caption", "vqa", "grounding", "entailment"]
     labels = [(r["group"], r["label"]) for r in report["rows"]]
     assert labels == [("caption", "baseline"), ("caption", "teacher"), ("caption", "student-kd"),
